@@ -1,0 +1,61 @@
+//! What each `vipgate` subcommand does. `main.rs` parses the command line
+//! and calls one of these.
+
+use std::path::Path;
+
+use crate::config::{self, ConfigError, Plan};
+use crate::server::{termination_signal, Server};
+use crate::virtual_server::BindError;
+
+/// Why `vipgate run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// `vipgate check`: validates the file and describes the plan. Returns the
+/// text to print on success.
+pub fn check(path: &Path) -> Result<String, ConfigError> {
+    let plan = config::load(path)?;
+    let mut report = format!("{} is valid.\n\n{plan}", path.display());
+    for warning in &plan.warnings {
+        report.push_str(&format!("warning: {warning}\n"));
+    }
+    Ok(report)
+}
+
+/// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains.
+pub fn run(path: &Path) -> Result<(), RunError> {
+    let plan = config::load(path)?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    runtime(&plan)?.block_on(async {
+        let server = Server::bind(plan)?;
+        server.run(termination_signal()).await;
+        Ok(())
+    })
+}
+
+/// `vipgate demo`.
+pub fn demo() -> Result<(), crate::demo::DemoError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime with default settings");
+    runtime.block_on(crate::demo::run())
+}
+
+fn runtime(plan: &Plan) -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.settings.worker_threads)
+        .thread_name("vipgate-worker")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)
+}

@@ -1,0 +1,147 @@
+//! Configuration: `vipgate.toml` -> [`raw`] serde types -> one validation
+//! pass ([`validate`]) that collects every problem with its TOML path, line,
+//! column and a hint -> a [`Plan`] with every default filled in.
+//!
+//! A configuration with any problem is refused whole: either all of it is
+//! valid and becomes a plan, or the operator gets the complete list of what
+//! to fix.
+
+mod plan;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use plan::{
+    ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, Settings, VirtualPlan,
+    DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
+
+/// Why a configuration could not become a [`Plan`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape (an
+    /// unknown key, a string where a number belongs).
+    #[error("{source_name}:{location}: {message}")]
+    Syntax {
+        source_name: String,
+        location: Location,
+        message: String,
+    },
+    /// The file parsed but its content does not hold together.
+    #[error("{}", Problems { source_name, problems })]
+    Invalid {
+        source_name: String,
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem found, for callers that want them one by one.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+/// One thing wrong in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the TOML tree, e.g. `virtuals.vsCSP.pool`.
+    pub key: String,
+    /// Line and column of the offending value, when known.
+    pub location: Option<Location>,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it, when there is something useful to say.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A 1-based line and column in the source text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Location {
+    /// The line and column of byte `offset` in `text`.
+    pub fn of_offset(text: &str, offset: usize) -> Location {
+        let before = &text.as_bytes()[..offset.min(text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        Location { line, column }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+struct Problems<'a> {
+    source_name: &'a str,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        let noun = if count == 1 { "problem" } else { "problems" };
+        write!(f, "{} has {count} {noun}; nothing was applied:", self.source_name)?;
+        for problem in self.problems {
+            match problem.location {
+                Some(location) => write!(f, "\n  {}:{location}: {problem}", self.source_name)?,
+                None => write!(f, "\n  {}: {problem}", self.source_name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Plan, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Validates configuration `text`; `source_name` names it in messages (a
+/// file path, or something like `<demo>`).
+pub fn parse(text: &str, source_name: &str) -> Result<Plan, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+        source_name: source_name.to_string(),
+        location: Location::of_offset(text, error.span().map_or(0, |span| span.start)),
+        message: error.message().trim_end().to_string(),
+    })?;
+    validate::validate(raw, text).map_err(|problems| ConfigError::Invalid {
+        source_name: source_name.to_string(),
+        problems,
+    })
+}

@@ -1,0 +1,82 @@
+//! The configuration file exactly as written: serde types that mirror the
+//! TOML, with every value the operator typed kept in a [`Spanned`] so the
+//! validation pass can point at its line and column.
+//!
+//! Nothing here is interpreted. Durations, addresses and limits stay strings
+//! and integers so that a bad value becomes one entry in the validation
+//! report instead of stopping the parse at the first mistake.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::pool::Algorithm;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub settings: RawSettings,
+    #[serde(default)]
+    pub pools: BTreeMap<String, Spanned<RawPool>>,
+    #[serde(default)]
+    pub virtuals: BTreeMap<String, Spanned<RawVirtual>>,
+}
+
+/// `[settings]`: process-wide knobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub drain_timeout: Option<Spanned<RawDuration>>,
+    pub worker_threads: Option<Spanned<i64>>,
+}
+
+/// `[pools.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub algorithm: Option<Algorithm>,
+    pub members: Option<Spanned<Vec<Spanned<RawMember>>>>,
+}
+
+/// One entry of a pool's `members` array.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub address: Spanned<String>,
+    pub connection_limit: Option<Spanned<i64>>,
+}
+
+/// `[virtuals.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtual {
+    pub listen: Option<Spanned<String>>,
+    pub pool: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<RawDuration>>,
+    pub connect_timeout: Option<Spanned<RawDuration>>,
+    pub connection_limit: Option<Spanned<i64>>,
+    pub backlog: Option<Spanned<i64>>,
+    pub zero_copy: Option<bool>,
+    pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+}
+
+/// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeepalive {
+    pub idle: Option<Spanned<RawDuration>>,
+    pub interval: Option<Spanned<RawDuration>>,
+    pub probes: Option<Spanned<i64>>,
+}
+
+/// A duration as written: `"600s"`, `"1m 30s"`, or a bare number of seconds
+/// (`600`, as F5 writes it).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(i64),
+    Text(String),
+}

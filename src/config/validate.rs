@@ -1,0 +1,430 @@
+//! The one validation pass: walks the raw file, turns every value into its
+//! typed form and records each problem (with TOML path, position and a hint)
+//! instead of stopping at the first, so one `vipgate check` shows everything
+//! to fix.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::plan::*;
+use super::raw::*;
+use super::{Location, Problem};
+
+/// Turns a parsed file into a plan, or lists everything wrong with it.
+pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>> {
+    let mut check = Checker {
+        text,
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let settings = check.settings(&raw.settings);
+    let pools: BTreeMap<String, PoolPlan> = raw
+        .pools
+        .iter()
+        .filter_map(|(name, pool)| Some((name.clone(), check.pool(name, pool)?)))
+        .collect();
+    let virtuals: Vec<VirtualPlan> = raw
+        .virtuals
+        .iter()
+        .filter_map(|(name, virtual_server)| check.virtual_server(name, virtual_server, &raw))
+        .collect();
+
+    if raw.virtuals.is_empty() {
+        check.report(
+            "virtuals",
+            None,
+            "no virtual server is defined, so vipgate would serve nothing".into(),
+            Some("add a [virtuals.NAME] table with `listen` and `pool`".into()),
+        );
+    }
+    check.listen_conflicts(&virtuals, &raw);
+    for name in raw.pools.keys() {
+        if !raw.virtuals.values().any(|v| {
+            v.get_ref()
+                .pool
+                .as_ref()
+                .is_some_and(|pool| pool.get_ref() == name)
+        }) {
+            check
+                .warnings
+                .push(format!("pools.{name}: no virtual server uses this pool"));
+        }
+    }
+
+    if check.problems.is_empty() {
+        Ok(Plan {
+            settings,
+            pools,
+            virtuals,
+            warnings: check.warnings,
+        })
+    } else {
+        Err(check.problems)
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        key: &str,
+        span: Option<Range<usize>>,
+        message: String,
+        hint: Option<String>,
+    ) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            location: span.map(|span| Location::of_offset(self.text, span.start)),
+            message,
+            hint,
+        });
+    }
+
+    fn settings(&mut self, raw: &RawSettings) -> Settings {
+        let drain_timeout = self.duration(
+            "settings.drain_timeout",
+            raw.drain_timeout.as_ref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let worker_threads = match &raw.worker_threads {
+            None => cores,
+            Some(value) => self
+                .integer_in("settings.worker_threads", value, 1, 1024, "a thread count")
+                .unwrap_or(cores),
+        };
+        Settings {
+            drain_timeout,
+            worker_threads,
+        }
+    }
+
+    fn pool(&mut self, name: &str, raw: &Spanned<RawPool>) -> Option<PoolPlan> {
+        let key = format!("pools.{name}");
+        self.name(&key, name, raw.span());
+        let pool = raw.get_ref();
+        let Some(members) = pool.members.as_ref().filter(|m| !m.get_ref().is_empty()) else {
+            self.report(
+                &format!("{key}.members"),
+                Some(pool.members.as_ref().map_or(raw.span(), |m| m.span())),
+                "the pool has no members".into(),
+                Some("list at least one, e.g. members = [ { address = \"10.0.0.1:9070\" } ]".into()),
+            );
+            return None;
+        };
+        let mut planned: Vec<MemberPlan> = Vec::with_capacity(members.get_ref().len());
+        for (index, member) in members.get_ref().iter().enumerate() {
+            let member_key = format!("{key}.members[{index}]");
+            let raw_member = member.get_ref();
+            let address = self.address(&format!("{member_key}.address"), &raw_member.address);
+            let connection_limit = self.limit(
+                &format!("{member_key}.connection_limit"),
+                raw_member.connection_limit.as_ref(),
+            );
+            let Some(address) = address else { continue };
+            if address.port() == 0 {
+                self.report(
+                    &format!("{member_key}.address"),
+                    Some(raw_member.address.span()),
+                    format!("member {address} has port 0, which nothing can connect to"),
+                    Some("give the port the member listens on".into()),
+                );
+                continue;
+            }
+            if let Some(first) = planned.iter().position(|m| m.address == address) {
+                self.report(
+                    &format!("{member_key}.address"),
+                    Some(raw_member.address.span()),
+                    format!("member {address} is listed twice (also at members[{first}])"),
+                    Some("remove one of them; a member is identified by its address".into()),
+                );
+                continue;
+            }
+            planned.push(MemberPlan {
+                address,
+                connection_limit,
+            });
+        }
+        Some(PoolPlan {
+            name: name.to_string(),
+            algorithm: pool.algorithm.unwrap_or_default(),
+            members: planned,
+        })
+    }
+
+    fn virtual_server(
+        &mut self,
+        name: &str,
+        raw_virtual: &Spanned<RawVirtual>,
+        raw: &RawConfig,
+    ) -> Option<VirtualPlan> {
+        let key = format!("virtuals.{name}");
+        self.name(&key, name, raw_virtual.span());
+        let virtual_server = raw_virtual.get_ref();
+        let listen = match &virtual_server.listen {
+            Some(listen) => self.address(&format!("{key}.listen"), listen),
+            None => {
+                self.missing(&key, "listen", raw_virtual.span(), "listen = \"10.0.0.100:9070\"");
+                None
+            }
+        };
+        let pool = match &virtual_server.pool {
+            None => {
+                self.missing(&key, "pool", raw_virtual.span(), "pool = \"poolCSP01\"");
+                None
+            }
+            Some(pool) if !raw.pools.contains_key(pool.get_ref()) => {
+                let known: Vec<&str> = raw.pools.keys().map(String::as_str).collect();
+                let hint = if known.is_empty() {
+                    "define it as a [pools.NAME] table".to_string()
+                } else {
+                    format!("defined pools: {}", known.join(", "))
+                };
+                self.report(
+                    &format!("{key}.pool"),
+                    Some(pool.span()),
+                    format!("no pool named \"{}\"", pool.get_ref()),
+                    Some(hint),
+                );
+                None
+            }
+            Some(pool) => Some(pool.get_ref().clone()),
+        };
+        let idle_timeout = self.duration(
+            &format!("{key}.idle_timeout"),
+            virtual_server.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+        );
+        let connect_timeout = self.duration(
+            &format!("{key}.connect_timeout"),
+            virtual_server.connect_timeout.as_ref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let connection_limit = self.limit(
+            &format!("{key}.connection_limit"),
+            virtual_server.connection_limit.as_ref(),
+        );
+        let backlog = match &virtual_server.backlog {
+            None => Some(DEFAULT_BACKLOG),
+            Some(value) => self
+                .integer_in(&format!("{key}.backlog"), value, 1, 65535, "a queue length")
+                .map(|n| n as u32),
+        };
+        let tcp_keepalive = match &virtual_server.tcp_keepalive {
+            None => Some(Keepalive::Off),
+            Some(raw) => self.keepalive(&format!("{key}.tcp_keepalive"), raw.get_ref()),
+        };
+        if let Some(listen) = listen {
+            if listen.port() == 0 {
+                self.warnings.push(format!(
+                    "{key}.listen: port 0 lets the operating system pick the port"
+                ));
+            }
+        }
+        Some(VirtualPlan {
+            name: name.to_string(),
+            listen: listen?,
+            pool: pool?,
+            idle_timeout,
+            connect_timeout,
+            connection_limit,
+            backlog: backlog?,
+            zero_copy: virtual_server.zero_copy.unwrap_or(true),
+            tcp_keepalive: tcp_keepalive?,
+        })
+    }
+
+    fn keepalive(&mut self, key: &str, raw: &RawKeepalive) -> Option<Keepalive> {
+        let idle = self.duration(
+            &format!("{key}.idle"),
+            raw.idle.as_ref(),
+            Duration::from_secs(60),
+        );
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            raw.interval.as_ref(),
+            Duration::from_secs(10),
+        );
+        let probes = match &raw.probes {
+            None => Some(6),
+            // Linux caps TCP_KEEPCNT at 127.
+            Some(value) => self
+                .integer_in(&format!("{key}.probes"), value, 1, 127, "a probe count")
+                .map(|n| n as u32),
+        };
+        Some(Keepalive::On {
+            idle,
+            interval,
+            probes: probes?,
+        })
+    }
+
+    /// Reports a key that must be present.
+    fn missing(&mut self, key: &str, field: &str, span: Range<usize>, example: &str) {
+        self.report(
+            &format!("{key}.{field}"),
+            Some(span),
+            format!("`{field}` is required"),
+            Some(format!("add e.g. {example}")),
+        );
+    }
+
+    /// Names end up in logs and metric labels: keep them to a safe alphabet.
+    fn name(&mut self, key: &str, name: &str, span: Range<usize>) {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            self.report(
+                key,
+                Some(span),
+                format!("\"{name}\" is not a usable name"),
+                Some("use letters, digits, '-', '_' and '.' only".into()),
+            );
+        }
+    }
+
+    fn address(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        let text = value.get_ref().trim();
+        match text.parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let hint = if text.parse::<IpAddr>().is_ok() {
+                    format!("add the port, e.g. \"{text}:9070\" (IPv6: \"[{text}]:9070\")")
+                } else {
+                    "write an IP address and port such as \"10.0.0.11:9070\"; host names are not resolved".into()
+                };
+                self.report(
+                    key,
+                    Some(value.span()),
+                    format!("\"{text}\" is not an IP address and port"),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive duration, or `default` when absent.
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<RawDuration>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let parsed = match value.get_ref() {
+            RawDuration::Seconds(seconds) => u64::try_from(*seconds)
+                .map(Duration::from_secs)
+                .map_err(|_| format!("{seconds} is negative")),
+            RawDuration::Text(text) => humantime::parse_duration(text.trim())
+                .map_err(|error| format!("\"{text}\" is not a duration ({error})")),
+        };
+        match parsed {
+            Ok(duration) if !duration.is_zero() => duration,
+            Ok(_) => {
+                self.report(
+                    key,
+                    Some(value.span()),
+                    "must be longer than zero".into(),
+                    Some("give a duration such as \"5s\" or \"10m\"".into()),
+                );
+                default
+            }
+            Err(message) => {
+                self.report(
+                    key,
+                    Some(value.span()),
+                    message,
+                    Some("write a duration such as \"600s\", \"5m\" or \"1h 30m\"".into()),
+                );
+                default
+            }
+        }
+    }
+
+    /// A connection limit; 0 means unlimited, as on F5.
+    fn limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> ConnectionLimit {
+        let Some(value) = value else {
+            return ConnectionLimit::Unlimited;
+        };
+        match self.integer_in(key, value, 0, u32::MAX as i64, "a connection count") {
+            Some(0) | None => ConnectionLimit::Unlimited,
+            Some(limit) => ConnectionLimit::At(limit as u32),
+        }
+    }
+
+    fn integer_in(
+        &mut self,
+        key: &str,
+        value: &Spanned<i64>,
+        low: i64,
+        high: i64,
+        what: &str,
+    ) -> Option<usize> {
+        let number = *value.get_ref();
+        if (low..=high).contains(&number) {
+            Some(number as usize)
+        } else {
+            self.report(
+                key,
+                Some(value.span()),
+                format!("{number} is out of range"),
+                Some(format!("{what} from {low} to {high}")),
+            );
+            None
+        }
+    }
+
+    /// Two virtuals cannot listen on the same address, and a wildcard
+    /// (0.0.0.0 or ::) covers every address of its family on that port.
+    fn listen_conflicts(&mut self, virtuals: &[VirtualPlan], raw: &RawConfig) {
+        for (index, later) in virtuals.iter().enumerate() {
+            let Some(earlier) = virtuals[..index]
+                .iter()
+                .find(|earlier| listens_overlap(earlier.listen, later.listen))
+            else {
+                continue;
+            };
+            let span = raw.virtuals[&later.name]
+                .get_ref()
+                .listen
+                .as_ref()
+                .map(|listen| listen.span());
+            let message = if earlier.listen == later.listen {
+                format!(
+                    "{} is also the listen address of virtuals.{}",
+                    later.listen, earlier.name
+                )
+            } else {
+                format!(
+                    "{} overlaps {} of virtuals.{} (a wildcard address takes the port on every address)",
+                    later.listen, earlier.listen, earlier.name
+                )
+            };
+            self.report(
+                &format!("virtuals.{}.listen", later.name),
+                span,
+                message,
+                Some("give each virtual its own address or port".into()),
+            );
+        }
+    }
+}
+
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}

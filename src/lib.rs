@@ -1,0 +1,28 @@
+//! vipgate: a Layer-4 load balancer for long-lived TCP connections, in the
+//! place of an F5 BIG-IP virtual server.
+//!
+//! Layout, in the order a connection meets it:
+//!
+//! - [`config`]: `vipgate.toml` -> raw serde types -> one validation pass
+//!   that lists every problem -> a [`config::Plan`] with nothing left
+//!   optional.
+//! - [`server`]: the live [`server::Snapshot`] (one `ArcSwap`), listeners,
+//!   and the lifecycle up to a drained shutdown.
+//! - [`virtual_server`]: a listener per virtual, the accept loop, admission
+//!   under connection limits, and per connection: choose, connect, pump, log.
+//! - [`pool`]: members, their runtime state in atomics keyed by address, and
+//!   the load-balancing algorithms behind one trait.
+//! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
+//!   fallback; half-close, resets and the idle timeout.
+//! - [`throttle`]: one warning per second instead of a flood.
+//! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
+
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod throttle;
+pub mod virtual_server;

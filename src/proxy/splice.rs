@@ -1,0 +1,147 @@
+//! Zero-copy pump for Linux: socket -> pipe -> socket with splice(2), so the
+//! payload never enters user space.
+//!
+//! A pipe is leased from a per-thread spare list only while bytes are in
+//! flight and given back as soon as the source has nothing more to read; an
+//! idle connection holds no pipe (each would cost two file descriptors, and
+//! the process has a fixed budget of those).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::{add_bytes, finish, Activity, PumpError, SparePool};
+
+/// Bytes asked of one splice call: the default pipe capacity (16 pages).
+const CHUNK: usize = 64 * 1024;
+
+/// Spare pipes kept per worker thread.
+const SPARE_PIPES: usize = 32;
+
+thread_local! {
+    static SPARE: SparePool<Pipe> = const { SparePool::new(SPARE_PIPES) };
+}
+
+pub(super) async fn pump(
+    source: &TcpStream,
+    sink: &TcpStream,
+    activity: &Activity,
+    bytes: &AtomicU64,
+) -> Result<(), PumpError> {
+    let source_fd = source.as_raw_fd();
+    let sink_fd = sink.as_raw_fd();
+    loop {
+        source.readable().await.map_err(PumpError::Read)?;
+        let mut lease = Lease::take().map_err(PumpError::Read)?;
+        // Keep the pipe while the source keeps having data; give it back the
+        // moment we would wait.
+        loop {
+            let moved = match source.try_io(Interest::READABLE, || {
+                splice(source_fd, lease.write_fd, CHUNK)
+            }) {
+                Ok(0) => return finish(sink),
+                Ok(moved) => moved,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(PumpError::Read(error)),
+            };
+            lease.pending = moved;
+            while lease.pending > 0 {
+                sink.writable().await.map_err(PumpError::Write)?;
+                match sink.try_io(Interest::WRITABLE, || {
+                    splice(lease.read_fd, sink_fd, lease.pending)
+                }) {
+                    Ok(written) => lease.pending -= written,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(PumpError::Write(error)),
+                }
+            }
+            add_bytes(bytes, moved);
+            activity.touch();
+        }
+    }
+}
+
+/// Moves up to `length` bytes from `from` to `to` without blocking.
+fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call (they
+    // are borrowed from live sockets and a leased pipe); null offsets are
+    // required for sockets and pipes.
+    let moved = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            length,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if moved < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(moved as usize)
+    }
+}
+
+/// A non-blocking pipe.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we own.
+        let result = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success both descriptors are new and owned by nobody else.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+/// A pipe borrowed from this thread's spares. Goes back on drop unless bytes
+/// are still inside it (the connection ended mid-transfer): such a pipe is
+/// closed instead, so no connection ever sees another's bytes.
+struct Lease {
+    /// Always `Some` until dropped.
+    pipe: Option<Pipe>,
+    read_fd: RawFd,
+    write_fd: RawFd,
+    pending: usize,
+}
+
+impl Lease {
+    fn take() -> io::Result<Lease> {
+        let pipe = match SPARE.with(SparePool::take) {
+            Some(pipe) => pipe,
+            None => Pipe::new()?,
+        };
+        Ok(Lease {
+            read_fd: pipe.read.as_raw_fd(),
+            write_fd: pipe.write.as_raw_fd(),
+            pipe: Some(pipe),
+            pending: 0,
+        })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let (Some(pipe), 0) = (self.pipe.take(), self.pending) {
+            // try_with: during thread teardown the spare list may be gone;
+            // the pipe is then simply closed.
+            let _ = SPARE.try_with(|spare| spare.give_back(pipe));
+        }
+    }
+}

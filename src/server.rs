@@ -1,0 +1,188 @@
+//! The running load balancer: the live [`Snapshot`] of configuration and
+//! state, the listeners, and the lifecycle from start to a drained
+//! shutdown.
+//!
+//! Everything the data path reads lives in one `ArcSwap<Snapshot>`. A new
+//! configuration becomes a new snapshot built from the old one (member and
+//! virtual counters are carried over by identity) and is swapped in once;
+//! connections already open keep the pool they started with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Plan;
+use crate::pool::{MemberRegistry, MemberState, Pool};
+use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
+
+/// The live snapshot, shared by every accept loop.
+pub type Live = Arc<ArcSwap<Snapshot>>;
+
+/// One consistent view of the configuration and the runtime state it uses.
+#[derive(Debug)]
+pub struct Snapshot {
+    plan: Plan,
+    pools: BTreeMap<String, Arc<Pool>>,
+    virtuals: HashMap<String, Arc<VirtualServer>>,
+    members: MemberRegistry,
+}
+
+impl Snapshot {
+    /// Builds the runtime view of `plan`, reusing the state of members and
+    /// virtuals that `previous` already had.
+    pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Snapshot {
+        let mut members = MemberRegistry::default();
+        let previous_members = previous.map(|p| &p.members);
+        let pools: BTreeMap<String, Arc<Pool>> = plan
+            .pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), Arc::new(Pool::new(pool, &mut members, previous_members))))
+            .collect();
+        let virtuals = plan
+            .virtuals
+            .iter()
+            .map(|virtual_plan| {
+                let stats = previous
+                    .and_then(|p| p.virtuals.get(&virtual_plan.name))
+                    .map_or_else(Default::default, |v| Arc::clone(&v.stats));
+                let virtual_server = VirtualServer {
+                    plan: virtual_plan.clone(),
+                    pool: Arc::clone(&pools[&virtual_plan.pool]),
+                    stats,
+                };
+                (virtual_plan.name.clone(), Arc::new(virtual_server))
+            })
+            .collect();
+        Snapshot {
+            plan,
+            pools,
+            virtuals,
+            members,
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn virtual_server(&self, name: &str) -> Option<&Arc<VirtualServer>> {
+        self.virtuals.get(name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    /// The state of the member at `address`, whichever pools it is in.
+    pub fn member(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
+        self.members.get(address)
+    }
+
+    /// Counters of virtual `name`.
+    pub fn virtual_stats(&self, name: &str) -> Option<&Arc<VirtualStats>> {
+        self.virtuals.get(name).map(|v| &v.stats)
+    }
+
+    fn active_connections(&self) -> usize {
+        self.virtuals.values().map(|v| v.stats.active_connections()).sum()
+    }
+}
+
+/// A load balancer with its listeners open, ready to [`run`](Server::run).
+pub struct Server {
+    live: Live,
+    listeners: Vec<(String, TcpListener)>,
+}
+
+impl Server {
+    /// Opens every virtual's listener. Must be called inside a tokio
+    /// runtime. Fails, naming the virtual, if any address cannot be bound;
+    /// then no listener stays open.
+    pub fn bind(plan: Plan) -> Result<Server, BindError> {
+        let listeners = plan
+            .virtuals
+            .iter()
+            .map(|v| Ok((v.name.clone(), virtual_server::bind(v)?)))
+            .collect::<Result<Vec<_>, BindError>>()?;
+        Ok(Server {
+            live: Arc::new(ArcSwap::from_pointee(Snapshot::build(plan, None))),
+            listeners,
+        })
+    }
+
+    /// The address virtual `name` actually listens on (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(listener_name, _)| listener_name == name)
+            .and_then(|(_, listener)| listener.local_addr().ok())
+    }
+
+    /// The live snapshot, for reading counters while the server runs.
+    pub fn live(&self) -> Live {
+        Arc::clone(&self.live)
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets open
+    /// connections finish for up to `settings.drain_timeout`, closes the
+    /// rest, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let lifecycle = Lifecycle {
+            live: Arc::clone(&self.live),
+            connections: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            close_connections: CancellationToken::new(),
+        };
+        let mut accept_loops = JoinSet::new();
+        for (name, listener) in self.listeners {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(virtual_server = %name, %address, "listening");
+            }
+            accept_loops.spawn(virtual_server::accept_loop(name, listener, lifecycle.clone()));
+        }
+
+        shutdown.await;
+        let drain_timeout = self.live.load().plan.settings.drain_timeout;
+        lifecycle.stop_accepting.cancel();
+        while accept_loops.join_next().await.is_some() {}
+        let open = self.live.load().active_connections();
+        tracing::info!(open, ?drain_timeout, "stopped accepting; draining open connections");
+        lifecycle.connections.close();
+        if tokio::time::timeout(drain_timeout, lifecycle.connections.wait())
+            .await
+            .is_err()
+        {
+            let open = self.live.load().active_connections();
+            tracing::warn!(open, "drain timeout reached, closing the remaining connections");
+            lifecycle.close_connections.cancel();
+            lifecycle.connections.wait().await;
+        }
+        tracing::info!("shut down");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop vipgate with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,238 @@
+//! Virtual servers: one listening socket per virtual, its accept loop, and
+//! the admission of each new client before it is handed to [`connection`].
+//!
+//! The accept loop never dies on an error. Running out of file descriptors
+//! (EMFILE/ENFILE) or kernel memory backs off briefly and tries again;
+//! errors that belong to one aborted client are skipped at once.
+
+mod connection;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConnectionLimit, Keepalive, VirtualPlan};
+use crate::pool::Pool;
+use crate::server::Live;
+use crate::throttle::Throttle;
+
+/// Pause after an accept error that will not clear by itself at once
+/// (out of file descriptors or memory), so the loop does not spin.
+const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A virtual server as the data path sees it: its plan, its pool and its
+/// counters.
+#[derive(Debug)]
+pub struct VirtualServer {
+    pub plan: VirtualPlan,
+    pub pool: Arc<Pool>,
+    pub stats: Arc<VirtualStats>,
+}
+
+/// Counters of one virtual server, kept across configuration changes.
+#[derive(Debug, Default)]
+pub struct VirtualStats {
+    active: AtomicUsize,
+    accepted: AtomicU64,
+    rejected_connection_limit: AtomicU64,
+    rejected_no_member: AtomicU64,
+    accept_errors: AtomicU64,
+    reject_log: Throttle,
+}
+
+impl VirtualStats {
+    /// Clients connected through this virtual right now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Clients accepted since start (admitted or not).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Clients closed at once because the virtual's connection limit was
+    /// reached.
+    pub fn rejected_connection_limit(&self) -> u64 {
+        self.rejected_connection_limit.load(Ordering::Relaxed)
+    }
+
+    /// Clients closed because no member could take them (all refused, timed
+    /// out or at their limits).
+    pub fn rejected_no_member(&self) -> u64 {
+        self.rejected_no_member.load(Ordering::Relaxed)
+    }
+
+    /// accept(2) failures (out of file descriptors and the like).
+    pub fn accept_errors(&self) -> u64 {
+        self.accept_errors.load(Ordering::Relaxed)
+    }
+
+    fn try_admit(self: &Arc<Self>, limit: ConnectionLimit) -> Option<Admission> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if limit.admits(before) {
+            Some(Admission(self.clone()))
+        } else {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// One admitted client; frees its place under the connection limit on drop.
+#[derive(Debug)]
+struct Admission(Arc<VirtualStats>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("virtuals.{virtual_name}: cannot listen on {address}: {source}{}", bind_hint(.source))]
+pub struct BindError {
+    pub virtual_name: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+fn bind_hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::AddrInUse => " (another process, or another virtual, already listens there)",
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        _ => "",
+    }
+}
+
+/// Opens the listening socket of a virtual.
+///
+/// IP_FREEBIND lets a standby instance of a keepalived/VRRP pair listen on a
+/// VIP it does not hold yet.
+pub fn bind(plan: &VirtualPlan) -> Result<TcpListener, BindError> {
+    let open = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(plan.listen), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if plan.listen.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_only_v6(true)?;
+            socket.set_freebind_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&plan.listen.into())?;
+        socket.listen(plan.backlog as i32)?;
+        TcpListener::from_std(socket.into())
+    };
+    open().map_err(|source| BindError {
+        virtual_name: plan.name.clone(),
+        address: plan.listen,
+        source,
+    })
+}
+
+/// What every accept loop shares with the server.
+#[derive(Clone)]
+pub(crate) struct Lifecycle {
+    pub live: Live,
+    /// Spawns and counts connection tasks, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the server stops accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when open connections must close (drain timeout over).
+    pub close_connections: CancellationToken,
+}
+
+/// Accepts clients of virtual `name` until told to stop.
+pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: Lifecycle) {
+    let resource_log = Throttle::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = lifecycle.stop_accepting.cancelled() => break,
+        };
+        let snapshot = lifecycle.live.load();
+        let Some(virtual_server) = snapshot.virtual_server(&name) else {
+            break;
+        };
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                virtual_server.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if is_resource_exhaustion(&error) {
+                    if let Some(suppressed) = resource_log.allow() {
+                        tracing::warn!(virtual_server = %name, %error, suppressed, "accept failed, backing off {RESOURCE_BACKOFF:?}; raise the open-file limit (ulimit -n) if this persists");
+                    }
+                    tokio::time::sleep(RESOURCE_BACKOFF).await;
+                } else {
+                    tracing::debug!(virtual_server = %name, %error, "accept failed for one client");
+                }
+                continue;
+            }
+        };
+        virtual_server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let stats = &virtual_server.stats;
+        let Some(admission) = stats.try_admit(virtual_server.plan.connection_limit) else {
+            stats.rejected_connection_limit.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = stats.reject_log.allow() {
+                tracing::warn!(
+                    virtual_server = %name,
+                    client = %peer,
+                    limit = %virtual_server.plan.connection_limit,
+                    suppressed,
+                    "connection limit reached, closing new clients"
+                );
+            }
+            reset(&client);
+            continue;
+        };
+        let virtual_server = Arc::clone(virtual_server);
+        let close = lifecycle.close_connections.clone();
+        lifecycle.connections.spawn(async move {
+            connection::serve(client, peer, &virtual_server, &close).await;
+            drop(admission);
+        });
+    }
+    tracing::debug!(virtual_server = %name, "stopped accepting");
+}
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Socket options for both legs of a proxied connection.
+pub(crate) fn tune(stream: &TcpStream, keepalive: Keepalive) {
+    // Both legs carry interactive traffic: never hold a small write back.
+    let _ = stream.set_nodelay(true);
+    if let Keepalive::On {
+        idle,
+        interval,
+        probes,
+    } = keepalive
+    {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval)
+            .with_retries(probes);
+        if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&params) {
+            tracing::debug!(%error, "cannot set TCP keepalive");
+        }
+    }
+}
+
+/// Closes a client with a reset: it learns at once that it was refused.
+fn reset(client: &TcpStream) {
+    let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
+}
