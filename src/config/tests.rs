@@ -1,0 +1,235 @@
+//! Every class of configuration error, and the defaults of a valid file.
+
+use std::time::Duration;
+
+use super::*;
+
+const VALID: &str = r#"
+[pools.poolCSP01]
+members = [ { address = "127.0.0.11:9070" }, { address = "127.0.0.12:9070", connection_limit = 5 } ]
+
+[virtuals.vsCSP]
+listen = "127.0.0.100:9070"
+pool = "poolCSP01"
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "test.toml") {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+fn only_problem(text: &str) -> Problem {
+    let mut found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    found.remove(0)
+}
+
+#[test]
+fn valid_file_gets_documented_defaults() {
+    let plan = parse(VALID, "test.toml").unwrap();
+    let vs = &plan.virtuals[0];
+    assert_eq!(vs.idle_timeout, Duration::from_secs(300));
+    assert_eq!(vs.connect_timeout, Duration::from_secs(5));
+    assert_eq!(vs.connection_limit, ConnectionLimit::Unlimited);
+    assert_eq!(vs.backlog, 4096);
+    assert!(vs.zero_copy);
+    assert_eq!(vs.tcp_keepalive, Keepalive::Off);
+    assert_eq!(plan.settings.drain_timeout, Duration::from_secs(30));
+    let pool = plan.pool_of(vs);
+    assert_eq!(pool.members[1].connection_limit, ConnectionLimit::At(5));
+    assert!(plan.warnings.is_empty());
+}
+
+#[test]
+fn durations_accept_text_and_bare_seconds() {
+    let text = VALID.replace(
+        "pool = \"poolCSP01\"",
+        "pool = \"poolCSP01\"\nidle_timeout = 600\nconnect_timeout = \"1m 30s\"\ntcp_keepalive = { idle = \"2m\", probes = 3 }",
+    );
+    let plan = parse(&text, "t").unwrap();
+    assert_eq!(plan.virtuals[0].idle_timeout, Duration::from_secs(600));
+    assert_eq!(plan.virtuals[0].connect_timeout, Duration::from_secs(90));
+    assert_eq!(
+        plan.virtuals[0].tcp_keepalive,
+        Keepalive::On {
+            idle: Duration::from_secs(120),
+            interval: Duration::from_secs(10),
+            probes: 3
+        }
+    );
+}
+
+#[test]
+fn unknown_pool_names_the_place_and_the_known_pools() {
+    let problem = only_problem(&VALID.replace("pool = \"poolCSP01\"", "pool = \"poolCSP02\""));
+    assert_eq!(problem.key, "virtuals.vsCSP.pool");
+    assert_eq!(problem.message, "no pool named \"poolCSP02\"");
+    assert_eq!(problem.hint.as_deref(), Some("defined pools: poolCSP01"));
+    assert_eq!(problem.location, Some(Location { line: 7, column: 8 }));
+    assert!(problem.to_string().starts_with("virtuals.vsCSP.pool: no pool named \"poolCSP02\""));
+}
+
+#[test]
+fn unknown_key_is_a_syntax_error_with_position() {
+    let error = parse(&VALID.replace("listen =", "lisen ="), "test.toml").unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("test.toml:6:1: unknown field `lisen`"), "{text}");
+    assert!(text.contains("expected one of"), "{text}");
+}
+
+#[test]
+fn unknown_algorithm_lists_the_known_ones() {
+    let text = VALID.replace("members =", "algorithm = \"fastest\"\nmembers =");
+    let error = parse(&text, "t").unwrap_err().to_string();
+    assert!(error.contains("unknown variant `fastest`"), "{error}");
+    assert!(error.contains("round-robin"), "{error}");
+}
+
+#[test]
+fn bad_addresses_say_what_is_expected() {
+    let text = VALID
+        .replace("127.0.0.11:9070", "127.0.0.11")
+        .replace("127.0.0.100:9070", "csp.example.com:9070");
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found[0].key, "pools.poolCSP01.members[0].address");
+    assert!(found[0].hint.as_deref().unwrap().contains("add the port"));
+    assert_eq!(found[1].key, "virtuals.vsCSP.listen");
+    assert!(found[1].hint.as_deref().unwrap().contains("host names are not resolved"));
+}
+
+#[test]
+fn member_port_zero_and_duplicate_members_are_refused() {
+    let text = VALID.replace("127.0.0.12:9070", "127.0.0.11:9070");
+    let problem = only_problem(&text);
+    assert_eq!(problem.key, "pools.poolCSP01.members[1].address");
+    assert!(problem.message.contains("listed twice"), "{problem}");
+
+    let problem = only_problem(&VALID.replace("127.0.0.12:9070", "127.0.0.12:0"));
+    assert!(problem.message.contains("port 0"), "{problem}");
+}
+
+#[test]
+fn empty_and_missing_member_lists_are_refused() {
+    let text = VALID.replace(
+        r#"members = [ { address = "127.0.0.11:9070" }, { address = "127.0.0.12:9070", connection_limit = 5 } ]"#,
+        "members = []",
+    );
+    let problem = only_problem(&text);
+    assert_eq!(problem.key, "pools.poolCSP01.members");
+    assert_eq!(problem.message, "the pool has no members");
+
+    let text = "[pools.p]\n[virtuals.v]\nlisten = \"127.0.0.1:1\"\npool = \"p\"\n";
+    assert_eq!(only_problem(text).key, "pools.p.members");
+}
+
+#[test]
+fn zero_negative_and_malformed_durations_are_refused() {
+    let text = VALID.replace(
+        "pool = \"poolCSP01\"",
+        "pool = \"poolCSP01\"\nidle_timeout = \"0s\"\nconnect_timeout = -5\n[settings]\ndrain_timeout = \"soon\"",
+    );
+    let found = problems(&text);
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["settings.drain_timeout", "virtuals.vsCSP.idle_timeout", "virtuals.vsCSP.connect_timeout"]
+    );
+    assert_eq!(found[1].message, "must be longer than zero");
+    assert!(found[0].message.contains("\"soon\" is not a duration"));
+    assert!(found[2].message.contains("negative"));
+}
+
+#[test]
+fn limits_out_of_range_are_refused_and_zero_means_unlimited() {
+    let text = VALID.replace("connection_limit = 5", "connection_limit = -1");
+    let problem = only_problem(&text);
+    assert_eq!(problem.key, "pools.poolCSP01.members[1].connection_limit");
+    assert!(problem.hint.unwrap().contains("from 0 to"));
+
+    let text = VALID.replace("connection_limit = 5", "connection_limit = 0");
+    let plan = parse(&text, "t").unwrap();
+    assert_eq!(plan.pools["poolCSP01"].members[1].connection_limit, ConnectionLimit::Unlimited);
+}
+
+#[test]
+fn duplicate_and_overlapping_listen_addresses_are_refused() {
+    let second = "\n[virtuals.vsOther]\nlisten = \"LISTEN\"\npool = \"poolCSP01\"\n";
+    let problem = only_problem(&format!("{VALID}{}", second.replace("LISTEN", "127.0.0.100:9070")));
+    assert_eq!(problem.key, "virtuals.vsOther.listen");
+    assert!(problem.message.contains("also the listen address of virtuals.vsCSP"), "{problem}");
+
+    let problem = only_problem(&format!("{VALID}{}", second.replace("LISTEN", "0.0.0.0:9070")));
+    assert!(problem.message.contains("overlaps"), "{problem}");
+
+    // Another port, or the other address family, is fine.
+    parse(&format!("{VALID}{}", second.replace("LISTEN", "0.0.0.0:9075")), "t").unwrap();
+    parse(&format!("{VALID}{}", second.replace("LISTEN", "[::]:9070")), "t").unwrap();
+}
+
+#[test]
+fn missing_required_keys_and_no_virtuals() {
+    let problem = only_problem("[pools.p]\nmembers = [ { address = \"127.0.0.1:1\" } ]\n[virtuals.v]\npool = \"p\"\n");
+    assert_eq!(problem.key, "virtuals.v.listen");
+    assert_eq!(problem.message, "`listen` is required");
+
+    let found = problems("[pools.p]\nmembers = [ { address = \"127.0.0.1:1\" } ]\n");
+    assert_eq!(found[0].key, "virtuals");
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let text = VALID.replace("[virtuals.vsCSP]", "[virtuals.\"vs CSP\"]");
+    let problem = only_problem(&text);
+    assert_eq!(problem.key, "virtuals.vs CSP");
+    assert!(problem.hint.unwrap().contains("letters, digits"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[pools.empty]
+members = []
+
+[virtuals.a]
+listen = "nowhere"
+pool = "missing"
+idle_timeout = "0s"
+backlog = 0
+"#;
+    let error = parse(text, "many.toml").unwrap_err();
+    assert_eq!(error.problems().len(), 5, "{error}");
+    let shown = error.to_string();
+    assert!(shown.starts_with("many.toml has 5 problems; nothing was applied:"), "{shown}");
+    assert!(shown.contains("many.toml:6:10: virtuals.a.listen"), "{shown}");
+}
+
+#[test]
+fn unused_pools_and_port_zero_listeners_are_warnings() {
+    let text = format!("{VALID}\n[pools.spare]\nmembers = [ {{ address = \"127.0.0.13:9070\" }} ]\n")
+        .replace("127.0.0.100:9070", "127.0.0.100:0");
+    let plan = parse(&text, "t").unwrap();
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+}
+
+#[test]
+fn plan_display_lists_virtuals_pools_and_members() {
+    let shown = parse(VALID, "t").unwrap().to_string();
+    assert!(shown.contains("virtual vsCSP listen 127.0.0.100:9070"), "{shown}");
+    assert!(shown.contains("-> pool poolCSP01 (round-robin)"), "{shown}");
+    assert!(shown.contains("-> member 127.0.0.12:9070 (connection_limit 5)"), "{shown}");
+}
+
+#[test]
+fn shipped_configurations_are_valid() {
+    parse(include_str!("../../config/vipgate.toml"), "config/vipgate.toml").unwrap();
+    parse(include_str!("../../config/demo.toml"), "config/demo.toml").unwrap();
+}
+
+#[test]
+fn location_counts_lines_and_characters() {
+    assert_eq!(Location::of_offset("ab\ncd", 4), Location { line: 2, column: 2 });
+    assert_eq!(Location::of_offset("", 10), Location { line: 1, column: 1 });
+}

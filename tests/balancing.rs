@@ -1,0 +1,158 @@
+//! Member selection over real loopback sockets: round-robin spread,
+//! reselect past refusing and silent members, connection limits.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use socket2::{Domain, Socket, Type};
+
+async fn count_tags(addr: std::net::SocketAddr, clients: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..clients {
+        let tag = tag_of_answer(addr).await.expect("served");
+        *counts.entry(tag).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_spreads_clients_exactly_evenly() {
+    let members = [
+        tagged_member("127.0.0.11", "m11").await,
+        tagged_member("127.0.0.12", "m12").await,
+        tagged_member("127.0.0.13", "m13").await,
+    ];
+    let vipgate = start(&config(&members, "")).await;
+    let counts = count_tags(vipgate.addr("vs"), 30).await;
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_even_with_concurrent_clients() {
+    let members = [
+        tagged_member("127.0.0.11", "m11").await,
+        tagged_member("127.0.0.12", "m12").await,
+    ];
+    let vipgate = start(&config(&members, "")).await;
+    let addr = vipgate.addr("vs");
+    let clients: Vec<_> = (0..200).map(|_| tokio::spawn(tag_of_answer(addr))).collect();
+    let mut counts = BTreeMap::new();
+    for client in clients {
+        *counts.entry(client.await.unwrap().expect("served")).or_insert(0) += 1;
+    }
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [100, 100], "{counts:?}");
+    for member in members {
+        assert_eq!(vipgate.member(member).total_connections(), 100);
+    }
+}
+
+#[tokio::test]
+async fn refusing_member_is_skipped_and_counted() {
+    let refusing = refusing_address("127.0.0.12").await;
+    let members = [
+        tagged_member("127.0.0.11", "m11").await,
+        refusing,
+        tagged_member("127.0.0.13", "m13").await,
+    ];
+    let vipgate = start(&config(&members, "")).await;
+    let counts = count_tags(vipgate.addr("vs"), 20).await;
+    assert_eq!(
+        counts,
+        BTreeMap::from([("m11".to_string(), 10), ("m13".to_string(), 10)])
+    );
+    assert_eq!(vipgate.member(refusing).connect_failures(), 10);
+    assert_eq!(vipgate.virtual_stats("vs").rejected_no_member(), 0);
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so
+/// connecting to it hangs until the connect timeout.
+async fn silent_address(ip: &str) -> (Socket, Vec<std::net::TcpStream>, std::net::SocketAddr) {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&format!("{ip}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => return (listener, fillers, addr),
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
+}
+
+#[tokio::test]
+async fn member_that_does_not_answer_is_reselected_after_connect_timeout() {
+    let (_listener, _fillers, silent) = silent_address("127.0.0.12").await;
+    let good = tagged_member("127.0.0.11", "m11").await;
+    let vipgate = start(&config(&[silent, good], "connect_timeout = \"200ms\"")).await;
+    for _ in 0..3 {
+        assert_eq!(tag_of_answer(vipgate.addr("vs")).await.as_deref(), Some("m11"));
+    }
+    assert!(vipgate.member(silent).connect_failures() >= 1);
+}
+
+#[tokio::test]
+async fn client_is_closed_and_counted_when_no_member_answers() {
+    let members = [refusing_address("127.0.0.11").await, refusing_address("127.0.0.12").await];
+    let vipgate = start(&config(&members, "")).await;
+    let mut client = LineClient::connect(vipgate.addr("vs")).await;
+    assert_eq!(client.ask("hello").await, None);
+    let stats = vipgate.virtual_stats("vs");
+    eventually("the rejection is counted", || stats.rejected_no_member() == 1).await;
+    assert_eq!(vipgate.member(members[0]).connect_failures(), 1);
+    assert_eq!(vipgate.member(members[1]).connect_failures(), 1);
+}
+
+#[tokio::test]
+async fn virtual_connection_limit_closes_the_extra_client_at_once() {
+    let member = tagged_member("127.0.0.11", "m11").await;
+    let vipgate = start(&config(&[member], "connection_limit = 2")).await;
+    let addr = vipgate.addr("vs");
+    let mut first = LineClient::connect(addr).await;
+    let mut second = LineClient::connect(addr).await;
+    assert!(first.ask("one").await.is_some());
+    assert!(second.ask("two").await.is_some());
+
+    let mut third = LineClient::connect(addr).await;
+    assert_eq!(third.ask("three").await, None, "the third client is refused");
+    let stats = vipgate.virtual_stats("vs");
+    assert_eq!(stats.rejected_connection_limit(), 1);
+
+    drop(first);
+    eventually("the first connection is gone", || stats.active_connections() == 1).await;
+    let mut fourth = LineClient::connect(addr).await;
+    assert!(fourth.ask("four").await.is_some(), "room again after a close");
+    assert!(second.ask("still here").await.is_some());
+}
+
+#[tokio::test]
+async fn member_connection_limits_send_clients_elsewhere_then_refuse() {
+    let members = [
+        tagged_member("127.0.0.11", "m11").await,
+        tagged_member("127.0.0.12", "m12").await,
+    ];
+    let toml = config(&members, "").replace(
+        &format!("{{ address = \"{}\" }}", members[0]),
+        &format!("{{ address = \"{}\", connection_limit = 1 }}", members[0]),
+    );
+    let toml = toml.replace(
+        &format!("{{ address = \"{}\" }}", members[1]),
+        &format!("{{ address = \"{}\", connection_limit = 1 }}", members[1]),
+    );
+    let vipgate = start(&toml).await;
+    let addr = vipgate.addr("vs");
+    let mut first = LineClient::connect(addr).await;
+    let mut second = LineClient::connect(addr).await;
+    let tags = [
+        first.ask("a").await.unwrap()[..3].to_string(),
+        second.ask("b").await.unwrap()[..3].to_string(),
+    ];
+    assert_ne!(tags[0], tags[1], "each member took one");
+    let mut third = LineClient::connect(addr).await;
+    assert_eq!(third.ask("c").await, None);
+    assert_eq!(vipgate.virtual_stats("vs").rejected_no_member(), 1);
+}

@@ -1,0 +1,189 @@
+//! The one helper every integration test goes through: start vipgate
+//! in-process from a TOML string, and start members on 127.0.0.x with ports
+//! from the operating system.
+#![allow(dead_code)] // each test file uses a different part of it
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use vipgate::pool::MemberState;
+use vipgate::server::{Live, Server};
+use vipgate::virtual_server::VirtualStats;
+
+/// Upper bound for anything a test waits on, so a bug fails the test
+/// instead of hanging it.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A vipgate running inside the test's runtime.
+pub struct Vipgate {
+    server_addrs: Vec<(String, SocketAddr)>,
+    live: Live,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// Starts vipgate with the configuration `toml`. Use `listen =
+/// "127.0.0.100:0"` to have the OS pick the port; [`Vipgate::addr`] tells it.
+pub async fn start(toml: &str) -> Vipgate {
+    let plan = vipgate::config::parse(toml, "test config").unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = plan.virtuals.iter().map(|v| v.name.clone()).collect();
+    let server = Server::bind(plan).unwrap_or_else(|e| panic!("{e}"));
+    let server_addrs = names
+        .into_iter()
+        .map(|name| {
+            let addr = server.local_addr(&name).unwrap();
+            (name, addr)
+        })
+        .collect();
+    let live = server.live();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Vipgate {
+        server_addrs,
+        live,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Vipgate {
+    /// Where virtual `name` listens.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.server_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no virtual {name}"))
+    }
+
+    pub fn virtual_stats(&self, name: &str) -> Arc<VirtualStats> {
+        self.live.load().virtual_stats(name).unwrap().clone()
+    }
+
+    pub fn member(&self, address: SocketAddr) -> Arc<MemberState> {
+        self.live.load().member(&address).unwrap().clone()
+    }
+
+    /// Starts the shutdown (as SIGTERM would) and returns the task that
+    /// finishes when vipgate has stopped.
+    pub fn begin_shutdown(&mut self) -> &mut JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        &mut self.task
+    }
+}
+
+/// Starts a member on `ip` (port from the OS) answering each line `L` with
+/// `"{tag} L"`: the same simulated proxy `vipgate demo` runs.
+pub async fn tagged_member(ip: &str, tag: &str) -> SocketAddr {
+    vipgate::demo::spawn_tagged_echo(format!("{ip}:0").parse().unwrap(), tag.to_string())
+        .await
+        .unwrap()
+}
+
+/// Starts a member on `ip` that sends back every byte it receives and
+/// half-closes when the client does.
+pub async fn echo_member(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An address on `ip` where nothing listens: connecting is refused.
+pub async fn refusing_address(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A client connection that speaks lines.
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+}
+
+impl LineClient {
+    pub async fn connect(addr: SocketAddr) -> LineClient {
+        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        LineClient {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends `line` and returns the answer, or `None` if the connection
+    /// closed or failed instead.
+    pub async fn ask(&mut self, line: &str) -> Option<String> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        match tokio::time::timeout(PATIENCE, self.reader.read_line(&mut answer))
+            .await
+            .expect("an answer or a close in time")
+        {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(answer.trim_end().to_string()),
+        }
+    }
+
+    /// Waits until the server closes the connection; true if it did
+    /// within [`PATIENCE`].
+    pub async fn closed_by_server(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(PATIENCE, self.reader.read_to_end(&mut rest)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    }
+}
+
+/// Asks one line over a new connection; the tag of the member that
+/// answered, or `None` if vipgate closed the connection.
+pub async fn tag_of_answer(addr: SocketAddr) -> Option<String> {
+    let answer = LineClient::connect(addr).await.ask("hello").await?;
+    Some(answer.split(' ').next().unwrap_or_default().to_string())
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after
+/// [`PATIENCE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A one-pool, one-virtual configuration over `members`, with extra lines
+/// for the virtual.
+pub fn config(members: &[SocketAddr], virtual_extra: &str) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|m| format!("{{ address = \"{m}\" }}"))
+        .collect();
+    format!(
+        "[pools.p]\nmembers = [ {} ]\n\n[virtuals.vs]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\n{virtual_extra}\n",
+        members.join(", ")
+    )
+}
