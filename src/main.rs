@@ -37,7 +37,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => vipgate::commands::check(&config).map(|report| print!("{report}")).map_err(anyhow::Error::from),
+        Command::Check { config } => vipgate::commands::check(&config)
+            .map(|report| print!("{report}"))
+            .map_err(anyhow::Error::from),
         Command::Run { config } => {
             let _logs = vipgate::logging::init(&cli.log_level);
             vipgate::commands::run(&config).map_err(anyhow::Error::from)

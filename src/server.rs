@@ -43,7 +43,12 @@ impl Snapshot {
         let pools: BTreeMap<String, Arc<Pool>> = plan
             .pools
             .iter()
-            .map(|(name, pool)| (name.clone(), Arc::new(Pool::new(pool, &mut members, previous_members))))
+            .map(|(name, pool)| {
+                (
+                    name.clone(),
+                    Arc::new(Pool::new(pool, &mut members, previous_members)),
+                )
+            })
             .collect();
         let virtuals = plan
             .virtuals
@@ -91,7 +96,10 @@ impl Snapshot {
     }
 
     fn active_connections(&self) -> usize {
-        self.virtuals.values().map(|v| v.stats.active_connections()).sum()
+        self.virtuals
+            .values()
+            .map(|v| v.stats.active_connections())
+            .sum()
     }
 }
 
@@ -145,7 +153,11 @@ impl Server {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(virtual_server = %name, %address, "listening");
             }
-            accept_loops.spawn(virtual_server::accept_loop(name, listener, lifecycle.clone()));
+            accept_loops.spawn(virtual_server::accept_loop(
+                name,
+                listener,
+                lifecycle.clone(),
+            ));
         }
 
         shutdown.await;
@@ -153,14 +165,21 @@ impl Server {
         lifecycle.stop_accepting.cancel();
         while accept_loops.join_next().await.is_some() {}
         let open = self.live.load().active_connections();
-        tracing::info!(open, ?drain_timeout, "stopped accepting; draining open connections");
+        tracing::info!(
+            open,
+            ?drain_timeout,
+            "stopped accepting; draining open connections"
+        );
         lifecycle.connections.close();
         if tokio::time::timeout(drain_timeout, lifecycle.connections.wait())
             .await
             .is_err()
         {
             let open = self.live.load().active_connections();
-            tracing::warn!(open, "drain timeout reached, closing the remaining connections");
+            tracing::warn!(
+                open,
+                "drain timeout reached, closing the remaining connections"
+            );
             lifecycle.close_connections.cancel();
             lifecycle.connections.wait().await;
         }

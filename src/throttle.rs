@@ -46,7 +46,12 @@ impl Throttle {
         if now >= next
             && self
                 .next_allowed
-                .compare_exchange(next, now + self.interval_millis, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + self.interval_millis,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             Some(self.suppressed.swap(0, Ordering::Relaxed))

@@ -27,7 +27,11 @@ async fn round_robin_spreads_clients_exactly_evenly() {
     ];
     let vipgate = start(&config(&members, "")).await;
     let counts = count_tags(vipgate.addr("vs"), 30).await;
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{counts:?}");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,12 +42,20 @@ async fn round_robin_is_even_with_concurrent_clients() {
     ];
     let vipgate = start(&config(&members, "")).await;
     let addr = vipgate.addr("vs");
-    let clients: Vec<_> = (0..200).map(|_| tokio::spawn(tag_of_answer(addr))).collect();
+    let clients: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(tag_of_answer(addr)))
+        .collect();
     let mut counts = BTreeMap::new();
     for client in clients {
-        *counts.entry(client.await.unwrap().expect("served")).or_insert(0) += 1;
+        *counts
+            .entry(client.await.unwrap().expect("served"))
+            .or_insert(0) += 1;
     }
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [100, 100], "{counts:?}");
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [100, 100],
+        "{counts:?}"
+    );
     for member in members {
         assert_eq!(vipgate.member(member).total_connections(), 100);
     }
@@ -71,7 +83,14 @@ async fn refusing_member_is_skipped_and_counted() {
 /// connecting to it hangs until the connect timeout.
 async fn silent_address(ip: &str) -> (Socket, Vec<std::net::TcpStream>, std::net::SocketAddr) {
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener.bind(&format!("{ip}:0").parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener
+        .bind(
+            &format!("{ip}:0")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
     listener.listen(0).unwrap();
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -90,19 +109,28 @@ async fn member_that_does_not_answer_is_reselected_after_connect_timeout() {
     let good = tagged_member("127.0.0.11", "m11").await;
     let vipgate = start(&config(&[silent, good], "connect_timeout = \"200ms\"")).await;
     for _ in 0..3 {
-        assert_eq!(tag_of_answer(vipgate.addr("vs")).await.as_deref(), Some("m11"));
+        assert_eq!(
+            tag_of_answer(vipgate.addr("vs")).await.as_deref(),
+            Some("m11")
+        );
     }
     assert!(vipgate.member(silent).connect_failures() >= 1);
 }
 
 #[tokio::test]
 async fn client_is_closed_and_counted_when_no_member_answers() {
-    let members = [refusing_address("127.0.0.11").await, refusing_address("127.0.0.12").await];
+    let members = [
+        refusing_address("127.0.0.11").await,
+        refusing_address("127.0.0.12").await,
+    ];
     let vipgate = start(&config(&members, "")).await;
     let mut client = LineClient::connect(vipgate.addr("vs")).await;
     assert_eq!(client.ask("hello").await, None);
     let stats = vipgate.virtual_stats("vs");
-    eventually("the rejection is counted", || stats.rejected_no_member() == 1).await;
+    eventually("the rejection is counted", || {
+        stats.rejected_no_member() == 1
+    })
+    .await;
     assert_eq!(vipgate.member(members[0]).connect_failures(), 1);
     assert_eq!(vipgate.member(members[1]).connect_failures(), 1);
 }
@@ -118,14 +146,24 @@ async fn virtual_connection_limit_closes_the_extra_client_at_once() {
     assert!(second.ask("two").await.is_some());
 
     let mut third = LineClient::connect(addr).await;
-    assert_eq!(third.ask("three").await, None, "the third client is refused");
+    assert_eq!(
+        third.ask("three").await,
+        None,
+        "the third client is refused"
+    );
     let stats = vipgate.virtual_stats("vs");
     assert_eq!(stats.rejected_connection_limit(), 1);
 
     drop(first);
-    eventually("the first connection is gone", || stats.active_connections() == 1).await;
+    eventually("the first connection is gone", || {
+        stats.active_connections() == 1
+    })
+    .await;
     let mut fourth = LineClient::connect(addr).await;
-    assert!(fourth.ask("four").await.is_some(), "room again after a close");
+    assert!(
+        fourth.ask("four").await.is_some(),
+        "room again after a close"
+    );
     assert!(second.ask("still here").await.is_some());
 }
 

@@ -41,11 +41,17 @@ async fn round_trip(addr: SocketAddr, total: usize) {
     let mut expected = vec![0; BLOCK];
     let mut received = vec![0; BLOCK];
     for index in 0..blocks as u64 {
-        read.read_exact(&mut received).await.unwrap_or_else(|e| panic!("block {index}: {e}"));
+        read.read_exact(&mut received)
+            .await
+            .unwrap_or_else(|e| panic!("block {index}: {e}"));
         block(index, &mut expected);
         assert!(received == expected, "block {index} differs");
     }
-    assert_eq!(read.read(&mut received).await.unwrap(), 0, "nothing after the last byte");
+    assert_eq!(
+        read.read(&mut received).await.unwrap(),
+        0,
+        "nothing after the last byte"
+    );
     writer.await.unwrap();
 }
 
@@ -53,9 +59,12 @@ async fn bulk(zero_copy: bool) {
     let member = echo_member("127.0.0.11").await;
     let vipgate = start(&config(&[member], &format!("zero_copy = {zero_copy}"))).await;
     let total = 256 * 1024 * 1024;
-    tokio::time::timeout(Duration::from_secs(120), round_trip(vipgate.addr("vs"), total))
-        .await
-        .expect("256 MiB each way in two minutes");
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        round_trip(vipgate.addr("vs"), total),
+    )
+    .await
+    .expect("256 MiB each way in two minutes");
     let (to_member, to_client) = {
         let state = vipgate.member(member);
         eventually("the connection is accounted", || state.bytes().0 > 0).await;
@@ -87,7 +96,10 @@ async fn read_all_then_reply_member(ip: &str) -> SocketAddr {
                 stream.read_to_end(&mut request).await.unwrap();
                 let header = format!("got {} bytes\n", request.len());
                 stream.write_all(header.as_bytes()).await.unwrap();
-                stream.write_all(&vec![b'x'; 4 * 1024 * 1024]).await.unwrap();
+                stream
+                    .write_all(&vec![b'x'; 4 * 1024 * 1024])
+                    .await
+                    .unwrap();
                 stream.shutdown().await.unwrap();
             });
         }
@@ -132,14 +144,18 @@ async fn member_reset_is_passed_on_to_the_client() {
         let mut stream = stream;
         stream.read_exact(&mut first).await.unwrap();
         // Close with a reset instead of a FIN.
-        stream.set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(stream);
     });
     let vipgate = start(&config(&[member], "")).await;
     let mut client = TcpStream::connect(vipgate.addr("vs")).await.unwrap();
     client.write_all(b"hello").await.unwrap();
     let mut buffer = [0; 16];
-    let result = tokio::time::timeout(PATIENCE, client.read(&mut buffer)).await.unwrap();
+    let result = tokio::time::timeout(PATIENCE, client.read(&mut buffer))
+        .await
+        .unwrap();
     let error = result.expect_err("a reset, not a clean end");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
 }
@@ -151,7 +167,10 @@ async fn idle_connection_is_closed_after_idle_timeout_but_a_busy_one_is_not() {
     let mut client = LineClient::connect(vipgate.addr("vs")).await;
     // Busy for three idle timeouts: traffic keeps it open.
     for round in 0..12 {
-        assert!(client.ask(&format!("ping {round}")).await.is_some(), "round {round}");
+        assert!(
+            client.ask(&format!("ping {round}")).await.is_some(),
+            "round {round}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Silent: vipgate closes it.

@@ -17,8 +17,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use plan::{
-    ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, Settings, VirtualPlan,
-    DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, Settings, VirtualPlan, DEFAULT_BACKLOG,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].
@@ -91,8 +91,14 @@ impl Location {
     pub fn of_offset(text: &str, offset: usize) -> Location {
         let before = &text.as_bytes()[..offset.min(text.len())];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
         Location { line, column }
     }
 }
@@ -112,7 +118,11 @@ impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
         let noun = if count == 1 { "problem" } else { "problems" };
-        write!(f, "{} has {count} {noun}; nothing was applied:", self.source_name)?;
+        write!(
+            f,
+            "{} has {count} {noun}; nothing was applied:",
+            self.source_name
+        )?;
         for problem in self.problems {
             match problem.location {
                 Some(location) => write!(f, "\n  {}:{location}: {problem}", self.source_name)?,

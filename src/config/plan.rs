@@ -161,7 +161,11 @@ impl fmt::Display for Plan {
         )?;
         for virtual_server in &self.virtuals {
             let pool = self.pool_of(virtual_server);
-            writeln!(f, "virtual {} listen {}", virtual_server.name, virtual_server.listen)?;
+            writeln!(
+                f,
+                "virtual {} listen {}",
+                virtual_server.name, virtual_server.listen
+            )?;
             writeln!(
                 f,
                 "  idle_timeout {}, connect_timeout {}, connection_limit {}, backlog {}, zero_copy {}, tcp_keepalive {}",

@@ -68,14 +68,19 @@ fn unknown_pool_names_the_place_and_the_known_pools() {
     assert_eq!(problem.message, "no pool named \"poolCSP02\"");
     assert_eq!(problem.hint.as_deref(), Some("defined pools: poolCSP01"));
     assert_eq!(problem.location, Some(Location { line: 7, column: 8 }));
-    assert!(problem.to_string().starts_with("virtuals.vsCSP.pool: no pool named \"poolCSP02\""));
+    assert!(problem
+        .to_string()
+        .starts_with("virtuals.vsCSP.pool: no pool named \"poolCSP02\""));
 }
 
 #[test]
 fn unknown_key_is_a_syntax_error_with_position() {
     let error = parse(&VALID.replace("listen =", "lisen ="), "test.toml").unwrap_err();
     let text = error.to_string();
-    assert!(text.starts_with("test.toml:6:1: unknown field `lisen`"), "{text}");
+    assert!(
+        text.starts_with("test.toml:6:1: unknown field `lisen`"),
+        "{text}"
+    );
     assert!(text.contains("expected one of"), "{text}");
 }
 
@@ -97,7 +102,11 @@ fn bad_addresses_say_what_is_expected() {
     assert_eq!(found[0].key, "pools.poolCSP01.members[0].address");
     assert!(found[0].hint.as_deref().unwrap().contains("add the port"));
     assert_eq!(found[1].key, "virtuals.vsCSP.listen");
-    assert!(found[1].hint.as_deref().unwrap().contains("host names are not resolved"));
+    assert!(found[1]
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("host names are not resolved"));
 }
 
 #[test]
@@ -135,7 +144,11 @@ fn zero_negative_and_malformed_durations_are_refused() {
     let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["settings.drain_timeout", "virtuals.vsCSP.idle_timeout", "virtuals.vsCSP.connect_timeout"]
+        [
+            "settings.drain_timeout",
+            "virtuals.vsCSP.idle_timeout",
+            "virtuals.vsCSP.connect_timeout"
+        ]
     );
     assert_eq!(found[1].message, "must be longer than zero");
     assert!(found[0].message.contains("\"soon\" is not a duration"));
@@ -151,27 +164,51 @@ fn limits_out_of_range_are_refused_and_zero_means_unlimited() {
 
     let text = VALID.replace("connection_limit = 5", "connection_limit = 0");
     let plan = parse(&text, "t").unwrap();
-    assert_eq!(plan.pools["poolCSP01"].members[1].connection_limit, ConnectionLimit::Unlimited);
+    assert_eq!(
+        plan.pools["poolCSP01"].members[1].connection_limit,
+        ConnectionLimit::Unlimited
+    );
 }
 
 #[test]
 fn duplicate_and_overlapping_listen_addresses_are_refused() {
     let second = "\n[virtuals.vsOther]\nlisten = \"LISTEN\"\npool = \"poolCSP01\"\n";
-    let problem = only_problem(&format!("{VALID}{}", second.replace("LISTEN", "127.0.0.100:9070")));
+    let problem = only_problem(&format!(
+        "{VALID}{}",
+        second.replace("LISTEN", "127.0.0.100:9070")
+    ));
     assert_eq!(problem.key, "virtuals.vsOther.listen");
-    assert!(problem.message.contains("also the listen address of virtuals.vsCSP"), "{problem}");
+    assert!(
+        problem
+            .message
+            .contains("also the listen address of virtuals.vsCSP"),
+        "{problem}"
+    );
 
-    let problem = only_problem(&format!("{VALID}{}", second.replace("LISTEN", "0.0.0.0:9070")));
+    let problem = only_problem(&format!(
+        "{VALID}{}",
+        second.replace("LISTEN", "0.0.0.0:9070")
+    ));
     assert!(problem.message.contains("overlaps"), "{problem}");
 
     // Another port, or the other address family, is fine.
-    parse(&format!("{VALID}{}", second.replace("LISTEN", "0.0.0.0:9075")), "t").unwrap();
-    parse(&format!("{VALID}{}", second.replace("LISTEN", "[::]:9070")), "t").unwrap();
+    parse(
+        &format!("{VALID}{}", second.replace("LISTEN", "0.0.0.0:9075")),
+        "t",
+    )
+    .unwrap();
+    parse(
+        &format!("{VALID}{}", second.replace("LISTEN", "[::]:9070")),
+        "t",
+    )
+    .unwrap();
 }
 
 #[test]
 fn missing_required_keys_and_no_virtuals() {
-    let problem = only_problem("[pools.p]\nmembers = [ { address = \"127.0.0.1:1\" } ]\n[virtuals.v]\npool = \"p\"\n");
+    let problem = only_problem(
+        "[pools.p]\nmembers = [ { address = \"127.0.0.1:1\" } ]\n[virtuals.v]\npool = \"p\"\n",
+    );
     assert_eq!(problem.key, "virtuals.v.listen");
     assert_eq!(problem.message, "`listen` is required");
 
@@ -202,14 +239,21 @@ backlog = 0
     let error = parse(text, "many.toml").unwrap_err();
     assert_eq!(error.problems().len(), 5, "{error}");
     let shown = error.to_string();
-    assert!(shown.starts_with("many.toml has 5 problems; nothing was applied:"), "{shown}");
-    assert!(shown.contains("many.toml:6:10: virtuals.a.listen"), "{shown}");
+    assert!(
+        shown.starts_with("many.toml has 5 problems; nothing was applied:"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("many.toml:6:10: virtuals.a.listen"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn unused_pools_and_port_zero_listeners_are_warnings() {
-    let text = format!("{VALID}\n[pools.spare]\nmembers = [ {{ address = \"127.0.0.13:9070\" }} ]\n")
-        .replace("127.0.0.100:9070", "127.0.0.100:0");
+    let text =
+        format!("{VALID}\n[pools.spare]\nmembers = [ {{ address = \"127.0.0.13:9070\" }} ]\n")
+            .replace("127.0.0.100:9070", "127.0.0.100:0");
     let plan = parse(&text, "t").unwrap();
     assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
 }
@@ -217,19 +261,32 @@ fn unused_pools_and_port_zero_listeners_are_warnings() {
 #[test]
 fn plan_display_lists_virtuals_pools_and_members() {
     let shown = parse(VALID, "t").unwrap().to_string();
-    assert!(shown.contains("virtual vsCSP listen 127.0.0.100:9070"), "{shown}");
+    assert!(
+        shown.contains("virtual vsCSP listen 127.0.0.100:9070"),
+        "{shown}"
+    );
     assert!(shown.contains("-> pool poolCSP01 (round-robin)"), "{shown}");
-    assert!(shown.contains("-> member 127.0.0.12:9070 (connection_limit 5)"), "{shown}");
+    assert!(
+        shown.contains("-> member 127.0.0.12:9070 (connection_limit 5)"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn shipped_configurations_are_valid() {
-    parse(include_str!("../../config/vipgate.toml"), "config/vipgate.toml").unwrap();
+    parse(
+        include_str!("../../config/vipgate.toml"),
+        "config/vipgate.toml",
+    )
+    .unwrap();
     parse(include_str!("../../config/demo.toml"), "config/demo.toml").unwrap();
 }
 
 #[test]
 fn location_counts_lines_and_characters() {
-    assert_eq!(Location::of_offset("ab\ncd", 4), Location { line: 2, column: 2 });
+    assert_eq!(
+        Location::of_offset("ab\ncd", 4),
+        Location { line: 2, column: 2 }
+    );
     assert_eq!(Location::of_offset("", 10), Location { line: 1, column: 1 });
 }

@@ -117,7 +117,9 @@ impl Checker<'_> {
                 &format!("{key}.members"),
                 Some(pool.members.as_ref().map_or(raw.span(), |m| m.span())),
                 "the pool has no members".into(),
-                Some("list at least one, e.g. members = [ { address = \"10.0.0.1:9070\" } ]".into()),
+                Some(
+                    "list at least one, e.g. members = [ { address = \"10.0.0.1:9070\" } ]".into(),
+                ),
             );
             return None;
         };
@@ -173,7 +175,12 @@ impl Checker<'_> {
         let listen = match &virtual_server.listen {
             Some(listen) => self.address(&format!("{key}.listen"), listen),
             None => {
-                self.missing(&key, "listen", raw_virtual.span(), "listen = \"10.0.0.100:9070\"");
+                self.missing(
+                    &key,
+                    "listen",
+                    raw_virtual.span(),
+                    "listen = \"10.0.0.100:9070\"",
+                );
                 None
             }
         };

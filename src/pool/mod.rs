@@ -130,7 +130,11 @@ pub struct MemberRegistry {
 impl MemberRegistry {
     /// The state for `address`: the existing one from `previous` if it had
     /// the address, a fresh one otherwise.
-    pub fn state_for(&mut self, address: SocketAddr, previous: Option<&MemberRegistry>) -> Arc<MemberState> {
+    pub fn state_for(
+        &mut self,
+        address: SocketAddr,
+        previous: Option<&MemberRegistry>,
+    ) -> Arc<MemberState> {
         self.members
             .entry(address)
             .or_insert_with(|| {
@@ -163,7 +167,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(plan: &PoolPlan, registry: &mut MemberRegistry, previous: Option<&MemberRegistry>) -> Pool {
+    pub fn new(
+        plan: &PoolPlan,
+        registry: &mut MemberRegistry,
+        previous: Option<&MemberRegistry>,
+    ) -> Pool {
         let members = plan
             .members
             .iter()
@@ -267,8 +275,15 @@ mod tests {
         let pool = Pool::new(&plan(&[ConnectionLimit::Unlimited; 2]), &mut first, None);
         pool.members()[0].state.record_connected();
         let mut second = MemberRegistry::default();
-        let rebuilt = Pool::new(&plan(&[ConnectionLimit::Unlimited; 1]), &mut second, Some(&first));
+        let rebuilt = Pool::new(
+            &plan(&[ConnectionLimit::Unlimited; 1]),
+            &mut second,
+            Some(&first),
+        );
         assert_eq!(rebuilt.members()[0].state.total_connections(), 1);
-        assert!(Arc::ptr_eq(&rebuilt.members()[0].state, &pool.members()[0].state));
+        assert!(Arc::ptr_eq(
+            &rebuilt.members()[0].state,
+            &pool.members()[0].state
+        ));
     }
 }

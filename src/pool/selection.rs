@@ -117,7 +117,11 @@ impl Tried {
 mod tests {
     use super::*;
 
-    fn picks(selection: &dyn Selection, rounds: usize, eligible: impl Fn(usize) -> bool) -> Vec<usize> {
+    fn picks(
+        selection: &dyn Selection,
+        rounds: usize,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
         (0..rounds)
             .map(|_| selection.select(&mut |i| eligible(i)).expect("a member"))
             .collect()

@@ -202,7 +202,10 @@ impl Activity {
 
 /// Adds `count` to a counter only this connection writes.
 fn add_bytes(counter: &AtomicU64, count: usize) {
-    counter.store(counter.load(Ordering::Relaxed) + count as u64, Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed) + count as u64,
+        Ordering::Relaxed,
+    );
 }
 
 /// Passes a FIN on: the sink will get no more bytes in this direction.
@@ -235,7 +238,9 @@ impl PumpError {
         };
         let reset = matches!(
             error.kind(),
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
         );
         let reason = match (side, reset) {
             (Side::Client, true) => CloseReason::ClientReset,

@@ -23,7 +23,10 @@ pub(super) async fn serve(
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
     let Some((member, slot)) = connect(virtual_server).await else {
-        virtual_server.stats.rejected_no_member.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        virtual_server
+            .stats
+            .rejected_no_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
             tracing::warn!(
                 virtual_server = %plan.name,

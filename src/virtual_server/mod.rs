@@ -120,7 +120,11 @@ fn bind_hint(error: &io::Error) -> &'static str {
 /// VIP it does not hold yet.
 pub fn bind(plan: &VirtualPlan) -> Result<TcpListener, BindError> {
     let open = || -> io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(plan.listen), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(plan.listen),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         if plan.listen.is_ipv4() {
             socket.set_freebind_v4(true)?;
@@ -167,7 +171,10 @@ pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: 
         let (client, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                virtual_server.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                virtual_server
+                    .stats
+                    .accept_errors
+                    .fetch_add(1, Ordering::Relaxed);
                 if is_resource_exhaustion(&error) {
                     if let Some(suppressed) = resource_log.allow() {
                         tracing::warn!(virtual_server = %name, %error, suppressed, "accept failed, backing off {RESOURCE_BACKOFF:?}; raise the open-file limit (ulimit -n) if this persists");
@@ -179,10 +186,15 @@ pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: 
                 continue;
             }
         };
-        virtual_server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        virtual_server
+            .stats
+            .accepted
+            .fetch_add(1, Ordering::Relaxed);
         let stats = &virtual_server.stats;
         let Some(admission) = stats.try_admit(virtual_server.plan.connection_limit) else {
-            stats.rejected_connection_limit.fetch_add(1, Ordering::Relaxed);
+            stats
+                .rejected_connection_limit
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = stats.reject_log.allow() {
                 tracing::warn!(
                     virtual_server = %name,
