@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# vipgate against HAProxy and a direct connection, side by side in one run,
+# all on loopback. Prints one table with ratios.
+#
+#   bash benches/compare.sh            # about 6 minutes on 2 cores
+#   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
+#
+# Measures: bulk throughput (iperf3), new connections per second and
+# keep-alive requests per second with p50/p99 latency (wrk against nginx
+# through the L4 path), and resident memory per idle proxied connection
+# with IDLE_CONNECTIONS held. Each throughput figure is the median of ROUNDS
+# runs, interleaving direct, HAProxy and vipgate so drift hits all alike.
+#
+# Needs: haproxy, iperf3, wrk, nginx (Debian packages; installed if missing
+# and running as root). Uses 127.0.0.11 for the backends and 127.0.0.100 for
+# the proxies' listeners.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_TEST=${SECONDS_PER_TEST:-5}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-8000}
+THREADS=${THREADS:-2}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
+
+BACKEND=127.0.0.11
+VIP=127.0.0.100
+IPERF_PORT=25201 HTTP_PORT=28080 IDLE_PORT=27000
+HAPROXY_BASE=26000 VIPGATE_BASE=29000
+
+need() {
+  local missing=()
+  for tool in haproxy iperf3 wrk nginx; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iperf3 wrk nginx-light >/dev/null
+  else
+    echo "missing: ${missing[*]} (install the Debian packages haproxy iperf3 wrk nginx-light)" >&2
+    exit 1
+  fi
+}
+need
+ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --quiet --bin vipgate --example idle_connections
+VIPGATE=target/release/vipgate
+IDLE_TOOL=target/release/examples/idle_connections
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1:$2" >&2
+  exit 1
+}
+
+# --- backends ---------------------------------------------------------------
+iperf3 -s -B "$BACKEND" -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+user root;
+pid $work/nginx/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  server {
+    listen $BACKEND:$HTTP_PORT backlog=4096 reuseport;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
+"$IDLE_TOOL" serve "$BACKEND:$IDLE_PORT" & pids+=($!)
+wait_port "$BACKEND" "$IPERF_PORT"; wait_port "$BACKEND" "$HTTP_PORT"; wait_port "$BACKEND" "$IDLE_PORT"
+
+# --- proxies: the same three listeners on each ------------------------------
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread $THREADS
+  maxconn 8300
+  maxpipes 512
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  option splice-request
+  option splice-response
+listen bulk
+  bind $VIP:$((HAPROXY_BASE + 1))
+  server s $BACKEND:$IPERF_PORT
+listen http
+  bind $VIP:$((HAPROXY_BASE + 2))
+  server s $BACKEND:$HTTP_PORT
+listen idle
+  bind $VIP:$((HAPROXY_BASE + 3))
+  server s $BACKEND:$IDLE_PORT
+EOF
+cat >"$work/vipgate.toml" <<EOF
+[settings]
+worker_threads = $THREADS
+drain_timeout = "1s"
+[pools.bulk]
+members = [ { address = "$BACKEND:$IPERF_PORT" } ]
+[pools.http]
+members = [ { address = "$BACKEND:$HTTP_PORT" } ]
+[pools.idle]
+members = [ { address = "$BACKEND:$IDLE_PORT" } ]
+[virtuals.bulk]
+listen = "$VIP:$((VIPGATE_BASE + 1))"
+pool = "bulk"
+[virtuals.http]
+listen = "$VIP:$((VIPGATE_BASE + 2))"
+pool = "http"
+[virtuals.idle]
+listen = "$VIP:$((VIPGATE_BASE + 3))"
+pool = "idle"
+EOF
+
+haproxy_pid=
+vipgate_pid=
+start_proxies() {
+  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & haproxy_pid=$!; pids+=($!)
+  # Connection logs off, as HAProxy has none configured.
+  VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" & vipgate_pid=$!; pids+=($!)
+  for port in 1 2 3; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+}
+stop_proxies() {
+  kill "$haproxy_pid" "$vipgate_pid" 2>/dev/null || true
+  wait "$haproxy_pid" "$vipgate_pid" 2>/dev/null || true
+}
+start_proxies
+
+# target NAME -> "host port" for service (1 bulk, 2 http, 3 idle)
+endpoint() { # target service
+  case $1 in
+    direct) case $2 in 1) echo "$BACKEND $IPERF_PORT";; 2) echo "$BACKEND $HTTP_PORT";; 3) echo "$BACKEND $IDLE_PORT";; esac;;
+    haproxy) echo "$VIP $((HAPROXY_BASE + $2))";;
+    vipgate) echo "$VIP $((VIPGATE_BASE + $2))";;
+  esac
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# wrk's latency lines read like "50%  123.00us"; print microseconds.
+wrk_percentile() { # file percent
+  awk -v p="$2%" '$1 == p { v = $2; u = 1
+      if (v ~ /us$/) u = 1; else if (v ~ /ms$/) u = 1000; else if (v ~ /s$/) u = 1000000
+      sub(/[a-z]+$/, "", v); print v * u }' "$1"
+}
+
+targets=(direct haproxy vipgate)
+declare -A results
+for round in $(seq "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  for target in "${targets[@]}"; do
+    read -r host port <<<"$(endpoint "$target" 1)"
+    gbps=$(iperf3 -c "$host" -p "$port" -t "$SECONDS_PER_TEST" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)')
+    results[$target,bulk]+="$gbps "
+
+    read -r host port <<<"$(endpoint "$target" 2)"
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" "http://$host:$port/" >"$work/wrk" 2>&1
+    results[$target,cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" --latency "http://$host:$port/" >"$work/wrk" 2>&1
+    results[$target,rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    results[$target,p50]+="$(wrk_percentile "$work/wrk" 50) "
+    results[$target,p99]+="$(wrk_percentile "$work/wrk" 99) "
+  done
+done
+
+# Memory: fresh proxies, resident set before and with IDLE_CONNECTIONS held.
+stop_proxies
+start_proxies
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+for target in haproxy vipgate; do
+  pid_var=${target}_pid
+  pid=${!pid_var}
+  read -r host port <<<"$(endpoint "$target" 3)"
+  # Warm up with a handful, so one-time allocations are in the baseline.
+  "$IDLE_TOOL" hold "$host:$port" 50 >"$work/hold" & holder=$!
+  until grep -q ready "$work/hold" 2>/dev/null; do sleep 0.1; done
+  kill "$holder"; wait "$holder" 2>/dev/null || true
+  sleep 1
+  before=$(rss_kib "$pid")
+  "$IDLE_TOOL" hold "$host:$port" "$IDLE_CONNECTIONS" >"$work/hold" & holder=$!
+  until grep -q ready "$work/hold" 2>/dev/null; do
+    kill -0 "$holder" 2>/dev/null || { echo "holding $IDLE_CONNECTIONS connections through $target failed" >&2; exit 1; }
+    sleep 0.2
+  done
+  sleep 1
+  after=$(rss_kib "$pid")
+  results[$target,idle]=$(( (after - before) * 1024 / IDLE_CONNECTIONS ))
+  kill "$holder"; wait "$holder" 2>/dev/null || true
+done
+
+m() { echo "${results[$1,$2]}" | tr ' ' '\n' | grep -v '^$' | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+echo
+echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $THREADS threads each, $(nproc) cores, median of $ROUNDS x ${SECONDS_PER_TEST}s"
+echo
+printf '| %-36s | %10s | %10s | %10s | %15s | %16s |\n' "measure" "direct" "HAProxy" "vipgate" "vipgate/direct" "vipgate/HAProxy"
+printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..38})" "------------" "------------" "------------" "-----------------" "------------------"
+row() { # label key decimals
+  local d h v
+  d=$(m direct "$2"); h=$(m haproxy "$2"); v=$(m vipgate "$2")
+  printf "| %-36s | %10.${3}f | %10.${3}f | %10.${3}f | %15s | %16s |\n" "$1" "$d" "$h" "$v" "$(ratio "$v" "$d")" "$(ratio "$v" "$h")"
+}
+row "bulk throughput (Gbit/s, iperf3)" bulk 1
+row "new connections/s (wrk, close)" cps 0
+row "keep-alive requests/s (wrk)" rps 0
+row "keep-alive p50 latency (us)" p50 0
+row "keep-alive p99 latency (us)" p99 0
+printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "memory per idle connection (bytes)" "-" "${results[haproxy,idle]}" "${results[vipgate,idle]}" "-" "$(ratio "${results[vipgate,idle]}" "${results[haproxy,idle]}")"
+echo
+echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS)"
