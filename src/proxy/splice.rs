@@ -15,8 +15,12 @@ use tokio::net::TcpStream;
 
 use super::{add_bytes, finish, Activity, PumpError, SparePool};
 
-/// Bytes asked of one splice call: the default pipe capacity (16 pages).
-const CHUNK: usize = 64 * 1024;
+/// Capacity asked for each pipe: bigger pipes mean fewer system calls per
+/// byte on bulk transfers. Pages are only taken while bytes sit in the pipe.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// What Linux gives a new pipe.
+const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 /// Spare pipes kept per worker thread.
 const SPARE_PIPES: usize = 32;
@@ -36,30 +40,34 @@ pub(super) async fn pump(
     loop {
         source.readable().await.map_err(PumpError::Read)?;
         let mut lease = Lease::take().map_err(PumpError::Read)?;
-        // Keep the pipe while the source keeps having data; give it back the
-        // moment we would wait.
-        loop {
-            let moved = match source.try_io(Interest::READABLE, || {
-                splice(source_fd, lease.write_fd, CHUNK)
+        // The pipe is empty here, so "would block" can only mean the socket
+        // has nothing: letting tokio clear the readiness is safe.
+        match source.try_io(Interest::READABLE, || {
+            splice(source_fd, lease.write_fd, lease.capacity)
+        }) {
+            Ok(0) => return finish(sink),
+            Ok(moved) => lease.pending = moved,
+            // Nothing to read after all: give the pipe back while we wait.
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(PumpError::Read(error)),
+        }
+        // Drain the pipe completely before reading again. Reading more while
+        // the sink is full ("topping up") was measured: it fills the pipe
+        // with small fragments and cut throughput by more than half.
+        while lease.pending > 0 {
+            match sink.try_io(Interest::WRITABLE, || {
+                splice(lease.read_fd, sink_fd, lease.pending)
             }) {
-                Ok(0) => return finish(sink),
-                Ok(moved) => moved,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => return Err(PumpError::Read(error)),
-            };
-            lease.pending = moved;
-            while lease.pending > 0 {
-                sink.writable().await.map_err(PumpError::Write)?;
-                match sink.try_io(Interest::WRITABLE, || {
-                    splice(lease.read_fd, sink_fd, lease.pending)
-                }) {
-                    Ok(written) => lease.pending -= written,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Err(PumpError::Write(error)),
+                Ok(written) => {
+                    lease.pending -= written;
+                    add_bytes(bytes, written);
+                    activity.touch();
                 }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    sink.writable().await.map_err(PumpError::Write)?;
+                }
+                Err(error) => return Err(PumpError::Write(error)),
             }
-            add_bytes(bytes, moved);
-            activity.touch();
         }
     }
 }
@@ -90,6 +98,8 @@ fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Bytes it holds at most.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -101,11 +111,26 @@ impl Pipe {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: on success both descriptors are new and owned by nobody else.
-        Ok(unsafe {
-            Pipe {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own. Failure (a lower
+        // pipe-max-size, a per-user pipe quota) leaves the default 64 KiB,
+        // which works, only slower.
+        let resized = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
+        let capacity = if resized > 0 {
+            resized as usize
+        } else {
+            DEFAULT_PIPE_SIZE
+        };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
         })
     }
 }
@@ -118,6 +143,8 @@ struct Lease {
     pipe: Option<Pipe>,
     read_fd: RawFd,
     write_fd: RawFd,
+    capacity: usize,
+    /// Bytes in the pipe not yet written to the sink.
     pending: usize,
 }
 
@@ -130,6 +157,7 @@ impl Lease {
         Ok(Lease {
             read_fd: pipe.read.as_raw_fd(),
             write_fd: pipe.write.as_raw_fd(),
+            capacity: pipe.capacity,
             pipe: Some(pipe),
             pending: 0,
         })
