@@ -15,7 +15,7 @@ pub enum RunError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot start the runtime: {0}")]
-    Runtime(#[source] std::io::Error),
+    Runtime(std::io::Error),
 }
 
 /// `vipgate check`: validates the file and describes the plan. Returns the

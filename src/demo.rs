@@ -26,12 +26,12 @@ const MAX_LINE: u64 = 4096;
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot start simulated proxy {tag} on {address}: {source} (is another demo still running?)")]
+    #[error("cannot start simulated proxy {tag} on {address}: {error} (is another demo still running?)")]
     Member {
         tag: String,
         address: SocketAddr,
-        #[source]
-        source: io::Error,
+        /// Shown in the message; not chained, so it is not printed twice.
+        error: io::Error,
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -85,10 +85,10 @@ pub async fn run() -> Result<(), DemoError> {
         let tag = format!("csp{host}:{}", member.address.port());
         spawn_tagged_echo(member.address, tag.clone())
             .await
-            .map_err(|source| DemoError::Member {
+            .map_err(|error| DemoError::Member {
                 tag,
                 address: member.address,
-                source,
+                error,
             })?;
     }
     let virtual_plan = &plan.virtuals[0];

@@ -24,11 +24,11 @@ pub use plan::{
 /// Why a configuration could not become a [`Plan`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// Shown in the message; not chained, so it is not printed twice.
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not have the expected shape (an
     /// unknown key, a string where a number belongs).
@@ -135,9 +135,9 @@ impl fmt::Display for Problems<'_> {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Plan, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text, &path.display().to_string())
 }

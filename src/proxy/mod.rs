@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -85,22 +85,46 @@ pub struct Outcome {
 
 /// Pumps bytes between `client` and `member` until the connection ends, then
 /// closes both.
+///
+/// Written as one hand-made poll loop rather than nested futures: an idle
+/// connection is mostly this state, and every byte of it is multiplied by
+/// tens of thousands of agents.
 pub async fn run(
     client: TcpStream,
     member: TcpStream,
     options: PumpOptions,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let activity = Activity::new();
-    let to_member = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    let (reason, error) = drive(
-        pump(&client, &member, &activity, &to_member, options.zero_copy),
-        pump(&member, &client, &activity, &to_client, options.zero_copy),
-        &activity,
-        options.idle_timeout,
-        shutdown,
-    )
+    let mut up = Direction::new(options.zero_copy);
+    let mut down = Direction::new(options.zero_copy);
+    let mut last_activity = Instant::now();
+    let idle = tokio::time::sleep(options.idle_timeout);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(idle, cancelled);
+    let (reason, error) = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Err(error)) = up.poll(cx, &client, &member, &mut last_activity) {
+            return Poll::Ready(error.blame(Side::Client, Side::Member));
+        }
+        if let Poll::Ready(Err(error)) = down.poll(cx, &member, &client, &mut last_activity) {
+            return Poll::Ready(error.blame(Side::Member, Side::Client));
+        }
+        if up.done && down.done {
+            return Poll::Ready((CloseReason::Finished, None));
+        }
+        // The timer is not pushed back on every read (that would cost a
+        // timer-wheel update per read); when it fires it checks, and re-arms
+        // for the rest of the window if bytes moved meanwhile.
+        while idle.as_mut().poll(cx).is_ready() {
+            if last_activity.elapsed() >= options.idle_timeout {
+                return Poll::Ready((CloseReason::IdleTimeout, None));
+            }
+            idle.as_mut().reset(last_activity + options.idle_timeout);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((CloseReason::Shutdown, None));
+        }
+        Poll::Pending
+    })
     .await;
     // Pass a reset on: the surviving side sees a reset, not a clean end it
     // could mistake for a complete answer.
@@ -113,99 +137,87 @@ pub async fn run(
         let _ = SockRef::from(survivor).set_linger(Some(Duration::ZERO));
     }
     Outcome {
-        bytes_to_member: to_member.into_inner(),
-        bytes_to_client: to_client.into_inner(),
+        bytes_to_member: up.bytes,
+        bytes_to_client: down.bytes,
         reason,
         error,
     }
 }
 
-/// One direction, through whichever pump the platform and options allow.
-async fn pump(
-    source: &TcpStream,
-    sink: &TcpStream,
-    activity: &Activity,
-    bytes: &AtomicU64,
-    zero_copy: bool,
-) -> Result<(), PumpError> {
+/// One direction of a connection.
+struct Direction {
+    transfer: Transfer,
+    /// Bytes delivered to the sink so far.
+    bytes: u64,
+    /// The source ended and its FIN was passed on.
+    done: bool,
+}
+
+enum Transfer {
     #[cfg(target_os = "linux")]
-    if zero_copy {
-        return splice::pump(source, sink, activity, bytes).await;
-    }
-    let _ = zero_copy;
-    buffered::pump(source, sink, activity, bytes).await
+    Splice(splice::SpliceTransfer),
+    Buffered(buffered::BufferedTransfer),
 }
 
-/// Runs both directions, the idle timer and the shutdown signal together.
-async fn drive(
-    up: impl Future<Output = Result<(), PumpError>>,
-    down: impl Future<Output = Result<(), PumpError>>,
-    activity: &Activity,
-    idle_timeout: Duration,
-    shutdown: &CancellationToken,
-) -> (CloseReason, Option<io::Error>) {
-    tokio::pin!(up, down);
-    let idle = tokio::time::sleep(idle_timeout);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(idle, cancelled);
-    let (mut up_done, mut down_done) = (false, false);
-    while !(up_done && down_done) {
-        tokio::select! {
-            result = &mut up, if !up_done => match result {
-                Ok(()) => up_done = true,
-                Err(error) => return error.blame(Side::Client, Side::Member),
-            },
-            result = &mut down, if !down_done => match result {
-                Ok(()) => down_done = true,
-                Err(error) => return error.blame(Side::Member, Side::Client),
-            },
-            () = &mut idle => {
-                // The timer is not pushed back on every read (that would cost
-                // a timer-wheel update per read); it fires, then checks.
-                let quiet = activity.quiet_for();
-                if quiet >= idle_timeout {
-                    return (CloseReason::IdleTimeout, None);
-                }
-                idle.as_mut().reset(Instant::now() + (idle_timeout - quiet));
-            },
-            () = &mut cancelled => return (CloseReason::Shutdown, None),
-        }
-    }
-    (CloseReason::Finished, None)
-}
-
-/// When bytes last moved on a connection, for the idle timeout. Shared by
-/// both directions of one connection only.
-struct Activity {
-    started: Instant,
-    last_millis: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            started: Instant::now(),
-            last_millis: AtomicU64::new(0),
+impl Direction {
+    fn new(zero_copy: bool) -> Direction {
+        #[cfg(target_os = "linux")]
+        let transfer = if zero_copy {
+            Transfer::Splice(Default::default())
+        } else {
+            Transfer::Buffered(Default::default())
+        };
+        #[cfg(not(target_os = "linux"))]
+        let transfer = {
+            let _ = zero_copy;
+            Transfer::Buffered(Default::default())
+        };
+        Direction {
+            transfer,
+            bytes: 0,
+            done: false,
         }
     }
 
-    fn touch(&self) {
-        let millis = self.started.elapsed().as_millis() as u64;
-        self.last_millis.store(millis, Ordering::Relaxed);
-    }
-
-    fn quiet_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
+    /// `Ready(Ok)` once the source has ended (and keeps answering so);
+    /// `Ready(Err)` on failure; `Pending` while waiting on either socket.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &TcpStream,
+        sink: &TcpStream,
+        last_activity: &mut Instant,
+    ) -> Poll<Result<(), PumpError>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let mut progress = Progress {
+            bytes: &mut self.bytes,
+            last_activity,
+        };
+        let result = match &mut self.transfer {
+            #[cfg(target_os = "linux")]
+            Transfer::Splice(transfer) => transfer.poll(cx, source, sink, &mut progress),
+            Transfer::Buffered(transfer) => transfer.poll(cx, source, sink, &mut progress),
+        };
+        if let Poll::Ready(Ok(())) = result {
+            self.done = true;
+        }
+        result
     }
 }
 
-/// Adds `count` to a counter only this connection writes.
-fn add_bytes(counter: &AtomicU64, count: usize) {
-    counter.store(
-        counter.load(Ordering::Relaxed) + count as u64,
-        Ordering::Relaxed,
-    );
+/// What a transfer reports as bytes reach the sink.
+struct Progress<'a> {
+    bytes: &'a mut u64,
+    last_activity: &'a mut Instant,
+}
+
+impl Progress<'_> {
+    fn moved(&mut self, count: usize) {
+        *self.bytes += count as u64;
+        *self.last_activity = Instant::now();
+    }
 }
 
 /// Passes a FIN on: the sink will get no more bytes in this direction.

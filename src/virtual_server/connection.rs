@@ -4,25 +4,30 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{reset, tune, VirtualServer};
+use super::{reset, tune, Admission, VirtualServer};
 use crate::pool::{MemberSlot, Tried};
 use crate::proxy::{self, PumpOptions};
 
+/// Serves one admitted client to its end. Takes everything by value so the
+/// spawned task is this future alone, with nothing wrapped around it: an
+/// idle connection's memory is mostly this state.
 pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    virtual_server: &VirtualServer,
-    close: &CancellationToken,
+    virtual_server: Arc<VirtualServer>,
+    close: CancellationToken,
+    _admission: Admission,
 ) {
     let started = Instant::now();
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
-    let Some((member, slot)) = connect(virtual_server).await else {
+    let Some((member, slot)) = connect(&virtual_server).await else {
         virtual_server
             .stats
             .rejected_no_member
@@ -46,7 +51,7 @@ pub(super) async fn serve(
         idle_timeout: plan.idle_timeout,
         zero_copy: plan.zero_copy,
     };
-    let outcome = proxy::run(client, member, options, close).await;
+    let outcome = proxy::run(client, member, options, &close).await;
     state.record_bytes(outcome.bytes_to_member, outcome.bytes_to_client);
     tracing::info!(
         target: "vipgate::connection",

@@ -98,12 +98,12 @@ impl Drop for Admission {
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("virtuals.{virtual_name}: cannot listen on {address}: {source}{}", bind_hint(.source))]
+#[error("virtuals.{virtual_name}: cannot listen on {address}: {error}{}", bind_hint(.error))]
 pub struct BindError {
     pub virtual_name: String,
     pub address: SocketAddr,
-    #[source]
-    pub source: io::Error,
+    /// Shown in the message; not chained, so it is not printed twice.
+    pub error: io::Error,
 }
 
 fn bind_hint(error: &io::Error) -> &'static str {
@@ -137,10 +137,10 @@ pub fn bind(plan: &VirtualPlan) -> Result<TcpListener, BindError> {
         socket.listen(plan.backlog as i32)?;
         TcpListener::from_std(socket.into())
     };
-    open().map_err(|source| BindError {
+    open().map_err(|error| BindError {
         virtual_name: plan.name.clone(),
         address: plan.listen,
-        source,
+        error,
     })
 }
 
@@ -207,12 +207,13 @@ pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: 
             reset(&client);
             continue;
         };
-        let virtual_server = Arc::clone(virtual_server);
-        let close = lifecycle.close_connections.clone();
-        lifecycle.connections.spawn(async move {
-            connection::serve(client, peer, &virtual_server, &close).await;
-            drop(admission);
-        });
+        lifecycle.connections.spawn(connection::serve(
+            client,
+            peer,
+            Arc::clone(virtual_server),
+            lifecycle.close_connections.clone(),
+            admission,
+        ));
     }
     tracing::debug!(virtual_server = %name, "stopped accepting");
 }
