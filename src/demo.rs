@@ -26,7 +26,9 @@ const MAX_LINE: u64 = 4096;
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("cannot start simulated proxy {tag} on {address}: {error} (is another demo still running?)")]
+    #[error(
+        "cannot start simulated proxy {tag} on {address}: {error} (is another demo still running?)"
+    )]
     Member {
         tag: String,
         address: SocketAddr,

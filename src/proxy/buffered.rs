@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::net::TcpStream;
 
-use super::{finish, Progress, PumpError, SparePool};
+use super::{Progress, PumpError, SparePool};
 
 /// Size of one transfer buffer.
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -36,8 +36,8 @@ struct InFlight {
 }
 
 impl BufferedTransfer {
-    /// Moves bytes from `source` to `sink` until the source ends (then
-    /// passes the FIN on) or either side would block.
+    /// Moves bytes from `source` to `sink` until the source ends
+    /// (`Ready(Ok)`) or either side would block.
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -51,7 +51,11 @@ impl BufferedTransfer {
                 .as_ref()
                 .is_none_or(|in_flight| in_flight.written == in_flight.filled);
             if drained {
-                if source.poll_read_ready(cx).map_err(PumpError::Read)?.is_pending() {
+                if source
+                    .poll_read_ready(cx)
+                    .map_err(PumpError::Read)?
+                    .is_pending()
+                {
                     // Waiting with nothing in flight: hold no buffer.
                     self.in_flight = None;
                     return Poll::Pending;
@@ -64,7 +68,7 @@ impl BufferedTransfer {
                 match source.try_read(&mut in_flight.buffer.0) {
                     Ok(0) => {
                         self.in_flight = None;
-                        return Poll::Ready(finish(sink));
+                        return Poll::Ready(Ok(()));
                     }
                     Ok(read) => (in_flight.written, in_flight.filled) = (0, read),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {

@@ -22,7 +22,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -102,10 +102,14 @@ pub async fn run(
     let cancelled = shutdown.cancelled();
     tokio::pin!(idle, cancelled);
     let (reason, error) = std::future::poll_fn(|cx| {
-        if let Poll::Ready(Err(error)) = up.poll(cx, &client, &member, &mut last_activity) {
+        if let Poll::Ready(Err(error)) =
+            up.poll(cx, &client, &member, &mut last_activity, down.done)
+        {
             return Poll::Ready(error.blame(Side::Client, Side::Member));
         }
-        if let Poll::Ready(Err(error)) = down.poll(cx, &member, &client, &mut last_activity) {
+        if let Poll::Ready(Err(error)) =
+            down.poll(cx, &member, &client, &mut last_activity, up.done)
+        {
             return Poll::Ready(error.blame(Side::Member, Side::Client));
         }
         if up.done && down.done {
@@ -179,14 +183,16 @@ impl Direction {
         }
     }
 
-    /// `Ready(Ok)` once the source has ended (and keeps answering so);
-    /// `Ready(Err)` on failure; `Pending` while waiting on either socket.
+    /// `Ready(Ok)` once the source has ended and its FIN was passed on (and
+    /// keeps answering so); `Ready(Err)` on failure; `Pending` while waiting
+    /// on either socket.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         source: &TcpStream,
         sink: &TcpStream,
         last_activity: &mut Instant,
+        other_done: bool,
     ) -> Poll<Result<(), PumpError>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -200,10 +206,14 @@ impl Direction {
             Transfer::Splice(transfer) => transfer.poll(cx, source, sink, &mut progress),
             Transfer::Buffered(transfer) => transfer.poll(cx, source, sink, &mut progress),
         };
-        if let Poll::Ready(Ok(())) = result {
-            self.done = true;
+        ready!(result)?;
+        self.done = true;
+        // When the other direction is already over, both sockets close right
+        // after this and the close sends the FIN: spare the system call.
+        if !other_done {
+            finish(sink)?;
         }
-        result
+        Poll::Ready(Ok(()))
     }
 }
 

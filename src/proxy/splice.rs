@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{finish, Progress, PumpError, SparePool};
+use super::{Progress, PumpError, SparePool};
 
 /// Capacity asked for each pipe: bigger pipes mean fewer system calls per
 /// byte on bulk transfers (1 MiB measured 10-15% faster than the default
@@ -37,8 +37,8 @@ pub(super) struct SpliceTransfer {
 }
 
 impl SpliceTransfer {
-    /// Moves bytes from `source` to `sink` until the source ends (then
-    /// passes the FIN on) or either side would block.
+    /// Moves bytes from `source` to `sink` until the source ends
+    /// (`Ready(Ok)`) or either side would block.
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -49,7 +49,11 @@ impl SpliceTransfer {
         loop {
             let drained = self.lease.as_ref().is_none_or(|lease| lease.pending == 0);
             if drained {
-                if source.poll_read_ready(cx).map_err(PumpError::Read)?.is_pending() {
+                if source
+                    .poll_read_ready(cx)
+                    .map_err(PumpError::Read)?
+                    .is_pending()
+                {
                     // Waiting with nothing in flight: hold no pipe.
                     self.lease = None;
                     return Poll::Pending;
@@ -67,7 +71,7 @@ impl SpliceTransfer {
                 }) {
                     Ok(0) => {
                         self.lease = None;
-                        return Poll::Ready(finish(sink));
+                        return Poll::Ready(Ok(()));
                     }
                     Ok(moved) => lease.pending = moved,
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -85,7 +89,9 @@ impl SpliceTransfer {
             // small fragments and cut throughput by more than half.
             ready!(sink.poll_write_ready(cx)).map_err(PumpError::Write)?;
             let (read_fd, pending) = (lease.read_fd, lease.pending);
-            match sink.try_io(Interest::WRITABLE, || splice(read_fd, sink.as_raw_fd(), pending)) {
+            match sink.try_io(Interest::WRITABLE, || {
+                splice(read_fd, sink.as_raw_fd(), pending)
+            }) {
                 Ok(written) => {
                     lease.pending -= written;
                     progress.moved(written);
@@ -140,9 +146,18 @@ impl Pipe {
         // SAFETY: fcntl on a descriptor we own. Failure (a lower
         // pipe-max-size, a per-user pipe quota) leaves the default 64 KiB,
         // which works, only slower.
-        let resized =
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        let capacity = if resized > 0 { resized as usize } else { DEFAULT_PIPE_SIZE };
+        let resized = unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
+        let capacity = if resized > 0 {
+            resized as usize
+        } else {
+            DEFAULT_PIPE_SIZE
+        };
         Ok(Pipe {
             read,
             write,

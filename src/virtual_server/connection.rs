@@ -46,7 +46,11 @@ pub(super) async fn serve(
     };
     let state = slot.member();
     state.record_connected();
-    let source = member.local_addr().ok();
+    // Only the close log needs the source address; spare the system call
+    // when that line is off.
+    let source = tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
+        .then(|| member.local_addr().ok())
+        .flatten();
     let options = PumpOptions {
         idle_timeout: plan.idle_timeout,
         zero_copy: plan.zero_copy,

@@ -249,3 +249,64 @@ pub(crate) fn tune(stream: &TcpStream, keepalive: Keepalive) {
 fn reset(client: &TcpStream) {
     let _ = SockRef::from(client).set_linger(Some(Duration::ZERO));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tune_sets_nodelay_and_the_configured_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune(
+            &stream,
+            Keepalive::On {
+                idle: Duration::from_secs(61),
+                interval: Duration::from_secs(7),
+                probes: 3,
+            },
+        );
+        let socket = SockRef::from(&stream);
+        assert!(socket.tcp_nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(61)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+
+        let plain = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune(&plain, Keepalive::Off);
+        assert!(!SockRef::from(&plain).keepalive().unwrap());
+    }
+
+    #[tokio::test]
+    async fn listeners_use_freebind_and_report_bind_errors_with_a_hint() {
+        let plan = crate::config::parse(
+            "[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\n",
+            "t",
+        )
+        .unwrap();
+        let mut virtual_plan = plan.virtuals[0].clone();
+        let listener = bind(&virtual_plan).unwrap();
+        assert!(SockRef::from(&listener).freebind_v4().unwrap());
+        virtual_plan.listen = listener.local_addr().unwrap();
+        let error = bind(&virtual_plan).unwrap_err().to_string();
+        assert!(
+            error.starts_with("virtuals.v: cannot listen on 127.0.0.100:"),
+            "{error}"
+        );
+        assert!(
+            error.contains("another process, or another virtual, already listens there"),
+            "{error}"
+        );
+    }
+}
