@@ -12,14 +12,18 @@
 //!   under connection limits, and per connection: choose, connect, pump, log.
 //! - [`pool`]: members, their runtime state in atomics keyed by address, and
 //!   the load-balancing algorithms behind one trait.
+//! - [`health`]: monitors probing members and nodes, and the verdict that
+//!   marks a member up or down.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
-//! - [`throttle`]: one warning per second instead of a flood.
+//! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod proxy;

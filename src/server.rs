@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Plan;
+use crate::health::{self, HealthPlan};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
 
@@ -32,24 +33,48 @@ pub struct Snapshot {
     pools: BTreeMap<String, Arc<Pool>>,
     virtuals: HashMap<String, Arc<VirtualServer>>,
     members: MemberRegistry,
+    health: HealthPlan,
+    /// Cancelled when open connections must close (the drain timeout of a
+    /// shutdown ran out). The same token across snapshots.
+    close_connections: CancellationToken,
 }
 
 impl Snapshot {
     /// Builds the runtime view of `plan`, reusing the state of members and
     /// virtuals that `previous` already had.
     pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Snapshot {
+        let close_connections =
+            previous.map_or_else(CancellationToken::new, |p| p.close_connections.clone());
         let mut members = MemberRegistry::default();
         let previous_members = previous.map(|p| &p.members);
         let pools: BTreeMap<String, Arc<Pool>> = plan
             .pools
             .iter()
             .map(|(name, pool)| {
-                (
-                    name.clone(),
-                    Arc::new(Pool::new(pool, &mut members, previous_members)),
-                )
+                let monitored = |address| health::monitored(&plan, address);
+                let pool = Pool::new(
+                    pool,
+                    &mut members,
+                    previous_members,
+                    &close_connections,
+                    monitored,
+                );
+                (name.clone(), Arc::new(pool))
             })
             .collect();
+        for pool in plan.pools.values() {
+            for member in &pool.members {
+                if previous_members
+                    .and_then(|p| p.get(&member.address))
+                    .is_none()
+                {
+                    if let Some(state) = members.get(&member.address) {
+                        state.set_admin_state(member.admin);
+                    }
+                }
+            }
+        }
+        let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health));
         let virtuals = plan
             .virtuals
             .iter()
@@ -70,6 +95,8 @@ impl Snapshot {
             pools,
             virtuals,
             members,
+            health,
+            close_connections,
         }
     }
 
@@ -88,6 +115,16 @@ impl Snapshot {
     /// The state of the member at `address`, whichever pools it is in.
     pub fn member(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
         self.members.get(address)
+    }
+
+    /// Every member's state.
+    pub fn members(&self) -> impl Iterator<Item = &Arc<MemberState>> {
+        self.members.iter()
+    }
+
+    /// The health probes and their latest verdicts.
+    pub fn health(&self) -> &HealthPlan {
+        &self.health
     }
 
     /// Counters of virtual `name`.
@@ -146,8 +183,10 @@ impl Server {
             live: Arc::clone(&self.live),
             connections: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
-            close_connections: CancellationToken::new(),
+            close_connections: self.live.load().close_connections.clone(),
         };
+        let mut health_tasks = JoinSet::new();
+        self.live.load().health.spawn(&mut health_tasks);
         let mut accept_loops = JoinSet::new();
         for (name, listener) in self.listeners {
             if let Ok(address) = listener.local_addr() {
@@ -183,6 +222,7 @@ impl Server {
             lifecycle.close_connections.cancel();
             lifecycle.connections.wait().await;
         }
+        health_tasks.abort_all();
         tracing::info!("shut down");
     }
 }

@@ -4,8 +4,7 @@
 //! burn CPU on formatting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Default interval between two lines of the same warning.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,7 +37,7 @@ impl Throttle {
     /// `Some(n)` when this occurrence should be logged, `n` being how many
     /// were held back since the last line; `None` when it should not.
     pub fn allow(&self) -> Option<u64> {
-        self.allow_at(millis_since_start())
+        self.allow_at(crate::clock::millis())
     }
 
     fn allow_at(&self, now: u64) -> Option<u64> {
@@ -60,11 +59,6 @@ impl Throttle {
             None
         }
     }
-}
-
-fn millis_since_start() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 #[cfg(test)]

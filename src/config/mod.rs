@@ -6,6 +6,7 @@
 //! valid and becomes a plan, or the operator gets the complete list of what
 //! to fix.
 
+mod monitors;
 mod plan;
 mod raw;
 mod validate;
@@ -17,8 +18,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use plan::{
-    ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, Settings, VirtualPlan, DEFAULT_BACKLOG,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    AdminState, ConnectionLimit, Keepalive, MemberPlan, MonitorPlan, MonitorRule, MonitorType,
+    NodePlan, Plan, PoolPlan, Probe, ProbePort, RateLimit, ServiceDownAction, Settings,
+    VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].

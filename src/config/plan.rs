@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use serde::Deserialize;
 
 use crate::pool::Algorithm;
 
@@ -18,6 +20,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default listen backlog: 4096 pending connections.
 pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default monitor `interval`: 5 s, as on F5.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+/// Default monitor `timeout`: 16 s, as on F5 (three intervals and a second).
+pub const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(16);
 
 /// A whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +33,10 @@ pub struct Plan {
     pub pools: BTreeMap<String, PoolPlan>,
     /// Virtual servers, sorted by name.
     pub virtuals: Vec<VirtualPlan>,
+    /// Health monitors by name.
+    pub monitors: BTreeMap<String, MonitorPlan>,
+    /// Node-level monitors: every member on the address depends on them.
+    pub nodes: BTreeMap<IpAddr, NodePlan>,
     /// Things that are allowed but probably not meant (an unused pool, a
     /// listener on port 0). `vipgate check` prints them; `run` logs them.
     pub warnings: Vec<String>,
@@ -49,6 +59,15 @@ pub struct PoolPlan {
     pub algorithm: Algorithm,
     /// In configuration order; never empty.
     pub members: Vec<MemberPlan>,
+    /// What happens to open connections of a member that goes down.
+    pub action_on_service_down: ServiceDownAction,
+    /// A member that comes up gets a share growing linearly from nothing to
+    /// its full share over this time. Zero: at once.
+    pub slow_ramp: Duration,
+    /// Priority groups: only the highest-priority members are used while at
+    /// least this many of them are usable; otherwise the next group joins.
+    /// 0 (the default) uses every member regardless of priority.
+    pub min_active_members: usize,
 }
 
 /// A pool member: one address and port of a backend server.
@@ -57,6 +76,16 @@ pub struct MemberPlan {
     /// The member's identity: its runtime state is keyed by this address.
     pub address: SocketAddr,
     pub connection_limit: ConnectionLimit,
+    /// Monitors that decide its health: its own `monitor`, or the pool's.
+    pub monitor: MonitorRule,
+    /// Share relative to the other members under `ratio` and
+    /// `least-connections`. Default 1.
+    pub ratio: u32,
+    /// Priority group; higher is preferred. Default 0.
+    pub priority: i64,
+    /// Administrative state at start.
+    pub admin: AdminState,
+    pub connect_rate_limit: RateLimit,
 }
 
 /// A virtual server: one listening address in front of one pool.
@@ -104,6 +133,143 @@ impl fmt::Display for ConnectionLimit {
         match self {
             ConnectionLimit::Unlimited => f.write_str("unlimited"),
             ConnectionLimit::At(limit) => write!(f, "{limit}"),
+        }
+    }
+}
+
+/// `[monitors.NAME]`: how to probe a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorPlan {
+    pub name: String,
+    pub probe: Probe,
+    pub port: ProbePort,
+    /// Time between probes. Default 5 s.
+    pub interval: Duration,
+    /// A member is down when no probe succeeded for this long; also the most
+    /// one probe may take. Default 16 s.
+    pub timeout: Duration,
+}
+
+/// `type = "tcp" | "http"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorType {
+    Tcp,
+    Http,
+}
+
+/// What one probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Connect; then, if `send` is not empty, send it; then, if `expect` is
+    /// not empty, read until it appears.
+    Tcp { send: String, expect: String },
+    /// `GET path` over HTTP/1.0; up when the status is `expect_status`.
+    Http { path: String, expect_status: u16 },
+}
+
+/// Which port a monitor probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbePort {
+    /// The member's own port.
+    Member,
+    /// This port on the member's address (F5 `dest *:9070`).
+    Fixed(u16),
+}
+
+/// Which monitors must pass for a member or node to be up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorRule {
+    /// No monitor: always up.
+    Always,
+    /// Every one of these monitors (F5 `monitor all A and B`).
+    All(Vec<String>),
+    /// At least `min` of these (F5 `monitor min N of { A B C }`).
+    AtLeast { min: usize, of: Vec<String> },
+}
+
+impl MonitorRule {
+    pub fn monitors(&self) -> &[String] {
+        match self {
+            MonitorRule::Always => &[],
+            MonitorRule::All(names) | MonitorRule::AtLeast { of: names, .. } => names,
+        }
+    }
+}
+
+impl fmt::Display for MonitorRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MonitorRule::Always => f.write_str("none (always up)"),
+            MonitorRule::All(names) => write!(f, "all of {}", names.join(", ")),
+            MonitorRule::AtLeast { min, of } => write!(f, "at least {min} of {}", of.join(", ")),
+        }
+    }
+}
+
+/// `[nodes."IP"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePlan {
+    pub address: IpAddr,
+    pub monitor: MonitorRule,
+}
+
+/// A member's administrative state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminState {
+    /// Takes new connections when healthy.
+    #[default]
+    Enabled,
+    /// No new connections; open ones stay. (F5 still lets persistent
+    /// clients in; vipgate will once persistence exists.)
+    Disabled,
+    /// No new connections at all; open ones stay.
+    ForcedOffline,
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Disabled => "disabled",
+            AdminState::ForcedOffline => "forced-offline",
+        })
+    }
+}
+
+/// `action_on_service_down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceDownAction {
+    /// Open connections stay until they end by themselves.
+    #[default]
+    None,
+    /// Open connections are closed with a reset.
+    Reset,
+}
+
+impl fmt::Display for ServiceDownAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceDownAction::None => "none",
+            ServiceDownAction::Reset => "reset",
+        })
+    }
+}
+
+/// A cap on new connections per second to one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    Unlimited,
+    PerSecond(u32),
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RateLimit::Unlimited => f.write_str("unlimited"),
+            RateLimit::PerSecond(rate) => write!(f, "{rate}/s"),
         }
     }
 }
@@ -177,13 +343,43 @@ impl fmt::Display for Plan {
                 virtual_server.tcp_keepalive,
             )?;
             writeln!(f, "  -> pool {} ({})", pool.name, pool.algorithm)?;
+            writeln!(
+                f,
+                "     action_on_service_down {}, slow_ramp {}, min_active_members {}",
+                pool.action_on_service_down,
+                show(pool.slow_ramp),
+                pool.min_active_members
+            )?;
             for member in &pool.members {
                 writeln!(
                     f,
-                    "     -> member {} (connection_limit {})",
-                    member.address, member.connection_limit
+                    "     -> member {} (connection_limit {}, ratio {}, priority {}, {}, connect_rate_limit {})",
+                    member.address,
+                    member.connection_limit,
+                    member.ratio,
+                    member.priority,
+                    member.admin,
+                    member.connect_rate_limit,
                 )?;
+                writeln!(f, "        monitor: {}", member.monitor)?;
+                if let Some(node) = self.nodes.get(&member.address.ip()) {
+                    writeln!(f, "        node monitor: {}", node.monitor)?;
+                }
             }
+        }
+        for monitor in self.monitors.values() {
+            let port = match monitor.port {
+                ProbePort::Member => "the member's port".to_string(),
+                ProbePort::Fixed(port) => format!("port {port}"),
+            };
+            writeln!(
+                f,
+                "monitor {}: {:?} on {port}, every {}, down after {} without success",
+                monitor.name,
+                monitor.probe,
+                show(monitor.interval),
+                show(monitor.timeout)
+            )?;
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::plan::{AdminState, MonitorType, ServiceDownAction};
 use crate::pool::Algorithm;
 
 /// The whole file.
@@ -23,6 +24,41 @@ pub struct RawConfig {
     pub pools: BTreeMap<String, Spanned<RawPool>>,
     #[serde(default)]
     pub virtuals: BTreeMap<String, Spanned<RawVirtual>>,
+    #[serde(default)]
+    pub monitors: BTreeMap<String, Spanned<RawMonitor>>,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Spanned<RawNode>>,
+}
+
+/// `[monitors.NAME]`: one health probe.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    #[serde(rename = "type")]
+    pub kind: MonitorType,
+    pub port: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<RawDuration>>,
+    pub timeout: Option<Spanned<RawDuration>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+}
+
+/// `monitor = { all = [...] }` or `monitor = { min = N, of = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitorRule {
+    pub all: Option<Vec<Spanned<String>>>,
+    pub min: Option<Spanned<i64>>,
+    pub of: Option<Vec<Spanned<String>>>,
+}
+
+/// `[nodes."IP"]`: monitors of a whole server address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub monitor: Option<Spanned<RawMonitorRule>>,
 }
 
 /// `[settings]`: process-wide knobs.
@@ -39,6 +75,10 @@ pub struct RawSettings {
 pub struct RawPool {
     pub algorithm: Option<Algorithm>,
     pub members: Option<Spanned<Vec<Spanned<RawMember>>>>,
+    pub monitor: Option<Spanned<RawMonitorRule>>,
+    pub action_on_service_down: Option<ServiceDownAction>,
+    pub slow_ramp: Option<Spanned<RawDuration>>,
+    pub min_active_members: Option<Spanned<i64>>,
 }
 
 /// One entry of a pool's `members` array.
@@ -47,6 +87,11 @@ pub struct RawPool {
 pub struct RawMember {
     pub address: Spanned<String>,
     pub connection_limit: Option<Spanned<i64>>,
+    pub monitor: Option<Spanned<RawMonitorRule>>,
+    pub ratio: Option<Spanned<i64>>,
+    pub priority: Option<Spanned<i64>>,
+    pub state: Option<AdminState>,
+    pub connect_rate_limit: Option<Spanned<i64>>,
 }
 
 /// `[virtuals.NAME]`.

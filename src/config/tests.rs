@@ -267,9 +267,10 @@ fn plan_display_lists_virtuals_pools_and_members() {
     );
     assert!(shown.contains("-> pool poolCSP01 (round-robin)"), "{shown}");
     assert!(
-        shown.contains("-> member 127.0.0.12:9070 (connection_limit 5)"),
+        shown.contains("-> member 127.0.0.12:9070 (connection_limit 5, ratio 1, priority 0, enabled, connect_rate_limit unlimited)"),
         "{shown}"
     );
+    assert!(shown.contains("monitor: none (always up)"), "{shown}");
 }
 
 #[test]

@@ -22,11 +22,14 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
         warnings: Vec::new(),
     };
     let settings = check.settings(&raw.settings);
+    let monitors = check.monitors(&raw);
+    let nodes = check.nodes(&raw);
     let pools: BTreeMap<String, PoolPlan> = raw
         .pools
         .iter()
-        .filter_map(|(name, pool)| Some((name.clone(), check.pool(name, pool)?)))
+        .filter_map(|(name, pool)| Some((name.clone(), check.pool(name, pool, &raw)?)))
         .collect();
+    check.member_consistency(&pools);
     let virtuals: Vec<VirtualPlan> = raw
         .virtuals
         .iter()
@@ -60,6 +63,8 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
             settings,
             pools,
             virtuals,
+            monitors,
+            nodes,
             warnings: check.warnings,
         })
     } else {
@@ -67,14 +72,14 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     }
 }
 
-struct Checker<'a> {
-    text: &'a str,
-    problems: Vec<Problem>,
-    warnings: Vec<String>,
+pub(super) struct Checker<'a> {
+    pub(super) text: &'a str,
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<String>,
 }
 
 impl Checker<'_> {
-    fn report(
+    pub(super) fn report(
         &mut self,
         key: &str,
         span: Option<Range<usize>>,
@@ -108,10 +113,30 @@ impl Checker<'_> {
         }
     }
 
-    fn pool(&mut self, name: &str, raw: &Spanned<RawPool>) -> Option<PoolPlan> {
+    fn pool(&mut self, name: &str, raw: &Spanned<RawPool>, file: &RawConfig) -> Option<PoolPlan> {
         let key = format!("pools.{name}");
         self.name(&key, name, raw.span());
         let pool = raw.get_ref();
+        let pool_monitor = match &pool.monitor {
+            None => MonitorRule::Always,
+            Some(rule) => self.rule(&format!("{key}.monitor"), rule, file),
+        };
+        let slow_ramp = match &pool.slow_ramp {
+            None => Duration::ZERO,
+            Some(value) => self.duration(&format!("{key}.slow_ramp"), Some(value), Duration::ZERO),
+        };
+        let min_active_members = match &pool.min_active_members {
+            None => 0,
+            Some(value) => self
+                .integer_in(
+                    &format!("{key}.min_active_members"),
+                    value,
+                    0,
+                    65535,
+                    "a member count",
+                )
+                .unwrap_or(0),
+        };
         let Some(members) = pool.members.as_ref().filter(|m| !m.get_ref().is_empty()) else {
             self.report(
                 &format!("{key}.members"),
@@ -132,6 +157,41 @@ impl Checker<'_> {
                 &format!("{member_key}.connection_limit"),
                 raw_member.connection_limit.as_ref(),
             );
+            let monitor = match &raw_member.monitor {
+                None => pool_monitor.clone(),
+                Some(rule) => self.rule(&format!("{member_key}.monitor"), rule, file),
+            };
+            let ratio = match &raw_member.ratio {
+                None => 1,
+                Some(value) => self
+                    .integer_in(&format!("{member_key}.ratio"), value, 1, 100, "a weight")
+                    .unwrap_or(1) as u32,
+            };
+            let priority = match &raw_member.priority {
+                None => 0,
+                Some(value) => self
+                    .integer_in(
+                        &format!("{member_key}.priority"),
+                        value,
+                        0,
+                        65535,
+                        "a priority",
+                    )
+                    .unwrap_or(0) as i64,
+            };
+            let connect_rate_limit = match &raw_member.connect_rate_limit {
+                None => RateLimit::Unlimited,
+                Some(value) => match self.integer_in(
+                    &format!("{member_key}.connect_rate_limit"),
+                    value,
+                    0,
+                    1_000_000,
+                    "new connections per second (0: unlimited)",
+                ) {
+                    Some(0) | None => RateLimit::Unlimited,
+                    Some(rate) => RateLimit::PerSecond(rate as u32),
+                },
+            };
             let Some(address) = address else { continue };
             if address.port() == 0 {
                 self.report(
@@ -154,12 +214,20 @@ impl Checker<'_> {
             planned.push(MemberPlan {
                 address,
                 connection_limit,
+                monitor,
+                ratio,
+                priority,
+                admin: raw_member.state.unwrap_or_default(),
+                connect_rate_limit,
             });
         }
         Some(PoolPlan {
             name: name.to_string(),
             algorithm: pool.algorithm.unwrap_or_default(),
             members: planned,
+            action_on_service_down: pool.action_on_service_down.unwrap_or_default(),
+            slow_ramp,
+            min_active_members,
         })
     }
 
@@ -276,7 +344,7 @@ impl Checker<'_> {
     }
 
     /// Reports a key that must be present.
-    fn missing(&mut self, key: &str, field: &str, span: Range<usize>, example: &str) {
+    pub(super) fn missing(&mut self, key: &str, field: &str, span: Range<usize>, example: &str) {
         self.report(
             &format!("{key}.{field}"),
             Some(span),
@@ -286,7 +354,7 @@ impl Checker<'_> {
     }
 
     /// Names end up in logs and metric labels: keep them to a safe alphabet.
-    fn name(&mut self, key: &str, name: &str, span: Range<usize>) {
+    pub(super) fn name(&mut self, key: &str, name: &str, span: Range<usize>) {
         let valid = !name.is_empty()
             && name
                 .chars()
@@ -301,7 +369,7 @@ impl Checker<'_> {
         }
     }
 
-    fn address(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+    pub(super) fn address(&mut self, key: &str, value: &Spanned<String>) -> Option<SocketAddr> {
         let text = value.get_ref().trim();
         match text.parse::<SocketAddr>() {
             Ok(address) => Some(address),
@@ -323,7 +391,7 @@ impl Checker<'_> {
     }
 
     /// A positive duration, or `default` when absent.
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         key: &str,
         value: Option<&Spanned<RawDuration>>,
@@ -361,7 +429,7 @@ impl Checker<'_> {
     }
 
     /// A connection limit; 0 means unlimited, as on F5.
-    fn limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> ConnectionLimit {
+    pub(super) fn limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> ConnectionLimit {
         let Some(value) = value else {
             return ConnectionLimit::Unlimited;
         };
@@ -371,7 +439,7 @@ impl Checker<'_> {
         }
     }
 
-    fn integer_in(
+    pub(super) fn integer_in(
         &mut self,
         key: &str,
         value: &Spanned<i64>,

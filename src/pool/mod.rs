@@ -1,124 +1,28 @@
 //! Pools and their members.
 //!
-//! A member is identified by its address. Its runtime state (connection
-//! counts, byte and failure counters) lives in a [`MemberState`] of atomics
+//! A member is identified by its address. Its runtime state (health, admin
+//! state, connection counts, counters) lives in a [`MemberState`] of atomics
 //! held in a [`MemberRegistry`] keyed by that address, so a pool rebuilt from
 //! a new configuration picks up the very same state for members that did not
-//! change. The data path only ever touches these atomics: choosing a member
-//! takes no lock.
+//! change. Choosing a member reads these atomics and takes no lock.
+//!
+//! [`selection`] holds the algorithms; this module decides which members
+//! they may choose from: healthy, enabled, under their limits, in the active
+//! priority group, and not yet tried for this connection.
 
+mod member;
 mod selection;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-pub use selection::{Algorithm, RoundRobin, Selection, Tried};
+pub use member::{ramp_fraction, Health, MemberSlot, MemberState};
+pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConnectionLimit, PoolPlan};
-use crate::throttle::Throttle;
-
-/// The live counters of one member address.
-#[derive(Debug)]
-pub struct MemberState {
-    address: SocketAddr,
-    active: AtomicUsize,
-    total: AtomicU64,
-    connect_failures: AtomicU64,
-    bytes_to_member: AtomicU64,
-    bytes_to_client: AtomicU64,
-    failure_log: Throttle,
-}
-
-impl MemberState {
-    fn new(address: SocketAddr) -> MemberState {
-        MemberState {
-            address,
-            active: AtomicUsize::new(0),
-            total: AtomicU64::new(0),
-            connect_failures: AtomicU64::new(0),
-            bytes_to_member: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
-            failure_log: Throttle::default(),
-        }
-    }
-
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Connections to this member open right now (including ones still
-    /// connecting).
-    pub fn active_connections(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Connections established to this member since start.
-    pub fn total_connections(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Connect attempts that were refused, timed out or failed otherwise.
-    pub fn connect_failures(&self) -> u64 {
-        self.connect_failures.load(Ordering::Relaxed)
-    }
-
-    /// Bytes sent to this member and back to clients, counted as connections
-    /// close.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes_to_member.load(Ordering::Relaxed),
-            self.bytes_to_client.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Limits connect-failure warnings for this member to one a second.
-    pub fn failure_log(&self) -> &Throttle {
-        &self.failure_log
-    }
-
-    pub fn record_connect_failure(&self) {
-        self.connect_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn record_connected(&self) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn record_bytes(&self, to_member: u64, to_client: u64) {
-        self.bytes_to_member.fetch_add(to_member, Ordering::Relaxed);
-        self.bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
-    }
-
-    /// Takes one connection slot if `limit` leaves room. The slot is given
-    /// back when the returned guard is dropped.
-    pub fn try_reserve(self: &Arc<Self>, limit: ConnectionLimit) -> Option<MemberSlot> {
-        let before = self.active.fetch_add(1, Ordering::Relaxed);
-        if limit.admits(before) {
-            Some(MemberSlot(self.clone()))
-        } else {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
-/// One reserved connection to a member; releases it on drop.
-#[derive(Debug)]
-pub struct MemberSlot(Arc<MemberState>);
-
-impl MemberSlot {
-    pub fn member(&self) -> &Arc<MemberState> {
-        &self.0
-    }
-}
-
-impl Drop for MemberSlot {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::config::{ConnectionLimit, PoolPlan, RateLimit, ServiceDownAction};
 
 /// Every member's state, by address. Rebuilt on each configuration change,
 /// carrying over the state of addresses that stay.
@@ -133,14 +37,16 @@ impl MemberRegistry {
     pub fn state_for(
         &mut self,
         address: SocketAddr,
+        monitored: bool,
         previous: Option<&MemberRegistry>,
+        close_all: &CancellationToken,
     ) -> Arc<MemberState> {
         self.members
             .entry(address)
             .or_insert_with(|| {
                 previous
                     .and_then(|p| p.members.get(&address).cloned())
-                    .unwrap_or_else(|| Arc::new(MemberState::new(address)))
+                    .unwrap_or_else(|| Arc::new(MemberState::new(address, monitored, close_all)))
             })
             .clone()
     }
@@ -148,13 +54,20 @@ impl MemberRegistry {
     pub fn get(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
         self.members.get(address)
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<MemberState>> {
+        self.members.values()
+    }
 }
 
-/// A member as one pool sees it: its address, this pool's limit for it, and
-/// the shared state.
+/// A member as one pool sees it: this pool's settings for it, and the
+/// shared state.
 #[derive(Debug)]
 pub struct Member {
     pub connection_limit: ConnectionLimit,
+    pub connect_rate_limit: RateLimit,
+    pub ratio: u32,
+    pub priority: i64,
     pub state: Arc<MemberState>,
 }
 
@@ -164,26 +77,45 @@ pub struct Pool {
     name: String,
     members: Vec<Member>,
     selection: Box<dyn Selection>,
+    action_on_service_down: ServiceDownAction,
+    slow_ramp: Duration,
+    min_active_members: usize,
 }
 
 impl Pool {
+    /// `monitored(address)` tells whether a member has any monitor (its own
+    /// or its node's); unmonitored members are up from the start.
     pub fn new(
         plan: &PoolPlan,
         registry: &mut MemberRegistry,
         previous: Option<&MemberRegistry>,
+        close_all: &CancellationToken,
+        monitored: impl Fn(SocketAddr) -> bool,
     ) -> Pool {
-        let members = plan
+        let members: Vec<Member> = plan
             .members
             .iter()
             .map(|member| Member {
                 connection_limit: member.connection_limit,
-                state: registry.state_for(member.address, previous),
+                connect_rate_limit: member.connect_rate_limit,
+                ratio: member.ratio,
+                priority: member.priority,
+                state: registry.state_for(
+                    member.address,
+                    monitored(member.address),
+                    previous,
+                    close_all,
+                ),
             })
-            .collect::<Vec<_>>();
+            .collect();
+        let ratios: Vec<u32> = members.iter().map(|m| m.ratio).collect();
         Pool {
             name: plan.name.clone(),
-            selection: plan.algorithm.selector(members.len()),
+            selection: plan.algorithm.selector(&ratios),
             members,
+            action_on_service_down: plan.action_on_service_down,
+            slow_ramp: plan.slow_ramp,
+            min_active_members: plan.min_active_members,
         }
     }
 
@@ -195,95 +127,95 @@ impl Pool {
         &self.members
     }
 
+    pub fn action_on_service_down(&self) -> ServiceDownAction {
+        self.action_on_service_down
+    }
+
     /// Chooses a member not in `tried` and reserves a connection slot on it.
-    /// `None` when every member is tried or at its connection limit.
+    /// `None` when no member can take the connection.
     pub fn reserve(&self, tried: &mut Tried) -> Option<MemberSlot> {
-        // A slot can be taken by another connection between the limit check
-        // and the reservation; such a member counts as tried, so this loop
-        // ends after at most one pass over the pool.
+        let lowest_priority = self.active_priority();
+        // A slot can be taken by another connection between the check and
+        // the reservation; such a member counts as tried, so this loop ends
+        // after at most one pass over the pool.
         loop {
-            let index = self.selection.select(&mut |index| {
-                let member = &self.members[index];
-                !tried.contains(index)
-                    && member
-                        .connection_limit
-                        .admits(member.state.active_connections())
-            })?;
+            let view = View {
+                pool: self,
+                tried,
+                lowest_priority,
+            };
+            let index = self.selection.select(&view)?;
             tried.insert(index);
             let member = &self.members[index];
-            if let Some(slot) = member.state.try_reserve(member.connection_limit) {
+            if let Some(slot) = member
+                .state
+                .try_reserve(member.connection_limit, member.connect_rate_limit)
+            {
                 return Some(slot);
             }
         }
     }
+
+    /// The lowest priority in use (F5 priority group activation): groups are
+    /// taken from the highest priority down until together they have
+    /// `min_active_members` usable members.
+    fn active_priority(&self) -> i64 {
+        if self.min_active_members == 0 {
+            return i64::MIN;
+        }
+        let mut priorities: Vec<i64> = self.members.iter().map(|m| m.priority).collect();
+        priorities.sort_unstable_by(|a, b| b.cmp(a));
+        priorities.dedup();
+        let mut usable = 0;
+        for &priority in &priorities {
+            usable += self
+                .members
+                .iter()
+                .filter(|m| m.priority == priority && m.state.usable())
+                .count();
+            if usable >= self.min_active_members {
+                return priority;
+            }
+        }
+        i64::MIN
+    }
+}
+
+/// The pool as one selection sees it.
+struct View<'a> {
+    pool: &'a Pool,
+    tried: &'a Tried,
+    lowest_priority: i64,
+}
+
+impl PoolView for View<'_> {
+    fn member_count(&self) -> usize {
+        self.pool.members.len()
+    }
+
+    fn eligible(&self, index: usize) -> bool {
+        let member = &self.pool.members[index];
+        !self.tried.contains(index)
+            && member.priority >= self.lowest_priority
+            && member.state.usable()
+            && member
+                .connection_limit
+                .admits(member.state.active_connections())
+            && member.state.rate_allows(member.connect_rate_limit)
+    }
+
+    fn active(&self, index: usize) -> usize {
+        self.pool.members[index].state.active_connections()
+    }
+
+    fn ratio(&self, index: usize) -> u32 {
+        self.pool.members[index].ratio
+    }
+
+    fn ramp(&self, index: usize) -> f64 {
+        self.pool.members[index].state.ramp(self.pool.slow_ramp)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::MemberPlan;
-
-    fn plan(limits: &[ConnectionLimit]) -> PoolPlan {
-        PoolPlan {
-            name: "p".into(),
-            algorithm: Algorithm::RoundRobin,
-            members: limits
-                .iter()
-                .enumerate()
-                .map(|(i, &connection_limit)| MemberPlan {
-                    address: format!("127.0.0.{}:9070", 11 + i).parse().unwrap(),
-                    connection_limit,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn reserve_respects_member_limits_and_releases_on_drop() {
-        let mut registry = MemberRegistry::default();
-        let pool = Pool::new(
-            &plan(&[ConnectionLimit::At(1), ConnectionLimit::At(1)]),
-            &mut registry,
-            None,
-        );
-        let first = pool.reserve(&mut Tried::default()).unwrap();
-        let second = pool.reserve(&mut Tried::default()).unwrap();
-        assert_ne!(first.member().address(), second.member().address());
-        assert!(pool.reserve(&mut Tried::default()).is_none());
-        drop(first);
-        let third = pool.reserve(&mut Tried::default()).unwrap();
-        assert_eq!(third.member().active_connections(), 1);
-    }
-
-    #[test]
-    fn reserve_skips_tried_members() {
-        let mut registry = MemberRegistry::default();
-        let pool = Pool::new(&plan(&[ConnectionLimit::Unlimited; 3]), &mut registry, None);
-        let mut tried = Tried::default();
-        let mut seen = Vec::new();
-        while let Some(slot) = pool.reserve(&mut tried) {
-            seen.push(slot.member().address());
-        }
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen.len(), 3);
-    }
-
-    #[test]
-    fn registry_keeps_state_of_members_that_stay() {
-        let mut first = MemberRegistry::default();
-        let pool = Pool::new(&plan(&[ConnectionLimit::Unlimited; 2]), &mut first, None);
-        pool.members()[0].state.record_connected();
-        let mut second = MemberRegistry::default();
-        let rebuilt = Pool::new(
-            &plan(&[ConnectionLimit::Unlimited; 1]),
-            &mut second,
-            Some(&first),
-        );
-        assert_eq!(rebuilt.members()[0].state.total_connections(), 1);
-        assert!(Arc::ptr_eq(
-            &rebuilt.members()[0].state,
-            &pool.members()[0].state
-        ));
-    }
-}
+mod tests;

@@ -1,7 +1,9 @@
 //! Load-balancing algorithms: small pure pieces behind one trait, chosen in
 //! the configuration by [`Algorithm`]. An algorithm only decides *which*
-//! member; whether a member may be used at all (health, limits, members
-//! already tried for this connection) is the caller's `eligible` predicate.
+//! member; whether a member may be used at all (health, limits, priority
+//! group, members already tried for this connection) comes from the
+//! [`PoolView`], and so does how far a recovering member is along its slow
+//! ramp.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,13 +17,22 @@ pub enum Algorithm {
     /// Each new connection goes to the next eligible member in list order.
     #[default]
     RoundRobin,
+    /// Smooth weighted round-robin: member `ratio`s set the shares, and the
+    /// turns are interleaved (5:1 gives A A B A A A, not A A A A A B).
+    Ratio,
+    /// The eligible member with the fewest open connections per unit of
+    /// `ratio`. With long-lived connections this is what evens a pool out
+    /// again after a member fails and recovers.
+    LeastConnections,
 }
 
 impl Algorithm {
-    /// A fresh selector for a pool of `members` members.
-    pub fn selector(self, members: usize) -> Box<dyn Selection> {
+    /// A fresh selector for a pool whose members have these `ratios`.
+    pub fn selector(self, ratios: &[u32]) -> Box<dyn Selection> {
         match self {
-            Algorithm::RoundRobin => Box::new(RoundRobin::new(members)),
+            Algorithm::RoundRobin => Box::new(RoundRobin::new(ratios.len())),
+            Algorithm::Ratio => Box::new(Ratio::new(ratios)),
+            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
         }
     }
 }
@@ -30,60 +41,205 @@ impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Algorithm::RoundRobin => "round-robin",
+            Algorithm::Ratio => "ratio",
+            Algorithm::LeastConnections => "least-connections",
         })
     }
 }
 
-/// One load-balancing algorithm.
-pub trait Selection: Send + Sync + fmt::Debug {
-    /// Picks the index of a member for which `eligible` holds, or `None`
-    /// when there is none. Called once per connection attempt, concurrently
-    /// from every worker thread, so it must not block.
-    fn select(&self, eligible: &mut dyn FnMut(usize) -> bool) -> Option<usize>;
+/// What an algorithm may know of the pool at the moment of choosing.
+pub trait PoolView {
+    /// How many members the pool has (indexes run from 0).
+    fn member_count(&self) -> usize;
+    /// Whether member `index` may take this connection at all.
+    fn eligible(&self, index: usize) -> bool;
+    /// Connections open to member `index`.
+    fn active(&self, index: usize) -> usize;
+    /// Member `index`'s configured weight (1 or more).
+    fn ratio(&self, index: usize) -> u32;
+    /// How far member `index` is along its slow ramp: 0 just up, 1 full.
+    fn ramp(&self, index: usize) -> f64;
 }
 
-/// Round-robin over the members in configuration order, skipping the
-/// ineligible ones without giving their turn to their neighbour.
+/// One load-balancing algorithm.
+pub trait Selection: Send + Sync + fmt::Debug {
+    /// Picks an eligible member, or `None` when there is none. Called once
+    /// per connection attempt, concurrently from every worker thread, so it
+    /// must not block.
+    fn select(&self, view: &dyn PoolView) -> Option<usize>;
+}
+
+/// Goes through `order` from `turn` and takes the first eligible member
+/// that its ramp admits. A ramping member (share `r` < 1) is admitted on a
+/// fraction `r` of its turns, decided by a hash of the turn so that no
+/// random source or lock is needed. If only ramping members are eligible
+/// and none is admitted, the first of them is taken anyway: a slow member
+/// beats a refused client.
+///
+/// Also returns how many turns to skip: those of ineligible members passed
+/// over, so their turns do not fall to the next member twice in a row. A
+/// turn refused by a ramp is not skipped: the turn counter moves on
+/// normally, which is what keeps a ramping member at its fraction.
+fn first_admitted(view: &dyn PoolView, order: &[u32], turn: usize) -> Option<(usize, usize)> {
+    let mut fallback = None;
+    let mut ramp_refused = false;
+    for skipped in 0..order.len() {
+        let index = order[turn.wrapping_add(skipped) % order.len()] as usize;
+        if !view.eligible(index) {
+            continue;
+        }
+        let ramp = view.ramp(index);
+        if ramp >= 1.0 || unit_hash(turn, index) < ramp {
+            return Some((index, if ramp_refused { 0 } else { skipped }));
+        }
+        ramp_refused = true;
+        fallback.get_or_insert((index, 0));
+    }
+    fallback
+}
+
+/// A number in [0, 1) that looks random but depends only on its inputs
+/// (splitmix64).
+fn unit_hash(turn: usize, index: usize) -> f64 {
+    let mut x = (turn as u64) ^ ((index as u64) << 40) ^ 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Round-robin over a fixed order of turns, skipping ineligible members
+/// without giving their turn to their neighbour.
 #[derive(Debug)]
-pub struct RoundRobin {
-    members: usize,
-    /// The turn counter; member `next % members` is due next.
+struct Turns {
+    order: Vec<u32>,
+    /// The turn counter; `order[next % len]` is due next.
     next: AtomicUsize,
 }
 
-impl RoundRobin {
-    pub fn new(members: usize) -> RoundRobin {
-        RoundRobin {
-            members,
+impl Turns {
+    fn new(order: Vec<u32>) -> Turns {
+        Turns {
+            order,
             next: AtomicUsize::new(0),
         }
+    }
+
+    fn select(&self, view: &dyn PoolView) -> Option<usize> {
+        if self.order.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let (index, skipped) = first_admitted(view, &self.order, turn)?;
+        if skipped > 0 {
+            // Without this the member after a down one would get two turns
+            // in a row. If another thread moved the counter meanwhile, its
+            // turn stands and ours is simply spent.
+            let _ = self.next.compare_exchange(
+                turn.wrapping_add(1),
+                turn.wrapping_add(skipped + 1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        Some(index)
+    }
+}
+
+/// `round-robin`.
+#[derive(Debug)]
+pub struct RoundRobin(Turns);
+
+impl RoundRobin {
+    pub fn new(members: usize) -> RoundRobin {
+        RoundRobin(Turns::new((0..members as u32).collect()))
     }
 }
 
 impl Selection for RoundRobin {
-    fn select(&self, eligible: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        if self.members == 0 {
+    fn select(&self, view: &dyn PoolView) -> Option<usize> {
+        self.0.select(view)
+    }
+}
+
+/// `ratio`: round-robin over a schedule computed once, at configuration
+/// time, by smooth weighted round-robin. Choosing is then as cheap and
+/// lock-free as plain round-robin.
+#[derive(Debug)]
+pub struct Ratio(Turns);
+
+impl Ratio {
+    pub fn new(ratios: &[u32]) -> Ratio {
+        Ratio(Turns::new(smooth_schedule(ratios)))
+    }
+}
+
+impl Selection for Ratio {
+    fn select(&self, view: &dyn PoolView) -> Option<usize> {
+        self.0.select(view)
+    }
+}
+
+/// One cycle of smooth weighted round-robin (as nginx interleaves weights),
+/// with the ratios first divided by their greatest common divisor.
+fn smooth_schedule(ratios: &[u32]) -> Vec<u32> {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let divisor = ratios.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = ratios
+        .iter()
+        .map(|&r| i64::from(r.max(1) / divisor))
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (current, weight) in current.iter_mut().zip(&weights) {
+                *current += weight;
+            }
+            let best = (0..current.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            best as u32
+        })
+        .collect()
+}
+
+/// `least-connections`: fewest open connections per unit of ratio, counting
+/// the new one, and scaled by the slow ramp so a member that just recovered
+/// with no connections does not take the whole reconnect wave. Ties go
+/// round-robin.
+#[derive(Debug, Default)]
+pub struct LeastConnections {
+    next: AtomicUsize,
+}
+
+impl Selection for LeastConnections {
+    fn select(&self, view: &dyn PoolView) -> Option<usize> {
+        let count = view.member_count();
+        if count == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        for skipped in 0..self.members {
-            let index = turn.wrapping_add(skipped) % self.members;
-            if eligible(index) {
-                if skipped > 0 {
-                    // Without this the member after a down one would get two
-                    // turns in a row. If another thread moved the counter
-                    // meanwhile, its turn stands and ours is simply spent.
-                    let _ = self.next.compare_exchange(
-                        turn.wrapping_add(1),
-                        turn.wrapping_add(skipped + 1),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-                return Some(index);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(f64, usize)> = None;
+        for step in 0..count {
+            let index = start.wrapping_add(step) % count;
+            if !view.eligible(index) {
+                continue;
+            }
+            let weight = f64::from(view.ratio(index).max(1)) * view.ramp(index).max(1e-3);
+            let load = (view.active(index) + 1) as f64 / weight;
+            if best.is_none_or(|(best_load, _)| load < best_load) {
+                best = Some((load, index));
             }
         }
-        None
+        best.map(|(_, index)| index)
     }
 }
 
@@ -114,81 +270,4 @@ impl Tried {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn picks(
-        selection: &dyn Selection,
-        rounds: usize,
-        eligible: impl Fn(usize) -> bool,
-    ) -> Vec<usize> {
-        (0..rounds)
-            .map(|_| selection.select(&mut |i| eligible(i)).expect("a member"))
-            .collect()
-    }
-
-    #[test]
-    fn round_robin_visits_members_in_order() {
-        let rr = RoundRobin::new(3);
-        assert_eq!(picks(&rr, 7, |_| true), vec![0, 1, 2, 0, 1, 2, 0]);
-    }
-
-    #[test]
-    fn round_robin_skips_ineligible_without_doubling_the_next() {
-        let rr = RoundRobin::new(4);
-        // Member 1 is down: the others share evenly, in order.
-        assert_eq!(picks(&rr, 6, |i| i != 1), vec![0, 2, 3, 0, 2, 3]);
-    }
-
-    #[test]
-    fn round_robin_with_nothing_eligible_is_none() {
-        let rr = RoundRobin::new(2);
-        assert_eq!(rr.select(&mut |_| false), None);
-        assert_eq!(RoundRobin::new(0).select(&mut |_| true), None);
-    }
-
-    #[test]
-    fn round_robin_is_even_across_threads() {
-        let rr = std::sync::Arc::new(RoundRobin::new(4));
-        let counts: Vec<[usize; 4]> = (0..4)
-            .map(|_| {
-                let rr = rr.clone();
-                std::thread::spawn(move || {
-                    let mut counts = [0; 4];
-                    for _ in 0..10_000 {
-                        counts[rr.select(&mut |_| true).unwrap()] += 1;
-                    }
-                    counts
-                })
-            })
-            .map(|thread| thread.join().unwrap())
-            .collect();
-        for member in 0..4 {
-            let total: usize = counts.iter().map(|c| c[member]).sum();
-            assert_eq!(total, 10_000, "member {member}");
-        }
-    }
-
-    #[test]
-    fn tried_set_small_and_large_indexes() {
-        let mut tried = Tried::default();
-        for index in [0, 5, 127, 128, 1000] {
-            assert!(!tried.contains(index));
-            tried.insert(index);
-            assert!(tried.contains(index));
-        }
-        assert!(!tried.contains(6));
-        assert!(!tried.contains(129));
-    }
-
-    #[test]
-    fn algorithm_names_parse() {
-        #[derive(Deserialize)]
-        struct Holder {
-            algorithm: Algorithm,
-        }
-        let holder: Holder = toml::from_str("algorithm = \"round-robin\"").unwrap();
-        assert_eq!(holder.algorithm, Algorithm::RoundRobin);
-        assert!(toml::from_str::<Holder>("algorithm = \"fastest\"").is_err());
-    }
-}
+mod tests;

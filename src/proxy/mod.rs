@@ -51,6 +51,9 @@ pub enum CloseReason {
     MemberError,
     /// Still open when the drain timeout of a shutdown ran out.
     Shutdown,
+    /// Its member went down in a pool with `action_on_service_down =
+    /// "reset"`.
+    MemberDown,
 }
 
 impl CloseReason {
@@ -63,6 +66,7 @@ impl CloseReason {
             CloseReason::ClientError => "client error",
             CloseReason::MemberError => "member error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::MemberDown => "member down",
         }
     }
 }
@@ -131,14 +135,16 @@ pub async fn run(
     })
     .await;
     // Pass a reset on: the surviving side sees a reset, not a clean end it
-    // could mistake for a complete answer.
-    let survivor = match reason {
-        CloseReason::ClientReset => Some(&member),
-        CloseReason::MemberReset => Some(&client),
-        _ => None,
+    // could mistake for a complete answer. A connection cut short by
+    // vipgate (shutdown, member down) is reset on both sides, as F5 does.
+    let reset: &[&TcpStream] = match reason {
+        CloseReason::ClientReset => &[&member],
+        CloseReason::MemberReset => &[&client],
+        CloseReason::Shutdown => &[&client, &member],
+        _ => &[],
     };
-    if let Some(survivor) = survivor {
-        let _ = SockRef::from(survivor).set_linger(Some(Duration::ZERO));
+    for socket in reset {
+        let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
     }
     Outcome {
         bytes_to_member: up.bytes,

@@ -11,8 +11,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{reset, tune, Admission, VirtualServer};
+use crate::config::ServiceDownAction;
 use crate::pool::{MemberSlot, Tried};
-use crate::proxy::{self, PumpOptions};
+use crate::proxy::{self, CloseReason, PumpOptions};
 
 /// Serves one admitted client to its end. Takes everything by value so the
 /// spawned task is this future alone, with nothing wrapped around it: an
@@ -55,7 +56,17 @@ pub(super) async fn serve(
         idle_timeout: plan.idle_timeout,
         zero_copy: plan.zero_copy,
     };
-    let outcome = proxy::run(client, member, options, &close).await;
+    // A pool that resets connections of a member going down listens to that
+    // member's signal (itself cancelled by a shutdown too); others only to
+    // the shutdown.
+    let stop = match virtual_server.pool.action_on_service_down() {
+        ServiceDownAction::Reset => state.reset_signal(),
+        ServiceDownAction::None => close.clone(),
+    };
+    let mut outcome = proxy::run(client, member, options, &stop).await;
+    if outcome.reason == CloseReason::Shutdown && !close.is_cancelled() {
+        outcome.reason = CloseReason::MemberDown;
+    }
     state.record_bytes(outcome.bytes_to_member, outcome.bytes_to_client);
     tracing::info!(
         target: "vipgate::connection",

@@ -1,0 +1,277 @@
+//! Validation of the health parts of a configuration: `[monitors.NAME]`,
+//! monitor rules (`{ all = [...] }`, `{ min = N, of = [...] }`) on pools,
+//! members and `[nodes."IP"]`, and their consistency across pools.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use toml::Spanned;
+
+use super::plan::*;
+use super::raw::*;
+use super::validate::Checker;
+
+impl Checker<'_> {
+    pub(super) fn monitors(&mut self, raw: &RawConfig) -> BTreeMap<String, MonitorPlan> {
+        raw.monitors
+            .iter()
+            .filter_map(|(name, monitor)| Some((name.clone(), self.monitor(name, monitor)?)))
+            .collect()
+    }
+
+    fn monitor(&mut self, name: &str, raw: &Spanned<RawMonitor>) -> Option<MonitorPlan> {
+        let key = format!("monitors.{name}");
+        self.name(&key, name, raw.span());
+        let monitor = raw.get_ref();
+        let port = match &monitor.port {
+            None => Some(ProbePort::Member),
+            Some(value) => self
+                .integer_in(&format!("{key}.port"), value, 1, 65535, "a port")
+                .map(|port| ProbePort::Fixed(port as u16)),
+        };
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            monitor.interval.as_ref(),
+            DEFAULT_MONITOR_INTERVAL,
+        );
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            monitor.timeout.as_ref(),
+            DEFAULT_MONITOR_TIMEOUT,
+        );
+        if timeout < interval {
+            self.report(
+                &format!("{key}.timeout"),
+                monitor.timeout.as_ref().map(|t| t.span()),
+                format!(
+                    "timeout ({}) is shorter than interval ({}): a healthy member would be marked down between two probes",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+                Some("make timeout at least the interval; F5 uses 3 x interval + 1 s".into()),
+            );
+        }
+        let text = |value: &Option<Spanned<String>>| {
+            value
+                .as_ref()
+                .map_or_else(String::new, |v| v.get_ref().clone())
+        };
+        let probe = match monitor.kind {
+            MonitorType::Tcp => {
+                self.not_for(&key, "path", monitor.path.as_ref().map(|v| v.span()), "tcp");
+                self.not_for(
+                    &key,
+                    "expect_status",
+                    monitor.expect_status.as_ref().map(|v| v.span()),
+                    "tcp",
+                );
+                Some(Probe::Tcp {
+                    send: text(&monitor.send),
+                    expect: text(&monitor.expect),
+                })
+            }
+            MonitorType::Http => {
+                self.not_for(
+                    &key,
+                    "send",
+                    monitor.send.as_ref().map(|v| v.span()),
+                    "http",
+                );
+                self.not_for(
+                    &key,
+                    "expect",
+                    monitor.expect.as_ref().map(|v| v.span()),
+                    "http",
+                );
+                let path = monitor
+                    .path
+                    .as_ref()
+                    .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+                let path_ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
+                if !path_ok {
+                    self.report(
+                        &format!("{key}.path"),
+                        monitor.path.as_ref().map(|p| p.span()),
+                        format!("\"{path}\" is not a request path"),
+                        Some("start it with '/' and use no spaces, e.g. \"/health\"".into()),
+                    );
+                }
+                let expect_status = match &monitor.expect_status {
+                    None => Some(200),
+                    Some(value) => self
+                        .integer_in(
+                            &format!("{key}.expect_status"),
+                            value,
+                            100,
+                            599,
+                            "an HTTP status",
+                        )
+                        .map(|status| status as u16),
+                };
+                expect_status.map(|expect_status| Probe::Http {
+                    path,
+                    expect_status,
+                })
+            }
+        };
+        Some(MonitorPlan {
+            name: name.to_string(),
+            probe: probe?,
+            port: port?,
+            interval,
+            timeout,
+        })
+    }
+
+    fn not_for(
+        &mut self,
+        key: &str,
+        field: &str,
+        span: Option<std::ops::Range<usize>>,
+        kind: &str,
+    ) {
+        if span.is_some() {
+            let other = if kind == "tcp" { "http" } else { "tcp" };
+            self.report(
+                &format!("{key}.{field}"),
+                span,
+                format!("`{field}` has no meaning for a {kind} monitor"),
+                Some(format!("remove it, or set type = \"{other}\"")),
+            );
+        }
+    }
+
+    pub(super) fn nodes(&mut self, raw: &RawConfig) -> BTreeMap<IpAddr, NodePlan> {
+        let mut nodes = BTreeMap::new();
+        for (name, node) in &raw.nodes {
+            let key = format!("nodes.\"{name}\"");
+            let Ok(address) = name.parse::<IpAddr>() else {
+                self.report(
+                    &key,
+                    Some(node.span()),
+                    format!("\"{name}\" is not an IP address"),
+                    Some("name a node by its address, e.g. [nodes.\"10.0.0.11\"]".into()),
+                );
+                continue;
+            };
+            let monitor = match &node.get_ref().monitor {
+                None => MonitorRule::Always,
+                Some(rule) => self.rule(&format!("{key}.monitor"), rule, raw),
+            };
+            for name in monitor.monitors() {
+                if raw.monitors[name].get_ref().port.is_none() {
+                    self.report(
+                        &format!("{key}.monitor"),
+                        Some(node.span()),
+                        format!("monitor \"{name}\" has no `port`, and a node has no port of its own to probe"),
+                        Some(format!("set port in [monitors.{name}], e.g. port = 22")),
+                    );
+                }
+            }
+            nodes.insert(address, NodePlan { address, monitor });
+        }
+        nodes
+    }
+
+    /// A monitor rule: exactly one of `all = [...]` or `min = N, of = [...]`,
+    /// naming monitors that exist.
+    pub(super) fn rule(
+        &mut self,
+        key: &str,
+        raw: &Spanned<RawMonitorRule>,
+        file: &RawConfig,
+    ) -> MonitorRule {
+        let rule = raw.get_ref();
+        let shape_hint = "write monitor = { all = [\"A\", \"B\"] } or monitor = { min = 1, of = [\"A\", \"B\"] }";
+        let (names, min) = match (&rule.all, &rule.min, &rule.of) {
+            (Some(all), None, None) => (all, None),
+            (None, Some(min), Some(of)) => (of, Some(min)),
+            _ => {
+                self.report(
+                    key,
+                    Some(raw.span()),
+                    "a monitor rule needs either `all` or both `min` and `of`".into(),
+                    Some(shape_hint.into()),
+                );
+                return MonitorRule::Always;
+            }
+        };
+        if names.is_empty() {
+            self.report(
+                key,
+                Some(raw.span()),
+                "the rule names no monitor".into(),
+                Some(shape_hint.into()),
+            );
+            return MonitorRule::Always;
+        }
+        let mut resolved: Vec<String> = Vec::with_capacity(names.len());
+        for name in names {
+            let name_text = name.get_ref();
+            if !file.monitors.contains_key(name_text) {
+                let known: Vec<&str> = file.monitors.keys().map(String::as_str).collect();
+                let hint = if known.is_empty() {
+                    "define it as a [monitors.NAME] table".to_string()
+                } else {
+                    format!("defined monitors: {}", known.join(", "))
+                };
+                self.report(
+                    key,
+                    Some(name.span()),
+                    format!("no monitor named \"{name_text}\""),
+                    Some(hint),
+                );
+            } else if resolved.contains(name_text) {
+                self.report(
+                    key,
+                    Some(name.span()),
+                    format!("monitor \"{name_text}\" is named twice"),
+                    None,
+                );
+            } else {
+                resolved.push(name_text.clone());
+            }
+        }
+        match min {
+            None => MonitorRule::All(resolved),
+            Some(min) => {
+                let count = names.len() as i64;
+                let min = self
+                    .integer_in(
+                        &format!("{key}.min"),
+                        min,
+                        1,
+                        count,
+                        "how many of the listed monitors must pass",
+                    )
+                    .unwrap_or(1);
+                MonitorRule::AtLeast { min, of: resolved }
+            }
+        }
+    }
+
+    /// A member's health is kept per address, so an address that is in
+    /// several pools must be judged by the same monitors in all of them.
+    pub(super) fn member_consistency(&mut self, pools: &BTreeMap<String, PoolPlan>) {
+        let mut seen: BTreeMap<SocketAddr, (&str, &MonitorRule)> = BTreeMap::new();
+        for pool in pools.values() {
+            for member in &pool.members {
+                match seen.get(&member.address) {
+                    Some((first_pool, rule)) if *rule != &member.monitor => self.report(
+                        &format!("pools.{}.members", pool.name),
+                        None,
+                        format!(
+                            "member {} is monitored by \"{}\" here but by \"{}\" in pools.{first_pool}",
+                            member.address, member.monitor, rule
+                        ),
+                        Some("a member's health is per address: give it the same monitor rule in every pool".into()),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(member.address, (&pool.name, &member.monitor));
+                    }
+                }
+            }
+        }
+    }
+}

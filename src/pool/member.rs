@@ -1,0 +1,331 @@
+//! The runtime state of one member address: health (written only by the
+//! health checker), administrative state, connection counts, the connect
+//! rate bucket, and the signal that closes its connections when it goes
+//! down. All atomics: the data path reads them without a lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AdminState, ConnectionLimit, RateLimit};
+use crate::throttle::Throttle;
+
+/// What the monitors say of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Monitored, but its first probe round has not finished: no traffic.
+    Unchecked,
+    Up,
+    Down,
+}
+
+impl Health {
+    fn from_u8(value: u8) -> Health {
+        match value {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unchecked,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// The live counters and states of one member address.
+#[derive(Debug)]
+pub struct MemberState {
+    address: SocketAddr,
+    health: AtomicU8,
+    admin: AtomicU8,
+    /// [`crate::clock::millis`] when it last came up, for slow ramp.
+    up_since: AtomicU64,
+    active: AtomicUsize,
+    total: AtomicU64,
+    connect_failures: AtomicU64,
+    bytes_to_member: AtomicU64,
+    bytes_to_client: AtomicU64,
+    rate: RateBucket,
+    /// Cancelled (and replaced) when the member goes down in a pool with
+    /// `action_on_service_down = "reset"`; a child of the server's close
+    /// signal, so a shutdown closes these connections too.
+    reset: ArcSwap<CancellationToken>,
+    close_all: CancellationToken,
+    failure_log: Throttle,
+}
+
+impl MemberState {
+    /// A new member, `monitored` or not (an unmonitored one is up at once).
+    pub fn new(address: SocketAddr, monitored: bool, close_all: &CancellationToken) -> MemberState {
+        MemberState {
+            address,
+            health: AtomicU8::new(if monitored { 0 } else { 1 }),
+            admin: AtomicU8::new(0),
+            up_since: AtomicU64::new(crate::clock::millis()),
+            active: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes_to_member: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            rate: RateBucket::default(),
+            reset: ArcSwap::from_pointee(close_all.child_token()),
+            close_all: close_all.clone(),
+            failure_log: Throttle::default(),
+        }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Records a new health verdict. Only the health checker calls this.
+    pub fn set_health(&self, health: Health) {
+        let value = match health {
+            Health::Unchecked => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        };
+        if self.health.swap(value, Ordering::Relaxed) != value && health == Health::Up {
+            self.up_since
+                .store(crate::clock::millis(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Disabled,
+            2 => AdminState::ForcedOffline,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn set_admin_state(&self, state: AdminState) {
+        let value = match state {
+            AdminState::Enabled => 0,
+            AdminState::Disabled => 1,
+            AdminState::ForcedOffline => 2,
+        };
+        self.admin.store(value, Ordering::Relaxed);
+    }
+
+    /// Healthy and enabled: may take new connections.
+    pub fn usable(&self) -> bool {
+        self.health() == Health::Up && self.admin_state() == AdminState::Enabled
+    }
+
+    /// How far along its slow ramp the member is, from 0 (just came up) to
+    /// 1 (full share). Always 1 when `slow_ramp` is zero.
+    pub fn ramp(&self, slow_ramp: Duration) -> f64 {
+        if slow_ramp.is_zero() {
+            return 1.0;
+        }
+        let up_for = crate::clock::millis().saturating_sub(self.up_since.load(Ordering::Relaxed));
+        ramp_fraction(Duration::from_millis(up_for), slow_ramp)
+    }
+
+    /// The signal a connection of a pool with `action_on_service_down =
+    /// "reset"` listens to.
+    pub fn reset_signal(&self) -> CancellationToken {
+        self.reset.load().as_ref().clone()
+    }
+
+    /// Closes every connection listening to [`reset_signal`](Self::reset_signal).
+    pub fn reset_connections(&self) {
+        let previous = self.reset.swap(Arc::new(self.close_all.child_token()));
+        previous.cancel();
+    }
+
+    /// Connections to this member open right now (including ones still
+    /// connecting).
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Connections established to this member since start.
+    pub fn total_connections(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Connect attempts that were refused, timed out or failed otherwise.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent to this member and back to clients, counted as connections
+    /// close.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.bytes_to_member.load(Ordering::Relaxed),
+            self.bytes_to_client.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Limits connect-failure warnings for this member to one a second.
+    pub fn failure_log(&self) -> &Throttle {
+        &self.failure_log
+    }
+
+    pub fn record_connect_failure(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_connected(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_bytes(&self, to_member: u64, to_client: u64) {
+        self.bytes_to_member.fetch_add(to_member, Ordering::Relaxed);
+        self.bytes_to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
+
+    /// Whether the connect rate leaves room for one more now (without
+    /// taking it).
+    pub fn rate_allows(&self, limit: RateLimit) -> bool {
+        self.rate.allows(limit, crate::clock::millis())
+    }
+
+    /// Takes one connection slot if `limit` and the connect rate leave room.
+    /// The slot is given back when the returned guard is dropped.
+    pub fn try_reserve(
+        self: &Arc<Self>,
+        limit: ConnectionLimit,
+        rate: RateLimit,
+    ) -> Option<MemberSlot> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if limit.admits(before) && self.rate.take(rate, crate::clock::millis()) {
+            Some(MemberSlot(self.clone()))
+        } else {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Linear slow-ramp share after being up for `up_for`.
+pub fn ramp_fraction(up_for: Duration, slow_ramp: Duration) -> f64 {
+    if slow_ramp.is_zero() {
+        1.0
+    } else {
+        (up_for.as_secs_f64() / slow_ramp.as_secs_f64()).clamp(0.0, 1.0)
+    }
+}
+
+/// One reserved connection to a member; releases it on drop.
+#[derive(Debug)]
+pub struct MemberSlot(Arc<MemberState>);
+
+impl MemberSlot {
+    pub fn member(&self) -> &Arc<MemberState> {
+        &self.0
+    }
+}
+
+impl Drop for MemberSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A token bucket for new connections, as a generic cell rate algorithm:
+/// one atomic holding the time (in microseconds) at which the bucket will be
+/// full again. Holds up to one second of the rate as burst.
+#[derive(Debug, Default)]
+struct RateBucket {
+    full_at_micros: AtomicU64,
+}
+
+impl RateBucket {
+    fn allows(&self, limit: RateLimit, now_millis: u64) -> bool {
+        match limit {
+            RateLimit::Unlimited => true,
+            RateLimit::PerSecond(rate) => {
+                let (now, cost, burst) = Self::units(rate, now_millis);
+                self.full_at_micros.load(Ordering::Relaxed).max(now) + cost <= now + burst
+            }
+        }
+    }
+
+    fn take(&self, limit: RateLimit, now_millis: u64) -> bool {
+        let RateLimit::PerSecond(rate) = limit else {
+            return true;
+        };
+        let (now, cost, burst) = Self::units(rate, now_millis);
+        self.full_at_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |full_at| {
+                let next = full_at.max(now) + cost;
+                (next <= now + burst).then_some(next)
+            })
+            .is_ok()
+    }
+
+    /// Now, the cost of one connection and the burst allowance, in
+    /// microseconds.
+    fn units(rate: u32, now_millis: u64) -> (u64, u64, u64) {
+        let cost = 1_000_000 / u64::from(rate.max(1));
+        (now_millis * 1000, cost.max(1), 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_bucket_allows_one_second_of_burst_then_refills() {
+        let bucket = RateBucket::default();
+        let limit = RateLimit::PerSecond(5);
+        let start = 10_000;
+        let taken = (0..10).filter(|_| bucket.take(limit, start)).count();
+        assert_eq!(taken, 5);
+        assert!(!bucket.allows(limit, start));
+        // One connection's worth of time later, one more.
+        assert!(bucket.take(limit, start + 200));
+        assert!(!bucket.take(limit, start + 200));
+        assert!(bucket.take(RateLimit::Unlimited, start));
+    }
+
+    #[test]
+    fn ramp_grows_linearly_and_stops_at_full() {
+        let ramp = Duration::from_secs(60);
+        assert_eq!(ramp_fraction(Duration::ZERO, ramp), 0.0);
+        assert_eq!(ramp_fraction(Duration::from_secs(15), ramp), 0.25);
+        assert_eq!(ramp_fraction(Duration::from_secs(90), ramp), 1.0);
+        assert_eq!(ramp_fraction(Duration::ZERO, Duration::ZERO), 1.0);
+    }
+
+    #[test]
+    fn coming_up_restarts_the_ramp_and_reset_cancels_only_current_connections() {
+        let close_all = CancellationToken::new();
+        let member = MemberState::new("127.0.0.1:1".parse().unwrap(), true, &close_all);
+        assert_eq!(member.health(), Health::Unchecked);
+        assert!(!member.usable());
+        member.set_health(Health::Up);
+        assert!(member.usable());
+        assert!(member.ramp(Duration::from_secs(3600)) < 0.01);
+        member.set_admin_state(AdminState::Disabled);
+        assert!(!member.usable());
+
+        let before = member.reset_signal();
+        member.reset_connections();
+        assert!(before.is_cancelled());
+        assert!(!member.reset_signal().is_cancelled());
+        close_all.cancel();
+        assert!(
+            member.reset_signal().is_cancelled(),
+            "shutdown reaches member signals"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Which members a pool lets its algorithm choose from.
+
+use super::*;
+use crate::config::{AdminState, MemberPlan, MonitorRule};
+
+fn member(i: usize) -> MemberPlan {
+    MemberPlan {
+        address: format!("127.0.0.{}:9070", 11 + i).parse().unwrap(),
+        connection_limit: ConnectionLimit::Unlimited,
+        monitor: MonitorRule::Always,
+        ratio: 1,
+        priority: 0,
+        admin: AdminState::Enabled,
+        connect_rate_limit: RateLimit::Unlimited,
+    }
+}
+
+fn plan(members: Vec<MemberPlan>) -> PoolPlan {
+    PoolPlan {
+        name: "p".into(),
+        algorithm: Algorithm::RoundRobin,
+        members,
+        action_on_service_down: ServiceDownAction::None,
+        slow_ramp: Duration::ZERO,
+        min_active_members: 0,
+    }
+}
+
+fn build(plan: &PoolPlan, registry: &mut MemberRegistry) -> Pool {
+    Pool::new(plan, registry, None, &CancellationToken::new(), |_| false)
+}
+
+fn picks(pool: &Pool, count: usize) -> Vec<SocketAddr> {
+    (0..count)
+        .map(|_| {
+            pool.reserve(&mut Tried::default())
+                .unwrap()
+                .member()
+                .address()
+        })
+        .collect()
+}
+
+#[test]
+fn reserve_respects_member_limits_and_releases_on_drop() {
+    let mut members = vec![member(0), member(1)];
+    for m in &mut members {
+        m.connection_limit = ConnectionLimit::At(1);
+    }
+    let pool = build(&plan(members), &mut MemberRegistry::default());
+    let first = pool.reserve(&mut Tried::default()).unwrap();
+    let second = pool.reserve(&mut Tried::default()).unwrap();
+    assert_ne!(first.member().address(), second.member().address());
+    assert!(pool.reserve(&mut Tried::default()).is_none());
+    drop(first);
+    let third = pool.reserve(&mut Tried::default()).unwrap();
+    assert_eq!(third.member().active_connections(), 1);
+}
+
+#[test]
+fn reserve_skips_tried_members() {
+    let pool = build(
+        &plan(vec![member(0), member(1), member(2)]),
+        &mut MemberRegistry::default(),
+    );
+    let mut tried = Tried::default();
+    let mut seen = Vec::new();
+    while let Some(slot) = pool.reserve(&mut tried) {
+        seen.push(slot.member().address());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn down_unchecked_and_disabled_members_get_nothing() {
+    let pool = build(
+        &plan(vec![member(0), member(1), member(2), member(3)]),
+        &mut MemberRegistry::default(),
+    );
+    pool.members()[0].state.set_health(Health::Down);
+    pool.members()[1].state.set_health(Health::Unchecked);
+    pool.members()[2]
+        .state
+        .set_admin_state(AdminState::ForcedOffline);
+    let only = pool.members()[3].state.address();
+    assert!(picks(&pool, 5).iter().all(|&a| a == only));
+}
+
+#[test]
+fn priority_groups_fail_over_to_the_standby_group_and_back() {
+    let mut members = vec![member(0), member(1), member(2), member(3)];
+    members[0].priority = 10;
+    members[1].priority = 10;
+    let mut pool_plan = plan(members);
+    pool_plan.min_active_members = 2;
+    let pool = build(&pool_plan, &mut MemberRegistry::default());
+    let preferred = [
+        pool.members()[0].state.address(),
+        pool.members()[1].state.address(),
+    ];
+    assert!(picks(&pool, 6).iter().all(|a| preferred.contains(a)));
+
+    // One preferred member down: fewer than 2 usable, the standby group joins.
+    pool.members()[0].state.set_health(Health::Down);
+    let spread = picks(&pool, 6);
+    assert!(!spread.contains(&preferred[0]));
+    assert!(spread.contains(&pool.members()[2].state.address()));
+    assert!(spread.contains(&preferred[1]));
+
+    pool.members()[0].state.set_health(Health::Up);
+    assert!(picks(&pool, 6).iter().all(|a| preferred.contains(a)));
+}
+
+#[test]
+fn connect_rate_limit_sends_the_excess_to_the_next_member() {
+    let mut members = vec![member(0), member(1)];
+    members[0].connect_rate_limit = RateLimit::PerSecond(3);
+    let pool = build(&plan(members), &mut MemberRegistry::default());
+    let limited = pool.members()[0].state.address();
+    let chosen = picks(&pool, 20);
+    let to_limited = chosen.iter().filter(|&&a| a == limited).count();
+    assert!(
+        (3..=4).contains(&to_limited),
+        "{to_limited} of 20 went to the limited member"
+    );
+}
+
+#[test]
+fn registry_keeps_state_of_members_that_stay() {
+    let mut first = MemberRegistry::default();
+    let pool = build(&plan(vec![member(0), member(1)]), &mut first);
+    pool.members()[0].state.record_connected();
+    let mut second = MemberRegistry::default();
+    let rebuilt = Pool::new(
+        &plan(vec![member(0)]),
+        &mut second,
+        Some(&first),
+        &CancellationToken::new(),
+        |_| true,
+    );
+    assert_eq!(rebuilt.members()[0].state.total_connections(), 1);
+    assert!(Arc::ptr_eq(
+        &rebuilt.members()[0].state,
+        &pool.members()[0].state
+    ));
+}
