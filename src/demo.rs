@@ -46,15 +46,21 @@ pub enum DemoError {
 pub async fn spawn_tagged_echo(address: SocketAddr, tag: String) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(answer_lines(stream, tag.clone()));
-        }
-    });
+    tokio::spawn(serve_tagged_echo(listener, tag));
     Ok(local)
+}
+
+/// Serves the simulated proxy on `listener` until dropped.
+pub async fn serve_tagged_echo(listener: TcpListener, tag: String) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer_lines(stream, tag.clone()));
+            }
+            // Out of descriptors or the like: wait rather than spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
 }
 
 async fn answer_lines(stream: TcpStream, tag: String) {

@@ -3,11 +3,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use common::*;
-use socket2::{Domain, Socket, Type};
+use std::collections::BTreeMap;
 
 async fn count_tags(addr: std::net::SocketAddr, clients: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -77,30 +74,6 @@ async fn refusing_member_is_skipped_and_counted() {
     );
     assert_eq!(vipgate.member(refusing).connect_failures(), 10);
     assert_eq!(vipgate.virtual_stats("vs").rejected_no_member(), 0);
-}
-
-/// A listener whose accept queue is full: the kernel drops further SYNs, so
-/// connecting to it hangs until the connect timeout.
-async fn silent_address(ip: &str) -> (Socket, Vec<std::net::TcpStream>, std::net::SocketAddr) {
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener
-        .bind(
-            &format!("{ip}:0")
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(stream) => fillers.push(stream),
-            Err(_) => return (listener, fillers, addr),
-        }
-    }
-    panic!("could not fill the accept queue of {addr}");
 }
 
 #[tokio::test]

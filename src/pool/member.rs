@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AdminState, ConnectionLimit, RateLimit};
 use crate::throttle::Throttle;
 
+/// `up_since` of a member that has not recovered from being down: members
+/// up from the start share the load evenly at once; only a member coming
+/// back from down ramps up.
+const NOT_RAMPING: u64 = u64::MAX;
+
 /// What the monitors say of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -47,7 +52,8 @@ pub struct MemberState {
     address: SocketAddr,
     health: AtomicU8,
     admin: AtomicU8,
-    /// [`crate::clock::millis`] when it last came up, for slow ramp.
+    /// [`crate::clock::millis`] when it last came back up after being down,
+    /// for slow ramp; [`NOT_RAMPING`] if it never was down.
     up_since: AtomicU64,
     active: AtomicUsize,
     total: AtomicU64,
@@ -70,7 +76,7 @@ impl MemberState {
             address,
             health: AtomicU8::new(if monitored { 0 } else { 1 }),
             admin: AtomicU8::new(0),
-            up_since: AtomicU64::new(crate::clock::millis()),
+            up_since: AtomicU64::new(NOT_RAMPING),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -98,7 +104,8 @@ impl MemberState {
             Health::Up => 1,
             Health::Down => 2,
         };
-        if self.health.swap(value, Ordering::Relaxed) != value && health == Health::Up {
+        let before = Health::from_u8(self.health.swap(value, Ordering::Relaxed));
+        if before == Health::Down && health == Health::Up {
             self.up_since
                 .store(crate::clock::millis(), Ordering::Relaxed);
         }
@@ -129,10 +136,11 @@ impl MemberState {
     /// How far along its slow ramp the member is, from 0 (just came up) to
     /// 1 (full share). Always 1 when `slow_ramp` is zero.
     pub fn ramp(&self, slow_ramp: Duration) -> f64 {
-        if slow_ramp.is_zero() {
+        let up_since = self.up_since.load(Ordering::Relaxed);
+        if slow_ramp.is_zero() || up_since == NOT_RAMPING {
             return 1.0;
         }
-        let up_for = crate::clock::millis().saturating_sub(self.up_since.load(Ordering::Relaxed));
+        let up_for = crate::clock::millis().saturating_sub(up_since);
         ramp_fraction(Duration::from_millis(up_for), slow_ramp)
     }
 
@@ -314,7 +322,17 @@ mod tests {
         assert!(!member.usable());
         member.set_health(Health::Up);
         assert!(member.usable());
-        assert!(member.ramp(Duration::from_secs(3600)) < 0.01);
+        assert_eq!(
+            member.ramp(Duration::from_secs(3600)),
+            1.0,
+            "up from the start: no ramp"
+        );
+        member.set_health(Health::Down);
+        member.set_health(Health::Up);
+        assert!(
+            member.ramp(Duration::from_secs(3600)) < 0.01,
+            "back from down: ramps"
+        );
         member.set_admin_state(AdminState::Disabled);
         assert!(!member.usable());
 

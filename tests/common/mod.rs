@@ -68,6 +68,10 @@ impl Vipgate {
         self.live.load().virtual_stats(name).unwrap().clone()
     }
 
+    pub fn snapshot(&self) -> Arc<vipgate::server::Snapshot> {
+        self.live.load_full()
+    }
+
     pub fn member(&self, address: SocketAddr) -> Arc<MemberState> {
         self.live.load().member(&address).unwrap().clone()
     }
@@ -189,4 +193,90 @@ pub fn config(members: &[SocketAddr], virtual_extra: &str) -> String {
         "[pools.p]\nmembers = [ {} ]\n\n[virtuals.vs]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\n{virtual_extra}\n",
         members.join(", ")
     )
+}
+
+/// A tagged member whose port can be closed (connections refused) and
+/// opened again on the same address, to play a proxy that dies and
+/// recovers. Connections already open stay open.
+pub struct SwitchablePort {
+    pub addr: SocketAddr,
+    tag: String,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SwitchablePort {
+    pub async fn open(ip: &str, tag: &str) -> SwitchablePort {
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        SwitchablePort {
+            addr,
+            tag: tag.to_string(),
+            task: Some(tokio::spawn(vipgate::demo::serve_tagged_echo(
+                listener,
+                tag.to_string(),
+            ))),
+        }
+    }
+
+    /// Stops listening: new connections are refused.
+    pub async fn close(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn reopen(&mut self) {
+        self.close().await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    let _ = error;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("cannot listen on {} again: {error}", self.addr),
+            }
+        };
+        self.task = Some(tokio::spawn(vipgate::demo::serve_tagged_echo(
+            listener,
+            self.tag.clone(),
+        )));
+    }
+}
+
+/// Waits until the member at `address` has `health` in vipgate.
+pub async fn wait_health(vipgate: &Vipgate, address: SocketAddr, health: vipgate::pool::Health) {
+    let member = vipgate.member(address);
+    eventually(&format!("member {address} is {}", health.as_str()), || {
+        member.health() == health
+    })
+    .await;
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so
+/// connecting to it hangs until the connect timeout.
+pub async fn silent_address(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &format!("{ip}:0")
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => return (listener, fillers, addr),
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
 }
