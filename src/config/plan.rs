@@ -168,6 +168,27 @@ pub enum Probe {
     Http { path: String, expect_status: u16 },
 }
 
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Tcp { send, expect } => {
+                f.write_str("tcp connect")?;
+                if !send.is_empty() {
+                    write!(f, ", send {send:?}")?;
+                }
+                if !expect.is_empty() {
+                    write!(f, ", expect {expect:?}")?;
+                }
+                Ok(())
+            }
+            Probe::Http {
+                path,
+                expect_status,
+            } => write!(f, "http GET {path}, expect status {expect_status}"),
+        }
+    }
+}
+
 /// Which port a monitor probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbePort {
@@ -374,7 +395,7 @@ impl fmt::Display for Plan {
             };
             writeln!(
                 f,
-                "monitor {}: {:?} on {port}, every {}, down after {} without success",
+                "monitor {}: {} on {port}, every {}, down after {} without success",
                 monitor.name,
                 monitor.probe,
                 show(monitor.interval),

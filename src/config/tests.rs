@@ -291,3 +291,155 @@ fn location_counts_lines_and_characters() {
     );
     assert_eq!(Location::of_offset("", 10), Location { line: 1, column: 1 });
 }
+
+const MONITORED: &str = r#"
+[monitors.TCP-9070]
+type = "tcp"
+port = 9070
+
+[monitors.WEB]
+type = "http"
+path = "/health"
+interval = "2s"
+timeout = "7s"
+
+[pools.poolCSP01]
+monitor = { all = ["TCP-9070", "WEB"] }
+members = [ { address = "127.0.0.11:9070" }, { address = "127.0.0.12:9075", monitor = { min = 1, of = ["WEB", "TCP-9070"] } } ]
+
+[virtuals.vsCSP]
+listen = "127.0.0.100:9070"
+pool = "poolCSP01"
+"#;
+
+#[test]
+fn monitors_get_f5_defaults_and_members_inherit_or_override_the_pool_rule() {
+    let plan = parse(MONITORED, "t").unwrap();
+    let tcp = &plan.monitors["TCP-9070"];
+    assert_eq!(
+        (tcp.interval, tcp.timeout),
+        (Duration::from_secs(5), Duration::from_secs(16))
+    );
+    assert_eq!(tcp.port, ProbePort::Fixed(9070));
+    assert_eq!(
+        plan.monitors["WEB"].probe,
+        Probe::Http {
+            path: "/health".into(),
+            expect_status: 200
+        }
+    );
+    assert_eq!(plan.monitors["WEB"].port, ProbePort::Member);
+    let members = &plan.pools["poolCSP01"].members;
+    assert_eq!(
+        members[0].monitor,
+        MonitorRule::All(vec!["TCP-9070".into(), "WEB".into()])
+    );
+    assert_eq!(
+        members[1].monitor,
+        MonitorRule::AtLeast {
+            min: 1,
+            of: vec!["WEB".into(), "TCP-9070".into()]
+        }
+    );
+}
+
+#[test]
+fn monitor_rules_must_name_existing_monitors_in_one_shape() {
+    let problem =
+        only_problem(&MONITORED.replace("[\"TCP-9070\", \"WEB\"]", "[\"TCP-9075\", \"WEB\"]"));
+    assert_eq!(problem.key, "pools.poolCSP01.monitor");
+    assert_eq!(problem.message, "no monitor named \"TCP-9075\"");
+    assert_eq!(
+        problem.hint.as_deref(),
+        Some("defined monitors: TCP-9070, WEB")
+    );
+
+    for bad in [
+        "{ all = [\"WEB\"], min = 1 }",
+        "{ min = 1 }",
+        "{ all = [] }",
+    ] {
+        let problem = only_problem(&MONITORED.replace("{ all = [\"TCP-9070\", \"WEB\"] }", bad));
+        assert_eq!(problem.key, "pools.poolCSP01.monitor", "{bad}");
+    }
+    let problem = only_problem(&MONITORED.replace("min = 1, of", "min = 3, of"));
+    assert_eq!(problem.key, "pools.poolCSP01.members[1].monitor.min");
+}
+
+#[test]
+fn monitor_settings_are_checked() {
+    let problem = only_problem(&MONITORED.replace("timeout = \"7s\"", "timeout = \"1s\""));
+    assert_eq!(problem.key, "monitors.WEB.timeout");
+    assert!(
+        problem.message.contains("shorter than interval"),
+        "{problem}"
+    );
+
+    let problem = only_problem(&MONITORED.replace("port = 9070", "port = 9070\npath = \"/\""));
+    assert_eq!(problem.message, "`path` has no meaning for a tcp monitor");
+    let problem = only_problem(&MONITORED.replace("path = \"/health\"", "send = \"x\""));
+    assert_eq!(problem.message, "`send` has no meaning for a http monitor");
+    let problem = only_problem(&MONITORED.replace("path = \"/health\"", "path = \"health check\""));
+    assert_eq!(problem.key, "monitors.WEB.path");
+    let problem = only_problem(&MONITORED.replace("port = 9070", "port = 70000"));
+    assert_eq!(problem.key, "monitors.TCP-9070.port");
+    assert!(parse(&MONITORED.replace("type = \"tcp\"", "type = \"icmp\""), "t").is_err());
+}
+
+#[test]
+fn nodes_need_an_address_and_monitors_with_a_port() {
+    let node = "\n[nodes.\"127.0.0.11\"]\nmonitor = { all = [\"TCP-9070\"] }\n";
+    let plan = parse(&format!("{MONITORED}{node}"), "t").unwrap();
+    assert_eq!(plan.nodes.len(), 1);
+
+    let problem = only_problem(&format!("{MONITORED}{}", node.replace("TCP-9070", "WEB")));
+    assert!(problem.message.contains("has no `port`"), "{problem}");
+    let problem = only_problem(&format!(
+        "{MONITORED}{}",
+        node.replace("127.0.0.11", "csp1")
+    ));
+    assert_eq!(problem.message, "\"csp1\" is not an IP address");
+}
+
+#[test]
+fn a_member_in_two_pools_needs_the_same_monitors() {
+    let text =
+        format!("{MONITORED}\n[pools.other]\nmembers = [ {{ address = \"127.0.0.11:9070\" }} ]\n");
+    let problem = only_problem(&text);
+    assert_eq!(problem.key, "pools.poolCSP01.members");
+    assert!(
+        problem
+            .message
+            .contains("member 127.0.0.11:9070 is monitored by"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn member_and_pool_balancing_settings() {
+    let text = VALID
+        .replace(
+            "{ address = \"127.0.0.11:9070\" }",
+            "{ address = \"127.0.0.11:9070\", ratio = 3, priority = 10, state = \"forced-offline\", connect_rate_limit = 50 }",
+        )
+        .replace(
+            "members =",
+            "algorithm = \"least-connections\"\naction_on_service_down = \"reset\"\nslow_ramp = \"60s\"\nmin_active_members = 1\nmembers =",
+        );
+    let plan = parse(&text, "t").unwrap();
+    let pool = &plan.pools["poolCSP01"];
+    assert_eq!(pool.algorithm, crate::pool::Algorithm::LeastConnections);
+    assert_eq!(pool.action_on_service_down, ServiceDownAction::Reset);
+    assert_eq!(pool.slow_ramp, Duration::from_secs(60));
+    assert_eq!(pool.min_active_members, 1);
+    let member = &pool.members[0];
+    assert_eq!((member.ratio, member.priority), (3, 10));
+    assert_eq!(member.admin, AdminState::ForcedOffline);
+    assert_eq!(member.connect_rate_limit, RateLimit::PerSecond(50));
+    assert_eq!(pool.members[1].ratio, 1);
+
+    let problem = only_problem(&text.replace("ratio = 3", "ratio = 0"));
+    assert_eq!(problem.key, "pools.poolCSP01.members[0].ratio");
+    assert!(parse(&text.replace("forced-offline", "maintenance"), "t").is_err());
+    assert!(parse(&text.replace("\"reset\"", "\"drop\""), "t").is_err());
+}

@@ -206,7 +206,14 @@ pub struct SwitchablePort {
 
 impl SwitchablePort {
     pub async fn open(ip: &str, tag: &str) -> SwitchablePort {
-        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        SwitchablePort::open_at(&format!("{ip}:0"), tag).await
+    }
+
+    /// Like [`open`](Self::open), on a fixed address.
+    pub async fn open_at(address: &str, tag: &str) -> SwitchablePort {
+        let listener = TcpListener::bind(address)
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on {address}: {e}"));
         let addr = listener.local_addr().unwrap();
         SwitchablePort {
             addr,
