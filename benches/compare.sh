@@ -134,14 +134,18 @@ EOF
 haproxy_pid=
 vipgate_pid=
 start_proxies() {
-  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & haproxy_pid=$!; pids+=($!)
+  haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
   # Connection logs off, as HAProxy has none configured.
-  VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" & vipgate_pid=$!; pids+=($!)
+  VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
   for port in 1 2 3; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+  for pid in "$haproxy_pid" "$vipgate_pid"; do
+    kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
+  done
 }
 stop_proxies() {
   kill "$haproxy_pid" "$vipgate_pid" 2>/dev/null || true
-  wait "$haproxy_pid" "$vipgate_pid" 2>/dev/null || true
+  # Wait until both are gone and their ports are free again.
+  while kill -0 "$haproxy_pid" 2>/dev/null || kill -0 "$vipgate_pid" 2>/dev/null; do sleep 0.1; done
 }
 start_proxies
 
