@@ -14,6 +14,9 @@
 //!   the load-balancing algorithms behind one trait.
 //! - [`health`]: monitors probing members and nodes, and the verdict that
 //!   marks a member up or down.
+//! - [`snat`]: source addresses toward members (automap, SNAT pools with
+//!   lock-free port accounting per address and member), and
+//!   [`proxy_protocol`] headers that tell members the real client.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
@@ -27,6 +30,8 @@ pub mod health;
 pub mod logging;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
+pub mod snat;
 pub mod throttle;
 pub mod virtual_server;

@@ -18,9 +18,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Plan;
+use crate::config::{Plan, Snat};
 use crate::health::{self, HealthPlan};
 use crate::pool::{MemberRegistry, MemberState, Pool};
+use crate::snat::{Automap, SnatPool, SourceNat};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
 
 /// The live snapshot, shared by every accept loop.
@@ -34,6 +35,7 @@ pub struct Snapshot {
     virtuals: HashMap<String, Arc<VirtualServer>>,
     members: MemberRegistry,
     health: HealthPlan,
+    snat_pools: BTreeMap<String, Arc<SnatPool>>,
     /// Cancelled when open connections must close (the drain timeout of a
     /// shutdown ran out). The same token across snapshots.
     close_connections: CancellationToken,
@@ -75,6 +77,7 @@ impl Snapshot {
             }
         }
         let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health));
+        let snat_pools = build_snat_pools(&plan, previous);
         let virtuals = plan
             .virtuals
             .iter()
@@ -82,9 +85,18 @@ impl Snapshot {
                 let stats = previous
                     .and_then(|p| p.virtuals.get(&virtual_plan.name))
                     .map_or_else(Default::default, |v| Arc::clone(&v.stats));
+                let pool = Arc::clone(&pools[&virtual_plan.pool]);
+                let snat = match &virtual_plan.snat {
+                    Snat::None => SourceNat::None,
+                    Snat::Automap => SourceNat::Automap(Arc::new(Automap::build(
+                        pool.members().iter().map(|m| m.state.address()),
+                    ))),
+                    Snat::Pool(name) => SourceNat::Pool(Arc::clone(&snat_pools[name])),
+                };
                 let virtual_server = VirtualServer {
                     plan: virtual_plan.clone(),
-                    pool: Arc::clone(&pools[&virtual_plan.pool]),
+                    pool,
+                    snat,
                     stats,
                 };
                 (virtual_plan.name.clone(), Arc::new(virtual_server))
@@ -96,8 +108,14 @@ impl Snapshot {
             virtuals,
             members,
             health,
+            snat_pools,
             close_connections,
         }
+    }
+
+    /// The SNAT pools in use, with their port accounting.
+    pub fn snat_pools(&self) -> impl Iterator<Item = &Arc<SnatPool>> {
+        self.snat_pools.values()
     }
 
     pub fn plan(&self) -> &Plan {
@@ -138,6 +156,31 @@ impl Snapshot {
             .map(|v| v.stats.active_connections())
             .sum()
     }
+}
+
+/// Each SNAT pool, with port sets toward every member that a virtual using
+/// it can reach.
+fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String, Arc<SnatPool>> {
+    plan.snat_pools
+        .iter()
+        .map(|(name, snat_plan)| {
+            let mut members: Vec<SocketAddr> = plan
+                .virtuals
+                .iter()
+                .filter(|v| v.snat == Snat::Pool(name.clone()))
+                .flat_map(|v| plan.pool_of(v).members.iter().map(|m| m.address))
+                .collect();
+            members.sort();
+            members.dedup();
+            let before = previous
+                .and_then(|p| p.snat_pools.get(name))
+                .map(Arc::as_ref);
+            (
+                name.clone(),
+                Arc::new(SnatPool::build(snat_plan, &members, before)),
+            )
+        })
+        .collect()
 }
 
 /// A load balancer with its listeners open, ready to [`run`](Server::run).

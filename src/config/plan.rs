@@ -37,6 +37,8 @@ pub struct Plan {
     pub monitors: BTreeMap<String, MonitorPlan>,
     /// Node-level monitors: every member on the address depends on them.
     pub nodes: BTreeMap<IpAddr, NodePlan>,
+    /// SNAT pools by name.
+    pub snat_pools: BTreeMap<String, SnatPoolPlan>,
     /// Things that are allowed but probably not meant (an unused pool, a
     /// listener on port 0). `vipgate check` prints them; `run` logs them.
     pub warnings: Vec<String>,
@@ -108,6 +110,75 @@ pub struct VirtualPlan {
     /// buffer. Default true.
     pub zero_copy: bool,
     pub tcp_keepalive: Keepalive,
+    /// Which source address connections to members use.
+    pub snat: Snat,
+    /// How many clients the operator expects at most; `check` warns when
+    /// that is over 80% of the SNAT capacity. 0: not said.
+    pub expected_clients: u64,
+    /// Send a PROXY protocol header to members, so they learn the client's
+    /// real address behind SNAT.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `snat = "none" | "automap" | "POOL"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snat {
+    /// The kernel picks the source address and port. Default.
+    None,
+    /// The local address facing each member (F5 SNAT automap), with the
+    /// kernel's port choice.
+    Automap,
+    /// The named `[snat_pools.NAME]`.
+    Pool(String),
+}
+
+/// `[snat_pools.NAME]`: source addresses and the port range of each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnatPoolPlan {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
+impl SnatPoolPlan {
+    /// Ports per address toward one member.
+    pub fn ports(&self) -> u64 {
+        u64::from(self.last_port - self.first_port) + 1
+    }
+}
+
+/// `proxy_protocol = "v1" | "v2"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+impl fmt::Display for Snat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Snat::None => f.write_str("none"),
+            Snat::Automap => f.write_str("automap"),
+            Snat::Pool(name) => write!(f, "pool {name}"),
+        }
+    }
+}
+
+impl Plan {
+    /// Connections a virtual's SNAT pool can carry at once: addresses x
+    /// members x ports. `None` when it has no SNAT pool.
+    pub fn snat_capacity(&self, virtual_server: &VirtualPlan) -> Option<u64> {
+        let Snat::Pool(name) = &virtual_server.snat else {
+            return None;
+        };
+        let snat = &self.snat_pools[name];
+        let members = self.pool_of(virtual_server).members.len() as u64;
+        Some(snat.addresses.len() as u64 * members * snat.ports())
+    }
 }
 
 /// A cap on concurrent connections. `0` in the file means unlimited, as on
@@ -363,6 +434,23 @@ impl fmt::Display for Plan {
                 virtual_server.zero_copy,
                 virtual_server.tcp_keepalive,
             )?;
+            write!(f, "  snat {}", virtual_server.snat)?;
+            if let (Some(capacity), Snat::Pool(name)) =
+                (self.snat_capacity(virtual_server), &virtual_server.snat)
+            {
+                let snat = &self.snat_pools[name];
+                write!(
+                    f,
+                    ": {} addresses x {} members x {} ports = {capacity} connections",
+                    snat.addresses.len(),
+                    pool.members.len(),
+                    snat.ports()
+                )?;
+            }
+            if virtual_server.proxy_protocol != ProxyProtocol::Off {
+                write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;
+            }
+            writeln!(f)?;
             writeln!(f, "  -> pool {} ({})", pool.name, pool.algorithm)?;
             writeln!(
                 f,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::{AdminState, MonitorType, ServiceDownAction};
+use super::plan::{AdminState, MonitorType, ProxyProtocol, ServiceDownAction};
 use crate::pool::Algorithm;
 
 /// The whole file.
@@ -28,6 +28,16 @@ pub struct RawConfig {
     pub monitors: BTreeMap<String, Spanned<RawMonitor>>,
     #[serde(default)]
     pub nodes: BTreeMap<String, Spanned<RawNode>>,
+    #[serde(default)]
+    pub snat_pools: BTreeMap<String, Spanned<RawSnatPool>>,
+}
+
+/// `[snat_pools.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnatPool {
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ports: Option<Spanned<String>>,
 }
 
 /// `[monitors.NAME]`: one health probe.
@@ -106,6 +116,9 @@ pub struct RawVirtual {
     pub backlog: Option<Spanned<i64>>,
     pub zero_copy: Option<bool>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,
+    pub snat: Option<Spanned<String>>,
+    pub expected_clients: Option<Spanned<i64>>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.

@@ -443,3 +443,64 @@ fn member_and_pool_balancing_settings() {
     assert!(parse(&text.replace("forced-offline", "maintenance"), "t").is_err());
     assert!(parse(&text.replace("\"reset\"", "\"drop\""), "t").is_err());
 }
+
+#[test]
+fn snat_pools_and_their_capacity() {
+    let text = VALID.replace(
+        "pool = \"poolCSP01\"",
+        "pool = \"poolCSP01\"\nsnat = \"csp-snat\"\nexpected_clients = 200000\nproxy_protocol = \"v2\"",
+    ) + "\n[snat_pools.csp-snat]\naddresses = [\"127.0.0.21\", \"127.0.0.22\"]\n";
+    let plan = parse(&text, "t").unwrap();
+    let vs = &plan.virtuals[0];
+    assert_eq!(vs.snat, Snat::Pool("csp-snat".into()));
+    assert_eq!(vs.proxy_protocol, ProxyProtocol::V2);
+    let snat = &plan.snat_pools["csp-snat"];
+    assert_eq!((snat.first_port, snat.last_port), (1024, 65535));
+    // 2 addresses x 2 members x 64512 ports.
+    assert_eq!(plan.snat_capacity(vs), Some(258_048));
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    assert!(plan
+        .to_string()
+        .contains("2 addresses x 2 members x 64512 ports = 258048 connections"));
+
+    let crowded = parse(&text.replace("200000", "210000"), "t").unwrap();
+    assert_eq!(crowded.warnings.len(), 1);
+    assert!(
+        crowded.warnings[0].contains("over 80% of the SNAT capacity 258048"),
+        "{:?}",
+        crowded.warnings
+    );
+}
+
+#[test]
+fn snat_errors() {
+    let base = VALID.replace("pool = \"poolCSP01\"", "pool = \"poolCSP01\"\nsnat = \"s\"");
+    let with = |table: &str| format!("{base}\n[snat_pools.s]\n{table}\n");
+    let problem = only_problem(&with("addresses = []"));
+    assert_eq!(problem.key, "snat_pools.s.addresses");
+    let problem = only_problem(&with("addresses = [\"127.0.0.21:80\"]"));
+    assert_eq!(problem.key, "snat_pools.s.addresses[0]");
+    let problem = only_problem(&with("addresses = [\"127.0.0.21\"]\nports = \"2000-1000\""));
+    assert_eq!(problem.key, "snat_pools.s.ports");
+    let problem = only_problem(&with("addresses = [\"::1\"]"));
+    assert!(
+        problem.message.contains("no address of the family"),
+        "{problem}"
+    );
+    let problem = only_problem(&VALID.replace(
+        "pool = \"poolCSP01\"",
+        "pool = \"poolCSP01\"\nsnat = \"nope\"",
+    ));
+    assert_eq!(problem.key, "virtuals.vsCSP.snat");
+    assert!(problem.hint.unwrap().contains("automap"));
+    let plan = parse(
+        &VALID.replace(
+            "pool = \"poolCSP01\"",
+            "pool = \"poolCSP01\"\nsnat = \"automap\"",
+        ),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(plan.virtuals[0].snat, Snat::Automap);
+    assert_eq!(plan.snat_capacity(&plan.virtuals[0]), None);
+}

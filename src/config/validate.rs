@@ -24,6 +24,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     let settings = check.settings(&raw.settings);
     let monitors = check.monitors(&raw);
     let nodes = check.nodes(&raw);
+    let snat_pools = check.snat_pools(&raw);
     let pools: BTreeMap<String, PoolPlan> = raw
         .pools
         .iter()
@@ -45,6 +46,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
         );
     }
     check.listen_conflicts(&virtuals, &raw);
+    check.snat_fit(&virtuals, &pools, &snat_pools);
     for name in raw.pools.keys() {
         if !raw.virtuals.values().any(|v| {
             v.get_ref()
@@ -65,6 +67,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
             virtuals,
             monitors,
             nodes,
+            snat_pools,
             warnings: check.warnings,
         })
     } else {
@@ -305,6 +308,19 @@ impl Checker<'_> {
                 ));
             }
         }
+        let snat = self.snat_choice(&key, virtual_server.snat.as_ref(), raw);
+        let expected_clients = match &virtual_server.expected_clients {
+            None => Some(0),
+            Some(value) => self
+                .integer_in(
+                    &format!("{key}.expected_clients"),
+                    value,
+                    0,
+                    i64::MAX,
+                    "a client count",
+                )
+                .map(|n| n as u64),
+        };
         Some(VirtualPlan {
             name: name.to_string(),
             listen: listen?,
@@ -315,6 +331,9 @@ impl Checker<'_> {
             backlog: backlog?,
             zero_copy: virtual_server.zero_copy.unwrap_or(true),
             tcp_keepalive: tcp_keepalive?,
+            snat: snat?,
+            expected_clients: expected_clients?,
+            proxy_protocol: virtual_server.proxy_protocol.unwrap_or_default(),
         })
     }
 

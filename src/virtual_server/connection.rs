@@ -4,16 +4,20 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{reset, tune, Admission, VirtualServer};
-use crate::config::ServiceDownAction;
+use crate::config::{ProxyProtocol, ServiceDownAction};
 use crate::pool::{MemberSlot, Tried};
 use crate::proxy::{self, CloseReason, PumpOptions};
+use crate::proxy_protocol;
+use crate::snat::{SourceLease, SourceNat};
 
 /// Serves one admitted client to its end. Takes everything by value so the
 /// spawned task is this future alone, with nothing wrapped around it: an
@@ -28,23 +32,47 @@ pub(super) async fn serve(
     let started = Instant::now();
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
-    let Some((member, slot)) = connect(&virtual_server).await else {
-        virtual_server
-            .stats
-            .rejected_no_member
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
-            tracing::warn!(
-                virtual_server = %plan.name,
-                pool = %virtual_server.pool.name(),
-                client = %peer,
-                suppressed,
-                "no member could take the connection, closing the client"
-            );
+    let (mut member, slot, _source) = match connect(&virtual_server).await {
+        Ok(connected) => connected,
+        Err(refusal) => {
+            let (counter, why) = match refusal {
+                Refusal::NoMember => (
+                    &virtual_server.stats.rejected_no_member,
+                    "no member could take the connection, closing the client",
+                ),
+                Refusal::SnatExhausted => (
+                    &virtual_server.stats.rejected_snat_exhausted,
+                    "no SNAT port free toward any member, closing the client",
+                ),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
+                tracing::warn!(
+                    virtual_server = %plan.name,
+                    pool = %virtual_server.pool.name(),
+                    client = %peer,
+                    suppressed,
+                    "{why}"
+                );
+            }
+            reset(&client);
+            return;
         }
-        reset(&client);
-        return;
     };
+    if plan.proxy_protocol != ProxyProtocol::Off {
+        let sent = match client.local_addr() {
+            Ok(destination) => {
+                let header = proxy_protocol::header(plan.proxy_protocol, peer, destination);
+                member.write_all(&header).await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot send the PROXY protocol header");
+            reset(&client);
+            return;
+        }
+    }
     let state = slot.member();
     state.record_connected();
     // Only the close log needs the source address; spare the system call
@@ -83,20 +111,37 @@ pub(super) async fn serve(
     );
 }
 
+/// Why a client could not be served.
+enum Refusal {
+    /// Every member refused, timed out, was down or full.
+    NoMember,
+    /// Some member could have taken it, but no SNAT port toward it was free.
+    SnatExhausted,
+}
+
 /// Connects to a member of the virtual's pool, trying each member at most
-/// once. `None` when none could be reached.
-async fn connect(virtual_server: &VirtualServer) -> Option<(TcpStream, MemberSlot)> {
+/// once, from a source the virtual's SNAT gives.
+async fn connect(
+    virtual_server: &VirtualServer,
+) -> Result<(TcpStream, MemberSlot, SourceLease), Refusal> {
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
+    let mut exhausted = false;
     while let Some(slot) = virtual_server.pool.reserve(&mut tried) {
         let state = slot.member();
         let address = state.address();
-        let error = match tokio::time::timeout(plan.connect_timeout, open(address)).await {
-            Ok(Ok(stream)) => {
+        let attempt = open(&virtual_server.snat, address);
+        let error = match tokio::time::timeout(plan.connect_timeout, attempt).await {
+            Ok(Ok((stream, source))) => {
                 tune(&stream, plan.tcp_keepalive);
-                return Some((stream, slot));
+                return Ok((stream, slot, source));
             }
-            Ok(Err(error)) => error,
+            Ok(Err(OpenError::Exhausted)) => {
+                // Not the member's fault: try the next one.
+                exhausted = true;
+                continue;
+            }
+            Ok(Err(OpenError::Io(error))) => error,
             Err(_elapsed) => io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no answer within {:?}", plan.connect_timeout),
@@ -113,13 +158,46 @@ async fn connect(virtual_server: &VirtualServer) -> Option<(TcpStream, MemberSlo
             );
         }
     }
-    None
+    Err(if exhausted {
+        Refusal::SnatExhausted
+    } else {
+        Refusal::NoMember
+    })
 }
 
-async fn open(address: SocketAddr) -> io::Result<TcpStream> {
-    let socket = match address {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.connect(address).await
+/// Source ports tried for one member before giving up on it: a port can be
+/// busy (something else bound it) or still held toward this member by a
+/// connection in TIME_WAIT.
+const PORT_ATTEMPTS: usize = 8;
+
+enum OpenError {
+    Exhausted,
+    Io(io::Error),
+}
+
+async fn open(
+    snat: &SourceNat,
+    address: SocketAddr,
+) -> Result<(TcpStream, SourceLease), OpenError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let source = snat.lease(address).map_err(|_| OpenError::Exhausted)?;
+        let socket = match address {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(OpenError::Io)?;
+        let result = match source.bind(&socket) {
+            Ok(()) => socket.connect(address).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(stream) => return Ok((stream, source)),
+            // Dropping the lease gives the port back; the port set's cursor
+            // has moved on, so the next lease is another port.
+            Err(error) if attempt < PORT_ATTEMPTS && source.worth_another_port(&error) => {}
+            Err(error) => return Err(OpenError::Io(error)),
+        }
+    }
 }

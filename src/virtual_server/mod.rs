@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ConnectionLimit, Keepalive, VirtualPlan};
 use crate::pool::Pool;
 use crate::server::Live;
+use crate::snat::SourceNat;
 use crate::throttle::Throttle;
 
 /// Pause after an accept error that will not clear by itself at once
@@ -33,6 +34,7 @@ const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 pub struct VirtualServer {
     pub plan: VirtualPlan,
     pub pool: Arc<Pool>,
+    pub snat: SourceNat,
     pub stats: Arc<VirtualStats>,
 }
 
@@ -43,6 +45,7 @@ pub struct VirtualStats {
     accepted: AtomicU64,
     rejected_connection_limit: AtomicU64,
     rejected_no_member: AtomicU64,
+    rejected_snat_exhausted: AtomicU64,
     accept_errors: AtomicU64,
     reject_log: Throttle,
 }
@@ -68,6 +71,12 @@ impl VirtualStats {
     /// out or at their limits).
     pub fn rejected_no_member(&self) -> u64 {
         self.rejected_no_member.load(Ordering::Relaxed)
+    }
+
+    /// Clients closed because no SNAT address had a free port toward any
+    /// member that could take them.
+    pub fn rejected_snat_exhausted(&self) -> u64 {
+        self.rejected_snat_exhausted.load(Ordering::Relaxed)
     }
 
     /// accept(2) failures (out of file descriptors and the like).

@@ -1,0 +1,194 @@
+//! Validation of source address translation: `[snat_pools.NAME]`, each
+//! virtual's `snat` choice, and whether the pool can hold the clients the
+//! operator expects.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use toml::Spanned;
+
+use super::plan::*;
+use super::raw::*;
+use super::validate::Checker;
+
+/// Default `ports` of a SNAT pool: every unprivileged port.
+const DEFAULT_PORTS: (u16, u16) = (1024, 65535);
+
+impl Checker<'_> {
+    pub(super) fn snat_pools(&mut self, raw: &RawConfig) -> BTreeMap<String, SnatPoolPlan> {
+        raw.snat_pools
+            .iter()
+            .filter_map(|(name, pool)| Some((name.clone(), self.snat_pool(name, pool)?)))
+            .collect()
+    }
+
+    fn snat_pool(&mut self, name: &str, raw: &Spanned<RawSnatPool>) -> Option<SnatPoolPlan> {
+        let key = format!("snat_pools.{name}");
+        self.name(&key, name, raw.span());
+        if matches!(name, "none" | "automap") {
+            self.report(
+                &key,
+                Some(raw.span()),
+                format!("\"{name}\" is a reserved SNAT mode, not a pool name"),
+                Some("name the pool something else".into()),
+            );
+        }
+        let pool = raw.get_ref();
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        match &pool.addresses {
+            Some(list) if !list.get_ref().is_empty() => {
+                for (index, address) in list.get_ref().iter().enumerate() {
+                    let address_key = format!("{key}.addresses[{index}]");
+                    match address.get_ref().trim().parse::<IpAddr>() {
+                        Ok(ip) if addresses.contains(&ip) => self.report(
+                            &address_key,
+                            Some(address.span()),
+                            format!("{ip} is listed twice"),
+                            None,
+                        ),
+                        Ok(ip) => addresses.push(ip),
+                        Err(_) => self.report(
+                            &address_key,
+                            Some(address.span()),
+                            format!("\"{}\" is not an IP address", address.get_ref()),
+                            Some("write an address without port, e.g. \"10.0.0.21\"".into()),
+                        ),
+                    }
+                }
+            }
+            other => self.report(
+                &format!("{key}.addresses"),
+                Some(other.as_ref().map_or(raw.span(), |list| list.span())),
+                "a SNAT pool needs at least one address".into(),
+                Some("e.g. addresses = [\"10.0.0.21\", \"10.0.0.22\"]".into()),
+            ),
+        }
+        let (first_port, last_port) = match &pool.ports {
+            None => DEFAULT_PORTS,
+            Some(ports) => match parse_port_range(ports.get_ref()) {
+                Some(range) => range,
+                None => {
+                    self.report(
+                        &format!("{key}.ports"),
+                        Some(ports.span()),
+                        format!("\"{}\" is not a port range", ports.get_ref()),
+                        Some("write FIRST-LAST with 1 <= FIRST <= LAST <= 65535, e.g. \"1024-65535\"".into()),
+                    );
+                    DEFAULT_PORTS
+                }
+            },
+        };
+        Some(SnatPoolPlan {
+            name: name.to_string(),
+            addresses,
+            first_port,
+            last_port,
+        })
+    }
+
+    pub(super) fn snat_choice(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        raw: &RawConfig,
+    ) -> Option<Snat> {
+        let Some(value) = value else {
+            return Some(Snat::None);
+        };
+        match value.get_ref().as_str() {
+            "none" => Some(Snat::None),
+            "automap" => Some(Snat::Automap),
+            name if raw.snat_pools.contains_key(name) => Some(Snat::Pool(name.to_string())),
+            name => {
+                let known: Vec<&str> = raw.snat_pools.keys().map(String::as_str).collect();
+                let hint = if known.is_empty() {
+                    "use \"none\", \"automap\", or define a [snat_pools.NAME] table".to_string()
+                } else {
+                    format!("use \"none\", \"automap\" or one of: {}", known.join(", "))
+                };
+                self.report(
+                    &format!("{key}.snat"),
+                    Some(value.span()),
+                    format!("no SNAT pool named \"{name}\""),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// SNAT addresses must be of the members' family; and a virtual that
+    /// expects more clients than 80% of its SNAT capacity gets a warning.
+    pub(super) fn snat_fit(
+        &mut self,
+        virtuals: &[VirtualPlan],
+        pools: &BTreeMap<String, PoolPlan>,
+        snat_pools: &BTreeMap<String, SnatPoolPlan>,
+    ) {
+        for virtual_server in virtuals {
+            let (Snat::Pool(name), Some(pool)) =
+                (&virtual_server.snat, pools.get(&virtual_server.pool))
+            else {
+                continue;
+            };
+            // An empty pool is reported on its own.
+            let Some(snat) = snat_pools.get(name).filter(|s| !s.addresses.is_empty()) else {
+                continue;
+            };
+            if let Some(member) = pool.members.iter().find(|m| {
+                snat.addresses
+                    .iter()
+                    .all(|a| a.is_ipv4() != m.address.is_ipv4())
+            }) {
+                self.report(
+                    &format!("virtuals.{}.snat", virtual_server.name),
+                    None,
+                    format!(
+                        "SNAT pool \"{name}\" has no address of the family of member {}",
+                        member.address
+                    ),
+                    Some("add an address of that family to the SNAT pool".into()),
+                );
+                continue;
+            }
+            let capacity = snat.addresses.len() as u64 * pool.members.len() as u64 * snat.ports();
+            if virtual_server.expected_clients * 10 > capacity * 8 {
+                self.warnings.push(format!(
+                    "virtuals.{}: expected_clients {} is over 80% of the SNAT capacity {capacity} ({} addresses x {} members x {} ports); add addresses to snat_pools.{name}",
+                    virtual_server.name,
+                    virtual_server.expected_clients,
+                    snat.addresses.len(),
+                    pool.members.len(),
+                    snat.ports(),
+                ));
+            }
+        }
+    }
+}
+
+/// `"FIRST-LAST"`, or a single port.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (first, last) = text
+        .trim()
+        .split_once('-')
+        .unwrap_or((text.trim(), text.trim()));
+    let first: u16 = first.trim().parse().ok()?;
+    let last: u16 = last.trim().parse().ok()?;
+    (first >= 1 && first <= last).then_some((first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("1024-65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range(" 40000 - 40015 "), Some((40000, 40015)));
+        assert_eq!(parse_port_range("5000"), Some((5000, 5000)));
+        assert_eq!(parse_port_range("0-10"), None);
+        assert_eq!(parse_port_range("10-5"), None);
+        assert_eq!(parse_port_range("1-70000"), None);
+        assert_eq!(parse_port_range("a-b"), None);
+    }
+}
