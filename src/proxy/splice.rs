@@ -1,4 +1,4 @@
-//! Zero-copy transfer for Linux: socket -> pipe -> socket with splice(2), so
+//! Zero-copy carrier for Linux: socket -> pipe -> socket with splice(2), so
 //! the payload never enters user space.
 //!
 //! A pipe is leased from a per-thread spare list only while bytes are in
@@ -8,12 +8,11 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Progress, PumpError, SparePool};
+use super::{Carrier, SparePool};
 
 /// Capacity asked for each pipe: bigger pipes mean fewer system calls per
 /// byte on bulk transfers (1 MiB measured 10-15% faster than the default
@@ -30,76 +29,45 @@ thread_local! {
     static SPARE: SparePool<Pipe> = const { SparePool::new(SPARE_PIPES) };
 }
 
-/// One direction's splice state: the leased pipe while bytes are in it.
-#[derive(Default)]
-pub(super) struct SpliceTransfer {
-    lease: Option<Lease>,
-}
+impl Carrier for Lease {
+    fn take() -> io::Result<Lease> {
+        let pipe = match SPARE.with(SparePool::take) {
+            Some(pipe) => pipe,
+            None => Pipe::new()?,
+        };
+        Ok(Lease {
+            read_fd: pipe.read.as_raw_fd(),
+            write_fd: pipe.write.as_raw_fd(),
+            capacity: pipe.capacity,
+            pipe: Some(pipe),
+            pending: 0,
+        })
+    }
 
-impl SpliceTransfer {
-    /// Moves bytes from `source` to `sink` until the source ends
-    /// (`Ready(Ok)`) or either side would block.
-    pub(super) fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        source: &TcpStream,
-        sink: &TcpStream,
-        progress: &mut Progress,
-    ) -> Poll<Result<(), PumpError>> {
-        loop {
-            let drained = self.lease.as_ref().is_none_or(|lease| lease.pending == 0);
-            if drained {
-                if source
-                    .poll_read_ready(cx)
-                    .map_err(PumpError::Read)?
-                    .is_pending()
-                {
-                    // Waiting with nothing in flight: hold no pipe.
-                    self.lease = None;
-                    return Poll::Pending;
-                }
-                let lease = match &mut self.lease {
-                    Some(lease) => lease,
-                    None => self.lease.insert(Lease::take().map_err(PumpError::Read)?),
-                };
-                // The pipe is empty here, so "would block" can only mean the
-                // socket has nothing: letting tokio clear the read readiness
-                // is safe.
-                let (write_fd, capacity) = (lease.write_fd, lease.capacity);
-                match source.try_io(Interest::READABLE, || {
-                    splice(source.as_raw_fd(), write_fd, capacity)
-                }) {
-                    Ok(0) => {
-                        self.lease = None;
-                        return Poll::Ready(Ok(()));
-                    }
-                    Ok(moved) => lease.pending = moved,
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        self.lease = None;
-                        continue;
-                    }
-                    Err(error) => return Poll::Ready(Err(PumpError::Read(error))),
-                }
-            }
-            let Some(lease) = self.lease.as_mut() else {
-                continue;
-            };
-            // Drain the pipe completely before reading again. Reading more
-            // while the sink is full was measured: it fills the pipe with
-            // small fragments and cut throughput by more than half.
-            ready!(sink.poll_write_ready(cx)).map_err(PumpError::Write)?;
-            let (read_fd, pending) = (lease.read_fd, lease.pending);
-            match sink.try_io(Interest::WRITABLE, || {
-                splice(read_fd, sink.as_raw_fd(), pending)
-            }) {
-                Ok(written) => {
-                    lease.pending -= written;
-                    progress.moved(written);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(PumpError::Write(error))),
-            }
-        }
+    fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Only called with an empty pipe, so "would block" can only mean the
+    /// socket has nothing, and letting tokio clear the read readiness is
+    /// safe. (With bytes in the pipe it could also mean a full pipe, and a
+    /// cleared readiness would then wait for an edge that never comes.)
+    fn fill(&mut self, source: &TcpStream) -> io::Result<usize> {
+        let (write_fd, capacity) = (self.write_fd, self.capacity);
+        let moved = source.try_io(Interest::READABLE, || {
+            splice(source.as_raw_fd(), write_fd, capacity)
+        })?;
+        self.pending = moved;
+        Ok(moved)
+    }
+
+    fn drain(&mut self, sink: &TcpStream) -> io::Result<usize> {
+        let (read_fd, pending) = (self.read_fd, self.pending);
+        let written = sink.try_io(Interest::WRITABLE, || {
+            splice(read_fd, sink.as_raw_fd(), pending)
+        })?;
+        self.pending -= written;
+        Ok(written)
     }
 }
 
@@ -169,7 +137,7 @@ impl Pipe {
 /// A pipe borrowed from this thread's spares. Goes back on drop unless bytes
 /// are still inside it (the connection ended mid-transfer): such a pipe is
 /// closed instead, so no connection ever sees another's bytes.
-struct Lease {
+pub(super) struct Lease {
     /// Always `Some` until dropped.
     pipe: Option<Pipe>,
     read_fd: RawFd,
@@ -177,22 +145,6 @@ struct Lease {
     capacity: usize,
     /// Bytes in the pipe not yet written to the sink.
     pending: usize,
-}
-
-impl Lease {
-    fn take() -> io::Result<Lease> {
-        let pipe = match SPARE.with(SparePool::take) {
-            Some(pipe) => pipe,
-            None => Pipe::new()?,
-        };
-        Ok(Lease {
-            read_fd: pipe.read.as_raw_fd(),
-            write_fd: pipe.write.as_raw_fd(),
-            capacity: pipe.capacity,
-            pipe: Some(pipe),
-            pending: 0,
-        })
-    }
 }
 
 impl Drop for Lease {
