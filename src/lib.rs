@@ -34,4 +34,5 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod snat;
 pub mod throttle;
+pub mod tls;
 pub mod virtual_server;

@@ -1,6 +1,7 @@
-//! The configuration parser never panics, whatever it is given: random
-//! bytes, and valid files cut, spliced and mutated at random. Every input
-//! ends as a plan or as errors that name a place.
+//! The parsers never panic, whatever they are given. The configuration
+//! parser: random text, and valid files cut, spliced and mutated at random;
+//! every input ends as a plan or as errors that name a place. The
+//! ClientHello parser: random bytes, and a real hello mutated at random.
 
 use proptest::prelude::*;
 
@@ -60,5 +61,49 @@ proptest! {
         }
         let text = format!("{}{insert}{}", &seed[..at], &seed[end..]);
         check(&text);
+    }
+}
+
+/// A real ClientHello from rustls.
+fn real_hello() -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("csp.example").unwrap();
+    let mut client = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut bytes = Vec::new();
+    client.write_tls(&mut bytes).unwrap();
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_hello_parser_never_panics_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = vipgate::tls::client_hello::inspect(&bytes);
+        // Random bytes behind a plausible record header reach the deeper
+        // parsing.
+        let mut framed = vec![22, 3, 1, (bytes.len() >> 8) as u8, bytes.len() as u8];
+        framed.extend_from_slice(&bytes);
+        let _ = vipgate::tls::client_hello::inspect(&framed);
+    }
+
+    #[test]
+    fn client_hello_parser_never_panics_on_mutated_hellos(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut hello = real_hello();
+        for (at, value) in flips {
+            let index = at.index(hello.len());
+            hello[index] = value;
+        }
+        let end = cut.index(hello.len() + 1);
+        let _ = vipgate::tls::client_hello::inspect(&hello[..end]);
     }
 }
