@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Plan, Snat};
+use crate::config::{Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::snat::{Automap, SnatPool, SourceNat};
@@ -86,16 +86,25 @@ impl Snapshot {
                     .and_then(|p| p.virtuals.get(&virtual_plan.name))
                     .map_or_else(Default::default, |v| Arc::clone(&v.stats));
                 let pool = Arc::clone(&pools[&virtual_plan.pool]);
+                let sni_routes = match &virtual_plan.tls {
+                    Tls::Passthrough { sni_routes, .. } => sni_routes
+                        .iter()
+                        .map(|route| (route.clone(), Arc::clone(&pools[&route.pool])))
+                        .collect(),
+                    Tls::Off => Vec::new(),
+                };
                 let snat = match &virtual_plan.snat {
                     Snat::None => SourceNat::None,
                     Snat::Automap => SourceNat::Automap(Arc::new(Automap::build(
-                        pool.members().iter().map(|m| m.state.address()),
+                        plan.pools_of(virtual_plan)
+                            .flat_map(|p| p.members.iter().map(|m| m.address)),
                     ))),
                     Snat::Pool(name) => SourceNat::Pool(Arc::clone(&snat_pools[name])),
                 };
                 let virtual_server = VirtualServer {
                     plan: virtual_plan.clone(),
                     pool,
+                    sni_routes,
                     snat,
                     stats,
                 };
@@ -168,7 +177,10 @@ fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String
                 .virtuals
                 .iter()
                 .filter(|v| v.snat == Snat::Pool(name.clone()))
-                .flat_map(|v| plan.pool_of(v).members.iter().map(|m| m.address))
+                .flat_map(|v| {
+                    plan.pools_of(v)
+                        .flat_map(|p| p.members.iter().map(|m| m.address))
+                })
                 .collect();
             members.sort();
             members.dedup();

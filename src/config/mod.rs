@@ -10,6 +10,7 @@ mod monitors;
 mod plan;
 mod raw;
 mod snat;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -21,8 +22,9 @@ use std::path::{Path, PathBuf};
 pub use plan::{
     AdminState, ConnectionLimit, Keepalive, MemberPlan, MonitorPlan, MonitorRule, MonitorType,
     NodePlan, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, ServiceDownAction,
-    Settings, Snat, SnatPoolPlan, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
+    Settings, Snat, SnatPoolPlan, SniRoute, Tls, TlsMode, VirtualPlan, DEFAULT_BACKLOG,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].

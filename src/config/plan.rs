@@ -118,6 +118,56 @@ pub struct VirtualPlan {
     /// Send a PROXY protocol header to members, so they learn the client's
     /// real address behind SNAT.
     pub proxy_protocol: ProxyProtocol,
+    pub tls: Tls,
+}
+
+/// Default `tls.handshake_timeout`: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `tls.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Bytes go through untouched; with `sni_routes`, the ClientHello's
+    /// server name picks the pool.
+    Passthrough,
+}
+
+/// What a virtual does with TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP (or TLS vipgate does not look at).
+    Off,
+    Passthrough {
+        /// Most time a client may take to send its ClientHello when it
+        /// must be read for routing.
+        handshake_timeout: Duration,
+        /// In order: exact names first, then `*.domain` suffixes (longest
+        /// first). Empty: no routing, the virtual's pool for everyone.
+        sni_routes: Vec<SniRoute>,
+    },
+}
+
+/// One `sni_routes` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Lower-case: `csp-a.example`, `*.example` (any name below it).
+    pub pattern: String,
+    pub pool: String,
+}
+
+impl SniRoute {
+    /// Whether `name` (lower-case) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(domain) => {
+                name.len() > domain.len() + 1
+                    && name.ends_with(domain)
+                    && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+            }
+            None => self.pattern == name,
+        }
+    }
 }
 
 /// `snat = "none" | "automap" | "POOL"`.
@@ -400,6 +450,20 @@ impl fmt::Display for Keepalive {
 }
 
 impl Plan {
+    /// Every pool a virtual can send connections to: its own and those of
+    /// its SNI routes.
+    pub fn pools_of<'a>(
+        &'a self,
+        virtual_server: &'a VirtualPlan,
+    ) -> impl Iterator<Item = &'a PoolPlan> {
+        let routed = match &virtual_server.tls {
+            Tls::Passthrough { sni_routes, .. } => sni_routes.as_slice(),
+            Tls::Off => &[],
+        };
+        std::iter::once(self.pool_of(virtual_server))
+            .chain(routed.iter().map(|r| &self.pools[&r.pool]))
+    }
+
     /// The pool a virtual points at. Validation guarantees it exists.
     pub fn pool_of(&self, virtual_server: &VirtualPlan) -> &PoolPlan {
         &self.pools[&virtual_server.pool]
@@ -446,6 +510,25 @@ impl fmt::Display for Plan {
                     pool.members.len(),
                     snat.ports()
                 )?;
+            }
+            if let Tls::Passthrough {
+                sni_routes,
+                handshake_timeout,
+            } = &virtual_server.tls
+            {
+                write!(f, ", tls passthrough")?;
+                if !sni_routes.is_empty() {
+                    let routes: Vec<String> = sni_routes
+                        .iter()
+                        .map(|r| format!("{} -> {}", r.pattern, r.pool))
+                        .collect();
+                    write!(
+                        f,
+                        " (sni routes {}; hello within {})",
+                        routes.join(", "),
+                        show(*handshake_timeout)
+                    )?;
+                }
             }
             if virtual_server.proxy_protocol != ProxyProtocol::Off {
                 write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::{AdminState, MonitorType, ProxyProtocol, ServiceDownAction};
+use super::plan::{AdminState, MonitorType, ProxyProtocol, ServiceDownAction, TlsMode};
 use crate::pool::Algorithm;
 
 /// The whole file.
@@ -119,6 +119,16 @@ pub struct RawVirtual {
     pub snat: Option<Spanned<String>>,
     pub expected_clients: Option<Spanned<i64>>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `tls = { mode = "passthrough", sni_routes = { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub mode: TlsMode,
+    pub handshake_timeout: Option<Spanned<RawDuration>>,
+    pub sni_routes: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 /// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.

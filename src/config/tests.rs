@@ -504,3 +504,69 @@ fn snat_errors() {
     assert_eq!(plan.virtuals[0].snat, Snat::Automap);
     assert_eq!(plan.snat_capacity(&plan.virtuals[0]), None);
 }
+
+#[test]
+fn tls_passthrough_with_sni_routes() {
+    let text = VALID.replace(
+        "pool = \"poolCSP01\"",
+        "tls = { mode = \"passthrough\", sni_routes = { \"*\" = \"poolCSP01\", \"*.Example\" = \"poolCSP01\", \"a.b.example\" = \"poolCSP01\" } }",
+    );
+    let plan = parse(&text, "t").unwrap();
+    let vs = &plan.virtuals[0];
+    assert_eq!(vs.pool, "poolCSP01", "the \"*\" route stands for `pool`");
+    let Tls::Passthrough {
+        sni_routes,
+        handshake_timeout,
+    } = &vs.tls
+    else {
+        panic!("{:?}", vs.tls)
+    };
+    assert_eq!(*handshake_timeout, Duration::from_secs(10));
+    let patterns: Vec<&str> = sni_routes.iter().map(|r| r.pattern.as_str()).collect();
+    assert_eq!(
+        patterns,
+        ["a.b.example", "*.example", "*"],
+        "most specific first"
+    );
+    assert!(sni_routes[1].matches("csp.example"));
+    assert!(!sni_routes[1].matches("example"));
+    assert!(!sni_routes[1].matches("badexample"));
+    assert!(sni_routes[0].matches("a.b.example"));
+}
+
+#[test]
+fn tls_errors() {
+    let with = |tls: &str| {
+        VALID.replace(
+            "pool = \"poolCSP01\"",
+            &format!("pool = \"poolCSP01\"\ntls = {tls}"),
+        )
+    };
+    let problem = only_problem(&with(
+        "{ mode = \"passthrough\", sni_routes = { \"a.example\" = \"nope\" } }",
+    ));
+    assert_eq!(problem.key, "virtuals.vsCSP.tls.sni_routes.\"a.example\"");
+    assert_eq!(problem.message, "no pool named \"nope\"");
+    let problem = only_problem(&with(
+        "{ mode = \"passthrough\", sni_routes = { \"a*.example\" = \"poolCSP01\" } }",
+    ));
+    assert!(
+        problem.message.contains("is not a server name pattern"),
+        "{problem}"
+    );
+    let error = parse(&with("{ mode = \"terminate\" }"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("unknown variant `terminate`, expected `passthrough`"),
+        "{error}"
+    );
+    let problem = only_problem(&VALID.replace(
+        "pool = \"poolCSP01\"",
+        "tls = { mode = \"passthrough\", sni_routes = { \"a.example\" = \"poolCSP01\" } }",
+    ));
+    assert_eq!(
+        problem.key, "virtuals.vsCSP.pool",
+        "no pool and no \"*\" route"
+    );
+}

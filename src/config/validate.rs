@@ -48,11 +48,9 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     check.listen_conflicts(&virtuals, &raw);
     check.snat_fit(&virtuals, &pools, &snat_pools);
     for name in raw.pools.keys() {
-        if !raw.virtuals.values().any(|v| {
-            v.get_ref()
-                .pool
-                .as_ref()
-                .is_some_and(|pool| pool.get_ref() == name)
+        if !virtuals.iter().any(|v| {
+            v.pool == *name
+                || matches!(&v.tls, Tls::Passthrough { sni_routes, .. } if sni_routes.iter().any(|r| r.pool == *name))
         }) {
             check
                 .warnings
@@ -255,27 +253,25 @@ impl Checker<'_> {
                 None
             }
         };
-        let pool = match &virtual_server.pool {
-            None => {
+        let tls = match &virtual_server.tls {
+            None => Some(Tls::Off),
+            Some(tls) => self.tls(&format!("{key}.tls"), tls, raw),
+        };
+        // With SNI routes, a "*" route can stand for `pool`.
+        let catch_all = match &tls {
+            Some(Tls::Passthrough { sni_routes, .. }) => sni_routes
+                .iter()
+                .find(|r| r.pattern == "*")
+                .map(|r| r.pool.clone()),
+            _ => None,
+        };
+        let pool = match (&virtual_server.pool, catch_all) {
+            (Some(pool), _) => self.pool_reference(&format!("{key}.pool"), pool, raw),
+            (None, Some(pool)) => Some(pool),
+            (None, None) => {
                 self.missing(&key, "pool", raw_virtual.span(), "pool = \"poolCSP01\"");
                 None
             }
-            Some(pool) if !raw.pools.contains_key(pool.get_ref()) => {
-                let known: Vec<&str> = raw.pools.keys().map(String::as_str).collect();
-                let hint = if known.is_empty() {
-                    "define it as a [pools.NAME] table".to_string()
-                } else {
-                    format!("defined pools: {}", known.join(", "))
-                };
-                self.report(
-                    &format!("{key}.pool"),
-                    Some(pool.span()),
-                    format!("no pool named \"{}\"", pool.get_ref()),
-                    Some(hint),
-                );
-                None
-            }
-            Some(pool) => Some(pool.get_ref().clone()),
         };
         let idle_timeout = self.duration(
             &format!("{key}.idle_timeout"),
@@ -334,7 +330,33 @@ impl Checker<'_> {
             snat: snat?,
             expected_clients: expected_clients?,
             proxy_protocol: virtual_server.proxy_protocol.unwrap_or_default(),
+            tls: tls?,
         })
+    }
+
+    /// A reference to a pool that must exist.
+    pub(super) fn pool_reference(
+        &mut self,
+        key: &str,
+        pool: &Spanned<String>,
+        raw: &RawConfig,
+    ) -> Option<String> {
+        if raw.pools.contains_key(pool.get_ref()) {
+            return Some(pool.get_ref().clone());
+        }
+        let known: Vec<&str> = raw.pools.keys().map(String::as_str).collect();
+        let hint = if known.is_empty() {
+            "define it as a [pools.NAME] table".to_string()
+        } else {
+            format!("defined pools: {}", known.join(", "))
+        };
+        self.report(
+            key,
+            Some(pool.span()),
+            format!("no pool named \"{}\"", pool.get_ref()),
+            Some(hint),
+        );
+        None
     }
 
     fn keepalive(&mut self, key: &str, raw: &RawKeepalive) -> Option<Keepalive> {

@@ -6,18 +6,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{reset, tune, Admission, VirtualServer};
-use crate::config::{ProxyProtocol, ServiceDownAction};
-use crate::pool::{MemberSlot, Tried};
+use crate::config::{ProxyProtocol, ServiceDownAction, Tls};
+use crate::pool::{MemberSlot, Pool, Tried};
 use crate::proxy::{self, CloseReason, PumpOptions};
 use crate::proxy_protocol;
 use crate::snat::{SourceLease, SourceNat};
+use crate::tls::client_hello::{self, Hello, HelloError};
 
 /// Serves one admitted client to its end. Takes everything by value so the
 /// spawned task is this future alone, with nothing wrapped around it: an
@@ -32,7 +33,32 @@ pub(super) async fn serve(
     let started = Instant::now();
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
-    let (mut member, slot, _source) = match connect(&virtual_server).await {
+    let (pool, hello) = match &plan.tls {
+        Tls::Passthrough {
+            handshake_timeout,
+            sni_routes,
+        } if !sni_routes.is_empty() => match read_client_hello(&client, *handshake_timeout).await {
+            Ok((bytes, server_name)) => {
+                virtual_server
+                    .stats
+                    .hello_ok
+                    .fetch_add(1, Ordering::Relaxed);
+                (virtual_server.route(server_name.as_deref()), bytes)
+            }
+            Err(failure) => {
+                let counter = match failure {
+                    HelloFailure::TimedOut => &virtual_server.stats.hello_timed_out,
+                    _ => &virtual_server.stats.hello_rejected,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
+                reset(&client);
+                return;
+            }
+        },
+        _ => (&virtual_server.pool, Vec::new()),
+    };
+    let (mut member, slot, _source) = match connect(&virtual_server, pool).await {
         Ok(connected) => connected,
         Err(refusal) => {
             let (counter, why) = match refusal {
@@ -49,7 +75,7 @@ pub(super) async fn serve(
             if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
                 tracing::warn!(
                     virtual_server = %plan.name,
-                    pool = %virtual_server.pool.name(),
+                    pool = %pool.name(),
                     client = %peer,
                     suppressed,
                     "{why}"
@@ -73,6 +99,15 @@ pub(super) async fn serve(
             return;
         }
     }
+    // The ClientHello read for routing goes first, untouched.
+    if !hello.is_empty() {
+        if let Err(error) = member.write_all(&hello).await {
+            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot forward the ClientHello");
+            reset(&client);
+            return;
+        }
+    }
+    drop(hello);
     let state = slot.member();
     state.record_connected();
     // Only the close log needs the source address; spare the system call
@@ -87,7 +122,7 @@ pub(super) async fn serve(
     // A pool that resets connections of a member going down listens to that
     // member's signal (itself cancelled by a shutdown too); others only to
     // the shutdown.
-    let stop = match virtual_server.pool.action_on_service_down() {
+    let stop = match pool.action_on_service_down() {
         ServiceDownAction::Reset => state.reset_signal(),
         ServiceDownAction::None => close.clone(),
     };
@@ -111,6 +146,47 @@ pub(super) async fn serve(
     );
 }
 
+/// Why no ClientHello could be read for routing.
+#[derive(Debug, thiserror::Error)]
+enum HelloFailure {
+    #[error("no ClientHello within the handshake timeout")]
+    TimedOut,
+    #[error("closed before its ClientHello was complete")]
+    Closed,
+    #[error(transparent)]
+    Invalid(#[from] HelloError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads a whole ClientHello (at most [`client_hello::MAX_HELLO`] bytes,
+/// within `limit`) and the server name it asks for. The bytes are
+/// returned to be forwarded untouched.
+async fn read_client_hello(
+    client: &TcpStream,
+    limit: Duration,
+) -> Result<(Vec<u8>, Option<String>), HelloFailure> {
+    let read = async {
+        let mut bytes = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 2048];
+        loop {
+            client.readable().await?;
+            match client.try_read(&mut chunk) {
+                Ok(0) => return Err(HelloFailure::Closed),
+                Ok(read) => bytes.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Err(error.into()),
+            }
+            if let Hello::Complete { server_name } = client_hello::inspect(&bytes)? {
+                return Ok((bytes, server_name));
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or(Err(HelloFailure::TimedOut))
+}
+
 /// Why a client could not be served.
 enum Refusal {
     /// Every member refused, timed out, was down or full.
@@ -119,15 +195,16 @@ enum Refusal {
     SnatExhausted,
 }
 
-/// Connects to a member of the virtual's pool, trying each member at most
-/// once, from a source the virtual's SNAT gives.
+/// Connects to a member of `pool`, trying each member at most once, from a
+/// source the virtual's SNAT gives.
 async fn connect(
     virtual_server: &VirtualServer,
+    pool: &Pool,
 ) -> Result<(TcpStream, MemberSlot, SourceLease), Refusal> {
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
     let mut exhausted = false;
-    while let Some(slot) = virtual_server.pool.reserve(&mut tried) {
+    while let Some(slot) = pool.reserve(&mut tried) {
         let state = slot.member();
         let address = state.address();
         let attempt = open(&virtual_server.snat, address);

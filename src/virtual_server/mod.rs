@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionLimit, Keepalive, VirtualPlan};
+use crate::config::{ConnectionLimit, Keepalive, SniRoute, VirtualPlan};
 use crate::pool::Pool;
 use crate::server::Live;
 use crate::snat::SourceNat;
@@ -33,7 +33,10 @@ const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct VirtualServer {
     pub plan: VirtualPlan,
+    /// The pool for clients no SNI route claims.
     pub pool: Arc<Pool>,
+    /// Passthrough routing by server name, most specific first.
+    pub sni_routes: Vec<(SniRoute, Arc<Pool>)>,
     pub snat: SourceNat,
     pub stats: Arc<VirtualStats>,
 }
@@ -46,6 +49,9 @@ pub struct VirtualStats {
     rejected_connection_limit: AtomicU64,
     rejected_no_member: AtomicU64,
     rejected_snat_exhausted: AtomicU64,
+    hello_ok: AtomicU64,
+    hello_rejected: AtomicU64,
+    hello_timed_out: AtomicU64,
     accept_errors: AtomicU64,
     reject_log: Throttle,
 }
@@ -77,6 +83,16 @@ impl VirtualStats {
     /// member that could take them.
     pub fn rejected_snat_exhausted(&self) -> u64 {
         self.rejected_snat_exhausted.load(Ordering::Relaxed)
+    }
+
+    /// ClientHellos read for SNI routing: (complete, refused as malformed,
+    /// not TLS, too large or cut short, timed out).
+    pub fn client_hellos(&self) -> (u64, u64, u64) {
+        (
+            self.hello_ok.load(Ordering::Relaxed),
+            self.hello_rejected.load(Ordering::Relaxed),
+            self.hello_timed_out.load(Ordering::Relaxed),
+        )
     }
 
     /// accept(2) failures (out of file descriptors and the like).
@@ -232,6 +248,18 @@ fn is_resource_exhaustion(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+impl VirtualServer {
+    /// The pool for a client asking for `server_name`.
+    pub fn route(&self, server_name: Option<&str>) -> &Arc<Pool> {
+        self.sni_routes
+            .iter()
+            .find(|(route, _)| {
+                route.pattern == "*" || server_name.is_some_and(|name| route.matches(name))
+            })
+            .map_or(&self.pool, |(_, pool)| pool)
+    }
 }
 
 /// Socket options for both legs of a proxied connection.
