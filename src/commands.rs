@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use crate::config::{self, ConfigError, Plan};
-use crate::server::{termination_signal, Server};
-use crate::virtual_server::BindError;
+use crate::server::{termination_signal, Server, StartError};
 
 /// Why `vipgate run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -13,15 +12,26 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Start(#[from] StartError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// `vipgate check`: validates the file and describes the plan. Returns the
-/// text to print on success.
-pub fn check(path: &Path) -> Result<String, ConfigError> {
+/// Why `vipgate check` found a configuration unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Valid, but its certificates or keys cannot be loaded.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// `vipgate check`: validates the file, loads the certificates it names,
+/// and describes the plan. Returns the text to print on success.
+pub fn check(path: &Path) -> Result<String, CheckError> {
     let plan = config::load(path)?;
+    crate::server::Snapshot::build(plan.clone(), None)?;
     let mut report = format!("{} is valid.\n\n{plan}", path.display());
     for warning in &plan.warnings {
         report.push_str(&format!("warning: {warning}\n"));

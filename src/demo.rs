@@ -13,8 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{self, ConfigError};
-use crate::server::{termination_signal, Server};
-use crate::virtual_server::BindError;
+use crate::server::{termination_signal, Server, StartError};
 
 /// The configuration the demo runs.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -38,7 +37,7 @@ pub enum DemoError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Start(#[from] StartError),
 }
 
 /// Starts a simulated proxy on `address` that answers each line `L` with

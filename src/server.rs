@@ -22,6 +22,7 @@ use crate::config::{Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::snat::{Automap, SnatPool, SourceNat};
+use crate::tls::{Terminator, TlsError};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
 
 /// The live snapshot, shared by every accept loop.
@@ -44,7 +45,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the runtime view of `plan`, reusing the state of members and
     /// virtuals that `previous` already had.
-    pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Result<Snapshot, StartError> {
         let close_connections =
             previous.map_or_else(CancellationToken::new, |p| p.close_connections.clone());
         let mut members = MemberRegistry::default();
@@ -91,7 +92,7 @@ impl Snapshot {
                         .iter()
                         .map(|route| (route.clone(), Arc::clone(&pools[&route.pool])))
                         .collect(),
-                    Tls::Off => Vec::new(),
+                    Tls::Off | Tls::Terminate(_) => Vec::new(),
                 };
                 let snat = match &virtual_plan.snat {
                     Snat::None => SourceNat::None,
@@ -101,17 +102,27 @@ impl Snapshot {
                     ))),
                     Snat::Pool(name) => SourceNat::Pool(Arc::clone(&snat_pools[name])),
                 };
+                let terminator = match &virtual_plan.tls {
+                    Tls::Terminate(terminate) => Some(Terminator::load(terminate).map_err(
+                        |error| StartError::Tls {
+                            virtual_name: virtual_plan.name.clone(),
+                            error,
+                        },
+                    )?),
+                    _ => None,
+                };
                 let virtual_server = VirtualServer {
                     plan: virtual_plan.clone(),
                     pool,
                     sni_routes,
                     snat,
+                    terminator,
                     stats,
                 };
-                (virtual_plan.name.clone(), Arc::new(virtual_server))
+                Ok((virtual_plan.name.clone(), Arc::new(virtual_server)))
             })
-            .collect();
-        Snapshot {
+            .collect::<Result<_, StartError>>()?;
+        Ok(Snapshot {
             plan,
             pools,
             virtuals,
@@ -119,7 +130,7 @@ impl Snapshot {
             health,
             snat_pools,
             close_connections,
-        }
+        })
     }
 
     /// The SNAT pools in use, with their port accounting.
@@ -195,6 +206,18 @@ fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String
         .collect()
 }
 
+/// Why vipgate could not start serving a (valid) configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("virtuals.{virtual_name}.tls: {error}")]
+    Tls {
+        virtual_name: String,
+        error: TlsError,
+    },
+}
+
 /// A load balancer with its listeners open, ready to [`run`](Server::run).
 pub struct Server {
     live: Live,
@@ -205,14 +228,16 @@ impl Server {
     /// Opens every virtual's listener. Must be called inside a tokio
     /// runtime. Fails, naming the virtual, if any address cannot be bound;
     /// then no listener stays open.
-    pub fn bind(plan: Plan) -> Result<Server, BindError> {
-        let listeners = plan
+    pub fn bind(plan: Plan) -> Result<Server, StartError> {
+        let snapshot = Snapshot::build(plan, None)?;
+        let listeners = snapshot
+            .plan
             .virtuals
             .iter()
             .map(|v| Ok((v.name.clone(), virtual_server::bind(v)?)))
             .collect::<Result<Vec<_>, BindError>>()?;
         Ok(Server {
-            live: Arc::new(ArcSwap::from_pointee(Snapshot::build(plan, None))),
+            live: Arc::new(ArcSwap::from_pointee(snapshot)),
             listeners,
         })
     }

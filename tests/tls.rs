@@ -1,7 +1,8 @@
-//! TLS passthrough with SNI routing, with real TLS: members terminate with
-//! certificates made here (rcgen), clients verify them through vipgate, so
-//! a passing handshake proves the bytes went through untouched to the
-//! right pool.
+//! TLS with real TLS and certificates made here (rcgen, test-only keys):
+//! passthrough with SNI routing (members terminate, clients verify them
+//! through vipgate, so a passing handshake proves the bytes went through
+//! untouched to the right pool), termination with SNI certificates and
+//! client certificates, auto-detection, and bad clients.
 
 mod common;
 
@@ -43,17 +44,60 @@ impl TestCa {
     }
 
     fn client(&self) -> TlsConnector {
+        TlsConnector::from(Arc::new(self.client_builder().with_no_client_auth()))
+    }
+
+    /// A client presenting a certificate `issuer` signed.
+    fn client_with_cert(&self, issuer: &TestCa) -> TlsConnector {
+        let (chain, key) = issuer.issue("agent-desktop-17");
+        TlsConnector::from(Arc::new(
+            self.client_builder()
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        ))
+    }
+
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
     }
+
+    /// Writes a certificate and key for `name` as PEM files in `dir`.
+    fn write_pem(&self, dir: &std::path::Path, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.cert, &self.key)
+            .unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    fn write_ca(&self, dir: &std::path::Path) -> String {
+        let path = dir.join("client-ca.pem");
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path.display().to_string()
+    }
+}
+
+fn temp_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vipgate-tls-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A member that terminates TLS for `name` and answers each line with
@@ -179,4 +223,162 @@ async fn garbage_truncated_and_stalled_hellos_are_closed_and_others_are_served()
         stats.client_hellos().1 == 1 && stats.client_hellos().2 == 1
     })
     .await;
+}
+
+/// vipgate terminating TLS for "vip.example" (default) and
+/// "other.example", in front of a plain tagged member.
+async fn terminate_setup(ca: &TestCa, test: &str, mode: &str, extra: &str) -> Vipgate {
+    let dir = temp_dir(test);
+    let (vip_cert, vip_key) = ca.write_pem(&dir, "vip.example");
+    let (other_cert, other_key) = ca.write_pem(&dir, "other.example");
+    let member = tagged_member("127.0.0.13", "plain").await;
+    let toml = format!(
+        r#"
+[pools.p]
+members = [ {{ address = "{member}" }} ]
+[virtuals.vs]
+listen = "127.0.0.100:0"
+pool = "p"
+tls = {{ mode = "{mode}", handshake_timeout = "300ms", certs = [ {{ cert = "{vip_cert}", key = "{vip_key}" }}, {{ cert = "{other_cert}", key = "{other_key}" }} ]{extra} }}
+"#
+    );
+    start(&toml).await
+}
+
+#[tokio::test]
+async fn terminate_serves_the_certificate_the_client_names() {
+    let ca = TestCa::new();
+    let vipgate = terminate_setup(&ca, "sni", "terminate", "").await;
+    let client = ca.client();
+    assert_eq!(
+        ask_tls(vipgate.addr("vs"), &client, "vip.example")
+            .await
+            .unwrap(),
+        "plain hello"
+    );
+    // Verification of other.example only passes with the second certificate.
+    assert_eq!(
+        ask_tls(vipgate.addr("vs"), &client, "other.example")
+            .await
+            .unwrap(),
+        "plain hello"
+    );
+    // Unknown names get the default certificate, which the client rejects
+    // for that name.
+    assert!(ask_tls(vipgate.addr("vs"), &client, "unknown.example")
+        .await
+        .is_err());
+    let stats = vipgate.virtual_stats("vs");
+    eventually("handshakes are counted", || stats.handshakes() == (2, 1, 0)).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_a_good_client_and_rejects_missing_or_wrong_certificates() {
+    let ca = TestCa::new();
+    let dir = temp_dir("mtls");
+    let client_ca = ca.write_ca(&dir);
+    let vipgate = terminate_setup(
+        &ca,
+        "mtls",
+        "terminate",
+        &format!(", client_ca = \"{client_ca}\", require_client_cert = true"),
+    )
+    .await;
+    let vip = vipgate.addr("vs");
+    assert_eq!(
+        ask_tls(vip, &ca.client_with_cert(&ca), "vip.example")
+            .await
+            .unwrap(),
+        "plain hello"
+    );
+    assert!(
+        ask_tls(vip, &ca.client(), "vip.example").await.is_err(),
+        "no client certificate"
+    );
+    let stranger = TestCa::new();
+    assert!(
+        ask_tls(vip, &ca.client_with_cert(&stranger), "vip.example")
+            .await
+            .is_err(),
+        "wrong CA"
+    );
+    let stats = vipgate.virtual_stats("vs");
+    eventually("one good, two refused", || stats.handshakes() == (1, 2, 0)).await;
+}
+
+#[tokio::test]
+async fn auto_serves_tls_and_plain_clients_on_one_port() {
+    let ca = TestCa::new();
+    let vipgate = terminate_setup(&ca, "auto", "auto", "").await;
+    let vip = vipgate.addr("vs");
+    assert_eq!(
+        ask_tls(vip, &ca.client(), "vip.example").await.unwrap(),
+        "plain hello"
+    );
+    assert_eq!(
+        LineClient::connect(vip).await.ask("hi").await.as_deref(),
+        Some("plain hi")
+    );
+}
+
+#[tokio::test]
+async fn stalled_and_garbage_handshakes_are_closed_within_the_timeout() {
+    let ca = TestCa::new();
+    let vipgate = terminate_setup(&ca, "stall", "terminate", "").await;
+    let vip = vipgate.addr("vs");
+    let mut stalled = TcpStream::connect(vip).await.unwrap();
+    stalled.write_all(&[22, 3, 1, 1, 0]).await.unwrap();
+    let mut garbage = TcpStream::connect(vip).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    // Others are served meanwhile.
+    assert_eq!(
+        ask_tls(vip, &ca.client(), "vip.example").await.unwrap(),
+        "plain hello"
+    );
+    for stream in [&mut stalled, &mut garbage] {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(stream, &mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "closed within the handshake timeout");
+    }
+    let stats = vipgate.virtual_stats("vs");
+    eventually("one timed out, one failed", || {
+        let (ok, failed, timed_out) = stats.handshakes();
+        ok == 1 && failed == 1 && timed_out == 1
+    })
+    .await;
+}
+
+#[test]
+fn check_refuses_unreadable_or_mismatched_certificates() {
+    let ca = TestCa::new();
+    let dir = temp_dir("check");
+    let (cert, _) = ca.write_pem(&dir, "a.example");
+    let (_, other_key) = ca.write_pem(&dir, "b.example");
+    let config = |cert: &str, key: &str| {
+        let path = dir.join("vipgate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[pools.p]\nmembers = [ {{ address = \"127.0.0.11:1\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\ntls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n"
+            ),
+        )
+        .unwrap();
+        vipgate::commands::check(&path)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let error = config(&cert, &other_key).unwrap_err();
+    assert!(
+        error.contains("virtuals.v.tls:") && error.contains("does not belong to the certificate"),
+        "{error}"
+    );
+    let error = config("/nonexistent/vip.pem", &other_key).unwrap_err();
+    assert!(
+        error.contains("cannot read certificates from /nonexistent/vip.pem"),
+        "{error}"
+    );
 }

@@ -131,6 +131,11 @@ pub enum TlsMode {
     /// Bytes go through untouched; with `sni_routes`, the ClientHello's
     /// server name picks the pool.
     Passthrough,
+    /// vipgate ends TLS and sends plain bytes to the members.
+    Terminate,
+    /// Per connection: TLS is terminated, anything else goes through as
+    /// plain TCP (one port for both).
+    Auto,
 }
 
 /// What a virtual does with TLS.
@@ -146,6 +151,42 @@ pub enum Tls {
         /// first). Empty: no routing, the virtual's pool for everyone.
         sni_routes: Vec<SniRoute>,
     },
+    /// `terminate` or, with `plain_allowed`, `auto`.
+    Terminate(Terminate),
+}
+
+/// How vipgate ends TLS for a virtual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminate {
+    /// `auto`: a connection that does not start with a TLS record is
+    /// proxied as plain TCP.
+    pub plain_allowed: bool,
+    /// Most time a client may take to complete its handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// Certificate chains and keys; the first is the default when no
+    /// certificate matches the client's server name.
+    pub certs: Vec<CertFiles>,
+    pub client_auth: ClientAuth,
+    /// ALPN protocols offered, in order of preference. Empty: none.
+    pub alpn: Vec<String>,
+}
+
+/// PEM files of one certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Client certificates (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// Verified against this CA when presented; clients without one are
+    /// let in.
+    Optional(std::path::PathBuf),
+    /// Required, and verified against this CA.
+    Required(std::path::PathBuf),
 }
 
 /// One `sni_routes` entry.
@@ -458,7 +499,7 @@ impl Plan {
     ) -> impl Iterator<Item = &'a PoolPlan> {
         let routed = match &virtual_server.tls {
             Tls::Passthrough { sni_routes, .. } => sni_routes.as_slice(),
-            Tls::Off => &[],
+            Tls::Off | Tls::Terminate(_) => &[],
         };
         std::iter::once(self.pool_of(virtual_server))
             .chain(routed.iter().map(|r| &self.pools[&r.pool]))
@@ -529,6 +570,19 @@ impl fmt::Display for Plan {
                         show(*handshake_timeout)
                     )?;
                 }
+            }
+            if let Tls::Terminate(terminate) = &virtual_server.tls {
+                let mode = if terminate.plain_allowed {
+                    "auto"
+                } else {
+                    "terminate"
+                };
+                write!(
+                    f,
+                    ", tls {mode} ({} certificates, client certificates {:?})",
+                    terminate.certs.len(),
+                    terminate.client_auth
+                )?;
             }
             if virtual_server.proxy_protocol != ProxyProtocol::Off {
                 write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;

@@ -129,6 +129,18 @@ pub struct RawTls {
     pub mode: TlsMode,
     pub handshake_timeout: Option<Spanned<RawDuration>>,
     pub sni_routes: Option<BTreeMap<String, Spanned<String>>>,
+    pub certs: Option<Spanned<Vec<RawCert>>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub require_client_cert: Option<bool>,
+    pub alpn: Option<Vec<String>>,
+}
+
+/// `{ cert = "chain.pem", key = "key.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 /// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.

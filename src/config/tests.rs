@@ -554,11 +554,17 @@ fn tls_errors() {
         problem.message.contains("is not a server name pattern"),
         "{problem}"
     );
-    let error = parse(&with("{ mode = \"terminate\" }"), "t")
+    let problem = only_problem(&with("{ mode = \"terminate\" }"));
+    assert_eq!(problem.key, "virtuals.vsCSP.tls.certs");
+    let problem = only_problem(&with(
+        "{ mode = \"auto\", certs = [ { cert = \"a\", key = \"b\" } ], require_client_cert = true }",
+    ));
+    assert_eq!(problem.key, "virtuals.vsCSP.tls.require_client_cert");
+    let error = parse(&with("{ mode = \"reencrypt\" }"), "t")
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("unknown variant `terminate`, expected `passthrough`"),
+        error.contains("expected one of `passthrough`, `terminate`, `auto`"),
         "{error}"
     );
     let problem = only_problem(&VALID.replace(

@@ -21,7 +21,60 @@ impl Checker<'_> {
             tls.handshake_timeout.as_ref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        if tls.mode != TlsMode::Passthrough {
+            if let Some(routes) = &tls.sni_routes {
+                let _ = routes;
+                self.report(
+                    &format!("{key}.sni_routes"),
+                    Some(raw.span()),
+                    "sni_routes only apply to mode = \"passthrough\"".into(),
+                    Some("remove them, or choose passthrough".into()),
+                );
+            }
+        }
         match tls.mode {
+            TlsMode::Terminate | TlsMode::Auto => {
+                let certs = match &tls.certs {
+                    Some(certs) if !certs.get_ref().is_empty() => certs
+                        .get_ref()
+                        .iter()
+                        .map(|c| CertFiles {
+                            cert: c.cert.get_ref().into(),
+                            key: c.key.get_ref().into(),
+                        })
+                        .collect(),
+                    other => {
+                        self.report(
+                            &format!("{key}.certs"),
+                            Some(other.as_ref().map_or(raw.span(), |c| c.span())),
+                            "terminating TLS needs at least one certificate".into(),
+                            Some("certs = [ { cert = \"vip.pem\", key = \"vip.key\" } ]".into()),
+                        );
+                        return None;
+                    }
+                };
+                let client_auth = match (&tls.client_ca, tls.require_client_cert.unwrap_or(false)) {
+                    (None, false) => ClientAuth::None,
+                    (None, true) => {
+                        self.report(
+                            &format!("{key}.require_client_cert"),
+                            Some(raw.span()),
+                            "client certificates cannot be checked without client_ca".into(),
+                            Some("set client_ca to the PEM file of the CA that signs them".into()),
+                        );
+                        return None;
+                    }
+                    (Some(ca), false) => ClientAuth::Optional(ca.get_ref().into()),
+                    (Some(ca), true) => ClientAuth::Required(ca.get_ref().into()),
+                };
+                Some(Tls::Terminate(Terminate {
+                    plain_allowed: tls.mode == TlsMode::Auto,
+                    handshake_timeout,
+                    certs,
+                    client_auth,
+                    alpn: tls.alpn.clone().unwrap_or_default(),
+                }))
+            }
             TlsMode::Passthrough => {
                 let sni_routes =
                     self.sni_routes(&format!("{key}.sni_routes"), tls.sni_routes.as_ref(), file)?;

@@ -17,6 +17,7 @@
 mod buffered;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod stream;
 
 use std::fmt;
 use std::future::Future;

@@ -13,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{reset, tune, Admission, VirtualServer};
-use crate::config::{ProxyProtocol, ServiceDownAction, Tls};
+use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
 use crate::pool::{MemberSlot, Pool, Tried};
 use crate::proxy::{self, CloseReason, PumpOptions};
 use crate::proxy_protocol;
@@ -33,29 +33,44 @@ pub(super) async fn serve(
     let started = Instant::now();
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
+    // The VIP the client reached, for a PROXY protocol header; asked before
+    // TLS takes the socket.
+    let destination = (plan.proxy_protocol != ProxyProtocol::Off).then(|| client.local_addr());
+    let client = match &plan.tls {
+        Tls::Terminate(terminate) => match accept_tls(client, terminate, &virtual_server).await {
+            Ok(front) => front,
+            Err(reason) => {
+                tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, %reason, "TLS handshake failed, client closed");
+                return;
+            }
+        },
+        _ => Front::Plain(client),
+    };
     let (pool, hello) = match &plan.tls {
         Tls::Passthrough {
             handshake_timeout,
             sni_routes,
-        } if !sni_routes.is_empty() => match read_client_hello(&client, *handshake_timeout).await {
-            Ok((bytes, server_name)) => {
-                virtual_server
-                    .stats
-                    .hello_ok
-                    .fetch_add(1, Ordering::Relaxed);
-                (virtual_server.route(server_name.as_deref()), bytes)
+        } if !sni_routes.is_empty() => {
+            match read_client_hello(client.socket(), *handshake_timeout).await {
+                Ok((bytes, server_name)) => {
+                    virtual_server
+                        .stats
+                        .hello_ok
+                        .fetch_add(1, Ordering::Relaxed);
+                    (virtual_server.route(server_name.as_deref()), bytes)
+                }
+                Err(failure) => {
+                    let counter = match failure {
+                        HelloFailure::TimedOut => &virtual_server.stats.hello_timed_out,
+                        _ => &virtual_server.stats.hello_rejected,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
+                    reset(client.socket());
+                    return;
+                }
             }
-            Err(failure) => {
-                let counter = match failure {
-                    HelloFailure::TimedOut => &virtual_server.stats.hello_timed_out,
-                    _ => &virtual_server.stats.hello_rejected,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
-                reset(&client);
-                return;
-            }
-        },
+        }
         _ => (&virtual_server.pool, Vec::new()),
     };
     let (mut member, slot, _source) = match connect(&virtual_server, pool).await {
@@ -81,12 +96,12 @@ pub(super) async fn serve(
                     "{why}"
                 );
             }
-            reset(&client);
+            reset(client.socket());
             return;
         }
     };
     if plan.proxy_protocol != ProxyProtocol::Off {
-        let sent = match client.local_addr() {
+        let sent = match destination.unwrap_or_else(|| client.socket().local_addr()) {
             Ok(destination) => {
                 let header = proxy_protocol::header(plan.proxy_protocol, peer, destination);
                 member.write_all(&header).await
@@ -95,7 +110,7 @@ pub(super) async fn serve(
         };
         if let Err(error) = sent {
             tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot send the PROXY protocol header");
-            reset(&client);
+            reset(client.socket());
             return;
         }
     }
@@ -103,7 +118,7 @@ pub(super) async fn serve(
     if !hello.is_empty() {
         if let Err(error) = member.write_all(&hello).await {
             tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot forward the ClientHello");
-            reset(&client);
+            reset(client.socket());
             return;
         }
     }
@@ -126,7 +141,10 @@ pub(super) async fn serve(
         ServiceDownAction::Reset => state.reset_signal(),
         ServiceDownAction::None => close.clone(),
     };
-    let mut outcome = proxy::run(client, member, options, &stop).await;
+    let mut outcome = match client {
+        Front::Plain(client) => proxy::run(client, member, options, &stop).await,
+        Front::Tls(client) => proxy::stream::run(client, member, plan.idle_timeout, &stop).await,
+    };
     if outcome.reason == CloseReason::Shutdown && !close.is_cancelled() {
         outcome.reason = CloseReason::MemberDown;
     }
@@ -144,6 +162,71 @@ pub(super) async fn serve(
         error = outcome.error.as_ref().map(tracing::field::display),
         "connection closed"
     );
+}
+
+/// The client side of a connection: the socket itself, or the TLS stream
+/// vipgate terminates on it.
+enum Front {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Front {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Front::Plain(socket) => socket,
+            Front::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// Ends TLS on `client` (or, in `auto` mode, lets a client that does not
+/// start with a TLS record through as plain TCP), within the handshake
+/// timeout, counting the result.
+async fn accept_tls(
+    client: TcpStream,
+    terminate: &Terminate,
+    virtual_server: &VirtualServer,
+) -> Result<Front, String> {
+    let stats = &virtual_server.stats;
+    let timed_out = |what: &str| {
+        stats.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "no {what} within {}",
+            humantime::format_duration(terminate.handshake_timeout)
+        )
+    };
+    if terminate.plain_allowed {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(terminate.handshake_timeout, client.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == 22 => {}
+            Ok(Ok(1)) => return Ok(Front::Plain(client)),
+            Ok(_) => {
+                stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                return Err("closed before sending anything".into());
+            }
+            Err(_) => return Err(timed_out("first byte")),
+        }
+    }
+    let Some(terminator) = &virtual_server.terminator else {
+        return Ok(Front::Plain(client));
+    };
+    match tokio::time::timeout(
+        terminate.handshake_timeout,
+        terminator.acceptor.accept(client),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => {
+            stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+            Ok(Front::Tls(Box::new(tls)))
+        }
+        Ok(Err(error)) => {
+            stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            Err(error.to_string())
+        }
+        Err(_) => Err(timed_out("completed handshake")),
+    }
 }
 
 /// Why no ClientHello could be read for routing.

@@ -23,6 +23,7 @@ use crate::pool::Pool;
 use crate::server::Live;
 use crate::snat::SourceNat;
 use crate::throttle::Throttle;
+use crate::tls::Terminator;
 
 /// Pause after an accept error that will not clear by itself at once
 /// (out of file descriptors or memory), so the loop does not spin.
@@ -38,6 +39,8 @@ pub struct VirtualServer {
     /// Passthrough routing by server name, most specific first.
     pub sni_routes: Vec<(SniRoute, Arc<Pool>)>,
     pub snat: SourceNat,
+    /// Set for `tls.mode = "terminate" | "auto"`.
+    pub terminator: Option<Terminator>,
     pub stats: Arc<VirtualStats>,
 }
 
@@ -52,6 +55,9 @@ pub struct VirtualStats {
     hello_ok: AtomicU64,
     hello_rejected: AtomicU64,
     hello_timed_out: AtomicU64,
+    handshakes_ok: AtomicU64,
+    handshakes_failed: AtomicU64,
+    handshakes_timed_out: AtomicU64,
     accept_errors: AtomicU64,
     reject_log: Throttle,
 }
@@ -92,6 +98,15 @@ impl VirtualStats {
             self.hello_ok.load(Ordering::Relaxed),
             self.hello_rejected.load(Ordering::Relaxed),
             self.hello_timed_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// TLS handshakes vipgate terminated: (completed, failed, timed out).
+    pub fn handshakes(&self) -> (u64, u64, u64) {
+        (
+            self.handshakes_ok.load(Ordering::Relaxed),
+            self.handshakes_failed.load(Ordering::Relaxed),
+            self.handshakes_timed_out.load(Ordering::Relaxed),
         )
     }
 

@@ -1,0 +1,153 @@
+//! Ending TLS for a virtual: certificates loaded from PEM files, chosen by
+//! the client's server name, optional client certificates, TLS 1.2 and 1.3
+//! only, with the ring crypto provider (builds with a plain C compiler).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ClientAuth, Terminate};
+
+/// Why a virtual's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {path}: {error}")]
+    Certificates { path: PathBuf, error: String },
+    #[error("cannot read a private key from {path}: {error}")]
+    Key { path: PathBuf, error: String },
+    #[error("{path}: {error}")]
+    Invalid { path: PathBuf, error: String },
+    #[error("TLS settings: {0}")]
+    Settings(String),
+}
+
+/// A ready TLS acceptor for one virtual.
+#[derive(Clone)]
+pub struct Terminator {
+    pub acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Terminator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Terminator")
+    }
+}
+
+impl Terminator {
+    /// Reads every certificate, key and CA file of `plan`.
+    pub fn load(plan: &Terminate) -> Result<Terminator, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = plan
+            .certs
+            .iter()
+            .map(|files| certified_key(&files.cert, &files.key, &provider))
+            .collect::<Result<Vec<_>, _>>()?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+            .map_err(|e| TlsError::Settings(e.to_string()))?;
+        let builder = match &plan.client_auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Optional(ca) | ClientAuth::Required(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certificates(ca)? {
+                    roots.add(cert).map_err(|e| invalid(ca, e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if matches!(plan.client_auth, ClientAuth::Optional(_)) {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                builder.with_client_cert_verifier(verifier.build().map_err(|e| invalid(ca, e))?)
+            }
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
+        config.alpn_protocols = plan.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(Terminator {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+fn invalid(path: &Path, error: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid {
+        path: path.to_path_buf(),
+        error: error.to_string(),
+    }
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Certificates {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Certificates {
+            path: path.to_path_buf(),
+            error: "no PEM certificate in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = read_certificates(cert)?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        error: e.to_string(),
+    })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| invalid(key, e))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    certified.keys_match().map_err(|e| {
+        invalid(
+            key,
+            format!(
+                "does not belong to the certificate in {}: {e}",
+                cert.display()
+            ),
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Picks the first certificate valid for the client's server name, or the
+/// first certificate when none is (or the client sent no name).
+#[derive(Debug)]
+struct BySni {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let requested = hello
+            .server_name()
+            .and_then(|name| ServerName::try_from(name).ok());
+        if let Some(name) = requested {
+            let valid_for = |key: &&Arc<CertifiedKey>| {
+                key.end_entity_cert()
+                    .ok()
+                    .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                    .is_some_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            };
+            if let Some(key) = self.certs.iter().find(valid_for) {
+                return Some(key.clone());
+            }
+        }
+        self.certs.first().cloned()
+    }
+}
