@@ -22,7 +22,7 @@ use crate::config::{Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::snat::{Automap, SnatPool, SourceNat};
-use crate::tls::{Terminator, TlsError};
+use crate::tls::{MemberTls, Terminator, TlsError};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
 
 /// The live snapshot, shared by every accept loop.
@@ -53,18 +53,24 @@ impl Snapshot {
         let pools: BTreeMap<String, Arc<Pool>> = plan
             .pools
             .iter()
-            .map(|(name, pool)| {
+            .map(|(name, pool_plan)| {
                 let monitored = |address| health::monitored(&plan, address);
+                let member_tls =
+                    MemberTls::load(&pool_plan.tls).map_err(|error| StartError::PoolTls {
+                        pool: name.clone(),
+                        error,
+                    })?;
                 let pool = Pool::new(
-                    pool,
+                    pool_plan,
                     &mut members,
                     previous_members,
                     &close_connections,
                     monitored,
-                );
-                (name.clone(), Arc::new(pool))
+                )
+                .with_member_tls(member_tls);
+                Ok((name.clone(), Arc::new(pool)))
             })
-            .collect();
+            .collect::<Result<_, StartError>>()?;
         for pool in plan.pools.values() {
             for member in &pool.members {
                 if previous_members
@@ -155,6 +161,27 @@ impl Snapshot {
         self.members.get(address)
     }
 
+    /// Reads the certificates of every virtual that terminates TLS again.
+    /// A virtual whose new files are broken keeps its current ones; the
+    /// result says which.
+    pub fn reload_certificates(&self) -> Vec<(String, Result<(), TlsError>)> {
+        let mut results: Vec<(String, Result<(), TlsError>)> = self
+            .virtuals
+            .iter()
+            .filter_map(|(name, v)| Some((name.clone(), v.terminator.as_ref()?.reload())))
+            .collect();
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, result) in &results {
+            match result {
+                Ok(()) => tracing::info!(virtual_server = %name, "certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(virtual_server = %name, %error, "certificate reload failed, keeping the current certificates")
+                }
+            }
+        }
+        results
+    }
+
     /// Every member's state.
     pub fn members(&self) -> impl Iterator<Item = &Arc<MemberState>> {
         self.members.iter()
@@ -216,6 +243,8 @@ pub enum StartError {
         virtual_name: String,
         error: TlsError,
     },
+    #[error("pools.{pool}.tls: {error}")]
+    PoolTls { pool: String, error: TlsError },
 }
 
 /// A load balancer with its listeners open, ready to [`run`](Server::run).
@@ -267,6 +296,23 @@ impl Server {
         };
         let mut health_tasks = JoinSet::new();
         self.live.load().health.spawn(&mut health_tasks);
+        // SIGHUP re-reads certificates (a full configuration reload comes
+        // with the admin API). Installed before the listeners open, so an
+        // early SIGHUP cannot fall back to the default action (exit).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let live = Arc::clone(&self.live);
+                health_tasks.spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received, reloading certificates");
+                        live.load().reload_certificates();
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; certificates will not reload")
+            }
+        }
         let mut accept_loops = JoinSet::new();
         for (name, listener) in self.listeners {
             if let Ok(address) = listener.local_addr() {

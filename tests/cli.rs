@@ -140,3 +140,57 @@ fn run_serves_and_exits_0_on_sigterm() {
     assert!(logs.contains(&format!("member={member_addr}")), "{logs}");
     assert!(logs.contains("shut down"), "{logs}");
 }
+
+#[test]
+fn sighup_reloads_certificates() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["vip.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = config_file("sighup.pem", &cert.pem());
+    let key_path = config_file("sighup.key", &key.serialize_pem());
+    let port = std::net::TcpListener::bind("127.0.0.100:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = config_file(
+        "sighup.toml",
+        &format!(
+            "[pools.p]\nmembers = [ {{ address = \"127.0.0.11:1\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\ntls = {{ mode = \"terminate\", certs = [ {{ cert = \"{}\", key = \"{}\" }} ] }}\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let mut child = Command::new(BINARY)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, logs) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("listening"), "vipgate started");
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    assert!(
+        wait_for("certificates reloaded"),
+        "SIGHUP reloads the certificates"
+    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}

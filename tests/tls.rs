@@ -382,3 +382,113 @@ fn check_refuses_unreadable_or_mismatched_certificates() {
         "{error}"
     );
 }
+
+async fn reencrypt_setup(ca: &TestCa, test: &str, pool_tls: &str) -> (Vipgate, SocketAddr) {
+    let dir = temp_dir(test);
+    let ca_file = ca.write_ca(&dir);
+    let member = tls_member("127.0.0.12", ca, "csp.internal", "R").await;
+    let pool_tls = pool_tls.replace("CA", &ca_file);
+    let toml = format!(
+        "[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\ntls = {pool_tls}\n[virtuals.vs]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\n"
+    );
+    (start(&toml).await, member)
+}
+
+#[tokio::test]
+async fn reencryption_verifies_the_member_against_the_pool_ca() {
+    let ca = TestCa::new();
+    let (vipgate, _) = reencrypt_setup(
+        &ca,
+        "reencrypt-ok",
+        "{ ca = \"CA\", server_name = \"csp.internal\" }",
+    )
+    .await;
+    let mut client = LineClient::connect(vipgate.addr("vs")).await;
+    assert_eq!(client.ask("hello").await.as_deref(), Some("R hello"));
+    assert_eq!(client.ask("again").await.as_deref(), Some("R again"));
+}
+
+#[tokio::test]
+async fn reencryption_refuses_a_member_whose_certificate_does_not_match() {
+    let ca = TestCa::new();
+    let (vipgate, member) = reencrypt_setup(
+        &ca,
+        "reencrypt-bad",
+        "{ ca = \"CA\", server_name = \"other.internal\" }",
+    )
+    .await;
+    assert_eq!(
+        LineClient::connect(vipgate.addr("vs"))
+            .await
+            .ask("hello")
+            .await,
+        None
+    );
+    assert_eq!(vipgate.member(member).connect_failures(), 1);
+
+    // With verification explicitly off, the same member is accepted.
+    let (vipgate, _) = reencrypt_setup(
+        &ca,
+        "reencrypt-off",
+        "{ server_name = \"other.internal\", verify = false }",
+    )
+    .await;
+    assert_eq!(
+        LineClient::connect(vipgate.addr("vs"))
+            .await
+            .ask("hi")
+            .await
+            .as_deref(),
+        Some("R hi")
+    );
+}
+
+#[tokio::test]
+async fn certificates_reload_for_new_connections_and_a_broken_file_keeps_the_old_ones() {
+    let first_ca = TestCa::new();
+    let vipgate = terminate_setup(&first_ca, "reload", "terminate", "").await;
+    let vip = vipgate.addr("vs");
+    // An open connection from before the reload.
+    let stream = TcpStream::connect(vip).await.unwrap();
+    let name = ServerName::try_from("vip.example").unwrap();
+    let mut early = first_ca.client().connect(name, stream).await.unwrap();
+
+    let second_ca = TestCa::new();
+    let dir = temp_dir("reload");
+    second_ca.write_pem(&dir, "vip.example");
+    assert!(
+        ask_tls(vip, &second_ca.client(), "vip.example")
+            .await
+            .is_err(),
+        "not yet"
+    );
+    let results = vipgate.snapshot().reload_certificates();
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    assert_eq!(
+        ask_tls(vip, &second_ca.client(), "vip.example")
+            .await
+            .unwrap(),
+        "plain hello"
+    );
+    assert!(ask_tls(vip, &first_ca.client(), "vip.example")
+        .await
+        .is_err());
+
+    // The connection from before still works.
+    early.write_all(b"still\n").await.unwrap();
+    let mut answer = String::new();
+    BufReader::new(early).read_line(&mut answer).await.unwrap();
+    assert_eq!(answer, "plain still\n");
+
+    // A broken key: the reload fails and the current certificates stay.
+    std::fs::write(dir.join("vip.example.key"), "not a key").unwrap();
+    let results = vipgate.snapshot().reload_certificates();
+    let error = results[0].1.as_ref().unwrap_err().to_string();
+    assert!(error.contains("vip.example.key"), "{error}");
+    assert_eq!(
+        ask_tls(vip, &second_ca.client(), "vip.example")
+            .await
+            .unwrap(),
+        "plain hello"
+    );
+}

@@ -20,12 +20,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use plan::{
-    AdminState, CertFiles, ClientAuth, ConnectionLimit, Keepalive, MemberPlan, MonitorPlan,
-    MonitorRule, MonitorType, NodePlan, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit,
-    ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, Terminate, Tls, TlsMode,
-    VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
-    DEFAULT_MONITOR_TIMEOUT,
+    AdminState, CertFiles, ClientAuth, ConnectionLimit, Keepalive, MemberPlan, MemberVerification,
+    MonitorPlan, MonitorRule, MonitorType, NodePlan, Plan, PoolPlan, Probe, ProbePort,
+    ProxyProtocol, RateLimit, Reencrypt, ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute,
+    Terminate, Tls, TlsMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].

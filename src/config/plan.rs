@@ -70,6 +70,29 @@ pub struct PoolPlan {
     /// least this many of them are usable; otherwise the next group joins.
     /// 0 (the default) uses every member regardless of priority.
     pub min_active_members: usize,
+    /// TLS toward the members.
+    pub tls: Reencrypt,
+}
+
+/// Whether connections to a pool's members are wrapped in TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reencrypt {
+    Off,
+    On {
+        /// The name checked against the member's certificate (and sent as
+        /// SNI). Empty: the member's IP address.
+        server_name: String,
+        verify: MemberVerification,
+    },
+}
+
+/// How a member's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVerification {
+    /// Against this CA (PEM file).
+    Ca(std::path::PathBuf),
+    /// Not at all (`verify = false`): warned about at start.
+    Disabled,
 }
 
 /// A pool member: one address and port of a backend server.

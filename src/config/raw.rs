@@ -89,6 +89,17 @@ pub struct RawPool {
     pub action_on_service_down: Option<ServiceDownAction>,
     pub slow_ramp: Option<Spanned<RawDuration>>,
     pub min_active_members: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<RawPoolTls>>,
+}
+
+/// A pool's `tls = { ca = "...", server_name = "..." }`: re-encryption
+/// toward its members.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub verify: Option<bool>,
 }
 
 /// One entry of a pool's `members` array.

@@ -576,3 +576,31 @@ fn tls_errors() {
         "no pool and no \"*\" route"
     );
 }
+
+#[test]
+fn pool_reencryption_settings() {
+    let with = |tls: &str| VALID.replace("members =", &format!("tls = {tls}\nmembers ="));
+    let plan = parse(
+        &with("{ ca = \"ca.pem\", server_name = \"csp.internal\" }"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        plan.pools["poolCSP01"].tls,
+        Reencrypt::On {
+            server_name: "csp.internal".into(),
+            verify: MemberVerification::Ca("ca.pem".into())
+        }
+    );
+    let plan = parse(&with("{ verify = false }"), "t").unwrap();
+    assert!(
+        plan.warnings[0].contains("verify = false"),
+        "{:?}",
+        plan.warnings
+    );
+    let problem = only_problem(&with("{ server_name = \"csp.internal\" }"));
+    assert_eq!(problem.key, "pools.poolCSP01.tls");
+    assert!(problem.hint.unwrap().contains("verify = false"));
+    let problem = only_problem(&with("{ ca = \"ca.pem\", server_name = \"bad name!\" }"));
+    assert_eq!(problem.key, "pools.poolCSP01.tls.server_name");
+}

@@ -137,3 +137,45 @@ impl Checker<'_> {
         valid.then_some(routes)
     }
 }
+
+impl Checker<'_> {
+    pub(super) fn reencrypt(&mut self, key: &str, raw: &Spanned<RawPoolTls>) -> Reencrypt {
+        let tls = raw.get_ref();
+        let server_name = tls
+            .server_name
+            .as_ref()
+            .map_or_else(String::new, |n| n.get_ref().clone());
+        if let Some(name) = &tls.server_name {
+            if rustls_pki_types::ServerName::try_from(name.get_ref().as_str()).is_err() {
+                self.report(
+                    &format!("{key}.server_name"),
+                    Some(name.span()),
+                    format!("\"{}\" is not a DNS name or IP address", name.get_ref()),
+                    None,
+                );
+            }
+        }
+        let verify = match (tls.verify.unwrap_or(true), &tls.ca) {
+            (true, Some(ca)) => MemberVerification::Ca(ca.get_ref().into()),
+            (true, None) => {
+                self.report(
+                    key,
+                    Some(raw.span()),
+                    "re-encryption needs a CA to verify the members' certificates".into(),
+                    Some("set ca = \"members-ca.pem\", or verify = false to skip verification (not recommended)".into()),
+                );
+                MemberVerification::Disabled
+            }
+            (false, _) => {
+                self.warnings.push(format!(
+                    "{key}: verify = false, member certificates are not checked"
+                ));
+                MemberVerification::Disabled
+            }
+        };
+        Reencrypt::On {
+            server_name,
+            verify,
+        }
+    }
+}

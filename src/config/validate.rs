@@ -229,6 +229,10 @@ impl Checker<'_> {
             action_on_service_down: pool.action_on_service_down.unwrap_or_default(),
             slow_ramp,
             min_active_members,
+            tls: match &pool.tls {
+                None => Reencrypt::Off,
+                Some(tls) => self.reencrypt(&format!("{key}.tls"), tls),
+            },
         })
     }
 

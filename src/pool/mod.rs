@@ -23,6 +23,7 @@ pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Se
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConnectionLimit, PoolPlan, RateLimit, ServiceDownAction};
+use crate::tls::MemberTls;
 
 /// Every member's state, by address. Rebuilt on each configuration change,
 /// carrying over the state of addresses that stay.
@@ -80,6 +81,7 @@ pub struct Pool {
     action_on_service_down: ServiceDownAction,
     slow_ramp: Duration,
     min_active_members: usize,
+    member_tls: Option<MemberTls>,
 }
 
 impl Pool {
@@ -116,7 +118,19 @@ impl Pool {
             action_on_service_down: plan.action_on_service_down,
             slow_ramp: plan.slow_ramp,
             min_active_members: plan.min_active_members,
+            member_tls: None,
         }
+    }
+
+    /// Wraps connections to the members in TLS (re-encryption).
+    pub fn with_member_tls(mut self, member_tls: Option<MemberTls>) -> Pool {
+        self.member_tls = member_tls;
+        self
+    }
+
+    /// The TLS client side toward the members, when the pool re-encrypts.
+    pub fn member_tls(&self) -> Option<&MemberTls> {
+        self.member_tls.as_ref()
     }
 
     pub fn name(&self) -> &str {

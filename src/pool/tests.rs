@@ -23,6 +23,7 @@ fn plan(members: Vec<MemberPlan>) -> PoolPlan {
         action_on_service_down: ServiceDownAction::None,
         slow_ramp: Duration::ZERO,
         min_active_members: 0,
+        tls: crate::config::Reencrypt::Off,
     }
 }
 

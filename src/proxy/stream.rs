@@ -1,5 +1,5 @@
-//! The pump for a client side that is not a plain socket (a TLS stream
-//! vipgate terminates): ordinary async reads and writes through a buffer
+//! The pump when either side is not a plain socket (TLS that vipgate
+//! terminates, or re-encrypts toward the member): ordinary async reads and writes through a buffer
 //! per direction, with the same half-close, idle timeout and shutdown as
 //! the socket pump.
 
@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -17,20 +16,21 @@ use super::{CloseReason, Outcome, PumpError, Side};
 const BUFFER_SIZE: usize = 16 * 1024;
 
 /// Pumps bytes between `client` and `member` until the connection ends.
-pub async fn run<C>(
+pub async fn run<C, M>(
     client: C,
-    member: TcpStream,
+    member: M,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    M: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let last_activity = AtomicU64::new(0);
     let (to_member, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut member_read, mut member_write) = member.into_split();
+    let (mut member_read, mut member_write) = tokio::io::split(member);
     let (reason, error) = {
         let up = copy(
             &mut client_read,

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -26,10 +27,12 @@ pub enum TlsError {
     Settings(String),
 }
 
-/// A ready TLS acceptor for one virtual.
-#[derive(Clone)]
+/// The TLS acceptor of one virtual, replaceable while it serves: a
+/// certificate reload swaps in a new one for new connections, and
+/// connections already open keep theirs.
 pub struct Terminator {
-    pub acceptor: TlsAcceptor,
+    plan: Terminate,
+    acceptor: ArcSwap<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Terminator {
@@ -41,6 +44,27 @@ impl std::fmt::Debug for Terminator {
 impl Terminator {
     /// Reads every certificate, key and CA file of `plan`.
     pub fn load(plan: &Terminate) -> Result<Terminator, TlsError> {
+        Ok(Terminator {
+            plan: plan.clone(),
+            acceptor: ArcSwap::from_pointee(acceptor(plan)?),
+        })
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> Arc<TlsAcceptor> {
+        self.acceptor.load_full()
+    }
+
+    /// Reads the files again. On any error the current certificates stay
+    /// and the error says why.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.acceptor.store(Arc::new(acceptor(&self.plan)?));
+        Ok(())
+    }
+}
+
+fn acceptor(plan: &Terminate) -> Result<TlsAcceptor, TlsError> {
+    {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = plan
             .certs
@@ -69,9 +93,7 @@ impl Terminator {
         };
         let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
         config.alpn_protocols = plan.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(Terminator {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        })
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
 

@@ -114,6 +114,31 @@ pub(super) async fn serve(
             return;
         }
     }
+    // Re-encryption: the PROXY header (above) stays outside the TLS.
+    let member = match pool.member_tls() {
+        None => Back::Plain(member),
+        Some(member_tls) => {
+            let address = slot.member().address();
+            match tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member))
+                .await
+            {
+                Ok(Ok(tls)) => Back::Tls(Box::new(tls)),
+                Ok(Err(error)) => {
+                    slot.member().record_connect_failure();
+                    tracing::warn!(virtual_server = %plan.name, member = %address, %error, "TLS handshake with member failed, closing the client");
+                    reset(client.socket());
+                    return;
+                }
+                Err(_) => {
+                    slot.member().record_connect_failure();
+                    tracing::warn!(virtual_server = %plan.name, member = %address, "TLS handshake with member timed out, closing the client");
+                    reset(client.socket());
+                    return;
+                }
+            }
+        }
+    };
+    let mut member = member;
     // The ClientHello read for routing goes first, untouched.
     if !hello.is_empty() {
         if let Err(error) = member.write_all(&hello).await {
@@ -128,7 +153,7 @@ pub(super) async fn serve(
     // Only the close log needs the source address; spare the system call
     // when that line is off.
     let source = tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
-        .then(|| member.local_addr().ok())
+        .then(|| member.socket().local_addr().ok())
         .flatten();
     let options = PumpOptions {
         idle_timeout: plan.idle_timeout,
@@ -141,9 +166,20 @@ pub(super) async fn serve(
         ServiceDownAction::Reset => state.reset_signal(),
         ServiceDownAction::None => close.clone(),
     };
-    let mut outcome = match client {
-        Front::Plain(client) => proxy::run(client, member, options, &stop).await,
-        Front::Tls(client) => proxy::stream::run(client, member, plan.idle_timeout, &stop).await,
+    let idle = plan.idle_timeout;
+    let mut outcome = match (client, member) {
+        (Front::Plain(client), Back::Plain(member)) => {
+            proxy::run(client, member, options, &stop).await
+        }
+        (Front::Tls(client), Back::Plain(member)) => {
+            proxy::stream::run(client, member, idle, &stop).await
+        }
+        (Front::Plain(client), Back::Tls(member)) => {
+            proxy::stream::run(client, member, idle, &stop).await
+        }
+        (Front::Tls(client), Back::Tls(member)) => {
+            proxy::stream::run(client, member, idle, &stop).await
+        }
     };
     if outcome.reason == CloseReason::Shutdown && !close.is_cancelled() {
         outcome.reason = CloseReason::MemberDown;
@@ -176,6 +212,28 @@ impl Front {
         match self {
             Front::Plain(socket) => socket,
             Front::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+/// The member side of a connection: the socket, or TLS over it.
+enum Back {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Back {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Back::Plain(socket) => socket,
+            Back::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Back::Plain(socket) => socket.write_all(bytes).await,
+            Back::Tls(tls) => tls.write_all(bytes).await,
         }
     }
 }
@@ -213,7 +271,7 @@ async fn accept_tls(
     };
     match tokio::time::timeout(
         terminate.handshake_timeout,
-        terminator.acceptor.accept(client),
+        terminator.acceptor().accept(client),
     )
     .await
     {
