@@ -7,8 +7,10 @@
 #
 # Measures: bulk throughput (iperf3), new connections per second and
 # keep-alive requests per second with p50/p99 latency (wrk against nginx
-# through the L4 path), and resident memory per idle proxied connection
-# with IDLE_CONNECTIONS held. Each throughput figure is the median of ROUNDS
+# through the L4 path), TLS termination (handshakes per second, and
+# throughput of 1 MiB responses over kept-alive TLS connections; HAProxy
+# terminating with `bind ... ssl`), and resident memory per idle proxied
+# connection with IDLE_CONNECTIONS held. Each throughput figure is the median of ROUNDS
 # runs, interleaving direct, HAProxy and vipgate so drift hits all alike.
 #
 # Needs: haproxy, iperf3, wrk, nginx (Debian packages; installed if missing
@@ -66,7 +68,13 @@ wait_port() { # host port
 
 # --- backends ---------------------------------------------------------------
 iperf3 -s -B "$BACKEND" -p "$IPERF_PORT" >/dev/null 2>&1 & pids+=($!)
-mkdir -p "$work/nginx"
+mkdir -p "$work/nginx/html"
+head -c 1048576 /dev/zero > "$work/nginx/html/big"
+# A throw-away certificate for the TLS rows (demo key, made per run).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=vip.example -addext subjectAltName=DNS:vip.example \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+cat "$work/tls.pem" "$work/tls.key" > "$work/tls-haproxy.pem"
 cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -80,6 +88,7 @@ http {
   server {
     listen $BACKEND:$HTTP_PORT backlog=4096 reuseport;
     location / { return 200 "ok\n"; }
+    location /big { root $work/nginx/html; }
   }
 }
 EOF
@@ -109,6 +118,9 @@ listen http
 listen idle
   bind $VIP:$((HAPROXY_BASE + 3))
   server s $BACKEND:$IDLE_PORT
+listen tls
+  bind $VIP:$((HAPROXY_BASE + 4)) ssl crt $work/tls-haproxy.pem
+  server s $BACKEND:$HTTP_PORT
 EOF
 cat >"$work/vipgate.toml" <<EOF
 [settings]
@@ -129,6 +141,10 @@ pool = "http"
 [virtuals.idle]
 listen = "$VIP:$((VIPGATE_BASE + 3))"
 pool = "idle"
+[virtuals.tls]
+listen = "$VIP:$((VIPGATE_BASE + 4))"
+pool = "http"
+tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
 EOF
 
 haproxy_pid=
@@ -137,7 +153,7 @@ start_proxies() {
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
   # Connection logs off, as HAProxy has none configured.
   VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
-  for port in 1 2 3; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+  for port in 1 2 3 4; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
   for pid in "$haproxy_pid" "$vipgate_pid"; do
     kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
   done
@@ -167,6 +183,13 @@ wrk_percentile() { # file percent
       sub(/[a-z]+$/, "", v); print v * u }' "$1"
 }
 
+# wrk's "Transfer/sec: 1.23GB" in Gbit/s.
+wrk_transfer_gbps() {
+  awk '/^Transfer\/sec/ { v = $2; u = 1
+      if (v ~ /GB$/) u = 8; else if (v ~ /MB$/) u = 8 / 1024; else if (v ~ /KB$/) u = 8 / 1048576
+      sub(/[A-Z]+$/, "", v); printf "%.2f\n", v * u }' "$1"
+}
+
 targets=(direct haproxy vipgate)
 declare -A results
 for round in $(seq "$ROUNDS"); do
@@ -184,6 +207,13 @@ for round in $(seq "$ROUNDS"); do
     results[$target,rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
     results[$target,p50]+="$(wrk_percentile "$work/wrk" 50) "
     results[$target,p99]+="$(wrk_percentile "$work/wrk" 99) "
+
+    [ "$target" = direct ] && continue
+    read -r host port <<<"$(endpoint "$target" 4)"
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" "https://$host:$port/" >"$work/wrk" 2>&1
+    results[$target,tls_cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    wrk -t1 -c4 -d"${SECONDS_PER_TEST}s" "https://$host:$port/big" >"$work/wrk" 2>&1
+    results[$target,tls_bulk]+="$(wrk_transfer_gbps "$work/wrk") "
   done
 done
 
@@ -230,6 +260,13 @@ row "new connections/s (wrk, close)" cps 0
 row "keep-alive requests/s (wrk)" rps 0
 row "keep-alive p50 latency (us)" p50 0
 row "keep-alive p99 latency (us)" p99 0
+tls_row() { # label key decimals
+  local h v
+  h=$(m haproxy "$2"); v=$(m vipgate "$2")
+  printf "| %-36s | %10s | %10.${3}f | %10.${3}f | %15s | %16s |\n" "$1" "-" "$h" "$v" "-" "$(ratio "$v" "$h")"
+}
+tls_row "TLS handshakes/s (wrk, close)" tls_cps 0
+tls_row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2
 printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "memory per idle connection (bytes)" "-" "${results[haproxy,idle]}" "${results[vipgate,idle]}" "-" "$(ratio "${results[vipgate,idle]}" "${results[haproxy,idle]}")"
 echo
 echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS)"

@@ -281,6 +281,7 @@ fn shipped_configurations_are_valid() {
     )
     .unwrap();
     parse(include_str!("../../config/demo.toml"), "config/demo.toml").unwrap();
+    parse(include_str!("../../config/tls.toml"), "config/tls.toml").unwrap();
 }
 
 #[test]

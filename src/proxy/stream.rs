@@ -97,7 +97,13 @@ where
 {
     let mut buffer = vec![0u8; BUFFER_SIZE];
     loop {
-        let read = reader.read(&mut buffer).await.map_err(PumpError::Read)?;
+        let read = match reader.read(&mut buffer).await {
+            Ok(read) => read,
+            // A TLS peer that closes the TCP connection without a
+            // close_notify: most clients do; treat it as an end.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(error) => return Err(PumpError::Read(error)),
+        };
         if read == 0 {
             // A peer that already went away cannot take the FIN; the other
             // direction reports that.
