@@ -17,6 +17,9 @@
 //! - [`snat`]: source addresses toward members (automap, SNAT pools with
 //!   lock-free port accounting per address and member), and
 //!   [`proxy_protocol`] headers that tell members the real client.
+//! - [`tls`]: terminating TLS (certificates by SNI, client certificates,
+//!   reload), re-encryption toward members, and the ClientHello parser
+//!   that routes passthrough connections.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.

@@ -5,9 +5,10 @@
 
 use proptest::prelude::*;
 
-const SEEDS: [&str; 3] = [
+const SEEDS: [&str; 4] = [
     include_str!("../config/vipgate.toml"),
     include_str!("../config/demo.toml"),
+    include_str!("../config/tls.toml"),
     "[settings]\ndrain_timeout = 0\nworker_threads = -1\n[pools.a]\nmembers = [ { address = \"[::1]:1\", connection_limit = 99999999999 } ]\n[virtuals.b]\nlisten = \"0.0.0.0:0\"\npool = \"a\"\ntcp_keepalive = { probes = 1000 }\n",
 ];
 
