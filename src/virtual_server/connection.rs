@@ -37,13 +37,15 @@ pub(super) async fn serve(
     // TLS takes the socket.
     let destination = (plan.proxy_protocol != ProxyProtocol::Off).then(|| client.local_addr());
     let client = match &plan.tls {
-        Tls::Terminate(terminate) => match accept_tls(client, terminate, &virtual_server).await {
-            Ok(front) => front,
-            Err(reason) => {
-                tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, %reason, "TLS handshake failed, client closed");
-                return;
+        Tls::Terminate(terminate) => {
+            match Box::pin(accept_tls(client, terminate, &virtual_server)).await {
+                Ok(front) => front,
+                Err(reason) => {
+                    tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, %reason, "TLS handshake failed, client closed");
+                    return;
+                }
             }
-        },
+        }
         _ => Front::Plain(client),
     };
     let (pool, hello) = match &plan.tls {
@@ -51,7 +53,7 @@ pub(super) async fn serve(
             handshake_timeout,
             sni_routes,
         } if !sni_routes.is_empty() => {
-            match read_client_hello(client.socket(), *handshake_timeout).await {
+            match Box::pin(read_client_hello(client.socket(), *handshake_timeout)).await {
                 Ok((bytes, server_name)) => {
                     virtual_server
                         .stats
@@ -119,9 +121,9 @@ pub(super) async fn serve(
         None => Back::Plain(member),
         Some(member_tls) => {
             let address = slot.member().address();
-            match tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member))
-                .await
-            {
+            let handshake =
+                tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member));
+            match Box::pin(handshake).await {
                 Ok(Ok(tls)) => Back::Tls(Box::new(tls)),
                 Ok(Err(error)) => {
                     slot.member().record_connect_failure();
@@ -172,13 +174,13 @@ pub(super) async fn serve(
             proxy::run(client, member, options, &stop).await
         }
         (Front::Tls(client), Back::Plain(member)) => {
-            proxy::stream::run(client, member, idle, &stop).await
+            Box::pin(proxy::stream::run(client, member, idle, &stop)).await
         }
         (Front::Plain(client), Back::Tls(member)) => {
-            proxy::stream::run(client, member, idle, &stop).await
+            Box::pin(proxy::stream::run(client, member, idle, &stop)).await
         }
         (Front::Tls(client), Back::Tls(member)) => {
-            proxy::stream::run(client, member, idle, &stop).await
+            Box::pin(proxy::stream::run(client, member, idle, &stop)).await
         }
     };
     if outcome.reason == CloseReason::Shutdown && !close.is_cancelled() {
@@ -417,5 +419,39 @@ async fn open(
             Err(error) if attempt < PORT_ATTEMPTS && source.worth_another_port(&error) => {}
             Err(error) => return Err(OpenError::Io(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The task of a plain connection stays small: TLS, ClientHello and
+    /// re-encryption states are boxed (measured: 1.2 KB; 3 KB when they
+    /// were not, which showed as 2 KB more per idle connection).
+    #[tokio::test]
+    async fn a_plain_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let plan = crate::config::parse(
+            "[pools.p]\nmembers = [ { address = \"127.0.0.1:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n",
+            "t",
+        )
+        .unwrap();
+        let snapshot = crate::server::Snapshot::build(plan, None).unwrap();
+        let virtual_server = snapshot.virtual_server("v").unwrap().clone();
+        let admission = virtual_server
+            .stats
+            .try_admit(crate::config::ConnectionLimit::Unlimited)
+            .unwrap();
+        let task = super::serve(
+            client,
+            "127.0.0.1:1".parse().unwrap(),
+            virtual_server,
+            Default::default(),
+            admission,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1280, "a connection task takes {size} bytes");
     }
 }
