@@ -245,25 +245,26 @@ async fn least_connections_fills_a_recovered_member_until_the_pool_is_even() {
     assert_eq!(vipgate.member(recovering.addr).active_connections(), 6);
 }
 
+/// vipgate over unmonitored members tagged a, b, c... on 127.0.0.11...,
+/// each with its extra member settings.
+async fn tagged_pool(pool_extra: &str, member_extras: &[&str]) -> Vipgate {
+    let mut members = Vec::new();
+    for (index, extra) in member_extras.iter().enumerate() {
+        let tag = ((b'a' + index as u8) as char).to_string();
+        let address = tagged_member(&format!("127.0.0.{}", 11 + index), &tag).await;
+        members.push(member_line(address, extra));
+    }
+    start(&format!(
+        "{}{}",
+        pool("p", pool_extra, &members),
+        virtual_for("p")
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn ratio_spreads_by_member_ratio() {
-    let members = [
-        tagged_member("127.0.0.11", "a").await,
-        tagged_member("127.0.0.12", "b").await,
-    ];
-    let toml = format!(
-        "{}{}",
-        pool(
-            "p",
-            "algorithm = \"ratio\"",
-            &[
-                member_line(members[0], ", ratio = 3"),
-                member_line(members[1], "")
-            ]
-        ),
-        virtual_for("p"),
-    );
-    let vipgate = start(&toml).await;
+    let vipgate = tagged_pool("algorithm = \"ratio\"", &[", ratio = 3", ""]).await;
     let counts = tags(&vipgate, 40).await;
     assert_eq!(counts, BTreeMap::from([("a".into(), 30), ("b".into(), 10)]));
 }
@@ -331,23 +332,7 @@ async fn priority_group_fails_over_to_the_standby_group_and_back() {
 
 #[tokio::test]
 async fn connect_rate_limit_spreads_a_burst_to_the_other_members() {
-    let members = [
-        tagged_member("127.0.0.11", "a").await,
-        tagged_member("127.0.0.12", "b").await,
-    ];
-    let toml = format!(
-        "{}{}",
-        pool(
-            "p",
-            "",
-            &[
-                member_line(members[0], ", connect_rate_limit = 5"),
-                member_line(members[1], "")
-            ]
-        ),
-        virtual_for("p"),
-    );
-    let vipgate = start(&toml).await;
+    let vipgate = tagged_pool("", &[", connect_rate_limit = 5", ""]).await;
     let counts = tags(&vipgate, 30).await;
     let limited = counts.get("a").copied().unwrap_or(0);
     assert!((5..=8).contains(&limited), "{counts:?}");
@@ -356,25 +341,11 @@ async fn connect_rate_limit_spreads_a_burst_to_the_other_members() {
 
 #[tokio::test]
 async fn disabled_and_forced_offline_members_take_no_new_connections() {
-    let members = [
-        tagged_member("127.0.0.11", "a").await,
-        tagged_member("127.0.0.12", "b").await,
-        tagged_member("127.0.0.13", "c").await,
-    ];
-    let toml = format!(
-        "{}{}",
-        pool(
-            "p",
-            "",
-            &[
-                member_line(members[0], ", state = \"disabled\""),
-                member_line(members[1], ", state = \"forced-offline\""),
-                member_line(members[2], ""),
-            ]
-        ),
-        virtual_for("p"),
-    );
-    let vipgate = start(&toml).await;
+    let vipgate = tagged_pool(
+        "",
+        &[", state = \"disabled\"", ", state = \"forced-offline\"", ""],
+    )
+    .await;
     assert!(only(&["c"], &tags(&vipgate, 6).await));
 }
 

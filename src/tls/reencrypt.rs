@@ -7,12 +7,12 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::terminate::read_certificates;
 use super::TlsError;
 use crate::config::{MemberVerification, Reencrypt};
 
@@ -49,23 +49,11 @@ impl MemberTls {
         let config = match verify {
             MemberVerification::Ca(path) => {
                 let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| TlsError::Certificates {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    })?;
-                for cert in certs {
+                for cert in read_certificates(path)? {
                     roots.add(cert).map_err(|e| TlsError::Invalid {
                         path: path.clone(),
                         error: e.to_string(),
                     })?;
-                }
-                if roots.is_empty() {
-                    return Err(TlsError::Certificates {
-                        path: path.clone(),
-                        error: "no PEM certificate in the file".into(),
-                    });
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
