@@ -22,6 +22,8 @@
 //!   that routes passthrough connections.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
+//! - [`http`]: HTTP virtuals, in progress; for now the persistence
+//!   primitives (URL-parameter routes, sealed cookies).
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
@@ -30,6 +32,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod http;
 pub mod logging;
 pub mod pool;
 pub mod proxy;

@@ -108,3 +108,35 @@ proptest! {
         let _ = vipgate::tls::client_hello::inspect(&hello[..end]);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn persistence_parsers_never_panic(text in "\\PC{0,200}", name in "[a-zA-Z]{1,12}") {
+        use vipgate::http::persistence::*;
+        let _ = url_param_route(&text, &name);
+        let _ = cookie_value(&text, &name);
+        let _ = route_of(&text);
+        let seal = CookieSeal::new(b"property test secret");
+        let _ = seal.open(&text, 1);
+    }
+
+    #[test]
+    fn sealed_tokens_open_to_their_member_and_mutations_never_do(
+        member in "[ -~]{0,40}",
+        flip in any::<prop::sample::Index>(),
+        replacement in "[0-9a-f.v]",
+    ) {
+        use vipgate::http::persistence::*;
+        let seal = CookieSeal::new(b"property test secret");
+        let token = seal.seal(&member, 0);
+        prop_assert_eq!(seal.open(&token, 1), Ok(member.clone()));
+        let at = flip.index(token.len());
+        let mut mutated = token.clone();
+        mutated.replace_range(at..at + 1, &replacement);
+        if mutated != token {
+            prop_assert!(seal.open(&mutated, 1).is_err(), "{} opened", mutated);
+        }
+    }
+}
