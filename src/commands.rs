@@ -57,7 +57,7 @@ pub fn demo() -> Result<(), crate::demo::DemoError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("a tokio runtime with default settings");
+        .map_err(crate::demo::DemoError::Runtime)?;
     runtime.block_on(crate::demo::run())
 }
 

@@ -36,6 +36,8 @@ pub enum DemoError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
     #[error(transparent)]
     Start(#[from] StartError),
 }

@@ -21,16 +21,13 @@ impl Checker<'_> {
             tls.handshake_timeout.as_ref(),
             DEFAULT_HANDSHAKE_TIMEOUT,
         );
-        if tls.mode != TlsMode::Passthrough {
-            if let Some(routes) = &tls.sni_routes {
-                let _ = routes;
-                self.report(
-                    &format!("{key}.sni_routes"),
-                    Some(raw.span()),
-                    "sni_routes only apply to mode = \"passthrough\"".into(),
-                    Some("remove them, or choose passthrough".into()),
-                );
-            }
+        if tls.mode != TlsMode::Passthrough && tls.sni_routes.is_some() {
+            self.report(
+                &format!("{key}.sni_routes"),
+                Some(raw.span()),
+                "sni_routes only apply to mode = \"passthrough\"".into(),
+                Some("remove them, or choose passthrough".into()),
+            );
         }
         match tls.mode {
             TlsMode::Terminate | TlsMode::Auto => {
