@@ -419,10 +419,12 @@ impl Checker<'_> {
         match text.parse::<SocketAddr>() {
             Ok(address) => Some(address),
             Err(_) => {
-                let hint = if text.parse::<IpAddr>().is_ok() {
-                    format!("add the port, e.g. \"{text}:9070\" (IPv6: \"[{text}]:9070\")")
-                } else {
-                    "write an IP address and port such as \"10.0.0.11:9070\"; host names are not resolved".into()
+                let hint = match text.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => format!("add the port, e.g. \"{text}:9070\""),
+                    Ok(IpAddr::V6(_)) => format!("add the port, with brackets: \"[{text}]:9070\""),
+                    Err(_) => {
+                        "write an IP address and port such as \"10.0.0.11:9070\"; host names are not resolved".into()
+                    }
                 };
                 self.report(
                     key,
