@@ -20,9 +20,11 @@ use crate::proxy_protocol;
 use crate::snat::{SourceLease, SourceNat};
 use crate::tls::client_hello::{self, Hello, HelloError};
 
-/// Serves one admitted client to its end. Takes everything by value so the
-/// spawned task is this future alone, with nothing wrapped around it: an
-/// idle connection's memory is mostly this state.
+/// Serves one admitted client to its end: the client side (TLS or not),
+/// the pool (by SNI for passthrough), the member side, then the pump and
+/// the close log line. Every step that fails logs why and closes the
+/// client. Takes everything by value so the spawned task is this future
+/// alone: an idle connection's memory is mostly this state.
 pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
@@ -36,119 +38,26 @@ pub(super) async fn serve(
     // The VIP the client reached, for a PROXY protocol header; asked before
     // TLS takes the socket.
     let destination = (plan.proxy_protocol != ProxyProtocol::Off).then(|| client.local_addr());
-    let client = match &plan.tls {
-        Tls::Terminate(terminate) => {
-            match Box::pin(accept_tls(client, terminate, &virtual_server)).await {
-                Ok(front) => front,
-                Err(reason) => {
-                    tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, %reason, "TLS handshake failed, client closed");
-                    return;
-                }
-            }
-        }
-        _ => Front::Plain(client),
+    let Some(client) = client_side(client, peer, &virtual_server).await else {
+        return;
     };
-    let (pool, hello) = match &plan.tls {
-        Tls::Passthrough {
-            handshake_timeout,
-            sni_routes,
-        } if !sni_routes.is_empty() => {
-            match Box::pin(read_client_hello(client.socket(), *handshake_timeout)).await {
-                Ok((bytes, server_name)) => {
-                    virtual_server
-                        .stats
-                        .hello_ok
-                        .fetch_add(1, Ordering::Relaxed);
-                    (virtual_server.route(server_name.as_deref()), bytes)
-                }
-                Err(failure) => {
-                    let counter = match failure {
-                        HelloFailure::TimedOut => &virtual_server.stats.hello_timed_out,
-                        _ => &virtual_server.stats.hello_rejected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
-                    reset(client.socket());
-                    return;
-                }
-            }
-        }
-        _ => (&virtual_server.pool, Vec::new()),
+    let Some((pool, hello)) = choose_pool(&client, peer, &virtual_server).await else {
+        reset(client.socket());
+        return;
     };
-    let (mut member, slot, _source) = match connect(&virtual_server, pool).await {
-        Ok(connected) => connected,
-        Err(refusal) => {
-            let (counter, why) = match refusal {
-                Refusal::NoMember => (
-                    &virtual_server.stats.rejected_no_member,
-                    "no member could take the connection, closing the client",
-                ),
-                Refusal::SnatExhausted => (
-                    &virtual_server.stats.rejected_snat_exhausted,
-                    "no SNAT port free toward any member, closing the client",
-                ),
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
-                tracing::warn!(
-                    virtual_server = %plan.name,
-                    pool = %pool.name(),
-                    client = %peer,
-                    suppressed,
-                    "{why}"
-                );
-            }
-            reset(client.socket());
-            return;
-        }
+    // Boxed: connecting is a short, one-off state; kept inline it would
+    // size every idle connection's task.
+    let member_side = Box::pin(member_side(
+        &virtual_server,
+        pool,
+        peer,
+        destination,
+        &hello,
+    ));
+    let Some((member, slot, _source)) = member_side.await else {
+        reset(client.socket());
+        return;
     };
-    if plan.proxy_protocol != ProxyProtocol::Off {
-        let sent = match destination.unwrap_or_else(|| client.socket().local_addr()) {
-            Ok(destination) => {
-                let header = proxy_protocol::header(plan.proxy_protocol, peer, destination);
-                member.write_all(&header).await
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = sent {
-            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot send the PROXY protocol header");
-            reset(client.socket());
-            return;
-        }
-    }
-    // Re-encryption: the PROXY header (above) stays outside the TLS.
-    let member = match pool.member_tls() {
-        None => Back::Plain(member),
-        Some(member_tls) => {
-            let address = slot.member().address();
-            let handshake =
-                tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member));
-            match Box::pin(handshake).await {
-                Ok(Ok(tls)) => Back::Tls(Box::new(tls)),
-                Ok(Err(error)) => {
-                    slot.member().record_connect_failure();
-                    tracing::warn!(virtual_server = %plan.name, member = %address, %error, "TLS handshake with member failed, closing the client");
-                    reset(client.socket());
-                    return;
-                }
-                Err(_) => {
-                    slot.member().record_connect_failure();
-                    tracing::warn!(virtual_server = %plan.name, member = %address, "TLS handshake with member timed out, closing the client");
-                    reset(client.socket());
-                    return;
-                }
-            }
-        }
-    };
-    let mut member = member;
-    // The ClientHello read for routing goes first, untouched.
-    if !hello.is_empty() {
-        if let Err(error) = member.write_all(&hello).await {
-            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %slot.member().address(), %error, "cannot forward the ClientHello");
-            reset(client.socket());
-            return;
-        }
-    }
     drop(hello);
     let state = slot.member();
     state.record_connected();
@@ -168,6 +77,9 @@ pub(super) async fn serve(
         ServiceDownAction::Reset => state.reset_signal(),
         ServiceDownAction::None => close.clone(),
     };
+    // Every path but plain-to-plain is boxed: the task of a connection is
+    // as large as its largest state, and the TLS states must not make
+    // every idle plain connection pay for them.
     let idle = plan.idle_timeout;
     let mut outcome = match (client, member) {
         (Front::Plain(client), Back::Plain(member)) => {
@@ -200,6 +112,141 @@ pub(super) async fn serve(
         error = outcome.error.as_ref().map(tracing::field::display),
         "connection closed"
     );
+}
+
+/// The client side: TLS ended by vipgate (`terminate`, or `auto` with a TLS
+/// client), or the socket as it is.
+async fn client_side(
+    client: TcpStream,
+    peer: SocketAddr,
+    virtual_server: &VirtualServer,
+) -> Option<Front> {
+    let Tls::Terminate(terminate) = &virtual_server.plan.tls else {
+        return Some(Front::Plain(client));
+    };
+    match Box::pin(accept_tls(client, terminate, virtual_server)).await {
+        Ok(front) => Some(front),
+        Err(reason) => {
+            tracing::info!(target: "vipgate::connection", virtual_server = %virtual_server.plan.name, client = %peer, %reason, "TLS handshake failed, client closed");
+            None
+        }
+    }
+}
+
+/// The pool for this client and the bytes already read from it: with SNI
+/// routes, the ClientHello (to forward untouched); otherwise nothing.
+async fn choose_pool<'a>(
+    client: &Front,
+    peer: SocketAddr,
+    virtual_server: &'a VirtualServer,
+) -> Option<(&'a Arc<Pool>, Vec<u8>)> {
+    let stats = &virtual_server.stats;
+    match &virtual_server.plan.tls {
+        Tls::Passthrough {
+            handshake_timeout,
+            sni_routes,
+        } if !sni_routes.is_empty() => {
+            match Box::pin(read_client_hello(client.socket(), *handshake_timeout)).await {
+                Ok((bytes, server_name)) => {
+                    stats.hello_ok.fetch_add(1, Ordering::Relaxed);
+                    Some((virtual_server.route(server_name.as_deref()), bytes))
+                }
+                Err(failure) => {
+                    let counter = match failure {
+                        HelloFailure::TimedOut => &stats.hello_timed_out,
+                        _ => &stats.hello_rejected,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(target: "vipgate::connection", virtual_server = %virtual_server.plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
+                    None
+                }
+            }
+        }
+        _ => Some((&virtual_server.pool, Vec::new())),
+    }
+}
+
+/// The member side, ready for the client's bytes: connected (with SNAT),
+/// the PROXY protocol header sent, TLS started when the pool re-encrypts,
+/// and the routing ClientHello forwarded.
+async fn member_side(
+    virtual_server: &VirtualServer,
+    pool: &Pool,
+    peer: SocketAddr,
+    destination: Option<io::Result<SocketAddr>>,
+    hello: &[u8],
+) -> Option<(Back, MemberSlot, SourceLease)> {
+    let plan = &virtual_server.plan;
+    let (mut member, slot, source) = match connect(virtual_server, pool).await {
+        Ok(connected) => connected,
+        Err(refusal) => {
+            let (counter, why) = match refusal {
+                Refusal::NoMember => (
+                    &virtual_server.stats.rejected_no_member,
+                    "no member could take the connection, closing the client",
+                ),
+                Refusal::SnatExhausted => (
+                    &virtual_server.stats.rejected_snat_exhausted,
+                    "no SNAT port free toward any member, closing the client",
+                ),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
+                tracing::warn!(virtual_server = %plan.name, pool = %pool.name(), client = %peer, suppressed, "{why}");
+            }
+            return None;
+        }
+    };
+    let address = slot.member().address();
+    let failed = |error: &dyn std::fmt::Display, what: &str| {
+        tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %address, %error, "{what}, closing the client");
+    };
+    if let Some(destination) = destination {
+        let sent = match destination {
+            Ok(destination) => {
+                member
+                    .write_all(&proxy_protocol::header(
+                        plan.proxy_protocol,
+                        peer,
+                        destination,
+                    ))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            failed(&error, "cannot send the PROXY protocol header");
+            return None;
+        }
+    }
+    // Re-encryption: the PROXY header stays outside the TLS.
+    let mut member = match pool.member_tls() {
+        None => Back::Plain(member),
+        Some(member_tls) => {
+            let handshake =
+                tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member));
+            match Box::pin(handshake).await {
+                Ok(Ok(tls)) => Back::Tls(Box::new(tls)),
+                Ok(Err(error)) => {
+                    slot.member().record_connect_failure();
+                    failed(&error, "TLS handshake with the member failed");
+                    return None;
+                }
+                Err(_) => {
+                    slot.member().record_connect_failure();
+                    failed(&"timed out", "TLS handshake with the member failed");
+                    return None;
+                }
+            }
+        }
+    };
+    if !hello.is_empty() {
+        if let Err(error) = member.write_all(hello).await {
+            failed(&error, "cannot forward the ClientHello");
+            return None;
+        }
+    }
+    Some((member, slot, source))
 }
 
 /// The client side of a connection: the socket itself, or the TLS stream
@@ -452,6 +499,6 @@ mod tests {
             admission,
         );
         let size = std::mem::size_of_val(&task);
-        assert!(size <= 1280, "a connection task takes {size} bytes");
+        assert!(size <= 1200, "a connection task takes {size} bytes");
     }
 }
