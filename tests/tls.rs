@@ -492,3 +492,45 @@ async fn certificates_reload_for_new_connections_and_a_broken_file_keeps_the_old
         "plain hello"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_through_a_terminated_connection_arrives_intact() {
+    let ca = TestCa::new();
+    let dir = temp_dir("bulk");
+    let (cert, key) = ca.write_pem(&dir, "vip.example");
+    let member = echo_member("127.0.0.12").await;
+    let vipgate = start(&format!(
+        "[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n[virtuals.vs]\nlisten = \"127.0.0.100:0\"\npool = \"p\"\ntls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n"
+    ))
+    .await;
+    let stream = TcpStream::connect(vipgate.addr("vs")).await.unwrap();
+    let tls = ca
+        .client()
+        .connect(ServerName::try_from("vip.example").unwrap(), stream)
+        .await
+        .unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    const TOTAL: usize = 16 * 1024 * 1024;
+    let pattern = |i: usize| (i % 251) as u8;
+    let writer = tokio::spawn(async move {
+        let chunk: Vec<u8> = (0..TOTAL).map(pattern).collect();
+        for part in chunk.chunks(100_000) {
+            write.write_all(part).await.unwrap();
+        }
+        write.shutdown().await.unwrap();
+    });
+    let mut received = Vec::with_capacity(TOTAL);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_to_end(&mut read, &mut received),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    writer.await.unwrap();
+    assert_eq!(received.len(), TOTAL);
+    assert!(
+        received.iter().enumerate().all(|(i, &b)| b == pattern(i)),
+        "bytes differ"
+    );
+}

@@ -21,20 +21,50 @@ thread_local! {
     static SPARE: SparePool<Box<[u8]>> = const { SparePool::new(SPARE_BUFFERS) };
 }
 
+/// A transfer buffer borrowed from this thread's spares; goes back on drop.
+pub(super) struct Leased(Box<[u8]>);
+
+impl Leased {
+    pub(super) fn take() -> Leased {
+        Leased(
+            SPARE
+                .with(SparePool::take)
+                .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice()),
+        )
+    }
+}
+
+impl std::ops::Deref for Leased {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Leased {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        let bytes = std::mem::take(&mut self.0);
+        let _ = SPARE.try_with(|spare| spare.give_back(bytes));
+    }
+}
+
 /// A leased buffer and the part of it not yet written.
 pub(super) struct Buffer {
-    bytes: Box<[u8]>,
+    bytes: Leased,
     written: usize,
     filled: usize,
 }
 
 impl Carrier for Buffer {
     fn take() -> io::Result<Buffer> {
-        let bytes = SPARE
-            .with(SparePool::take)
-            .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice());
         Ok(Buffer {
-            bytes,
+            bytes: Leased::take(),
             written: 0,
             filled: 0,
         })
@@ -54,12 +84,5 @@ impl Carrier for Buffer {
         let written = sink.try_write(&self.bytes[self.written..self.filled])?;
         self.written += written;
         Ok(written)
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        let bytes = std::mem::take(&mut self.bytes);
-        let _ = SPARE.try_with(|spare| spare.give_back(bytes));
     }
 }

@@ -1,24 +1,28 @@
 //! The pump when either side is not a plain socket (TLS that vipgate
-//! terminates, or re-encrypts toward the member): ordinary async reads and writes through a buffer
-//! per direction, with the same half-close, idle timeout and shutdown as
-//! the socket pump.
+//! terminates, or starts toward the member): reads and writes through the
+//! streams' own `AsyncRead`/`AsyncWrite`, with the same half-close, idle
+//! timeout and shutdown as the socket pump, and the same buffer leasing: a
+//! buffer is taken from the per-thread spares only when a read finds bytes
+//! and given back once they are written and flushed, so an idle TLS
+//! connection holds no pump buffer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::buffered::Leased;
 use super::{CloseReason, Outcome, PumpError, Side};
-
-/// Buffer per direction. TLS records are at most 16 KiB.
-const BUFFER_SIZE: usize = 16 * 1024;
 
 /// Pumps bytes between `client` and `member` until the connection ends.
 pub async fn run<C, M>(
-    client: C,
-    member: M,
+    mut client: C,
+    mut member: M,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> Outcome
@@ -26,95 +30,115 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     M: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let (to_member, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut member_read, mut member_write) = tokio::io::split(member);
-    let (reason, error) = {
-        let up = copy(
-            &mut client_read,
-            &mut member_write,
-            &to_member,
-            &last_activity,
-            started,
-        );
-        let down = copy(
-            &mut member_read,
-            &mut client_write,
-            &to_client,
-            &last_activity,
-            started,
-        );
-        tokio::pin!(up, down);
-        let idle = tokio::time::sleep(idle_timeout);
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(idle, cancelled);
-        let (mut up_done, mut down_done) = (false, false);
-        loop {
-            if up_done && down_done {
-                break (CloseReason::Finished, None);
-            }
-            tokio::select! {
-                result = &mut up, if !up_done => match result {
-                    Ok(()) => up_done = true,
-                    Err(error) => break error.blame(Side::Client, Side::Member),
-                },
-                result = &mut down, if !down_done => match result {
-                    Ok(()) => down_done = true,
-                    Err(error) => break error.blame(Side::Member, Side::Client),
-                },
-                () = &mut idle => {
-                    let last = started + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                    if last.elapsed() >= idle_timeout {
-                        break (CloseReason::IdleTimeout, None);
-                    }
-                    idle.as_mut().reset(last + idle_timeout);
-                },
-                () = &mut cancelled => break (CloseReason::Shutdown, None),
-            }
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    let mut last_activity = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(idle, cancelled);
+    let (reason, error) = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Err(error)) = up.poll(cx, &mut client, &mut member, &mut last_activity) {
+            return Poll::Ready(error.blame(Side::Client, Side::Member));
         }
-    };
+        if let Poll::Ready(Err(error)) = down.poll(cx, &mut member, &mut client, &mut last_activity)
+        {
+            return Poll::Ready(error.blame(Side::Member, Side::Client));
+        }
+        if up.done && down.done {
+            return Poll::Ready((CloseReason::Finished, None));
+        }
+        while idle.as_mut().poll(cx).is_ready() {
+            if last_activity.elapsed() >= idle_timeout {
+                return Poll::Ready((CloseReason::IdleTimeout, None));
+            }
+            idle.as_mut().reset(last_activity + idle_timeout);
+        }
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((CloseReason::Shutdown, None));
+        }
+        Poll::Pending
+    })
+    .await;
     Outcome {
-        bytes_to_member: to_member.into_inner(),
-        bytes_to_client: to_client.into_inner(),
+        bytes_to_member: up.bytes,
+        bytes_to_client: down.bytes,
         reason,
         error,
     }
 }
 
-/// One direction: read, write, and pass the end on as a shutdown.
-async fn copy<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    bytes: &AtomicU64,
-    last_activity: &AtomicU64,
-    started: Instant,
-) -> Result<(), PumpError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buffer = vec![0u8; BUFFER_SIZE];
-    loop {
-        let read = match reader.read(&mut buffer).await {
-            Ok(read) => read,
-            // A TLS peer that closes the TCP connection without a
-            // close_notify: most clients do; treat it as an end.
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(error) => return Err(PumpError::Read(error)),
-        };
-        if read == 0 {
-            // A peer that already went away cannot take the FIN; the other
-            // direction reports that.
-            let _ = writer.shutdown().await;
-            return Ok(());
+/// One direction of a stream connection.
+#[derive(Default)]
+struct Direction {
+    /// A leased buffer holding bytes read but not yet written.
+    in_flight: Option<(Leased, usize, usize)>,
+    /// Written, not yet flushed (TLS buffers writes into records).
+    flushing: bool,
+    /// The source ended; passing the end on.
+    closing: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl Direction {
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        last_activity: &mut Instant,
+    ) -> Poll<Result<(), PumpError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((buffer, start, end)) = &mut self.in_flight {
+                while start < end {
+                    let written =
+                        ready!(Pin::new(&mut *writer).poll_write(cx, &buffer[*start..*end]))
+                            .map_err(PumpError::Write)?;
+                    if written == 0 {
+                        return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    *start += written;
+                    self.bytes += written as u64;
+                    *last_activity = Instant::now();
+                }
+                self.in_flight = None;
+                self.flushing = true;
+            }
+            if self.flushing {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(PumpError::Write)?;
+                self.flushing = false;
+            }
+            if self.closing {
+                // A peer that already went away cannot take the end; the
+                // other direction reports that.
+                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+                self.done = true;
+                continue;
+            }
+            let mut buffer = Leased::take();
+            let mut read = ReadBuf::new(&mut buffer);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                // Nothing to read: the buffer goes back while we wait.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if read.filled().is_empty() => self.closing = true,
+                Poll::Ready(Ok(())) => {
+                    let end = read.filled().len();
+                    self.in_flight = Some((buffer, 0, end));
+                }
+                // A TLS peer that closes the TCP connection without a
+                // close_notify: most clients do; treat it as an end.
+                Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.closing = true
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(PumpError::Read(error))),
+            }
         }
-        writer
-            .write_all(&buffer[..read])
-            .await
-            .map_err(PumpError::Write)?;
-        bytes.fetch_add(read as u64, Ordering::Relaxed);
-        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
