@@ -121,6 +121,9 @@ listen idle
 listen tls
   bind $VIP:$((HAPROXY_BASE + 4)) ssl crt $work/tls-haproxy.pem
   server s $BACKEND:$HTTP_PORT
+listen tls-idle
+  bind $VIP:$((HAPROXY_BASE + 5)) ssl crt $work/tls-haproxy.pem
+  server s $BACKEND:$IDLE_PORT
 EOF
 cat >"$work/vipgate.toml" <<EOF
 [settings]
@@ -145,6 +148,10 @@ pool = "idle"
 listen = "$VIP:$((VIPGATE_BASE + 4))"
 pool = "http"
 tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
+[virtuals.tls-idle]
+listen = "$VIP:$((VIPGATE_BASE + 5))"
+pool = "idle"
+tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
 EOF
 
 haproxy_pid=
@@ -153,7 +160,7 @@ start_proxies() {
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
   # Connection logs off, as HAProxy has none configured.
   VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
-  for port in 1 2 3 4; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+  for port in 1 2 3 4 5; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
   for pid in "$haproxy_pid" "$vipgate_pid"; do
     kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
   done
@@ -221,25 +228,32 @@ done
 stop_proxies
 start_proxies
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-for target in haproxy vipgate; do
-  pid_var=${target}_pid
-  pid=${!pid_var}
-  read -r host port <<<"$(endpoint "$target" 3)"
+# Bytes of resident memory each of IDLE_CONNECTIONS idle connections costs
+# the proxy at PID, held open to SERVICE (3 plain, 5 TLS) by the holder.
+idle_cost() { # pid service [CA.pem]
+  local pid=$1 host port holder before after
+  read -r host port <<<"$(endpoint "$target" "$2")"
   # Warm up with a handful, so one-time allocations are in the baseline.
-  "$IDLE_TOOL" hold "$host:$port" 50 >"$work/hold" & holder=$!
+  "$IDLE_TOOL" hold "$host:$port" 50 ${3:-} >"$work/hold" & holder=$!
   until grep -q ready "$work/hold" 2>/dev/null; do sleep 0.1; done
   kill "$holder"; wait "$holder" 2>/dev/null || true
   sleep 1
   before=$(rss_kib "$pid")
-  "$IDLE_TOOL" hold "$host:$port" "$IDLE_CONNECTIONS" >"$work/hold" & holder=$!
+  "$IDLE_TOOL" hold "$host:$port" "$IDLE_CONNECTIONS" ${3:-} >"$work/hold" & holder=$!
   until grep -q ready "$work/hold" 2>/dev/null; do
     kill -0 "$holder" 2>/dev/null || { echo "holding $IDLE_CONNECTIONS connections through $target failed" >&2; exit 1; }
     sleep 0.2
   done
   sleep 1
   after=$(rss_kib "$pid")
-  results[$target,idle]=$(( (after - before) * 1024 / IDLE_CONNECTIONS ))
   kill "$holder"; wait "$holder" 2>/dev/null || true
+  sleep 1
+  echo $(( (after - before) * 1024 / IDLE_CONNECTIONS ))
+}
+for target in haproxy vipgate; do
+  pid_var=${target}_pid
+  results[$target,idle]=$(idle_cost "${!pid_var}" 3)
+  results[$target,tls_idle]=$(idle_cost "${!pid_var}" 5 "$work/tls.pem")
 done
 
 m() { echo "${results[$1,$2]}" | tr ' ' '\n' | grep -v '^$' | median; }
@@ -267,6 +281,10 @@ tls_row() { # label key decimals
 }
 tls_row "TLS handshakes/s (wrk, close)" tls_cps 0
 tls_row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2
-printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "memory per idle connection (bytes)" "-" "${results[haproxy,idle]}" "${results[vipgate,idle]}" "-" "$(ratio "${results[vipgate,idle]}" "${results[haproxy,idle]}")"
+idle_row() { # label key
+  printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "$1" "-" "${results[haproxy,$2]}" "${results[vipgate,$2]}" "-" "$(ratio "${results[vipgate,$2]}" "${results[haproxy,$2]}")"
+}
+idle_row "memory per idle connection (bytes)" idle
+idle_row "memory per idle TLS connection (B)" tls_idle
 echo
 echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS)"

@@ -7,6 +7,9 @@
 //! idle_connections hold TARGET COUNT    open COUNT connections to TARGET, exchange one
 //!                                       line on each, print "ready", then hold them
 //!                                       until killed
+//! idle_connections hold TARGET COUNT CA.pem
+//!                                       the same over TLS, trusting CA.pem, asking
+//!                                       for the name vip.example
 //! ```
 
 use std::net::SocketAddr;
@@ -25,16 +28,17 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 3 => serve(parse(&args[2])).await,
-        Some("hold") if args.len() == 4 => {
+        Some("hold") if args.len() == 4 || args.len() == 5 => {
             let count = args[3].parse().unwrap_or_else(|_| usage());
-            hold(parse(&args[2]), count).await
+            let tls = args.get(4).map(|ca| connector(ca));
+            hold(parse(&args[2]), count, tls).await
         }
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: idle_connections serve ADDR | hold TARGET COUNT");
+    eprintln!("usage: idle_connections serve ADDR | hold TARGET COUNT [CA.pem]");
     std::process::exit(2)
 }
 
@@ -60,18 +64,61 @@ async fn serve(address: SocketAddr) {
     }
 }
 
-async fn hold(target: SocketAddr, count: usize) {
+fn connector(ca: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A held connection, plain or TLS.
+#[allow(dead_code)] // held only to keep it open
+enum Held {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<()> {
+    stream.write_all(b"hello\n").await?;
+    let mut answer = [0; 6];
+    stream.read_exact(&mut answer).await?;
+    Ok(())
+}
+
+async fn hold(target: SocketAddr, count: usize, tls: Option<tokio_rustls::TlsConnector>) {
     let permits = Arc::new(Semaphore::new(CONCURRENT_CONNECTS));
     let tasks: Vec<_> = (0..count)
         .map(|_| {
             let permits = permits.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permits.acquire().await.unwrap();
                 let mut stream = TcpStream::connect(target).await?;
-                stream.write_all(b"hello\n").await?;
-                let mut answer = [0; 6];
-                stream.read_exact(&mut answer).await?;
-                Ok::<_, std::io::Error>(stream)
+                match tls {
+                    None => {
+                        exchange(&mut stream).await?;
+                        Ok::<_, std::io::Error>(Held::Plain(stream))
+                    }
+                    Some(tls) => {
+                        let name = rustls_pki_types::ServerName::try_from("vip.example").unwrap();
+                        let mut stream = tls.connect(name, stream).await?;
+                        exchange(&mut stream).await?;
+                        Ok(Held::Tls(Box::new(stream)))
+                    }
+                }
             })
         })
         .collect();
