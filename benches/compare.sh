@@ -72,7 +72,7 @@ mkdir -p "$work/nginx/html"
 head -c 1048576 /dev/zero > "$work/nginx/html/big"
 # A throw-away certificate for the TLS rows (demo key, made per run).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=vip.example -addext subjectAltName=DNS:vip.example \
+  -subj /CN=vip.example -addext subjectAltName=DNS:vip.example -addext basicConstraints=critical,CA:FALSE \
   -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
 cat "$work/tls.pem" "$work/tls.key" > "$work/tls-haproxy.pem"
 cat >"$work/nginx/nginx.conf" <<EOF
