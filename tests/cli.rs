@@ -194,3 +194,93 @@ fn sighup_reloads_certificates() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn accept_loop_survives_running_out_of_file_descriptors() {
+    // A member that answers each line, on its own threads.
+    let member = std::net::TcpListener::bind("127.0.0.12:0").unwrap();
+    let member_addr = member.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in member.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writer
+                        .write_all(format!("member {line}\n").as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.100:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = config_file(
+        "emfile.toml",
+        &format!(
+            "[pools.p]\nmembers = [ {{ address = \"{member_addr}\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\nzero_copy = false\n"
+        ),
+    );
+    // Few descriptors: a few dozen clients exhaust them.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -n 48 && exec {BINARY} run -c {}", path.display()),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, logs) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("listening"), "vipgate started");
+    let ask = |stream: &TcpStream| -> Option<String> {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        (&*stream).write_all(b"hi\n").ok()?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).ok()?;
+        (!answer.is_empty()).then_some(answer)
+    };
+    let held: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(("127.0.0.100", port)).ok())
+        .collect();
+    assert!(wait_for("accept failed, backing off"), "EMFILE is logged");
+    drop(held);
+    // The accept loop is still there: once descriptors are free again, new
+    // clients are served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.100", port)) {
+            if let Some(answer) = ask(&stream) {
+                break answer;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vipgate stopped serving after EMFILE"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(served, "member hi\n");
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}
