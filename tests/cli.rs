@@ -83,123 +83,73 @@ fn run_refuses_an_invalid_file() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("virtuals.v.pool: `pool` is required"));
 }
 
-#[test]
-fn run_serves_and_exits_0_on_sigterm() {
-    // A member on an OS-chosen port; vipgate on another.
-    let member = std::net::TcpListener::bind("127.0.0.11:0").unwrap();
-    let member_addr = member.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in member.incoming().flatten() {
-            let mut writer = stream.try_clone().unwrap();
-            let mut line = String::new();
-            if BufReader::new(stream).read_line(&mut line).is_ok() {
-                let _ = writer.write_all(format!("member {line}").as_bytes());
-            }
-        }
-    });
-    let port = std::net::TcpListener::bind("127.0.0.100:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = config_file(
-        "serve.toml",
-        &format!(
-            "[pools.p]\nmembers = [ {{ address = \"{member_addr}\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n"
-        ),
-    );
-    let mut child = Command::new(BINARY)
-        .args(["run", "-c", path.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.100", port)) {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(error) => panic!("vipgate did not start listening: {error}"),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    (&stream).write_all(b"hi\n").unwrap();
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).unwrap();
-    assert_eq!(answer, "member hi\n");
-    drop(stream);
-
-    // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
-    assert!(status.success(), "{status:?}\n{logs}");
-    assert!(logs.contains("connection closed"), "{logs}");
-    assert!(logs.contains(&format!("member={member_addr}")), "{logs}");
-    assert!(logs.contains("shut down"), "{logs}");
+/// A `vipgate run` child process whose log lines can be waited for.
+struct Running {
+    child: std::process::Child,
+    logs: std::sync::mpsc::Receiver<String>,
 }
 
-#[test]
-fn sighup_reloads_certificates() {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["vip.example".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_path = config_file("sighup.pem", &cert.pem());
-    let key_path = config_file("sighup.key", &key.serialize_pem());
-    let port = std::net::TcpListener::bind("127.0.0.100:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = config_file(
-        "sighup.toml",
-        &format!(
-            "[pools.p]\nmembers = [ {{ address = \"127.0.0.11:1\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\ntls = {{ mode = \"terminate\", certs = [ {{ cert = \"{}\", key = \"{}\" }} ] }}\n",
-            cert_path.display(),
-            key_path.display()
-        ),
-    );
-    let mut child = Command::new(BINARY)
-        .args(["run", "-c", path.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, logs) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
+impl Running {
+    /// Runs `vipgate run -c CONFIG`, through `sh -c` with `limits` (such
+    /// as `ulimit -n 48`) when given.
+    fn start(config: &std::path::Path, limits: &str) -> Running {
+        let command = format!("{limits} exec {BINARY} run -c {}", config.display());
+        let mut child = Command::new("sh")
+            .args(["-c", &command])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (lines, logs) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let running = Running { child, logs };
+        assert!(running.wait_for("listening").is_some(), "vipgate started");
+        running
+    }
+
+    /// The first log line containing `needle` within 20 s.
+    fn wait_for(&self, needle: &str) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(line) = self
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             if line.contains(needle) {
-                return true;
+                return Some(line);
             }
         }
-        false
-    };
-    assert!(wait_for("listening"), "vipgate started");
-    // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
-    assert!(
-        wait_for("certificates reloaded"),
-        "SIGHUP reloads the certificates"
-    );
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+        None
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status (the log lines stay readable).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap()
+    }
 }
 
-#[test]
-fn accept_loop_survives_running_out_of_file_descriptors() {
-    // A member that answers each line, on its own threads.
-    let member = std::net::TcpListener::bind("127.0.0.12:0").unwrap();
-    let member_addr = member.local_addr().unwrap();
+/// A port free on the VIP address.
+fn free_vip_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.100:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A member on `ip` answering each line `L` with `member L`, on threads.
+fn line_member(ip: &str) -> std::net::SocketAddr {
+    let member = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let address = member.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in member.incoming().flatten() {
             std::thread::spawn(move || {
@@ -215,63 +165,93 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
             });
         }
     });
-    let port = std::net::TcpListener::bind("127.0.0.100:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = config_file(
-        "emfile.toml",
+    address
+}
+
+/// Sends one line through vipgate at 127.0.0.100:`port`; the answer.
+fn ask(port: u16) -> Option<String> {
+    let stream = TcpStream::connect(("127.0.0.100", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    (&stream).write_all(b"hi\n").ok()?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+fn plain_config(name: &str, member: std::net::SocketAddr, port: u16, extra: &str) -> PathBuf {
+    config_file(
+        name,
         &format!(
-            "[pools.p]\nmembers = [ {{ address = \"{member_addr}\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\nzero_copy = false\n"
+            "[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n{extra}\n"
         ),
+    )
+}
+
+#[test]
+fn run_serves_and_exits_0_on_sigterm() {
+    let member = line_member("127.0.0.11");
+    let port = free_vip_port();
+    let mut running = Running::start(&plain_config("serve.toml", member, port, ""), "");
+    assert_eq!(ask(port).as_deref(), Some("member hi\n"));
+    let closed = running
+        .wait_for("connection closed")
+        .expect("a close log line");
+    assert!(closed.contains(&format!("member={member}")), "{closed}");
+    assert!(running.stop().success());
+    assert!(
+        running.wait_for("shut down").is_some(),
+        "a drained shutdown"
     );
-    // Few descriptors: a few dozen clients exhaust them.
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("ulimit -n 48 && exec {BINARY} run -c {}", path.display()),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
+}
+
+#[test]
+fn sighup_reloads_certificates() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["vip.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
         .unwrap();
-    let (lines, logs) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Ok(line) = logs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if line.contains(needle) {
-                return true;
-            }
-        }
-        false
-    };
-    assert!(wait_for("listening"), "vipgate started");
-    let ask = |stream: &TcpStream| -> Option<String> {
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        (&*stream).write_all(b"hi\n").ok()?;
-        let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).ok()?;
-        (!answer.is_empty()).then_some(answer)
-    };
+    let cert_path = config_file("sighup.pem", &cert.pem());
+    let key_path = config_file("sighup.key", &key.serialize_pem());
+    let tls = format!(
+        "tls = {{ mode = \"terminate\", certs = [ {{ cert = \"{}\", key = \"{}\" }} ] }}",
+        cert_path.display(),
+        key_path.display()
+    );
+    let member = "127.0.0.11:1".parse().unwrap();
+    let mut running = Running::start(
+        &plain_config("sighup.toml", member, free_vip_port(), &tls),
+        "",
+    );
+    running.signal(libc::SIGHUP);
+    assert!(
+        running.wait_for("certificates reloaded").is_some(),
+        "SIGHUP reloads the certificates"
+    );
+    assert!(running.stop().success());
+}
+
+#[test]
+fn accept_loop_survives_running_out_of_file_descriptors() {
+    let member = line_member("127.0.0.12");
+    let port = free_vip_port();
+    let config = plain_config("emfile.toml", member, port, "zero_copy = false");
+    // Few descriptors: a few dozen clients exhaust them.
+    let mut running = Running::start(&config, "ulimit -n 48 &&");
     let held: Vec<TcpStream> = (0..40)
         .filter_map(|_| TcpStream::connect(("127.0.0.100", port)).ok())
         .collect();
-    assert!(wait_for("accept failed, backing off"), "EMFILE is logged");
+    assert!(
+        running.wait_for("accept failed, backing off").is_some(),
+        "EMFILE is logged"
+    );
     drop(held);
     // The accept loop is still there: once descriptors are free again, new
     // clients are served.
     let deadline = Instant::now() + Duration::from_secs(20);
     let served = loop {
-        if let Ok(stream) = TcpStream::connect(("127.0.0.100", port)) {
-            if let Some(answer) = ask(&stream) {
-                break answer;
-            }
+        if let Some(answer) = ask(port) {
+            break answer;
         }
         assert!(
             Instant::now() < deadline,
@@ -280,7 +260,5 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(served, "member hi\n");
-    // SAFETY: plain kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+    assert!(running.stop().success());
 }
