@@ -202,7 +202,8 @@ impl MemberState {
     /// Whether the connect rate leaves room for one more now (without
     /// taking it).
     pub fn rate_allows(&self, limit: RateLimit) -> bool {
-        self.rate.allows(limit, crate::clock::millis())
+        // Read the clock only for members that have a rate limit.
+        limit == RateLimit::Unlimited || self.rate.allows(limit, crate::clock::millis())
     }
 
     /// Takes one connection slot if `limit` and the connect rate leave room.
@@ -213,7 +214,11 @@ impl MemberState {
         rate: RateLimit,
     ) -> Option<MemberSlot> {
         let before = self.active.fetch_add(1, Ordering::Relaxed);
-        if limit.admits(before) && self.rate.take(rate, crate::clock::millis()) {
+        // The rate token is only spent when the limit admits, and the clock
+        // only read for members that have a rate limit.
+        let admitted = limit.admits(before)
+            && (rate == RateLimit::Unlimited || self.rate.take(rate, crate::clock::millis()));
+        if admitted {
             Some(MemberSlot(self.clone()))
         } else {
             self.active.fetch_sub(1, Ordering::Relaxed);

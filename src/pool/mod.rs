@@ -81,6 +81,9 @@ pub struct Pool {
     action_on_service_down: ServiceDownAction,
     slow_ramp: Duration,
     min_active_members: usize,
+    /// The members' distinct priorities, highest first: computed once, so
+    /// choosing a member allocates nothing.
+    priorities: Vec<i64>,
     member_tls: Option<MemberTls>,
 }
 
@@ -111,6 +114,9 @@ impl Pool {
             })
             .collect();
         let ratios: Vec<u32> = members.iter().map(|m| m.ratio).collect();
+        let mut priorities: Vec<i64> = members.iter().map(|m| m.priority).collect();
+        priorities.sort_unstable_by(|a, b| b.cmp(a));
+        priorities.dedup();
         Pool {
             name: plan.name.clone(),
             selection: plan.algorithm.selector(&ratios),
@@ -118,6 +124,7 @@ impl Pool {
             action_on_service_down: plan.action_on_service_down,
             slow_ramp: plan.slow_ramp,
             min_active_members: plan.min_active_members,
+            priorities,
             member_tls: None,
         }
     }
@@ -177,11 +184,8 @@ impl Pool {
         if self.min_active_members == 0 {
             return i64::MIN;
         }
-        let mut priorities: Vec<i64> = self.members.iter().map(|m| m.priority).collect();
-        priorities.sort_unstable_by(|a, b| b.cmp(a));
-        priorities.dedup();
         let mut usable = 0;
-        for &priority in &priorities {
+        for &priority in &self.priorities {
             usable += self
                 .members
                 .iter()
