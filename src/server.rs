@@ -18,8 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Plan, Snat, Tls};
+use crate::config::{Mode, Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
+use crate::http::{HttpError, HttpVirtual};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::snat::{Automap, SnatPool, SourceNat};
 use crate::tls::{MemberTls, Terminator, TlsError};
@@ -117,9 +118,21 @@ impl Snapshot {
                     )?),
                     _ => None,
                 };
+                let http = match &virtual_plan.mode {
+                    Mode::Http(http) => Some(Arc::new(
+                        HttpVirtual::load(http, pool.members().len()).map_err(|error| {
+                            StartError::Http {
+                                virtual_name: virtual_plan.name.clone(),
+                                error,
+                            }
+                        })?,
+                    )),
+                    Mode::Tcp => None,
+                };
                 let virtual_server = VirtualServer {
                     plan: virtual_plan.clone(),
                     pool,
+                    http,
                     sni_routes,
                     snat,
                     terminator,
@@ -245,6 +258,11 @@ pub enum StartError {
     },
     #[error("pools.{pool}.tls: {error}")]
     PoolTls { pool: String, error: TlsError },
+    #[error("virtuals.{virtual_name}.persistence: {error}")]
+    Http {
+        virtual_name: String,
+        error: HttpError,
+    },
 }
 
 /// A load balancer with its listeners open, ready to [`run`](Server::run).

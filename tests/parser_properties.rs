@@ -117,6 +117,7 @@ proptest! {
         use vipgate::http::persistence::*;
         let _ = url_param_route(&text, &name);
         let _ = cookie_value(&text, &name);
+        let _ = cookie_value_any_case(&text, &name);
         let _ = route_of(&text);
         let seal = CookieSeal::new(b"property test secret");
         let _ = seal.open(&text, 1);
@@ -131,7 +132,7 @@ proptest! {
         use vipgate::http::persistence::*;
         let seal = CookieSeal::new(b"property test secret");
         let token = seal.seal(&member, 0);
-        prop_assert_eq!(seal.open(&token, 1), Ok(member.clone()));
+        prop_assert_eq!(seal.open(&token, 1).map(|t| t.member), Ok(member.clone()));
         let at = flip.index(token.len());
         let mut mutated = token.clone();
         mutated.replace_range(at..at + 1, &replacement);

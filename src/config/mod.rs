@@ -6,6 +6,7 @@
 //! valid and becomes a plan, or the operator gets the complete list of what
 //! to fix.
 
+mod http;
 mod monitors;
 mod plan;
 mod raw;
@@ -19,13 +20,17 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use http::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, MIN_SECRET_BYTES,
+};
 pub use plan::{
-    AdminState, CertFiles, ClientAuth, ConnectionLimit, Keepalive, MemberPlan, MemberVerification,
-    MonitorPlan, MonitorRule, MonitorType, NodePlan, Plan, PoolPlan, Probe, ProbePort,
-    ProxyProtocol, RateLimit, Reencrypt, ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute,
-    Terminate, Tls, TlsMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
+    AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan, Keepalive,
+    MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType, NodePlan,
+    Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
+    ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, Terminate, Tls, TlsMode,
+    VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
+    DEFAULT_MONITOR_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].

@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::pool::Algorithm;
 
+pub use super::http::{CookieLifetime, HttpPlan, Persistence};
+
 /// Default `idle_timeout`: 300 s, as F5's default tcp profile.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default `connect_timeout`: 5 s.
@@ -111,6 +113,9 @@ pub struct MemberPlan {
     /// Administrative state at start.
     pub admin: AdminState,
     pub connect_rate_limit: RateLimit,
+    /// The jvmRoute-style name HTTP persistence knows this member by
+    /// (`GWE_Node1` in `jsessionid=8F3A9C.GWE_Node1`). `None`: no route.
+    pub route: Option<String>,
 }
 
 /// A virtual server: one listening address in front of one pool.
@@ -142,6 +147,27 @@ pub struct VirtualPlan {
     /// real address behind SNAT.
     pub proxy_protocol: ProxyProtocol,
     pub tls: Tls,
+    pub mode: Mode,
+}
+
+/// `mode = "tcp" | "http"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VirtualMode {
+    /// Bytes are carried as they are (the default).
+    #[default]
+    Tcp,
+    /// Requests are read, routed one by one and forwarded.
+    Http,
+}
+
+/// What a virtual carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A TCP stream, untouched (F5's standard virtual with a tcp profile).
+    Tcp,
+    /// HTTP/1.1 requests (F5's http profile), with their own settings.
+    Http(HttpPlan),
 }
 
 /// Default `tls.handshake_timeout`: 10 s.
@@ -427,8 +453,8 @@ pub enum AdminState {
     /// Takes new connections when healthy.
     #[default]
     Enabled,
-    /// No new connections; open ones stay. (F5 still lets persistent
-    /// clients in; vipgate will once persistence exists.)
+    /// No new connections, except HTTP requests whose persistence (cookie
+    /// or URL parameter) names this member, as on F5; open ones stay.
     Disabled,
     /// No new connections at all; open ones stay.
     ForcedOffline,
@@ -610,6 +636,9 @@ impl fmt::Display for Plan {
             if virtual_server.proxy_protocol != ProxyProtocol::Off {
                 write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;
             }
+            if let Mode::Http(http) = &virtual_server.mode {
+                write!(f, ", mode http ({})", http)?;
+            }
             writeln!(f)?;
             writeln!(f, "  -> pool {} ({})", pool.name, pool.algorithm)?;
             writeln!(
@@ -630,6 +659,9 @@ impl fmt::Display for Plan {
                     member.admin,
                     member.connect_rate_limit,
                 )?;
+                if let Some(route) = &member.route {
+                    writeln!(f, "        route: {route}")?;
+                }
                 writeln!(f, "        monitor: {}", member.monitor)?;
                 if let Some(node) = self.nodes.get(&member.address.ip()) {
                     writeln!(f, "        node monitor: {}", node.monitor)?;

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::{AdminState, MonitorType, ProxyProtocol, ServiceDownAction, TlsMode};
+use super::plan::{
+    AdminState, MonitorType, ProxyProtocol, ServiceDownAction, TlsMode, VirtualMode,
+};
 use crate::pool::Algorithm;
 
 /// The whole file.
@@ -30,6 +32,14 @@ pub struct RawConfig {
     pub nodes: BTreeMap<String, Spanned<RawNode>>,
     #[serde(default)]
     pub snat_pools: BTreeMap<String, Spanned<RawSnatPool>>,
+    pub persistence: Option<Spanned<RawPersistenceSettings>>,
+}
+
+/// `[persistence]`: what every cookie-persistence virtual shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistenceSettings {
+    pub secret_file: Option<Spanned<String>>,
 }
 
 /// `[snat_pools.NAME]`.
@@ -113,6 +123,7 @@ pub struct RawMember {
     pub priority: Option<Spanned<i64>>,
     pub state: Option<AdminState>,
     pub connect_rate_limit: Option<Spanned<i64>>,
+    pub route: Option<Spanned<String>>,
 }
 
 /// `[virtuals.NAME]`.
@@ -131,6 +142,22 @@ pub struct RawVirtual {
     pub expected_clients: Option<Spanned<i64>>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub tls: Option<Spanned<RawTls>>,
+    pub mode: Option<Spanned<VirtualMode>>,
+    pub persistence: Option<Spanned<RawPersistence>>,
+    pub header_timeout: Option<Spanned<RawDuration>>,
+    pub keepalive_timeout: Option<Spanned<RawDuration>>,
+    pub max_header_size: Option<Spanned<i64>>,
+}
+
+/// `persistence = { url_param = "jsessionid" }` or
+/// `persistence = { cookie = "GWELB", max_age = "8h" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub url_param: Option<Spanned<String>>,
+    pub in_cookie: Option<bool>,
+    pub cookie: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<RawDuration>>,
 }
 
 /// `tls = { mode = "passthrough", sni_routes = { ... } }`.

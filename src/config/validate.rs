@@ -47,6 +47,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     }
     check.listen_conflicts(&virtuals, &raw);
     check.snat_fit(&virtuals, &pools, &snat_pools);
+    check.persistence_fit(&virtuals, &pools, &raw);
     for name in raw.pools.keys() {
         if !virtuals.iter().any(|v| {
             v.pool == *name
@@ -193,6 +194,27 @@ impl Checker<'_> {
                     Some(rate) => RateLimit::PerSecond(rate as u32),
                 },
             };
+            let route = match &raw_member.route {
+                None => None,
+                Some(value) => {
+                    let route = self.route(&format!("{member_key}.route"), value);
+                    if let Some(first) = planned
+                        .iter()
+                        .position(|m| m.route.is_some() && m.route == route)
+                    {
+                        self.report(
+                            &format!("{member_key}.route"),
+                            Some(value.span()),
+                            format!(
+                                "route \"{}\" is also the route of members[{first}]",
+                                value.get_ref()
+                            ),
+                            Some("give each member of a pool its own route".into()),
+                        );
+                    }
+                    route
+                }
+            };
             let Some(address) = address else { continue };
             if address.port() == 0 {
                 self.report(
@@ -220,6 +242,7 @@ impl Checker<'_> {
                 priority,
                 admin: raw_member.state.unwrap_or_default(),
                 connect_rate_limit,
+                route,
             });
         }
         Some(PoolPlan {
@@ -321,6 +344,7 @@ impl Checker<'_> {
                 )
                 .map(|n| n as u64),
         };
+        let mode = self.mode(&key, raw_virtual, tls.as_ref(), raw);
         Some(VirtualPlan {
             name: name.to_string(),
             listen: listen?,
@@ -335,6 +359,7 @@ impl Checker<'_> {
             expected_clients: expected_clients?,
             proxy_protocol: virtual_server.proxy_protocol.unwrap_or_default(),
             tls: tls?,
+            mode: mode?,
         })
     }
 

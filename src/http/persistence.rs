@@ -52,10 +52,29 @@ fn value_of<'a>(parameter: &'a str, name: &str) -> Option<&'a str> {
 
 /// The value of cookie `name` in a `Cookie:` header (`a=1; b=2`).
 pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    find_cookie(header, |key| key == name)
+}
+
+/// The value of the cookie named `name` in any case: a session id in the
+/// URL as `jsessionid` travels in a cookie as `JSESSIONID`.
+pub fn cookie_value_any_case<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    find_cookie(header, |key| key.eq_ignore_ascii_case(name))
+}
+
+fn find_cookie(header: &str, matches: impl Fn(&str) -> bool) -> Option<&str> {
     header.split(';').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
-        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+        matches(key.trim()).then(|| value.trim().trim_matches('"'))
     })
+}
+
+/// A genuine token, opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The member it names (its address, as written when sealed).
+    pub member: String,
+    /// Unix seconds; 0: no expiry.
+    pub expires: u64,
 }
 
 /// Why a persistence cookie was not accepted. Any of these means: ignore
@@ -75,6 +94,13 @@ pub enum TokenError {
 /// only hex digits, dots and digits, safe in a cookie without quoting.
 pub struct CookieSeal {
     key: hmac::Key,
+}
+
+impl std::fmt::Debug for CookieSeal {
+    /// Never shows the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSeal")
+    }
 }
 
 /// Bytes of the HMAC kept in the token: 128 bits.
@@ -97,9 +123,9 @@ impl CookieSeal {
         format!("{body}.{}", hex(&tag.as_ref()[..TAG_BYTES]))
     }
 
-    /// The member a token names, if the token is genuine and not expired
-    /// at `now` (unix seconds).
-    pub fn open(&self, token: &str, now: u64) -> Result<String, TokenError> {
+    /// What a token says, if it is genuine and not expired at `now` (unix
+    /// seconds).
+    pub fn open(&self, token: &str, now: u64) -> Result<Token, TokenError> {
         let (body, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = body.split('.');
         let (Some("v1"), Some(member), Some(expires), None) =
@@ -122,7 +148,7 @@ impl CookieSeal {
         if expires != 0 && expires <= now {
             return Err(TokenError::Expired);
         }
-        Ok(member)
+        Ok(Token { member, expires })
     }
 }
 
@@ -202,6 +228,10 @@ mod tests {
             None,
             "cookie names are case-sensitive"
         );
+        assert_eq!(
+            cookie_value_any_case("JSESSIONID=8F.GWE_Node2", "jsessionid"),
+            Some("8F.GWE_Node2")
+        );
         assert_eq!(cookie_value("", "GWELB"), None);
     }
 
@@ -212,14 +242,23 @@ mod tests {
         assert!(token
             .bytes()
             .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'v'));
-        assert_eq!(seal.open(&token, 1_900_000_000).unwrap(), "127.0.0.31:9081");
+        assert_eq!(
+            seal.open(&token, 1_900_000_000).unwrap().member,
+            "127.0.0.31:9081"
+        );
         // Another instance (or a restart) with the same secret: same token.
         let twin = CookieSeal::new(b"demo secret, shared by the pair");
         assert_eq!(twin.seal("127.0.0.31:9081", 2_000_000_000), token);
-        assert_eq!(twin.open(&token, 0).unwrap(), "127.0.0.31:9081");
+        assert_eq!(
+            twin.open(&token, 0).unwrap(),
+            Token {
+                member: "127.0.0.31:9081".into(),
+                expires: 2_000_000_000
+            }
+        );
         let session = seal.seal("m", 0);
         assert_eq!(
-            seal.open(&session, u64::MAX),
+            seal.open(&session, u64::MAX).map(|t| t.member),
             Ok("m".into()),
             "0: no expiry"
         );

@@ -22,7 +22,7 @@ pub use member::{ramp_fraction, Health, MemberSlot, MemberState};
 pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConnectionLimit, PoolPlan, RateLimit, ServiceDownAction};
+use crate::config::{AdminState, ConnectionLimit, PoolPlan, RateLimit, ServiceDownAction};
 use crate::tls::MemberTls;
 
 /// Every member's state, by address. Rebuilt on each configuration change,
@@ -69,6 +69,8 @@ pub struct Member {
     pub connect_rate_limit: RateLimit,
     pub ratio: u32,
     pub priority: i64,
+    /// The name HTTP URL persistence knows it by.
+    pub route: Option<String>,
     pub state: Arc<MemberState>,
 }
 
@@ -105,6 +107,7 @@ impl Pool {
                 connect_rate_limit: member.connect_rate_limit,
                 ratio: member.ratio,
                 priority: member.priority,
+                route: member.route.clone(),
                 state: registry.state_for(
                     member.address,
                     monitored(member.address),
@@ -155,6 +158,12 @@ impl Pool {
     /// Chooses a member not in `tried` and reserves a connection slot on it.
     /// `None` when no member can take the connection.
     pub fn reserve(&self, tried: &mut Tried) -> Option<MemberSlot> {
+        self.reserve_indexed(tried).map(|(_, slot)| slot)
+    }
+
+    /// [`reserve`](Self::reserve), also telling which member (its index in
+    /// [`members`](Self::members)).
+    pub fn reserve_indexed(&self, tried: &mut Tried) -> Option<(usize, MemberSlot)> {
         let lowest_priority = self.active_priority();
         // A slot can be taken by another connection between the check and
         // the reservation; such a member counts as tried, so this loop ends
@@ -172,9 +181,37 @@ impl Pool {
                 .state
                 .try_reserve(member.connection_limit, member.connect_rate_limit)
             {
-                return Some(slot);
+                return Some((index, slot));
             }
         }
+    }
+
+    /// The member at `index`, for a request whose persistence names it, as
+    /// F5 does: it must be up and not forced offline (a disabled member
+    /// still takes its persistent clients), and under its limits. Counts as
+    /// tried either way, so a fallback to balancing skips it.
+    pub fn reserve_persistent(&self, index: usize, tried: &mut Tried) -> Option<MemberSlot> {
+        let member = self.members.get(index)?;
+        tried.insert(index);
+        let state = &member.state;
+        if state.health() != Health::Up || state.admin_state() == AdminState::ForcedOffline {
+            return None;
+        }
+        state.try_reserve(member.connection_limit, member.connect_rate_limit)
+    }
+
+    /// The index of the member with this `route`.
+    pub fn member_by_route(&self, route: &str) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.route.as_deref() == Some(route))
+    }
+
+    /// The index of the member at `address`.
+    pub fn member_by_address(&self, address: SocketAddr) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.state.address() == address)
     }
 
     /// The lowest priority in use (F5 priority group activation): groups are

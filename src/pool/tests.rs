@@ -12,6 +12,7 @@ fn member(i: usize) -> MemberPlan {
         priority: 0,
         admin: AdminState::Enabled,
         connect_rate_limit: RateLimit::Unlimited,
+        route: None,
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::streams::{Back, Front};
 use super::{reset, tune, Admission, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
 use crate::pool::{MemberSlot, Pool, Tried};
@@ -30,6 +31,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     virtual_server: Arc<VirtualServer>,
     close: CancellationToken,
+    draining: CancellationToken,
     _admission: Admission,
 ) {
     let started = Instant::now();
@@ -41,6 +43,12 @@ pub(super) async fn serve(
     let Some(client) = client_side(client, peer, &virtual_server).await else {
         return;
     };
+    if let Some(http) = &virtual_server.http {
+        let http = Arc::clone(http);
+        let serving = crate::http::serve(client, peer, virtual_server, http, close, draining);
+        Box::pin(serving).await;
+        return;
+    }
     let Some((pool, hello)) = choose_pool(&client, peer, &virtual_server).await else {
         reset(client.socket());
         return;
@@ -220,24 +228,12 @@ async fn member_side(
         }
     }
     // Re-encryption: the PROXY header stays outside the TLS.
-    let mut member = match pool.member_tls() {
-        None => Back::Plain(member),
-        Some(member_tls) => {
-            let handshake =
-                tokio::time::timeout(plan.connect_timeout, member_tls.connect(address, member));
-            match Box::pin(handshake).await {
-                Ok(Ok(tls)) => Back::Tls(Box::new(tls)),
-                Ok(Err(error)) => {
-                    slot.member().record_connect_failure();
-                    failed(&error, "TLS handshake with the member failed");
-                    return None;
-                }
-                Err(_) => {
-                    slot.member().record_connect_failure();
-                    failed(&"timed out", "TLS handshake with the member failed");
-                    return None;
-                }
-            }
+    let mut member = match reencrypt(pool, address, member, plan.connect_timeout).await {
+        Ok(member) => member,
+        Err(error) => {
+            slot.member().record_connect_failure();
+            failed(&error, "TLS handshake with the member failed");
+            return None;
         }
     };
     if !hello.is_empty() {
@@ -247,44 +243,6 @@ async fn member_side(
         }
     }
     Some((member, slot, source))
-}
-
-/// The client side of a connection: the socket itself, or the TLS stream
-/// vipgate terminates on it.
-enum Front {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl Front {
-    fn socket(&self) -> &TcpStream {
-        match self {
-            Front::Plain(socket) => socket,
-            Front::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-/// The member side of a connection: the socket, or TLS over it.
-enum Back {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Back {
-    fn socket(&self) -> &TcpStream {
-        match self {
-            Back::Plain(socket) => socket,
-            Back::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Back::Plain(socket) => socket.write_all(bytes).await,
-            Back::Tls(tls) => tls.write_all(bytes).await,
-        }
-    }
 }
 
 /// Ends TLS on `client` (or, in `auto` mode, lets a client that does not
@@ -333,6 +291,27 @@ async fn accept_tls(
             Err(error.to_string())
         }
         Err(_) => Err(timed_out("completed handshake")),
+    }
+}
+
+/// Starts TLS toward the member when its pool re-encrypts, within
+/// `limit`; otherwise hands the socket back as it is.
+pub(crate) async fn reencrypt(
+    pool: &Pool,
+    address: SocketAddr,
+    member: TcpStream,
+    limit: Duration,
+) -> io::Result<Back> {
+    let Some(member_tls) = pool.member_tls() else {
+        return Ok(Back::Plain(member));
+    };
+    match tokio::time::timeout(limit, Box::pin(member_tls.connect(address, member))).await {
+        Ok(Ok(tls)) => Ok(Back::Tls(Box::new(tls))),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no TLS handshake within connect_timeout",
+        )),
     }
 }
 
@@ -437,12 +416,16 @@ async fn connect(
 /// connection in TIME_WAIT.
 const PORT_ATTEMPTS: usize = 8;
 
-enum OpenError {
+/// Why no connection to a member could be opened.
+pub(crate) enum OpenError {
+    /// No SNAT port free toward it.
     Exhausted,
     Io(io::Error),
 }
 
-async fn open(
+/// Connects to `address` from a source the SNAT gives, moving on to
+/// another source port when one is taken.
+pub(crate) async fn open(
     snat: &SourceNat,
     address: SocketAddr,
 ) -> Result<(TcpStream, SourceLease), OpenError> {
@@ -495,6 +478,7 @@ mod tests {
             client,
             "127.0.0.1:1".parse().unwrap(),
             virtual_server,
+            Default::default(),
             Default::default(),
             admission,
         );

@@ -6,6 +6,10 @@
 //! errors that belong to one aborted client are skipped at once.
 
 mod connection;
+mod streams;
+
+pub(crate) use connection::{open, reencrypt, OpenError};
+pub(crate) use streams::{Back, Front};
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConnectionLimit, Keepalive, SniRoute, VirtualPlan};
+use crate::http::{HttpStats, HttpVirtual};
 use crate::pool::Pool;
 use crate::server::Live;
 use crate::snat::SourceNat;
@@ -41,6 +46,8 @@ pub struct VirtualServer {
     pub snat: SourceNat,
     /// Set for `tls.mode = "terminate" | "auto"`.
     pub terminator: Option<Terminator>,
+    /// Set for `mode = "http"`.
+    pub http: Option<Arc<HttpVirtual>>,
     pub stats: Arc<VirtualStats>,
 }
 
@@ -60,6 +67,8 @@ pub struct VirtualStats {
     handshakes_timed_out: AtomicU64,
     accept_errors: AtomicU64,
     reject_log: Throttle,
+    /// Requests, persistence and answers of an HTTP virtual.
+    pub http: HttpStats,
 }
 
 impl VirtualStats {
@@ -252,6 +261,7 @@ pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: 
             peer,
             Arc::clone(virtual_server),
             lifecycle.close_connections.clone(),
+            lifecycle.stop_accepting.clone(),
             admission,
         ));
     }

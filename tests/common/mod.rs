@@ -12,6 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod http_client;
+pub mod tls_ca;
+
 use vipgate::pool::MemberState;
 use vipgate::server::{Live, Server};
 use vipgate::virtual_server::VirtualStats;

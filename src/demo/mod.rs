@@ -15,8 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{self, ConfigError};
 use crate::server::{termination_signal, Server, StartError};
 
+mod web_engagement;
+pub use web_engagement::{serve_web_engagement, spawn_web_engagement, websocket_accept};
+
 /// The configuration the demo runs.
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 /// Longest line a simulated proxy answers; a longer one closes the
 /// connection, so a client cannot make it buffer without bound.

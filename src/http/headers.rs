@@ -1,0 +1,182 @@
+//! Header rules at the proxy: hop-by-hop fields end at each hop (RFC 9110
+//! section 7.6.1), and members learn who the client is from
+//! `X-Forwarded-For`, `-Proto` and `-Host`.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Fields that describe one connection, never the message: removed in both
+/// directions, with every field the `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Whether a request asks to switch protocols (WebSocket and the like):
+/// `Connection: upgrade` with an `Upgrade` field.
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+}
+
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|listed| listed.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop fields. With `upgrade`, the `Upgrade` field and a
+/// `Connection: upgrade` stay, so the next hop switches protocols too.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Fields named by Connection other than the usual ones are rare; only
+    // they cost an allocation.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for listed in value.split(',').map(str::trim) {
+            let usual = ["close", "keep-alive", "upgrade", ""]
+                .iter()
+                .any(|usual| listed.eq_ignore_ascii_case(usual));
+            if !usual {
+                if let Ok(name) = HeaderName::from_bytes(listed.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in &named {
+        headers.remove(name);
+    }
+    let kept_upgrade = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = kept_upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Adds the client's address to `X-Forwarded-For` (after any the request
+/// already carries, as each proxy on the way does), and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` to what the client used.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
+    const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    // Several X-Forwarded-For fields are one list: the joined one, with
+    // the client at the end, replaces them. Values that are not text are
+    // dropped rather than passed on.
+    let mut chain = String::new();
+    for earlier in headers.get_all(&FORWARDED_FOR) {
+        if let Ok(earlier) = earlier.to_str() {
+            if !earlier.trim().is_empty() {
+                chain.push_str(earlier.trim());
+                chain.push_str(", ");
+            }
+        }
+    }
+    let _ = write!(chain, "{client}");
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(FORWARDED_FOR, value);
+    }
+    headers.insert(
+        FORWARDED_PROTO,
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, X-Session-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-session-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("cookie", "a=1"),
+            ("host", "gwe.example"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["cookie", "host"]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_protocol() {
+        let mut map = headers(&[
+            ("connection", "Upgrade, keep-alive"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        assert!(wants_upgrade(&map));
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+        assert!(map.contains_key("sec-websocket-key"));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn forwarded_fields_extend_the_chain_and_name_the_scheme_and_host() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("host", "gwe.example:8080"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarded(&mut map, "127.0.0.5".parse().unwrap(), false);
+        assert_eq!(map["x-forwarded-for"], "203.0.113.7, 10.1.1.1, 127.0.0.5");
+        assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            map["x-forwarded-proto"], "http",
+            "the client cannot claim TLS"
+        );
+        assert_eq!(map["x-forwarded-host"], "gwe.example:8080");
+
+        let mut bare = headers(&[("x-forwarded-host", "spoofed")]);
+        add_forwarded(&mut bare, "::1".parse().unwrap(), true);
+        assert_eq!(bare["x-forwarded-for"], "::1");
+        assert_eq!(bare["x-forwarded-proto"], "https");
+        assert!(!bare.contains_key("x-forwarded-host"));
+    }
+}

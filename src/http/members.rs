@@ -1,0 +1,192 @@
+//! Connections to the members of an HTTP virtual's pool, kept open between
+//! requests and shared by every client of the virtual.
+//!
+//! Each member has a bounded lock-free queue of idle connections: a
+//! request takes one (or opens one), and its response hands it back once
+//! the body has been read to the end. A full queue drops its oldest
+//! connection; one idle for longer than [`MEMBER_IDLE_TIMEOUT`] is closed
+//! when next seen rather than risked, since the member may be closing it at
+//! that very moment.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::pool::Pool;
+use crate::snat::SourceLease;
+use crate::virtual_server::{open, reencrypt, tune, Back, OpenError, VirtualServer};
+
+/// Idle connections kept per member: 64.
+pub const IDLE_PER_MEMBER: usize = 64;
+
+/// An idle member connection older than this is closed instead of used:
+/// 15 s, below the keep-alive timeout of common application servers
+/// (Tomcat's default is 20 s), so vipgate is the one that lets go.
+pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection to a member, ready for a request.
+pub(crate) type Sender = SendRequest<Incoming>;
+
+/// A freshly opened member connection: the handle requests go through, the
+/// connection itself (to be driven by a task) and the SNAT source it holds.
+pub(crate) type Dialed = (Sender, Connection<TokioIo<Back>, Incoming>, SourceLease);
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections of one virtual, by member index in its pool.
+pub(crate) struct MemberConnections {
+    idle: Box<[ArrayQueue<Idle>]>,
+}
+
+impl std::fmt::Debug for MemberConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: Vec<usize> = self.idle.iter().map(ArrayQueue::len).collect();
+        f.debug_struct("MemberConnections")
+            .field("idle", &idle)
+            .finish()
+    }
+}
+
+/// What became of a request sent to one member.
+pub(crate) enum Sent {
+    /// The member answered; the connection goes back to the idle queue
+    /// when the body is done.
+    Answered(Response<Incoming>, Sender),
+    /// No connection could be opened: the request, untouched, for the next
+    /// member.
+    Unreachable(Request<Incoming>, io::Error),
+    /// The connection failed once the request was on its way.
+    Failed(hyper::Error),
+    /// No answer within the virtual's idle timeout.
+    TimedOut,
+}
+
+impl MemberConnections {
+    pub(crate) fn new(members: usize) -> MemberConnections {
+        MemberConnections {
+            idle: (0..members)
+                .map(|_| ArrayQueue::new(IDLE_PER_MEMBER))
+                .collect(),
+        }
+    }
+
+    /// Idle connections to the member at `index` right now.
+    pub(crate) fn idle(&self, index: usize) -> usize {
+        self.idle.get(index).map_or(0, ArrayQueue::len)
+    }
+
+    fn checkout(&self, index: usize) -> Option<Sender> {
+        let queue = self.idle.get(index)?;
+        while let Some(idle) = queue.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < MEMBER_IDLE_TIMEOUT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Takes back a connection whose response was read to the end.
+    pub(crate) fn checkin(&self, index: usize, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Some(queue) = self.idle.get(index) {
+            // A full queue gives up its oldest connection, which closes.
+            let _ = queue.force_push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Sends `request` to the member at `index` over an idle connection, or
+    /// a new one. A request that a stale idle connection could not take
+    /// (closed by the member just before) is sent again on another.
+    pub(crate) async fn send(
+        &self,
+        virtual_server: &VirtualServer,
+        pool: &Pool,
+        index: usize,
+        mut request: Request<Incoming>,
+    ) -> Sent {
+        let Some(member) = pool.members().get(index) else {
+            return Sent::Unreachable(request, io::Error::other("no such member"));
+        };
+        let address = member.state.address();
+        loop {
+            let (mut sender, reused) = match self.checkout(index) {
+                Some(sender) => (sender, true),
+                None => match dial(virtual_server, pool, address).await {
+                    Ok((sender, connection, lease)) => {
+                        member.state.record_connected();
+                        tokio::spawn(async move {
+                            // The source port stays taken while the
+                            // connection lives.
+                            let _lease = lease;
+                            let _ = connection.await;
+                        });
+                        (sender, false)
+                    }
+                    Err(error) => return Sent::Unreachable(request, error),
+                },
+            };
+            let answer = sender.try_send_request(request);
+            match tokio::time::timeout(virtual_server.plan.idle_timeout, answer).await {
+                Err(_) => return Sent::TimedOut,
+                Ok(Ok(response)) => return Sent::Answered(response, sender),
+                Ok(Err(mut error)) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    Some(unsent) => {
+                        return Sent::Unreachable(unsent, io::Error::other(error.into_error()))
+                    }
+                    None => return Sent::Failed(error.into_error()),
+                },
+            }
+        }
+    }
+}
+
+/// Opens a connection to the member at `address`, the way the virtual
+/// opens any: its SNAT, its connect timeout, its pool's TLS.
+pub(crate) async fn dial(
+    virtual_server: &VirtualServer,
+    pool: &Pool,
+    address: SocketAddr,
+) -> io::Result<Dialed> {
+    let plan = &virtual_server.plan;
+    let (stream, lease) =
+        match tokio::time::timeout(plan.connect_timeout, open(&virtual_server.snat, address)).await
+        {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(OpenError::Exhausted)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    "no SNAT port free toward the member",
+                ))
+            }
+            Ok(Err(OpenError::Io(error))) => return Err(error),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", plan.connect_timeout),
+                ))
+            }
+        };
+    tune(&stream, plan.tcp_keepalive);
+    let stream = reencrypt(pool, address, stream, plan.connect_timeout).await?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    Ok((sender, connection, lease))
+}
