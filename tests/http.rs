@@ -552,3 +552,33 @@ async fn a_drain_lets_idle_keep_alive_clients_go_at_once() {
     );
     eventually("the idle client is closed", || client.is_closed()).await;
 }
+
+#[tokio::test]
+async fn a_missing_or_short_cookie_secret_stops_the_start_with_a_hint() {
+    let node = "127.0.0.11:9081".parse().unwrap();
+    let missing = common::tls_ca::temp_dir("http-secret").join("no-such-secret");
+    let plan = vipgate::config::parse(&http_config(&[(node, "GWE_Node1")], COOKIE, &missing), "t")
+        .unwrap();
+    let error = vipgate::server::Server::bind(plan)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.starts_with("virtuals.web.persistence: cannot read the cookie secret"),
+        "{error}"
+    );
+
+    let short = common::tls_ca::temp_dir("http-secret").join("short-secret");
+    std::fs::write(&short, "too short\n").unwrap();
+    let plan =
+        vipgate::config::parse(&http_config(&[(node, "GWE_Node1")], COOKIE, &short), "t").unwrap();
+    let error = vipgate::server::Server::bind(plan)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("holds 9 bytes; at least 16 are needed"),
+        "{error}"
+    );
+    assert!(error.contains("head -c 32 /dev/urandom"), "{error}");
+}

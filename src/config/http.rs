@@ -343,3 +343,175 @@ impl Checker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, ConfigError, Problem};
+
+    const POOL: &str = r#"
+[pools.gwe]
+members = [ { address = "127.0.0.11:9081", route = "GWE_Node1" }, { address = "127.0.0.12:9081", route = "GWE_Node2" } ]
+"#;
+
+    fn with_virtual(lines: &str, rest: &str) -> String {
+        format!(
+            "[virtuals.web]\nlisten = \"127.0.0.100:8080\"\npool = \"gwe\"\n{lines}\n{POOL}{rest}"
+        )
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, "t.toml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    fn http_plan(text: &str) -> HttpPlan {
+        let plan = parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+        match &plan.virtuals[0].mode {
+            Mode::Http(http) => http.clone(),
+            Mode::Tcp => panic!("not an HTTP virtual"),
+        }
+    }
+
+    #[test]
+    fn http_virtuals_get_documented_defaults_and_members_their_routes() {
+        let text = with_virtual("mode = \"http\"", "");
+        let http = http_plan(&text);
+        assert_eq!(http.persistence, Persistence::None);
+        assert_eq!(http.header_timeout, Duration::from_secs(10));
+        assert_eq!(http.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(http.max_header_size, 32 * 1024);
+        let plan = parse(&text, "t").unwrap();
+        assert_eq!(
+            plan.pools["gwe"].members[1].route.as_deref(),
+            Some("GWE_Node2")
+        );
+        assert_eq!(
+            parse(&with_virtual("", ""), "t").unwrap().virtuals[0].mode,
+            Mode::Tcp
+        );
+    }
+
+    #[test]
+    fn both_kinds_of_persistence_are_read() {
+        let url = http_plan(&with_virtual(
+            "mode = \"http\"\npersistence = { url_param = \"jsessionid\", in_cookie = true }",
+            "",
+        ));
+        assert_eq!(
+            url.persistence,
+            Persistence::UrlParam {
+                name: "jsessionid".into(),
+                in_cookie: true
+            }
+        );
+        let cookie = http_plan(&with_virtual(
+            "mode = \"http\"\npersistence = { cookie = \"GWELB\", max_age = \"8h\" }",
+            "[persistence]\nsecret_file = \"/etc/vipgate/cookie-secret\"\n",
+        ));
+        assert_eq!(
+            cookie.persistence,
+            Persistence::Cookie {
+                name: "GWELB".into(),
+                lifetime: CookieLifetime::MaxAge(Duration::from_secs(8 * 3600)),
+                secret_file: "/etc/vipgate/cookie-secret".into()
+            }
+        );
+    }
+
+    #[test]
+    fn http_settings_on_a_tcp_virtual_are_refused() {
+        let found = problems(&with_virtual(
+            "persistence = { url_param = \"jsessionid\" }\nheader_timeout = \"5s\"",
+            "",
+        ));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["virtuals.web.persistence", "virtuals.web.header_timeout"]
+        );
+        assert!(found[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("mode = \"http\""));
+    }
+
+    #[test]
+    fn cookie_persistence_needs_a_secret_and_one_kind_at_a_time() {
+        let found = problems(&with_virtual(
+            "mode = \"http\"\npersistence = { cookie = \"GWELB\" }",
+            "",
+        ));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].key, "virtuals.web.persistence");
+        assert!(found[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("head -c 32 /dev/urandom"));
+
+        let found = problems(&with_virtual(
+            "mode = \"http\"\npersistence = { cookie = \"GWELB\", url_param = \"jsessionid\" }",
+            "",
+        ));
+        assert!(found[0].message.contains("exactly one of"), "{found:#?}");
+        let found = problems(&with_virtual(
+            "mode = \"http\"\npersistence = { url_param = \"jsession id\", max_age = \"1h\" }",
+            "",
+        ));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "virtuals.web.persistence.max_age",
+                "virtuals.web.persistence.url_param"
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_must_be_unique_and_free_of_dots() {
+        let text = r#"
+[virtuals.web]
+listen = "127.0.0.100:8080"
+pool = "gwe"
+mode = "http"
+[pools.gwe]
+members = [ { address = "127.0.0.11:9081", route = "A" }, { address = "127.0.0.12:9081", route = "A" }, { address = "127.0.0.13:9081", route = "B.1" } ]
+"#;
+        let found = problems(text);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert_eq!(found[0].key, "pools.gwe.members[1].route");
+        assert!(found[0].message.contains("also the route of members[0]"));
+        assert_eq!(found[1].key, "pools.gwe.members[2].route");
+    }
+
+    #[test]
+    fn http_cannot_see_through_passthrough_or_send_proxy_headers() {
+        let found = problems(&with_virtual(
+            "mode = \"http\"\nproxy_protocol = \"v2\"\ntls = { mode = \"passthrough\" }\nmax_header_size = 100",
+            "",
+        ));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "virtuals.web.tls.mode",
+                "virtuals.web.proxy_protocol",
+                "virtuals.web.max_header_size"
+            ]
+        );
+    }
+
+    #[test]
+    fn url_persistence_without_routes_and_an_unused_secret_are_warnings() {
+        let text = "[virtuals.web]\nlisten = \"127.0.0.100:8080\"\npool = \"p\"\nmode = \"http\"\npersistence = { url_param = \"jsessionid\" }\n[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[persistence]\nsecret_file = \"s\"\n";
+        let plan = parse(text, "t").unwrap();
+        assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("no member of pool p has a `route`"));
+        assert!(plan.warnings[1].contains("no virtual uses cookie persistence"));
+    }
+}

@@ -282,6 +282,7 @@ fn shipped_configurations_are_valid() {
     .unwrap();
     parse(include_str!("../../config/demo.toml"), "config/demo.toml").unwrap();
     parse(include_str!("../../config/tls.toml"), "config/tls.toml").unwrap();
+    parse(include_str!("../../config/gwe.toml"), "config/gwe.toml").unwrap();
 }
 
 #[test]
