@@ -2,7 +2,7 @@
 # vipgate against HAProxy and a direct connection, side by side in one run,
 # all on loopback. Prints one table with ratios.
 #
-#   bash benches/compare.sh            # about 6 minutes on 2 cores
+#   bash benches/compare.sh            # about 10 minutes on 2 cores
 #   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
 #
 # Measures: bulk throughput (iperf3), new connections per second and
@@ -10,8 +10,14 @@
 # through the L4 path), TLS termination (handshakes per second, and
 # throughput of 1 MiB responses over kept-alive TLS connections; HAProxy
 # terminating with `bind ... ssl`), and resident memory per idle proxied
-# connection with IDLE_CONNECTIONS held. Each throughput figure is the median of ROUNDS
-# runs, interleaving direct, HAProxy and vipgate so drift hits all alike.
+# connection with IDLE_CONNECTIONS held, and HTTP mode with session
+# persistence (requests/s and latency over kept-alive client connections
+# carrying an inserted persistence cookie or a jvmRoute URL parameter, and
+# with a new client connection per request; HAProxy in `mode http` with
+# `cookie GWELB insert` and `use-server` on the URL parameter's suffix,
+# reusing member connections as vipgate does). Each throughput figure is the
+# median of ROUNDS runs, interleaving direct, HAProxy and vipgate so drift
+# hits all alike.
 #
 # Needs: haproxy, iperf3, wrk, nginx (Debian packages; installed if missing
 # and running as root). Uses 127.0.0.11 for the backends and 127.0.0.100 for
@@ -26,16 +32,17 @@ THREADS=${THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 
 BACKEND=127.0.0.11
+BACKEND2=127.0.0.12
 VIP=127.0.0.100
 IPERF_PORT=25201 HTTP_PORT=28080 IDLE_PORT=27000
 HAPROXY_BASE=26000 VIPGATE_BASE=29000
 
 need() {
   local missing=()
-  for tool in haproxy iperf3 wrk nginx; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  for tool in haproxy iperf3 wrk nginx curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iperf3 wrk nginx-light >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iperf3 wrk nginx-light curl >/dev/null
   else
     echo "missing: ${missing[*]} (install the Debian packages haproxy iperf3 wrk nginx-light)" >&2
     exit 1
@@ -87,6 +94,7 @@ http {
   keepalive_requests 10000000;
   server {
     listen $BACKEND:$HTTP_PORT backlog=4096 reuseport;
+    listen $BACKEND2:$HTTP_PORT backlog=4096 reuseport;
     location / { return 200 "ok\n"; }
     location /big { root $work/nginx/html; }
   }
@@ -95,6 +103,8 @@ EOF
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
 "$IDLE_TOOL" serve "$BACKEND:$IDLE_PORT" & pids+=($!)
 wait_port "$BACKEND" "$IPERF_PORT"; wait_port "$BACKEND" "$HTTP_PORT"; wait_port "$BACKEND" "$IDLE_PORT"
+wait_port "$BACKEND2" "$HTTP_PORT"
+head -c 32 /dev/urandom > "$work/cookie-secret"
 
 # --- proxies: the same three listeners on each ------------------------------
 cat >"$work/haproxy.cfg" <<EOF
@@ -124,6 +134,29 @@ listen tls
 listen tls-idle
   bind $VIP:$((HAPROXY_BASE + 5)) ssl crt $work/tls-haproxy.pem
   server s $BACKEND:$IDLE_PORT
+listen http-cookie
+  mode http
+  bind $VIP:$((HAPROXY_BASE + 6))
+  option forwardfor
+  http-reuse safe
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+  balance roundrobin
+  cookie GWELB insert indirect nocache httponly maxlife 8h
+  server GWE_Node1 $BACKEND:$HTTP_PORT cookie GWE_Node1
+  server GWE_Node2 $BACKEND2:$HTTP_PORT cookie GWE_Node2
+listen http-url
+  mode http
+  bind $VIP:$((HAPROXY_BASE + 7))
+  option forwardfor
+  http-reuse safe
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+  balance roundrobin
+  use-server GWE_Node1 if { urlp(jsessionid) -m end .GWE_Node1 }
+  use-server GWE_Node2 if { urlp(jsessionid) -m end .GWE_Node2 }
+  server GWE_Node1 $BACKEND:$HTTP_PORT
+  server GWE_Node2 $BACKEND2:$HTTP_PORT
 EOF
 cat >"$work/vipgate.toml" <<EOF
 [settings]
@@ -152,6 +185,20 @@ tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls
 listen = "$VIP:$((VIPGATE_BASE + 5))"
 pool = "idle"
 tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
+[pools.web]
+members = [ { address = "$BACKEND:$HTTP_PORT", route = "GWE_Node1" }, { address = "$BACKEND2:$HTTP_PORT", route = "GWE_Node2" } ]
+[virtuals.http-cookie]
+listen = "$VIP:$((VIPGATE_BASE + 6))"
+mode = "http"
+pool = "web"
+persistence = { cookie = "GWELB", max_age = "8h" }
+[virtuals.http-url]
+listen = "$VIP:$((VIPGATE_BASE + 7))"
+mode = "http"
+pool = "web"
+persistence = { url_param = "jsessionid" }
+[persistence]
+secret_file = "$work/cookie-secret"
 EOF
 
 haproxy_pid=
@@ -160,7 +207,7 @@ start_proxies() {
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
   # Connection logs off, as HAProxy has none configured.
   VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
-  for port in 1 2 3 4 5; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+  for port in 1 2 3 4 5 6 7; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
   for pid in "$haproxy_pid" "$vipgate_pid"; do
     kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
   done
@@ -172,10 +219,11 @@ stop_proxies() {
 }
 start_proxies
 
-# target NAME -> "host port" for service (1 bulk, 2 http, 3 idle)
+# target NAME -> "host port" for service (1 bulk, 2 http, 3 idle, 4 tls,
+# 5 tls idle, 6 http with cookie persistence, 7 http with URL persistence)
 endpoint() { # target service
   case $1 in
-    direct) case $2 in 1) echo "$BACKEND $IPERF_PORT";; 2) echo "$BACKEND $HTTP_PORT";; 3) echo "$BACKEND $IDLE_PORT";; esac;;
+    direct) case $2 in 1) echo "$BACKEND $IPERF_PORT";; 2|6|7) echo "$BACKEND $HTTP_PORT";; 3) echo "$BACKEND $IDLE_PORT";; esac;;
     haproxy) echo "$VIP $((HAPROXY_BASE + $2))";;
     vipgate) echo "$VIP $((VIPGATE_BASE + $2))";;
   esac
@@ -197,6 +245,12 @@ wrk_transfer_gbps() {
       sub(/[A-Z]+$/, "", v); printf "%.2f\n", v * u }' "$1"
 }
 
+# The persistence cookie a proxy sets on a first request ("none" direct).
+sticky_cookie() { # target host port
+  [ "$1" = direct ] && { echo "none=1"; return; }
+  curl -s -D - -o /dev/null "http://$2:$3/" | tr -d '\r' | awk -F'[ ;]' 'tolower($1) == "set-cookie:" { print $2; exit }'
+}
+
 targets=(direct haproxy vipgate)
 declare -A results
 for round in $(seq "$ROUNDS"); do
@@ -214,6 +268,22 @@ for round in $(seq "$ROUNDS"); do
     results[$target,rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
     results[$target,p50]+="$(wrk_percentile "$work/wrk" 50) "
     results[$target,p99]+="$(wrk_percentile "$work/wrk" 99) "
+
+    # HTTP mode: an established session (its cookie, or its jvmRoute in
+    # the URL), kept-alive; then a new client connection per request.
+    # Direct: nginx itself, for reference.
+    read -r host port <<<"$(endpoint "$target" 6)"
+    cookie=$(sticky_cookie "$target" "$host" "$port")
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" --latency -H "Cookie: $cookie" "http://$host:$port/" >"$work/wrk" 2>&1
+    results[$target,cookie_rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    results[$target,cookie_p50]+="$(wrk_percentile "$work/wrk" 50) "
+    results[$target,cookie_p99]+="$(wrk_percentile "$work/wrk" 99) "
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" -H "Cookie: $cookie" "http://$host:$port/" >"$work/wrk" 2>&1
+    results[$target,cookie_cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    read -r host port <<<"$(endpoint "$target" 7)"
+    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" --latency "http://$host:$port/gwe/cometd?jsessionid=8F3A9C.GWE_Node2" >"$work/wrk" 2>&1
+    results[$target,url_rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    results[$target,url_p99]+="$(wrk_percentile "$work/wrk" 99) "
 
     [ "$target" = direct ] && continue
     read -r host port <<<"$(endpoint "$target" 4)"
@@ -274,6 +344,12 @@ row "new connections/s (wrk, close)" cps 0
 row "keep-alive requests/s (wrk)" rps 0
 row "keep-alive p50 latency (us)" p50 0
 row "keep-alive p99 latency (us)" p99 0
+row "HTTP cookie-sticky requests/s" cookie_rps 0
+row "HTTP cookie-sticky p50 latency (us)" cookie_p50 0
+row "HTTP cookie-sticky p99 latency (us)" cookie_p99 0
+row "HTTP cookie-sticky, new conn. each/s" cookie_cps 0
+row "HTTP URL-param-sticky requests/s" url_rps 0
+row "HTTP URL-param-sticky p99 (us)" url_p99 0
 tls_row() { # label key decimals
   local h v
   h=$(m haproxy "$2"); v=$(m vipgate "$2")

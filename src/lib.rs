@@ -22,8 +22,9 @@
 //!   that routes passthrough connections.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
-//! - [`http`]: HTTP virtuals, in progress; for now the persistence
-//!   primitives (URL-parameter routes, sealed cookies).
+//! - [`http`]: HTTP virtuals: requests routed one by one with persistence
+//!   (URL-parameter routes, sealed cookies), kept-alive member connections,
+//!   WebSocket tunnels.
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
