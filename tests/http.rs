@@ -42,6 +42,11 @@ fn http_config(members: &[(SocketAddr, &str)], virtual_extra: &str, secret: &Pat
     )
 }
 
+/// The HTTP counters of virtual `web`.
+fn counts(vipgate: &Vipgate) -> vipgate::http::HttpCounts {
+    vipgate.virtual_stats("web").http.counts()
+}
+
 const COOKIE: &str = "persistence = { cookie = \"GWELB\", max_age = \"8h\" }";
 const URL_PARAM: &str = "persistence = { url_param = \"jsessionid\", in_cookie = true }";
 
@@ -87,7 +92,7 @@ async fn cookie_is_set_on_the_first_answer_and_followed_after() {
     }
     assert_eq!(seen.len(), 2, "round robin over both members: {seen:?}");
 
-    let counts = vipgate.virtual_stats("web").http.counts();
+    let counts = counts(&vipgate);
     assert_eq!(counts.requests, 11);
     assert_eq!(counts.persistence_hits, 6);
     assert_eq!(counts.persistence_misses, 5);
@@ -130,14 +135,7 @@ async fn forged_expired_and_unknown_cookies_are_replaced() {
         assert_eq!(follow.served_by(), reply.served_by());
         assert_eq!(follow.cookie("GWELB"), None);
     }
-    assert_eq!(
-        vipgate
-            .virtual_stats("web")
-            .http
-            .counts()
-            .persistence_reroutes,
-        5
-    );
+    assert_eq!(counts(&vipgate).persistence_reroutes, 5);
 }
 
 #[tokio::test]
@@ -156,10 +154,7 @@ async fn two_instances_with_one_secret_route_a_cookie_alike() {
             "the other instance accepts it as its own"
         );
     }
-    assert_eq!(
-        second.virtual_stats("web").http.counts().persistence_hits,
-        4
-    );
+    assert_eq!(counts(&second).persistence_hits, 4);
 }
 
 #[tokio::test]
@@ -183,7 +178,7 @@ async fn url_parameter_in_the_path_the_query_or_its_cookie_picks_the_member() {
         let reply = get_once(vip, &format!("/gwe/cometd;jsessionid={id}"), &[]).await;
         assert_eq!(reply.served_by(), session.served_by());
     }
-    let counts = vipgate.virtual_stats("web").http.counts();
+    let counts = counts(&vipgate);
     assert_eq!(
         (counts.persistence_hits, counts.persistence_misses),
         (13, 1)
@@ -202,14 +197,7 @@ async fn an_unknown_route_is_balanced() {
         seen.insert(reply.served_by().to_string());
     }
     assert_eq!(seen.len(), 2);
-    assert_eq!(
-        vipgate
-            .virtual_stats("web")
-            .http
-            .counts()
-            .persistence_reroutes,
-        4
-    );
+    assert_eq!(counts(&vipgate).persistence_reroutes, 4);
 }
 
 #[tokio::test]
@@ -325,7 +313,7 @@ async fn websocket_echoes_through_a_sticky_virtual() {
         assert_eq!(echoed[0], 0x81);
         assert_eq!(&echoed[2..], message.as_bytes());
     }
-    assert_eq!(vipgate.virtual_stats("web").http.counts().upgrades, 1);
+    assert_eq!(counts(&vipgate).upgrades, 1);
 }
 
 #[tokio::test]
@@ -358,7 +346,7 @@ async fn keep_alive_is_used_on_both_legs() {
         2,
         "two client connections"
     );
-    assert_eq!(vipgate.virtual_stats("web").http.counts().requests, 5);
+    assert_eq!(counts(&vipgate).requests, 5);
     assert_eq!(vipgate.member(node).total_connections(), 1);
 }
 
@@ -370,7 +358,7 @@ async fn no_usable_member_is_503_a_failing_one_502_and_a_silent_one_504() {
     let reply = get_once(vipgate.addr("web"), "/", &[]).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body, "no member is available\n");
-    assert_eq!(vipgate.virtual_stats("web").http.counts().no_member, 1);
+    assert_eq!(counts(&vipgate).no_member, 1);
 
     let node = web_member("127.0.0.11", "GWE_Node1").await;
     let vipgate = start(&http_config(
@@ -394,7 +382,7 @@ async fn no_usable_member_is_503_a_failing_one_502_and_a_silent_one_504() {
         200,
         "the client connection lives on"
     );
-    let counts = vipgate.virtual_stats("web").http.counts();
+    let counts = counts(&vipgate);
     assert_eq!((counts.member_failed, counts.member_timed_out), (1, 1));
 }
 
@@ -432,10 +420,7 @@ async fn slow_or_oversized_request_heads_get_408_and_431_and_idle_clients_are_le
         "{answer}"
     );
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert_eq!(
-        vipgate.virtual_stats("web").http.counts().request_timeouts,
-        1
-    );
+    assert_eq!(counts(&vipgate).request_timeouts, 1);
 
     let mut large = TcpStream::connect(vip).await.unwrap();
     let head = format!(
@@ -459,7 +444,7 @@ async fn slow_or_oversized_request_heads_get_408_and_431_and_idle_clients_are_le
     })
     .await;
     assert_eq!(
-        vipgate.virtual_stats("web").http.counts().request_timeouts,
+        counts(&vipgate).request_timeouts,
         1,
         "no 408 for idle clients"
     );
