@@ -13,6 +13,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Serve(#[from] crate::server::ServeError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -41,12 +43,11 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
 
 /// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains.
 pub fn run(path: &Path) -> Result<(), RunError> {
+    // Read once for the runtime's thread count; `bind_file` reads it again
+    // and keeps the path for reloads.
     let plan = config::load(path)?;
-    for warning in &plan.warnings {
-        tracing::warn!("{warning}");
-    }
     runtime(&plan)?.block_on(async {
-        let server = Server::bind(plan)?;
+        let server = Server::bind_file(path)?;
         server.run(termination_signal()).await;
         Ok(())
     })

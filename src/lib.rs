@@ -28,6 +28,7 @@
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
+pub mod admin;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;

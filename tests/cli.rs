@@ -205,7 +205,7 @@ fn run_serves_and_exits_0_on_sigterm() {
 }
 
 #[test]
-fn sighup_reloads_certificates() {
+fn sighup_reloads_the_configuration_and_certificates() {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["vip.example".to_string()])
         .unwrap()
@@ -219,14 +219,21 @@ fn sighup_reloads_certificates() {
         key_path.display()
     );
     let member = "127.0.0.11:1".parse().unwrap();
-    let mut running = Running::start(
-        &plain_config("sighup.toml", member, free_vip_port(), &tls),
-        "",
-    );
+    let path = plain_config("sighup.toml", member, free_vip_port(), &tls);
+    let mut running = Running::start(&path, "");
     running.signal(libc::SIGHUP);
     assert!(
-        running.wait_for("certificates reloaded").is_some(),
-        "SIGHUP reloads the certificates"
+        running.wait_for("configuration reloaded").is_some(),
+        "SIGHUP reloads the configuration, certificates included"
+    );
+    // A broken file is refused and the process keeps running.
+    std::fs::write(&path, "[virtuals.vs]\nlisten = \"nowhere\"\n").unwrap();
+    running.signal(libc::SIGHUP);
+    assert!(
+        running
+            .wait_for("reload failed, the running configuration stays")
+            .is_some(),
+        "a broken file is refused"
     );
     assert!(running.stop().success());
 }

@@ -6,6 +6,7 @@
 //! valid and becomes a plan, or the operator gets the complete list of what
 //! to fix.
 
+mod admin;
 mod http;
 mod monitors;
 mod plan;
@@ -20,13 +21,14 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use admin::DEFAULT_ADMIN_LISTEN;
 pub use http::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, MIN_SECRET_BYTES,
 };
 pub use plan::{
-    AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan, Keepalive,
-    MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType, NodePlan,
-    Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
+    Admin, AdminAuth, AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan,
+    Keepalive, MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType,
+    NodePlan, Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
     ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, Terminate, Tls, TlsMode,
     VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,

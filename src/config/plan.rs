@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::pool::Algorithm;
 
+pub use super::admin::{Admin, AdminAuth};
 pub use super::http::{CookieLifetime, HttpPlan, Persistence};
 
 /// Default `idle_timeout`: 300 s, as F5's default tcp profile.
@@ -41,6 +42,8 @@ pub struct Plan {
     pub nodes: BTreeMap<IpAddr, NodePlan>,
     /// SNAT pools by name.
     pub snat_pools: BTreeMap<String, SnatPoolPlan>,
+    /// The metrics, status and admin endpoint.
+    pub admin: Admin,
     /// Things that are allowed but probably not meant (an unused pool, a
     /// listener on port 0). `vipgate check` prints them; `run` logs them.
     pub warnings: Vec<String>,

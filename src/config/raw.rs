@@ -33,6 +33,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub snat_pools: BTreeMap<String, Spanned<RawSnatPool>>,
     pub persistence: Option<Spanned<RawPersistenceSettings>>,
+    pub admin: Option<Spanned<super::admin::RawAdmin>>,
 }
 
 /// `[persistence]`: what every cookie-persistence virtual shares.

@@ -25,6 +25,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     let monitors = check.monitors(&raw);
     let nodes = check.nodes(&raw);
     let snat_pools = check.snat_pools(&raw);
+    let admin = check.admin(raw.admin.as_ref());
     let pools: BTreeMap<String, PoolPlan> = raw
         .pools
         .iter()
@@ -67,6 +68,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
             monitors,
             nodes,
             snat_pools,
+            admin,
             warnings: check.warnings,
         })
     } else {

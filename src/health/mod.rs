@@ -211,6 +211,17 @@ impl HealthPlan {
         self.probes.iter().map(|(key, (_, status))| (key, status))
     }
 
+    /// The probes that decide the health of the member at `address` (its
+    /// own rule's, then its node's), for the status page.
+    pub fn probes_of(&self, address: SocketAddr) -> Vec<(&ProbeKey, &Arc<ProbeStatus>)> {
+        self.subjects
+            .iter()
+            .filter(|subject| subject.member.address() == address)
+            .flat_map(|subject| subject.own.probes.iter().chain(&subject.node.probes))
+            .map(|(key, status)| (key, status))
+            .collect()
+    }
+
     /// Starts the probe tasks and the evaluator in `tasks`.
     pub fn spawn(&self, tasks: &mut JoinSet<()>) {
         let changed = Arc::new(Notify::new());

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -20,7 +19,7 @@ use super::client_io::Phase;
 use super::headers::{add_forwarded, remove_hop_by_hop, wants_upgrade};
 use super::members::{Sender, Sent};
 use super::persistence::{cookie_value, cookie_value_any_case, url_param_route, TokenError};
-use super::{tunnel, Connection, HttpVirtual};
+use super::{tunnel, unix_seconds, Connection, HttpVirtual};
 use crate::config::{CookieLifetime, Persistence};
 use crate::pool::{MemberSlot, Pool, Tried};
 
@@ -331,12 +330,6 @@ fn log(
         duration_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-}
-
-fn unix_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// A response body: the member's, streamed as it comes, or vipgate's own

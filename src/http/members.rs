@@ -164,6 +164,7 @@ pub(crate) async fn dial(
     address: SocketAddr,
 ) -> io::Result<Dialed> {
     let plan = &virtual_server.plan;
+    let connecting = Instant::now();
     let (stream, lease) =
         match tokio::time::timeout(plan.connect_timeout, open(&virtual_server.snat, address)).await
         {
@@ -188,5 +189,8 @@ pub(crate) async fn dial(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
+    if let Some(member) = pool.members().iter().find(|m| m.state.address() == address) {
+        member.state.record_connect_time(connecting.elapsed());
+    }
     Ok((sender, connection, lease))
 }

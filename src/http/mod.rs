@@ -81,6 +81,13 @@ impl HttpVirtual {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 fn read_secret(path: &Path) -> Result<CookieSeal, HttpError> {
     let mut secret = std::fs::read(path).map_err(|error| HttpError::SecretUnreadable {
         path: path.to_path_buf(),

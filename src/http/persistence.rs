@@ -152,7 +152,9 @@ impl CookieSeal {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether `a` and `b` are equal, taking the same time whatever bytes
+/// differ (for secrets; the length is not hidden).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)

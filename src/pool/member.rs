@@ -65,13 +65,34 @@ pub struct MemberState {
     /// `action_on_service_down = "reset"`; a child of the server's close
     /// signal, so a shutdown closes these connections too.
     reset: ArcSwap<CancellationToken>,
-    close_all: CancellationToken,
+    /// Cancelled when the member left the configuration and the drain
+    /// timeout after the reload ran out: closes every connection still on
+    /// it. A child of the server's close signal; parent of `reset`.
+    retired: CancellationToken,
     failure_log: Throttle,
+    /// Time from starting a connect to the member being connected.
+    connect_seconds: prometheus::Histogram,
 }
+
+/// Buckets of the connect-latency histogram, in seconds: 100 us to 5 s.
+const CONNECT_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 5.0,
+];
 
 impl MemberState {
     /// A new member, `monitored` or not (an unmonitored one is up at once).
     pub fn new(address: SocketAddr, monitored: bool, close_all: &CancellationToken) -> MemberState {
+        let retired = close_all.child_token();
+        let connect_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "vipgate_member_connect_seconds",
+                "Time to connect to the member (TCP, and TLS when re-encrypting).",
+            )
+            .const_label("member", address.to_string())
+            .buckets(CONNECT_BUCKETS.to_vec()),
+        )
+        // Fails only for malformed constant options (names, buckets).
+        .expect("constant histogram options are valid");
         MemberState {
             address,
             health: AtomicU8::new(if monitored { 0 } else { 1 }),
@@ -83,10 +104,34 @@ impl MemberState {
             bytes_to_member: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             rate: RateBucket::default(),
-            reset: ArcSwap::from_pointee(close_all.child_token()),
-            close_all: close_all.clone(),
+            reset: ArcSwap::from_pointee(retired.child_token()),
+            retired,
             failure_log: Throttle::default(),
+            connect_seconds,
         }
+    }
+
+    /// The signal a connection of a pool without `action_on_service_down
+    /// = "reset"` listens to: cancelled only when the member was removed
+    /// from the configuration and its drain time is over (or at shutdown).
+    pub fn retired_signal(&self) -> CancellationToken {
+        self.retired.clone()
+    }
+
+    /// Closes every connection still on this member (it left the
+    /// configuration and its drain time is over).
+    pub fn retire(&self) {
+        self.retired.cancel();
+    }
+
+    /// Records how long one connect took.
+    pub fn record_connect_time(&self, took: Duration) {
+        self.connect_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The connect-latency histogram, for the metrics page.
+    pub fn connect_histogram(&self) -> &prometheus::Histogram {
+        &self.connect_seconds
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -152,7 +197,7 @@ impl MemberState {
 
     /// Closes every connection listening to [`reset_signal`](Self::reset_signal).
     pub fn reset_connections(&self) {
-        let previous = self.reset.swap(Arc::new(self.close_all.child_token()));
+        let previous = self.reset.swap(Arc::new(self.retired.child_token()));
         previous.cancel();
     }
 

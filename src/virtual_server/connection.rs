@@ -83,7 +83,7 @@ pub(super) async fn serve(
     // the shutdown.
     let stop = match pool.action_on_service_down() {
         ServiceDownAction::Reset => state.reset_signal(),
-        ServiceDownAction::None => close.clone(),
+        ServiceDownAction::None => state.retired_signal(),
     };
     // Every path but plain-to-plain is boxed: the task of a connection is
     // as large as its largest state, and the TLS states must not make
@@ -107,6 +107,7 @@ pub(super) async fn serve(
         outcome.reason = CloseReason::MemberDown;
     }
     state.record_bytes(outcome.bytes_to_member, outcome.bytes_to_client);
+    virtual_server.stats.record_duration(started.elapsed());
     tracing::info!(
         target: "vipgate::connection",
         virtual_server = %plan.name,
@@ -377,8 +378,10 @@ async fn connect(
         let state = slot.member();
         let address = state.address();
         let attempt = open(&virtual_server.snat, address);
+        let connecting = Instant::now();
         let error = match tokio::time::timeout(plan.connect_timeout, attempt).await {
             Ok(Ok((stream, source))) => {
+                state.record_connect_time(connecting.elapsed());
                 tune(&stream, plan.tcp_keepalive);
                 return Ok((stream, slot, source));
             }

@@ -52,7 +52,7 @@ pub struct VirtualServer {
 }
 
 /// Counters of one virtual server, kept across configuration changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VirtualStats {
     active: AtomicUsize,
     accepted: AtomicU64,
@@ -69,6 +69,68 @@ pub struct VirtualStats {
     reject_log: Throttle,
     /// Requests, persistence and answers of an HTTP virtual.
     pub http: HttpStats,
+    /// How long client connections lasted.
+    duration_seconds: prometheus::Histogram,
+}
+
+/// Buckets of the connection-duration histogram, in seconds: agent
+/// desktops stay for hours, web requests for milliseconds.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.001,
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    8.0 * 3600.0,
+    24.0 * 3600.0,
+];
+
+impl VirtualStats {
+    /// Fresh counters for virtual `name`.
+    pub fn new(name: &str) -> VirtualStats {
+        let duration_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "vipgate_connection_duration_seconds",
+                "How long client connections lasted, from accept to close.",
+            )
+            .const_label("virtual", name)
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        // Fails only for malformed constant options (names, buckets).
+        .expect("constant histogram options are valid");
+        VirtualStats {
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            rejected_connection_limit: AtomicU64::new(0),
+            rejected_no_member: AtomicU64::new(0),
+            rejected_snat_exhausted: AtomicU64::new(0),
+            hello_ok: AtomicU64::new(0),
+            hello_rejected: AtomicU64::new(0),
+            hello_timed_out: AtomicU64::new(0),
+            handshakes_ok: AtomicU64::new(0),
+            handshakes_failed: AtomicU64::new(0),
+            handshakes_timed_out: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            reject_log: Throttle::default(),
+            http: HttpStats::default(),
+            duration_seconds,
+        }
+    }
+
+    /// Records the life of one closed client connection.
+    pub fn record_duration(&self, lasted: Duration) {
+        self.duration_seconds.observe(lasted.as_secs_f64());
+    }
+
+    /// The connection-duration histogram, for the metrics page.
+    pub fn duration_histogram(&self) -> &prometheus::Histogram {
+        &self.duration_seconds
+    }
 }
 
 impl VirtualStats {
@@ -205,13 +267,19 @@ pub(crate) struct Lifecycle {
     pub close_connections: CancellationToken,
 }
 
-/// Accepts clients of virtual `name` until told to stop.
-pub(crate) async fn accept_loop(name: String, listener: TcpListener, lifecycle: Lifecycle) {
+/// Accepts clients of virtual `name` until `stop` (this listener removed
+/// by a reload, or the server stopping).
+pub(crate) async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    lifecycle: Lifecycle,
+    stop: CancellationToken,
+) {
     let resource_log = Throttle::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = lifecycle.stop_accepting.cancelled() => break,
+            () = stop.cancelled() => break,
         };
         let snapshot = lifecycle.live.load();
         let Some(virtual_server) = snapshot.virtual_server(&name) else {

@@ -25,6 +25,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A vipgate running inside the test's runtime.
 pub struct Vipgate {
+    /// Where the admin endpoint listens, when the configuration has one.
+    pub admin: Option<SocketAddr>,
     server_addrs: Vec<(String, SocketAddr)>,
     live: Live,
     stop: Option<oneshot::Sender<()>>,
@@ -35,8 +37,26 @@ pub struct Vipgate {
 /// "127.0.0.100:0"` to have the OS pick the port; [`Vipgate::addr`] tells it.
 pub async fn start(toml: &str) -> Vipgate {
     let plan = vipgate::config::parse(toml, "test config").unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<String> = plan.virtuals.iter().map(|v| v.name.clone()).collect();
     let server = Server::bind(plan).unwrap_or_else(|e| panic!("{e}"));
+    run(server)
+}
+
+/// Starts vipgate from the configuration file at `path`, which
+/// `POST /reload` (and SIGHUP) read again.
+pub async fn start_file(path: &std::path::Path) -> Vipgate {
+    let server = Server::bind_file(path).unwrap_or_else(|e| panic!("{e}"));
+    run(server)
+}
+
+fn run(server: Server) -> Vipgate {
+    let names: Vec<String> = server
+        .live()
+        .load()
+        .plan()
+        .virtuals
+        .iter()
+        .map(|v| v.name.clone())
+        .collect();
     let server_addrs = names
         .into_iter()
         .map(|name| {
@@ -45,11 +65,13 @@ pub async fn start(toml: &str) -> Vipgate {
         })
         .collect();
     let live = server.live();
+    let admin = server.admin_addr();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
     Vipgate {
+        admin,
         server_addrs,
         live,
         stop: Some(stop),
@@ -134,6 +156,11 @@ impl LineClient {
         LineClient {
             reader: BufReader::new(stream),
         }
+    }
+
+    /// The client's own address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().unwrap()
     }
 
     /// Sends `line` and returns the answer, or `None` if the connection

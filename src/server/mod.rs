@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,13 +19,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Mode, Plan, Snat, Tls};
+use crate::config::{ConfigError, Mode, Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::http::{HttpError, HttpVirtual};
 use crate::pool::{MemberRegistry, MemberState, Pool};
 use crate::snat::{Automap, SnatPool, SourceNat};
 use crate::tls::{MemberTls, Terminator, TlsError};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
+
+mod control;
+
+pub use control::{config_hash, AdminError, Control, ReloadError, ReloadReport, ReloadStats};
 
 /// The live snapshot, shared by every accept loop.
 pub type Live = Arc<ArcSwap<Snapshot>>;
@@ -92,7 +97,10 @@ impl Snapshot {
             .map(|virtual_plan| {
                 let stats = previous
                     .and_then(|p| p.virtuals.get(&virtual_plan.name))
-                    .map_or_else(Default::default, |v| Arc::clone(&v.stats));
+                    .map_or_else(
+                        || Arc::new(VirtualStats::new(&virtual_plan.name)),
+                        |v| Arc::clone(&v.stats),
+                    );
                 let pool = Arc::clone(&pools[&virtual_plan.pool]);
                 let sni_routes = match &virtual_plan.tls {
                     Tls::Passthrough { sni_routes, .. } => sni_routes
@@ -246,6 +254,15 @@ fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String
         .collect()
 }
 
+/// Why `Server::bind_file` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
 /// Why vipgate could not start serving a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -258,6 +275,11 @@ pub enum StartError {
     },
     #[error("pools.{pool}.tls: {error}")]
     PoolTls { pool: String, error: TlsError },
+    #[error("admin.listen: cannot listen on {address}: {error}")]
+    Admin {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("virtuals.{virtual_name}.persistence: {error}")]
     Http {
         virtual_name: String,
@@ -268,7 +290,10 @@ pub enum StartError {
 /// A load balancer with its listeners open, ready to [`run`](Server::run).
 pub struct Server {
     live: Live,
-    listeners: Vec<(String, TcpListener)>,
+    listeners: Vec<(String, SocketAddr, TcpListener)>,
+    admin: Option<crate::admin::Endpoint>,
+    config_path: Option<PathBuf>,
+    config_hash: String,
 }
 
 impl Server {
@@ -281,20 +306,48 @@ impl Server {
             .plan
             .virtuals
             .iter()
-            .map(|v| Ok((v.name.clone(), virtual_server::bind(v)?)))
+            .map(|v| Ok((v.name.clone(), v.listen, virtual_server::bind(v)?)))
             .collect::<Result<Vec<_>, BindError>>()?;
+        let admin = crate::admin::bind(&snapshot.plan.admin)?;
         Ok(Server {
             live: Arc::new(ArcSwap::from_pointee(snapshot)),
             listeners,
+            admin,
+            config_path: None,
+            config_hash: String::new(),
         })
+    }
+
+    /// Opens the listeners of the configuration file at `path`, which
+    /// SIGHUP and `POST /reload` read again.
+    pub fn bind_file(path: &Path) -> Result<Server, ServeError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let plan = crate::config::parse(&text, &path.display().to_string())?;
+        for warning in &plan.warnings {
+            tracing::warn!("{warning}");
+        }
+        let mut server = Server::bind(plan)?;
+        server.config_path = Some(path.to_path_buf());
+        server.config_hash = control::config_hash(&text);
+        Ok(server)
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(crate::admin::Endpoint::local_addr)
     }
 
     /// The address virtual `name` actually listens on (useful with port 0).
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
-            .find(|(listener_name, _)| listener_name == name)
-            .and_then(|(_, listener)| listener.local_addr().ok())
+            .find(|(listener_name, _, _)| listener_name == name)
+            .and_then(|(_, _, listener)| listener.local_addr().ok())
     }
 
     /// The live snapshot, for reading counters while the server runs.
@@ -312,41 +365,49 @@ impl Server {
             stop_accepting: CancellationToken::new(),
             close_connections: self.live.load().close_connections.clone(),
         };
-        let mut health_tasks = JoinSet::new();
-        self.live.load().health.spawn(&mut health_tasks);
-        // SIGHUP re-reads certificates (a full configuration reload comes
-        // with the admin API). Installed before the listeners open, so an
-        // early SIGHUP cannot fall back to the default action (exit).
+        let control = Arc::new(Control::new(
+            Arc::clone(&self.live),
+            self.config_path,
+            self.config_hash,
+            lifecycle.clone(),
+        ));
+        // SIGHUP reloads the configuration file (or, without one, the
+        // certificates). Installed before the listeners open, so an early
+        // SIGHUP cannot fall back to the default action (exit).
+        let mut background = JoinSet::new();
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(mut hangup) => {
-                let live = Arc::clone(&self.live);
-                health_tasks.spawn(async move {
+                let control = Arc::clone(&control);
+                background.spawn(async move {
                     while hangup.recv().await.is_some() {
-                        tracing::info!("SIGHUP received, reloading certificates");
-                        live.load().reload_certificates();
+                        tracing::info!("SIGHUP received, reloading the configuration");
+                        // Success and failure are logged by reload.
+                        if let Err(ReloadError::NoFile) = control.reload().await {
+                            tracing::info!("no configuration file to reload; reloading certificates");
+                            control.live().load().reload_certificates();
+                        }
                     }
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGHUP; certificates will not reload")
+                tracing::warn!(%error, "cannot listen for SIGHUP; send POST /reload to the admin endpoint instead")
             }
         }
-        let mut accept_loops = JoinSet::new();
-        for (name, listener) in self.listeners {
-            if let Ok(address) = listener.local_addr() {
-                tracing::info!(virtual_server = %name, %address, "listening");
-            }
-            accept_loops.spawn(virtual_server::accept_loop(
-                name,
-                listener,
-                lifecycle.clone(),
+        for (name, address, listener) in self.listeners {
+            control.start_listener(name, address, listener).await;
+        }
+        if let Some(admin) = self.admin {
+            background.spawn(crate::admin::serve(
+                admin,
+                Arc::clone(&control),
+                lifecycle.stop_accepting.clone(),
             ));
         }
 
         shutdown.await;
         let drain_timeout = self.live.load().plan.settings.drain_timeout;
         lifecycle.stop_accepting.cancel();
-        while accept_loops.join_next().await.is_some() {}
+        control.accept_loops_stopped().await;
         let open = self.live.load().active_connections();
         tracing::info!(
             open,
@@ -366,7 +427,8 @@ impl Server {
             lifecycle.close_connections.cancel();
             lifecycle.connections.wait().await;
         }
-        health_tasks.abort_all();
+        control.stop_health().await;
+        background.abort_all();
         tracing::info!("shut down");
     }
 }

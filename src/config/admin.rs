@@ -1,0 +1,72 @@
+//! `[admin]`: where the metrics, status and admin API listen, and the
+//! token that guards changes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::validate::Checker;
+
+/// Default `admin.listen`: loopback only, port 9100.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+
+/// `[admin]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admin {
+    /// No `[admin]` table: no endpoint.
+    Off,
+    On {
+        /// Default 127.0.0.1:9100.
+        listen: SocketAddr,
+        auth: AdminAuth,
+    },
+}
+
+/// Who may change things through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// Anyone who reaches the listener (keep it on loopback).
+    Open,
+    /// Calls that change state need `Authorization: Bearer <token>`, the
+    /// token being this file's content (a trailing newline ignored).
+    /// Reading (`/metrics`, `/status`) stays open.
+    Token(PathBuf),
+}
+
+impl Checker<'_> {
+    pub(super) fn admin(&mut self, raw: Option<&Spanned<RawAdmin>>) -> Admin {
+        let Some(raw) = raw else {
+            return Admin::Off;
+        };
+        let admin = raw.get_ref();
+        let listen = match &admin.listen {
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+            Some(listen) => self.address("admin.listen", listen),
+        };
+        if let Some(listen) = listen {
+            if !listen.ip().is_loopback() && admin.token_file.is_none() {
+                self.warnings.push(format!(
+                    "admin.listen: {listen} is reachable from the network and no token_file is set, so anyone there can change members and reload"
+                ));
+            }
+        }
+        let auth = match &admin.token_file {
+            None => AdminAuth::Open,
+            Some(path) => AdminAuth::Token(path.get_ref().into()),
+        };
+        match listen {
+            Some(listen) => Admin::On { listen, auth },
+            None => Admin::Off,
+        }
+    }
+}
