@@ -383,7 +383,9 @@ impl Server {
                         tracing::info!("SIGHUP received, reloading the configuration");
                         // Success and failure are logged by reload.
                         if let Err(ReloadError::NoFile) = control.reload().await {
-                            tracing::info!("no configuration file to reload; reloading certificates");
+                            tracing::info!(
+                                "no configuration file to reload; reloading certificates"
+                            );
                             control.live().load().reload_certificates();
                         }
                     }
