@@ -7,7 +7,8 @@
 //!   that lists every problem -> a [`config::Plan`] with nothing left
 //!   optional.
 //! - [`server`]: the live [`server::Snapshot`] (one `ArcSwap`), listeners,
-//!   and the lifecycle up to a drained shutdown.
+//!   the lifecycle up to a drained shutdown, and [`server::Control`]: live
+//!   reload and member admin state.
 //! - [`virtual_server`]: a listener per virtual, the accept loop, admission
 //!   under connection limits, and per connection: choose, connect, pump, log.
 //! - [`pool`]: members, their runtime state in atomics keyed by address, and
@@ -25,6 +26,8 @@
 //! - [`http`]: HTTP virtuals: requests routed one by one with persistence
 //!   (URL-parameter routes, sealed cookies), kept-alive member connections,
 //!   WebSocket tunnels.
+//! - [`metrics`], [`admin`]: the Prometheus exporter and the admin endpoint
+//!   (`/metrics`, `/status`, member actions, `/reload`).
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 

@@ -70,3 +70,45 @@ impl Checker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const BASE: &str = "[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.100:1\"\npool = \"p\"\n";
+
+    #[test]
+    fn admin_is_off_unless_asked_for_and_defaults_to_loopback() {
+        assert_eq!(parse(BASE, "t").unwrap().admin, Admin::Off);
+        let plan = parse(&format!("{BASE}[admin]\n"), "t").unwrap();
+        assert_eq!(
+            plan.admin,
+            Admin::On {
+                listen: DEFAULT_ADMIN_LISTEN.parse().unwrap(),
+                auth: AdminAuth::Open
+            }
+        );
+        assert!(plan.to_string().contains("admin on 127.0.0.1:9100"));
+    }
+
+    #[test]
+    fn an_open_admin_on_the_network_is_a_warning_and_a_bad_address_an_error() {
+        let plan = parse(&format!("{BASE}[admin]\nlisten = \"0.0.0.0:9100\"\n"), "t").unwrap();
+        assert!(
+            plan.warnings[0].contains("no token_file is set"),
+            "{:?}",
+            plan.warnings
+        );
+        let guarded = parse(
+            &format!("{BASE}[admin]\nlisten = \"0.0.0.0:9100\"\ntoken_file = \"/etc/vipgate/admin-token\"\n"),
+            "t",
+        )
+        .unwrap();
+        assert!(guarded.warnings.is_empty());
+        let error = parse(&format!("{BASE}[admin]\nlisten = \"localhost\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("admin.listen"), "{error}");
+    }
+}

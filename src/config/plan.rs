@@ -671,6 +671,17 @@ impl fmt::Display for Plan {
                 }
             }
         }
+        match &self.admin {
+            Admin::Off => {}
+            Admin::On { listen, auth } => writeln!(
+                f,
+                "admin on {listen} (/metrics, /status; changes {})",
+                match auth {
+                    AdminAuth::Open => "open to anyone who reaches it".to_string(),
+                    AdminAuth::Token(path) => format!("need the token in {}", path.display()),
+                }
+            )?,
+        }
         for monitor in self.monitors.values() {
             let port = match monitor.port {
                 ProbePort::Member => "the member's port".to_string(),

@@ -112,7 +112,9 @@ pub async fn run() -> Result<(), DemoError> {
          {members}\n\n\
          Try, in another terminal:\n  \
          nc {ip} {port}                      type a line; the proxy that answers names itself\n  \
-         for i in 1 2 3 4 5 6; do echo hello | nc -q1 {ip} {port}; done    each connection goes to the next member\n\n\
+         for i in 1 2 3 4 5 6; do echo hello | nc -q1 {ip} {port}; done    each connection goes to the next member\n  \
+         curl -s 127.0.0.1:9100/status       members, health, monitors as JSON (metrics: /metrics)\n  \
+         curl -s -X POST 127.0.0.1:9100/pools/poolCSP01/members/127.0.0.12:9070/offline    take a member out\n\n\
          Connection logs follow below. Ctrl-C stops the demo.",
         name = virtual_plan.name,
         count = members.len(),
