@@ -70,3 +70,29 @@ fn runtime(plan: &Plan) -> Result<tokio::runtime::Runtime, RunError> {
         .build()
         .map_err(RunError::Runtime)
 }
+
+/// Why `vipgate import-f5` could not convert a file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportF5Error {
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Import(#[from] crate::f5::ImportError),
+}
+
+/// `vipgate import-f5 FILE`: the converted configuration and the notes on
+/// what was not carried over.
+pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| ImportF5Error::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let source = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(crate::f5::import(&text, &source)?)
+}

@@ -29,6 +29,7 @@
 //! - [`metrics`], [`admin`]: the Prometheus exporter and the admin endpoint
 //!   (`/metrics`, `/status`, member actions, `/reload`).
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
+//! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod f5;
 pub mod health;
 pub mod http;
 pub mod logging;

@@ -32,6 +32,12 @@ enum Command {
     },
     /// Start three simulated proxies and vipgate in front of them.
     Demo,
+    /// Convert a BIG-IP configuration (bigpipe or tmsh) to vipgate TOML on
+    /// stdout; what cannot be carried over is listed on stderr.
+    ImportF5 {
+        /// The BIG-IP configuration file (bigip.conf, or a bigpipe export).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,20 @@ fn main() -> ExitCode {
             let _logs = vipgate::logging::init(&cli.log_level);
             vipgate::commands::run(&config).map_err(anyhow::Error::from)
         }
+        Command::ImportF5 { file } => vipgate::commands::import_f5(&file)
+            .map(|imported| {
+                print!("{}", imported.toml);
+                for note in &imported.notes {
+                    eprintln!("{}:{note}", file.display());
+                }
+                if !imported.notes.is_empty() {
+                    eprintln!(
+                        "{} statement(s) not carried over, listed above; the rest is on stdout",
+                        imported.notes.len()
+                    );
+                }
+            })
+            .map_err(anyhow::Error::from),
         Command::Demo => {
             let _logs = vipgate::logging::init(&cli.log_level);
             vipgate::commands::demo().map_err(anyhow::Error::from)

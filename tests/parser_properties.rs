@@ -141,3 +141,35 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The F5 importer never panics: on arbitrary text, and on the real
+    /// files with bytes replaced, inserted or cut.
+    #[test]
+    fn the_f5_importer_never_panics(
+        text in "[ -~\n\t{}\"#<>:;/\\\\]{0,400}",
+        edits in prop::collection::vec((any::<prop::sample::Index>(), "[ -~\n{}\"<>]{0,3}"), 0..6),
+        which in 0usize..3,
+    ) {
+        let _ = vipgate::f5::import(&text, "arbitrary");
+        let real = [
+            include_str!("data/bigip-csp-loopback.conf"),
+            include_str!("data/bigip-csp-sample.conf"),
+            include_str!("data/bigip-tmsh.conf"),
+        ][which];
+        let mut mutated: Vec<char> = real.chars().collect();
+        for (at, insert) in edits {
+            let index = at.index(mutated.len() + 1);
+            let end = (index + 2).min(mutated.len());
+            mutated.splice(index..end, insert.chars());
+        }
+        let mutated: String = mutated.into_iter().collect();
+        if let Ok(imported) = vipgate::f5::import(&mutated, "mutated") {
+            // Whatever it produces is valid TOML for vipgate's parser to
+            // judge (it may be refused, never crash it).
+            let _ = vipgate::config::parse(&imported.toml, "converted");
+        }
+    }
+}
