@@ -14,9 +14,10 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::{AdminState, Mode};
-use crate::pool::Health;
+use crate::pool::{Health, MemberState};
 use crate::server::{Control, Snapshot};
 use crate::snat::SourceNat;
+use crate::virtual_server::VirtualServer;
 
 /// Turns the live state into metric families at each scrape.
 pub struct Exporter {
@@ -89,6 +90,57 @@ impl Families {
         }
     }
 
+    /// A counter with one label, one value per item.
+    fn counter_each<T>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        items: &[(&str, T)],
+        value: impl Fn(&T) -> u64,
+    ) {
+        self.counter(name, help, &[label], |vec| {
+            for (key, item) in items {
+                add(vec, &[key], value(item));
+            }
+        });
+    }
+
+    /// A counter with two labels: per item, one value per word of the
+    /// second label (`reason`, `result`, `status`).
+    fn counter_split<T, const N: usize>(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: [&str; 2],
+        items: &[(&str, T)],
+        values: impl Fn(&T) -> [(&'static str, u64); N],
+    ) {
+        self.counter(name, help, &labels, |vec| {
+            for (key, item) in items {
+                for (word, value) in values(item) {
+                    add(vec, &[key, word], value);
+                }
+            }
+        });
+    }
+
+    /// A gauge with one label, one value per item.
+    fn gauge_each<T>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        items: &[(&str, T)],
+        value: impl Fn(&T) -> i64,
+    ) {
+        self.gauge(name, help, &[label], |vec| {
+            for (key, item) in items {
+                set(vec, &[key], value(item));
+            }
+        });
+    }
+
     fn histogram(&mut self, histogram: &prometheus::Histogram) {
         self.0.extend(histogram.collect());
     }
@@ -109,72 +161,70 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         .iter()
         .filter_map(|plan| Some((plan, snapshot.virtual_server(&plan.name)?)))
         .collect();
-    families.counter(
+    let by_name: Vec<(&str, &Arc<VirtualServer>)> = virtuals
+        .iter()
+        .map(|(plan, v)| (plan.name.as_str(), *v))
+        .collect();
+    families.counter_each(
         "vipgate_virtual_connections_total",
         "Client connections accepted.",
-        &["virtual"],
-        |vec| {
-            for (plan, v) in &virtuals {
-                add(vec, &[&plan.name], v.stats.accepted());
-            }
-        },
+        "virtual",
+        &by_name,
+        |v| v.stats.accepted(),
     );
-    families.gauge(
+    families.gauge_each(
         "vipgate_virtual_connections_active",
         "Client connections open now.",
-        &["virtual"],
-        |vec| {
-            for (plan, v) in &virtuals {
-                set(vec, &[&plan.name], v.stats.active_connections() as i64);
-            }
-        },
+        "virtual",
+        &by_name,
+        |v| v.stats.active_connections() as i64,
     );
-    families.counter(
+    families.counter_split(
         "vipgate_virtual_rejected_total",
         "Clients closed without being served, by reason: connection_limit (the virtual's), no_member (none could take it), snat_exhausted (no source port free).",
-        &["virtual", "reason"],
-        |vec| {
-            for (plan, v) in &virtuals {
-                add(vec, &[&plan.name, "connection_limit"], v.stats.rejected_connection_limit());
-                add(vec, &[&plan.name, "no_member"], v.stats.rejected_no_member());
-                add(vec, &[&plan.name, "snat_exhausted"], v.stats.rejected_snat_exhausted());
-            }
-        },
+        ["virtual", "reason"],
+        &by_name,
+        |v| [
+            ("connection_limit", v.stats.rejected_connection_limit()),
+            ("no_member", v.stats.rejected_no_member()),
+            ("snat_exhausted", v.stats.rejected_snat_exhausted()),
+        ],
     );
-    families.counter(
+    families.counter_each(
         "vipgate_virtual_accept_errors_total",
         "accept(2) failures (out of file descriptors and the like).",
-        &["virtual"],
-        |vec| {
-            for (plan, v) in &virtuals {
-                add(vec, &[&plan.name], v.stats.accept_errors());
-            }
-        },
+        "virtual",
+        &by_name,
+        |v| v.stats.accept_errors(),
     );
-    families.counter(
+    let terminating: Vec<_> = by_name
+        .iter()
+        .filter(|(_, v)| v.terminator.is_some())
+        .cloned()
+        .collect();
+    families.counter_split(
         "vipgate_tls_handshakes_total",
         "TLS handshakes vipgate terminated, by result: ok, failed, timed_out.",
-        &["virtual", "result"],
-        |vec| {
-            for (plan, v) in virtuals.iter().filter(|(_, v)| v.terminator.is_some()) {
-                let (ok, failed, timed_out) = v.stats.handshakes();
-                add(vec, &[&plan.name, "ok"], ok);
-                add(vec, &[&plan.name, "failed"], failed);
-                add(vec, &[&plan.name, "timed_out"], timed_out);
-            }
+        ["virtual", "result"],
+        &terminating,
+        |v| {
+            let (ok, failed, timed_out) = v.stats.handshakes();
+            [("ok", ok), ("failed", failed), ("timed_out", timed_out)]
         },
     );
-    families.counter(
+    let routing: Vec<_> = by_name
+        .iter()
+        .filter(|(_, v)| !v.sni_routes.is_empty())
+        .cloned()
+        .collect();
+    families.counter_split(
         "vipgate_tls_client_hellos_total",
         "ClientHellos read for SNI routing, by result: ok, rejected, timed_out.",
-        &["virtual", "result"],
-        |vec| {
-            for (plan, v) in virtuals.iter().filter(|(_, v)| !v.sni_routes.is_empty()) {
-                let (ok, rejected, timed_out) = v.stats.client_hellos();
-                add(vec, &[&plan.name, "ok"], ok);
-                add(vec, &[&plan.name, "rejected"], rejected);
-                add(vec, &[&plan.name, "timed_out"], timed_out);
-            }
+        ["virtual", "result"],
+        &routing,
+        |v| {
+            let (ok, rejected, timed_out) = v.stats.client_hellos();
+            [("ok", ok), ("rejected", rejected), ("timed_out", timed_out)]
         },
     );
     let http: Vec<_> = virtuals
@@ -182,60 +232,40 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         .filter(|(plan, _)| matches!(plan.mode, Mode::Http(_)))
         .map(|(plan, v)| (plan.name.as_str(), v.stats.http.counts()))
         .collect();
-    families.counter(
+    families.counter_each(
         "vipgate_http_requests_total",
         "HTTP requests received.",
-        &["virtual"],
-        |vec| {
-            for (name, counts) in &http {
-                add(vec, &[name], counts.requests);
-            }
-        },
+        "virtual",
+        &http,
+        |c| c.requests,
     );
-    families.counter(
+    families.counter_split(
         "vipgate_persistence_total",
         "HTTP requests by persistence result: hit (sent to the member named), miss (nothing named), reroute (named a member that could not take it, or a forged or expired cookie).",
-        &["virtual", "result"],
-        |vec| {
-            for (name, counts) in &http {
-                add(vec, &[name, "hit"], counts.persistence_hits);
-                add(vec, &[name, "miss"], counts.persistence_misses);
-                add(vec, &[name, "reroute"], counts.persistence_reroutes);
-            }
-        },
+        ["virtual", "result"],
+        &http,
+        |c| [("hit", c.persistence_hits), ("miss", c.persistence_misses), ("reroute", c.persistence_reroutes)],
     );
-    families.counter(
+    families.counter_each(
         "vipgate_persistence_cookies_set_total",
         "Persistence cookies set.",
-        &["virtual"],
-        |vec| {
-            for (name, counts) in &http {
-                add(vec, &[name], counts.cookies_set);
-            }
-        },
+        "virtual",
+        &http,
+        |c| c.cookies_set,
     );
-    families.counter(
+    families.counter_split(
         "vipgate_http_responses_generated_total",
         "Answers vipgate gave itself, by status: 408 (slow request head), 502 (member failed), 503 (no member), 504 (member too slow).",
-        &["virtual", "status"],
-        |vec| {
-            for (name, counts) in &http {
-                add(vec, &[name, "408"], counts.request_timeouts);
-                add(vec, &[name, "502"], counts.member_failed);
-                add(vec, &[name, "503"], counts.no_member);
-                add(vec, &[name, "504"], counts.member_timed_out);
-            }
-        },
+        ["virtual", "status"],
+        &http,
+        |c| [("408", c.request_timeouts), ("502", c.member_failed), ("503", c.no_member), ("504", c.member_timed_out)],
     );
-    families.counter(
+    families.counter_each(
         "vipgate_http_upgrades_total",
         "Connections switched to another protocol (WebSocket) and tunnelled.",
-        &["virtual"],
-        |vec| {
-            for (name, counts) in &http {
-                add(vec, &[name], counts.upgrades);
-            }
-        },
+        "virtual",
+        &http,
+        |c| c.upgrades,
     );
     for (_, v) in &virtuals {
         families.histogram(v.stats.duration_histogram());
@@ -247,15 +277,17 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
     members.sort_by_key(|m| m.address());
     let names: Vec<String> = members.iter().map(|m| m.address().to_string()).collect();
     let each = || members.iter().zip(&names);
-    families.gauge(
+    let by_name: Vec<(&str, &Arc<MemberState>)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(members.iter())
+        .collect();
+    families.gauge_each(
         "vipgate_member_up",
         "1 when the member's monitors pass (or it has none), else 0.",
-        &["member"],
-        |vec| {
-            for (member, name) in each() {
-                set(vec, &[name], i64::from(member.health() == Health::Up));
-            }
-        },
+        "member",
+        &by_name,
+        |m| i64::from(m.health() == Health::Up),
     );
     families.gauge(
         "vipgate_member_health",
@@ -282,35 +314,26 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
             }
         },
     );
-    families.gauge(
+    families.gauge_each(
         "vipgate_member_connections_active",
         "Connections (HTTP: requests) open to the member now.",
-        &["member"],
-        |vec| {
-            for (member, name) in each() {
-                set(vec, &[name], member.active_connections() as i64);
-            }
-        },
+        "member",
+        &by_name,
+        |m| m.active_connections() as i64,
     );
-    families.counter(
+    families.counter_each(
         "vipgate_member_connections_total",
         "Connections established to the member.",
-        &["member"],
-        |vec| {
-            for (member, name) in each() {
-                add(vec, &[name], member.total_connections());
-            }
-        },
+        "member",
+        &by_name,
+        |m| m.total_connections(),
     );
-    families.counter(
+    families.counter_each(
         "vipgate_member_connect_failures_total",
         "Connects to the member that were refused, timed out or failed.",
-        &["member"],
-        |vec| {
-            for (member, name) in each() {
-                add(vec, &[name], member.connect_failures());
-            }
-        },
+        "member",
+        &by_name,
+        |m| m.connect_failures(),
     );
     families.counter(
         "vipgate_member_bytes_total",
@@ -369,41 +392,47 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
     }
 }
 
+fn label_values(key: &[String; 3]) -> [&str; 3] {
+    [key[0].as_str(), key[1].as_str(), key[2].as_str()]
+}
+
 fn snat(snapshot: &Snapshot, families: &mut Families) {
     let labels = ["snat_pool", "address", "member"];
+    // (pool, address, member) -> (in use, free) for every port set.
+    let mut usage: Vec<([String; 3], usize, Option<usize>)> = Vec::new();
+    for pool in snapshot.snat_pools() {
+        for address in pool.addresses() {
+            for (member, ports) in address.usage() {
+                let key = [
+                    pool.name().to_string(),
+                    address.address.to_string(),
+                    member.to_string(),
+                ];
+                usage.push((key, ports.in_use(), Some(ports.free())));
+            }
+        }
+    }
+    for plan in &snapshot.plan().virtuals {
+        if let Some(SourceNat::Automap(automap)) =
+            snapshot.virtual_server(&plan.name).map(|v| &v.snat)
+        {
+            for (address, member, in_use) in automap.usage() {
+                let key = [
+                    format!("automap:{}", plan.name),
+                    address.to_string(),
+                    member.to_string(),
+                ];
+                usage.push((key, in_use, None));
+            }
+        }
+    }
     families.gauge(
         "vipgate_snat_ports_in_use",
         "Source ports taken on a SNAT address toward one member (automap: connections).",
         &labels,
         |vec| {
-            for pool in snapshot.snat_pools() {
-                for address in pool.addresses() {
-                    for (member, ports) in address.usage() {
-                        set(
-                            vec,
-                            &[
-                                pool.name(),
-                                &address.address.to_string(),
-                                &member.to_string(),
-                            ],
-                            ports.in_use() as i64,
-                        );
-                    }
-                }
-            }
-            for plan in &snapshot.plan().virtuals {
-                if let Some(SourceNat::Automap(automap)) =
-                    snapshot.virtual_server(&plan.name).map(|v| &v.snat)
-                {
-                    let name = format!("automap:{}", plan.name);
-                    for (address, member, in_use) in automap.usage() {
-                        set(
-                            vec,
-                            &[&name, &address.to_string(), &member.to_string()],
-                            in_use as i64,
-                        );
-                    }
-                }
+            for (key, in_use, _) in &usage {
+                set(vec, &label_values(key), *in_use as i64);
             }
         },
     );
@@ -412,19 +441,9 @@ fn snat(snapshot: &Snapshot, families: &mut Families) {
         "Source ports still free on a SNAT address toward one member.",
         &labels,
         |vec| {
-            for pool in snapshot.snat_pools() {
-                for address in pool.addresses() {
-                    for (member, ports) in address.usage() {
-                        set(
-                            vec,
-                            &[
-                                pool.name(),
-                                &address.address.to_string(),
-                                &member.to_string(),
-                            ],
-                            ports.free() as i64,
-                        );
-                    }
+            for (key, _, free) in &usage {
+                if let Some(free) = free {
+                    set(vec, &label_values(key), *free as i64);
                 }
             }
         },

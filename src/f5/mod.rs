@@ -6,11 +6,13 @@
 //! - `syntax`: lexer and recursive-descent parser into statements;
 //! - `convert`: statements -> a model of monitors, nodes, pools, virtuals,
 //!   SNAT pools and profiles, noting what vipgate lacks;
+//! - `virtuals`: pools, members, virtuals and SNAT pools in particular;
 //! - `emit`: the model as vipgate TOML that passes `vipgate check`.
 
 mod convert;
 mod emit;
 mod syntax;
+mod virtuals;
 
 use std::fmt;
 
