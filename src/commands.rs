@@ -13,8 +13,6 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error(transparent)]
-    Serve(#[from] crate::server::ServeError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -43,11 +41,12 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
 
 /// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains.
 pub fn run(path: &Path) -> Result<(), RunError> {
-    // Read once for the runtime's thread count; `bind_file` reads it again
-    // and keeps the path for reloads.
-    let plan = config::load(path)?;
+    let (text, plan) = config::load_with_text(path)?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
     runtime(&plan)?.block_on(async {
-        let server = Server::bind_file(path)?;
+        let server = Server::bind(plan)?.reloading_from(path, &text);
         server.run(termination_signal()).await;
         Ok(())
     })

@@ -169,7 +169,7 @@ async fn metrics_move_with_traffic_failures_and_state_changes() {
         0.0
     );
     // No client address in any label.
-    let client_side = held_local_address(&held);
+    let client_side = held.local_addr().to_string();
     for sample in &after.0.samples {
         for (_, value) in sample.labels.iter() {
             assert!(
@@ -209,10 +209,6 @@ async fn metrics_move_with_traffic_failures_and_state_changes() {
         2.0
     );
     drop(held);
-}
-
-fn held_local_address(client: &LineClient) -> String {
-    client.local_addr().to_string()
 }
 
 #[tokio::test]

@@ -149,11 +149,17 @@ impl fmt::Display for Problems<'_> {
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Plan, ConfigError> {
+    load_with_text(path).map(|(_, plan)| plan)
+}
+
+/// [`load`], also returning the file's text (for its hash, say).
+pub fn load_with_text(path: &Path) -> Result<(String, Plan), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    parse(&text, &path.display().to_string())
+    let plan = parse(&text, &path.display().to_string())?;
+    Ok((text, plan))
 }
 
 /// Validates configuration `text`; `source_name` names it in messages (a

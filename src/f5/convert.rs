@@ -379,13 +379,13 @@ impl Model {
     }
 
     fn profile(&mut self, flavour: &str, object: &str, statement: &Statement) {
-        let mut pairs: Vec<(&'static str, Option<String>, Position)> = Vec::new();
-        self.collect_pairs(statement.children(), &mut pairs);
+        let mut pairs = Vec::new();
+        profile_pairs(statement.children(), &mut pairs);
         let get = |wanted: &str| {
             pairs
                 .iter()
-                .find(|(k, _, _)| *k == wanted)
-                .and_then(|(_, v, _)| v.clone())
+                .find(|(k, _)| *k == wanted)
+                .map(|(_, v)| v.clone())
         };
         match flavour {
             "tcp" | "fastl4" => {
@@ -443,39 +443,6 @@ impl Model {
         }
     }
 
-    /// Flattens `key value` pairs of a profile, nested blocks included
-    /// (`cert-key-chain { default { cert x key y } }`).
-    fn collect_pairs(
-        &self,
-        statements: &[Statement],
-        pairs: &mut Vec<(&'static str, Option<String>, Position)>,
-    ) {
-        const KEYS: [&str; 12] = [
-            "idle-timeout",
-            "cert",
-            "key",
-            "ca-file",
-            "server-name",
-            "cookie-name",
-            "expiration",
-            "method",
-            "mode",
-            "cookie-mode",
-            "cookie-expiration",
-            "defaults-from",
-        ];
-        for statement in statements {
-            if let Some((found, rest)) = key(statement, &KEYS) {
-                pairs.push((
-                    found,
-                    rest.first().map(|w| name_of_file(&w.text)),
-                    statement.at,
-                ));
-            }
-            self.collect_pairs(statement.children(), pairs);
-        }
-    }
-
     fn node(&mut self, raw_address: &str, statement: &Statement) {
         let mut address_text = name(raw_address);
         for child in statement.children() {
@@ -520,10 +487,6 @@ impl Model {
             ),
         };
         let mut names: Vec<String> = names.into_iter().filter(|n| !n.is_empty()).collect();
-        // A tmsh `min 1 of { a b }` puts its names in a block.
-        if names.is_empty() && min.is_some() {
-            return None;
-        }
         names.retain(|monitor| match monitor.as_str() {
             "none" => false,
             "icmp" | "gateway_icmp" | "gateway-icmp" => {
@@ -564,11 +527,33 @@ fn is_host_setup(statement: &Statement) -> bool {
     )
 }
 
-/// A file path as written in a profile: tmsh names files
-/// `/Common/vip.crt`; the operator will have to point at the PEM files on
-/// the vipgate host, so the name is kept as a hint.
-fn name_of_file(text: &str) -> String {
-    name(text)
+/// The `key value` pairs of a profile, nested blocks included
+/// (`cert-key-chain { default { cert x key y } }`). Values are names
+/// without their partition: F5 profiles name file objects (`/Common/vip.crt`),
+/// which the operator exports under the same name.
+fn profile_pairs(statements: &[Statement], pairs: &mut Vec<(&'static str, String)>) {
+    const KEYS: [&str; 12] = [
+        "idle-timeout",
+        "cert",
+        "key",
+        "ca-file",
+        "server-name",
+        "cookie-name",
+        "expiration",
+        "method",
+        "mode",
+        "cookie-mode",
+        "cookie-expiration",
+        "defaults-from",
+    ];
+    for statement in statements {
+        if let Some((found, rest)) = key(statement, &KEYS) {
+            if let Some(value) = rest.first() {
+                pairs.push((found, name(&value.text)));
+            }
+        }
+        profile_pairs(statement.children(), pairs);
+    }
 }
 
 /// An F5 cookie expiration (`8:0:0`, `1:0:0:0`, `3600`) in seconds.

@@ -18,8 +18,11 @@ use tokio::time::Instant;
 use super::client_io::Phase;
 use super::headers::{add_forwarded, remove_hop_by_hop, wants_upgrade};
 use super::members::{Sender, Sent};
-use super::persistence::{cookie_value, cookie_value_any_case, url_param_route, TokenError};
-use super::{tunnel, unix_seconds, Connection, HttpVirtual};
+use super::persistence::{
+    cookie_value, cookie_value_any_case, route_of, url_param_route, TokenError,
+};
+use super::{tunnel, Connection, HttpVirtual};
+use crate::clock::unix_seconds;
 use crate::config::{CookieLifetime, Persistence};
 use crate::pool::{MemberSlot, Pool, Tried};
 
@@ -136,15 +139,13 @@ fn claim(http: &HttpVirtual, pool: &Pool, request: &Request<Incoming>, now: u64)
         Persistence::None => Claim::default(),
         Persistence::UrlParam { name, in_cookie } => {
             let target = request.uri().path_and_query().map_or("", |p| p.as_str());
-            let route = url_param_route(target, name).or_else(|| {
-                in_cookie
-                    .then(|| {
-                        cookies()
-                            .find_map(|header| cookie_value_any_case(header, name))
-                            .and_then(super::persistence::route_of)
-                    })
-                    .flatten()
-            });
+            let in_a_cookie = || {
+                cookies()
+                    .find_map(|header| cookie_value_any_case(header, name))
+                    .and_then(route_of)
+            };
+            let route =
+                url_param_route(target, name).or_else(|| in_cookie.then(in_a_cookie).flatten());
             match route {
                 None => Claim::default(),
                 Some(route) => Claim {

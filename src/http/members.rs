@@ -9,7 +9,6 @@
 //! that very moment.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -19,7 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::pool::Pool;
+use crate::pool::{MemberState, Pool};
 use crate::snat::SourceLease;
 use crate::virtual_server::{open, reencrypt, tune, Back, OpenError, VirtualServer};
 
@@ -80,11 +79,6 @@ impl MemberConnections {
         }
     }
 
-    /// Idle connections to the member at `index` right now.
-    pub(crate) fn idle(&self, index: usize) -> usize {
-        self.idle.get(index).map_or(0, ArrayQueue::len)
-    }
-
     fn checkout(&self, index: usize) -> Option<Sender> {
         let queue = self.idle.get(index)?;
         while let Some(idle) = queue.pop() {
@@ -122,13 +116,11 @@ impl MemberConnections {
         let Some(member) = pool.members().get(index) else {
             return Sent::Unreachable(request, io::Error::other("no such member"));
         };
-        let address = member.state.address();
         loop {
             let (mut sender, reused) = match self.checkout(index) {
                 Some(sender) => (sender, true),
-                None => match dial(virtual_server, pool, address).await {
+                None => match dial(virtual_server, pool, &member.state).await {
                     Ok((sender, connection, lease)) => {
-                        member.state.record_connected();
                         tokio::spawn(async move {
                             // The source port stays taken while the
                             // connection lives.
@@ -157,12 +149,14 @@ impl MemberConnections {
 }
 
 /// Opens a connection to the member at `address`, the way the virtual
-/// opens any: its SNAT, its connect timeout, its pool's TLS.
+/// opens any: its SNAT, its connect timeout, its pool's TLS. Counts the
+/// connection and its connect time on the member.
 pub(crate) async fn dial(
     virtual_server: &VirtualServer,
     pool: &Pool,
-    address: SocketAddr,
+    member: &MemberState,
 ) -> io::Result<Dialed> {
+    let address = member.address();
     let plan = &virtual_server.plan;
     let connecting = Instant::now();
     let (stream, lease) =
@@ -189,8 +183,7 @@ pub(crate) async fn dial(
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
-    if let Some(member) = pool.members().iter().find(|m| m.state.address() == address) {
-        member.state.record_connect_time(connecting.elapsed());
-    }
+    member.record_connect_time(connecting.elapsed());
+    member.record_connected();
     Ok((sender, connection, lease))
 }

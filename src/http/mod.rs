@@ -74,18 +74,6 @@ impl HttpVirtual {
             members: MemberConnections::new(members),
         })
     }
-
-    /// Idle kept-alive connections to the member at `index` of the pool.
-    pub fn idle_member_connections(&self, index: usize) -> usize {
-        self.members.idle(index)
-    }
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 fn read_secret(path: &Path) -> Result<CookieSeal, HttpError> {

@@ -41,11 +41,10 @@ pub(super) async fn send(
         return Sent::Unreachable(request, std::io::Error::other("no such member"));
     };
     let (mut sender, member_connection, lease) =
-        match dial(virtual_server, pool, member.state.address()).await {
+        match dial(virtual_server, pool, &member.state).await {
             Ok(dialed) => dialed,
             Err(error) => return Sent::Unreachable(request, error),
         };
-    member.state.record_connected();
     let lease = Arc::new(lease);
     let held = Arc::clone(&lease);
     tokio::spawn(async move {

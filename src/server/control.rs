@@ -105,7 +105,7 @@ impl ReloadStats {
             *error = None;
         }
         self.last_success
-            .store(crate::http::unix_seconds(), Ordering::Relaxed);
+            .store(crate::clock::unix_seconds(), Ordering::Relaxed);
     }
 }
 
@@ -253,11 +253,7 @@ impl Control {
     async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut running = self.running.lock().await;
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.clone(),
-            error,
-        })?;
-        let plan = config::parse(&text, &path.display().to_string())?;
+        let (text, plan) = config::load_with_text(path)?;
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }
@@ -316,9 +312,7 @@ impl Control {
         });
         let mut virtuals_added = Vec::new();
         for (name, address, listener) in bound {
-            if !virtuals_removed.contains(&name)
-                && !current.plan.virtuals.iter().any(|v| v.name == name)
-            {
+            if !current.plan.virtuals.iter().any(|v| v.name == name) {
                 virtuals_added.push(name.clone());
             }
             self.spawn_accept_loop(&mut running, name, address, listener);

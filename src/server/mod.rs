@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, Mode, Plan, Snat, Tls};
+use crate::config::{Mode, Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::http::{HttpError, HttpVirtual};
 use crate::pool::{MemberRegistry, MemberState, Pool};
@@ -254,15 +254,6 @@ fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String
         .collect()
 }
 
-/// Why `Server::bind_file` could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Start(#[from] StartError),
-}
-
 /// Why vipgate could not start serving a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -318,21 +309,13 @@ impl Server {
         })
     }
 
-    /// Opens the listeners of the configuration file at `path`, which
-    /// SIGHUP and `POST /reload` read again.
-    pub fn bind_file(path: &Path) -> Result<Server, ServeError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let plan = crate::config::parse(&text, &path.display().to_string())?;
-        for warning in &plan.warnings {
-            tracing::warn!("{warning}");
-        }
-        let mut server = Server::bind(plan)?;
-        server.config_path = Some(path.to_path_buf());
-        server.config_hash = control::config_hash(&text);
-        Ok(server)
+    /// Makes the configuration file at `path` (whose content was `text`
+    /// when `plan` was made from it) the one SIGHUP and `POST /reload`
+    /// read again.
+    pub fn reloading_from(mut self, path: &Path, text: &str) -> Server {
+        self.config_path = Some(path.to_path_buf());
+        self.config_hash = control::config_hash(text);
+        self
     }
 
     /// Where the admin endpoint listens, if it is on.

@@ -44,7 +44,10 @@ pub async fn start(toml: &str) -> Vipgate {
 /// Starts vipgate from the configuration file at `path`, which
 /// `POST /reload` (and SIGHUP) read again.
 pub async fn start_file(path: &std::path::Path) -> Vipgate {
-    let server = Server::bind_file(path).unwrap_or_else(|e| panic!("{e}"));
+    let (text, plan) = vipgate::config::load_with_text(path).unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::bind(plan)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .reloading_from(path, &text);
     run(server)
 }
 
