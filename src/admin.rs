@@ -271,35 +271,37 @@ fn status(control: &Control) -> Value {
     let pools: Vec<Value> = plan
         .pools
         .values()
-        .map(|pool| {
-            let members: Vec<Value> = pool
-                .members
+        .filter_map(|pool| {
+            let live = snapshot.pool(&pool.name)?;
+            let members: Vec<Value> = live
+                .members()
                 .iter()
-                .filter_map(|member| {
-                    let state = snapshot.member(&member.address)?;
+                .map(|member| {
+                    let state = &member.state;
+                    let address = state.address();
                     let (to_member, to_client) = state.bytes();
                     let monitors: Vec<Value> = snapshot
                         .health()
-                        .probes_of(member.address)
+                        .probes_of(&pool.name, address)
                         .into_iter()
                         .map(|(key, status)| {
                             let (health, detail) = status.verdict();
-                            json!({ "monitor": key.monitor, "target": key.target.to_string(), "result": health.as_str(), "detail": detail })
+                            json!({ "monitor": key.monitor, "target": key.target_text(), "result": health.as_str(), "detail": detail })
                         })
                         .collect();
-                    Some(json!({
-                        "address": member.address.to_string(),
+                    json!({
+                        "address": address.to_string(),
                         "route": member.route,
-                        "health": state.health().as_str(),
+                        "health": member.health.health().as_str(),
                         "state": state.admin_state().to_string(),
                         "connections": { "active": state.active_connections(), "total": state.total_connections() },
                         "connect_failures": state.connect_failures(),
                         "bytes": { "to_member": to_member, "to_client": to_client },
                         "monitors": monitors,
-                    }))
+                    })
                 })
                 .collect();
-            json!({ "name": pool.name, "algorithm": pool.algorithm.to_string(), "members": members })
+            Some(json!({ "name": pool.name, "algorithm": pool.algorithm.to_string(), "members": members }))
         })
         .collect();
     let snat: Vec<Value> = snapshot

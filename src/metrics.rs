@@ -14,7 +14,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::{AdminState, Mode};
-use crate::pool::{Health, MemberState};
+use crate::pool::{Health, Member, MemberState};
 use crate::server::{Control, Snapshot};
 use crate::snat::SourceNat;
 use crate::virtual_server::VirtualServer;
@@ -282,20 +282,24 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         .map(String::as_str)
         .zip(members.iter())
         .collect();
-    families.gauge_each(
+    families.gauge(
         "vipgate_member_up",
-        "1 when the member's monitors pass (or it has none), else 0.",
-        "member",
-        &by_name,
-        |m| i64::from(m.health() == Health::Up),
+        "1 when the member's monitors in this pool (its own rule and its node's) pass, or it has none; else 0.",
+        &["pool", "member"],
+        |vec| {
+            for (pool, member, name) in pool_members(snapshot) {
+                let up = member.health.health() == Health::Up;
+                set(vec, &[pool, &name], i64::from(up));
+            }
+        },
     );
     families.gauge(
         "vipgate_member_health",
-        "1 for the member's current health: up, down, or unchecked (first probes not finished).",
-        &["member", "health"],
+        "1 for the member's current health in this pool: up, down, or unchecked (first probes not finished).",
+        &["pool", "member", "health"],
         |vec| {
-            for (member, name) in each() {
-                set(vec, &[name, member.health().as_str()], 1);
+            for (pool, member, name) in pool_members(snapshot) {
+                set(vec, &[pool, &name, member.health.health().as_str()], 1);
             }
         },
     );
@@ -366,7 +370,7 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         |vec| {
             for pool in snapshot.plan().pools.keys() {
                 if let Some(live) = snapshot.pool(pool) {
-                    let up = live.members().iter().filter(|m| m.state.usable()).count();
+                    let up = live.members().iter().filter(|m| m.usable()).count();
                     set(vec, &[pool], up as i64);
                 }
             }
@@ -381,7 +385,7 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
                 let (health, _) = status.verdict();
                 set(
                     vec,
-                    &[&key.monitor, &key.target.to_string()],
+                    &[&key.monitor, &key.target_text()],
                     i64::from(health == Health::Up),
                 );
             }
@@ -390,6 +394,16 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
     for member in &members {
         families.histogram(member.connect_histogram());
     }
+}
+
+/// Every member of every pool, with the pool's name and the member's
+/// address as text.
+fn pool_members(snapshot: &Snapshot) -> impl Iterator<Item = (&str, &Member, String)> {
+    snapshot.pools().flat_map(|pool| {
+        pool.members()
+            .iter()
+            .map(move |member| (pool.name(), member, member.state.address().to_string()))
+    })
 }
 
 fn label_values(key: &[String; 3]) -> [&str; 3] {

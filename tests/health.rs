@@ -103,7 +103,7 @@ async fn all_rule_takes_both_ports_of_a_host_down_and_back_up() {
         closed_at.elapsed()
     );
     assert_eq!(
-        vipgate.member(other).health(),
+        vipgate.health(other),
         Health::Up,
         "its own monitor still passes"
     );
@@ -131,8 +131,8 @@ async fn min_rule_keeps_members_up_while_enough_monitors_pass() {
     second.close().await;
     // Well past the timeout: still up, one of two passes.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(vipgate.member(first.addr).health(), Health::Up);
-    assert_eq!(vipgate.member(second.addr).health(), Health::Up);
+    assert_eq!(vipgate.health(first.addr), Health::Up);
+    assert_eq!(vipgate.health(second.addr), Health::Up);
     first.close().await;
     wait_health(&vipgate, first.addr, Health::Down).await;
     wait_health(&vipgate, second.addr, Health::Down).await;
@@ -162,11 +162,7 @@ async fn node_monitor_takes_every_member_of_the_address_down() {
     );
     let vipgate = start(&toml).await;
     wait_health(&vipgate, members[0], Health::Up).await;
-    assert_eq!(
-        vipgate.member(spare).health(),
-        Health::Up,
-        "no monitor: up at once"
-    );
+    assert_eq!(vipgate.health(spare), Health::Up, "no monitor: up at once");
     node_port.close().await;
     wait_health(&vipgate, members[0], Health::Down).await;
     wait_health(&vipgate, members[1], Health::Down).await;
@@ -416,7 +412,7 @@ async fn a_blackholed_monitor_times_out_without_delaying_other_probes() {
         "the fast probe waited"
     );
     assert_eq!(
-        vipgate.member(slow_member).health(),
+        vipgate.health(slow_member),
         Health::Unchecked,
         "still probing"
     );

@@ -9,78 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::http_client::HttpClient;
+use common::admin::*;
 use common::*;
 use serde_json::Value;
-
-/// The admin table every test here uses: an OS-chosen port on loopback.
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-
-/// A scrape of `/metrics`, parsed.
-struct Scrape(prometheus_parse::Scrape);
-
-impl Scrape {
-    async fn of(vipgate: &Vipgate) -> Scrape {
-        let reply = admin(vipgate, "GET", "/metrics", None).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(reply
-            .header("content-type")
-            .starts_with("text/plain; version=0.0.4"));
-        let lines = reply.body.lines().map(|line| Ok(line.to_string()));
-        Scrape(prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text"))
-    }
-
-    /// The value of `metric` with exactly these labels (among others).
-    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0
-            .samples
-            .iter()
-            .find(|sample| {
-                sample.metric == metric
-                    && labels
-                        .iter()
-                        .all(|(name, value)| sample.labels.get(name) == Some(*value))
-            })
-            .map(|sample| match sample.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
-    }
-
-    fn get(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
-        self.value(metric, labels)
-            .unwrap_or_else(|| panic!("no {metric} {labels:?}"))
-    }
-}
-
-/// One call to the admin endpoint.
-async fn admin(
-    vipgate: &Vipgate,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> common::http_client::Reply {
-    let address = vipgate.admin.expect("the configuration has [admin]");
-    let mut client = HttpClient::connect(address).await;
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer
-        .iter()
-        .map(|b| ("authorization", b.as_str()))
-        .collect();
-    client
-        .send(method, path, &headers, Bytes::new())
-        .await
-        .unwrap()
-}
-
-async fn status(vipgate: &Vipgate) -> Value {
-    let reply = admin(vipgate, "GET", "/status", None).await;
-    assert_eq!(reply.status, 200);
-    serde_json::from_str(&reply.body).expect("status is JSON")
-}
 
 fn temp_file(test: &str, name: &str, text: &str) -> PathBuf {
     let path = common::tls_ca::temp_dir(&format!("ops-{test}")).join(name);
@@ -517,7 +448,7 @@ async fn a_monitor_change_keeps_member_health_and_a_broken_file_changes_nothing(
     // unchecked (no traffic) for 10 s; the carried-over result keeps it up.
     let reply = reload_with(&vipgate, &path, &monitored("10s")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(vipgate.member(first).health(), vipgate::pool::Health::Up);
+    assert_eq!(vipgate.health(first), vipgate::pool::Health::Up);
     assert_eq!(
         tag_of_answer(vipgate.addr("vs")).await.as_deref(),
         Some("m1")

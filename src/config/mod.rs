@@ -29,10 +29,10 @@ pub use plan::{
     Admin, AdminAuth, AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan,
     Keepalive, MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType,
     NodePlan, Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
-    ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, Terminate, Tls, TlsMode,
-    VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MONITOR_INTERVAL,
-    DEFAULT_MONITOR_TIMEOUT,
+    ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, StatusMatch, Terminate, Tls,
+    TlsMode, VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
 
 /// Why a configuration could not become a [`Plan`].

@@ -1,9 +1,9 @@
 //! Validation of the health parts of a configuration: `[monitors.NAME]`,
 //! monitor rules (`{ all = [...] }`, `{ min = N, of = [...] }`) on pools,
-//! members and `[nodes."IP"]`, and their consistency across pools.
+//! members and `[nodes."IP"]`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use toml::Spanned;
 
@@ -56,62 +56,40 @@ impl Checker<'_> {
                 .as_ref()
                 .map_or_else(String::new, |v| v.get_ref().clone())
         };
+        let span = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.span());
         let probe = match monitor.kind {
             MonitorType::Tcp => {
-                self.not_for(&key, "path", monitor.path.as_ref().map(|v| v.span()), "tcp");
+                self.not_for(&key, "path", span(&monitor.path), "tcp");
+                self.not_for(&key, "host", span(&monitor.host), "tcp");
                 self.not_for(
                     &key,
                     "expect_status",
                     monitor.expect_status.as_ref().map(|v| v.span()),
                     "tcp",
                 );
+                self.not_for(&key, "tls", monitor.tls.as_ref().map(|v| v.span()), "tcp");
                 Some(Probe::Tcp {
                     send: text(&monitor.send),
                     expect: text(&monitor.expect),
                 })
             }
-            MonitorType::Http => {
-                self.not_for(
-                    &key,
-                    "send",
-                    monitor.send.as_ref().map(|v| v.span()),
-                    "http",
-                );
-                self.not_for(
-                    &key,
-                    "expect",
-                    monitor.expect.as_ref().map(|v| v.span()),
-                    "http",
-                );
-                let path = monitor
-                    .path
-                    .as_ref()
-                    .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
-                let path_ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
-                if !path_ok {
-                    self.report(
-                        &format!("{key}.path"),
-                        monitor.path.as_ref().map(|p| p.span()),
-                        format!("\"{path}\" is not a request path"),
-                        Some("start it with '/' and use no spaces, e.g. \"/health\"".into()),
-                    );
+            MonitorType::Http => self.http_probe(&key, monitor),
+            MonitorType::Icmp => {
+                for (field, span) in [
+                    ("port", monitor.port.as_ref().map(|v| v.span())),
+                    ("send", span(&monitor.send)),
+                    ("expect", span(&monitor.expect)),
+                    ("path", span(&monitor.path)),
+                    ("host", span(&monitor.host)),
+                    (
+                        "expect_status",
+                        monitor.expect_status.as_ref().map(|v| v.span()),
+                    ),
+                    ("tls", monitor.tls.as_ref().map(|v| v.span())),
+                ] {
+                    self.not_for(&key, field, span, "icmp");
                 }
-                let expect_status = match &monitor.expect_status {
-                    None => Some(200),
-                    Some(value) => self
-                        .integer_in(
-                            &format!("{key}.expect_status"),
-                            value,
-                            100,
-                            599,
-                            "an HTTP status",
-                        )
-                        .map(|status| status as u16),
-                };
-                expect_status.map(|expect_status| Probe::Http {
-                    path,
-                    expect_status,
-                })
+                Some(Probe::Icmp)
             }
         };
         Some(MonitorPlan {
@@ -121,6 +99,100 @@ impl Checker<'_> {
             interval,
             timeout,
         })
+    }
+
+    fn http_probe(&mut self, key: &str, monitor: &RawMonitor) -> Option<Probe> {
+        self.not_for(key, "send", monitor.send.as_ref().map(|v| v.span()), "http");
+        let path = monitor
+            .path
+            .as_ref()
+            .map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+        let path_ok = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
+        if !path_ok {
+            self.report(
+                &format!("{key}.path"),
+                monitor.path.as_ref().map(|p| p.span()),
+                format!("\"{path}\" is not a request path"),
+                Some("start it with '/' and use no spaces, e.g. \"/health\"".into()),
+            );
+        }
+        let host = monitor
+            .host
+            .as_ref()
+            .map_or_else(String::new, |h| h.get_ref().clone());
+        if let Some(value) = &monitor.host {
+            // It goes into a request line: no spaces or control characters.
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                self.report(
+                    &format!("{key}.host"),
+                    Some(value.span()),
+                    format!("\"{host}\" is not a host name"),
+                    Some("write the name the member expects, e.g. host = \"gwe.internal\"".into()),
+                );
+            }
+        }
+        let expect_status = match &monitor.expect_status {
+            None => Some(StatusMatch::Exactly(200)),
+            Some(value) => self.status_match(&format!("{key}.expect_status"), value),
+        };
+        let tls = match &monitor.tls {
+            Some(value) => match value.get_ref() {
+                RawMonitorTls::On(false) => Reencrypt::Off,
+                // As F5's https monitor: encrypted, the certificate not checked.
+                RawMonitorTls::On(true) => Reencrypt::On {
+                    server_name: String::new(),
+                    verify: MemberVerification::Disabled,
+                },
+                RawMonitorTls::Verified(table) => {
+                    self.reencrypt_table(&format!("{key}.tls"), table, value.span(), false)
+                }
+            },
+            None => Reencrypt::Off,
+        };
+        Some(Probe::Http {
+            path,
+            host,
+            expect_status: expect_status?,
+            expect: monitor
+                .expect
+                .as_ref()
+                .map_or_else(String::new, |e| e.get_ref().clone()),
+            tls,
+        })
+    }
+
+    fn status_match(&mut self, key: &str, value: &Spanned<RawStatus>) -> Option<StatusMatch> {
+        let hint = "a status such as 200, a class such as \"2xx\", or \"any\"";
+        match value.get_ref() {
+            RawStatus::Code(code) => {
+                let spanned = Spanned::new(value.span(), *code);
+                self.integer_in(key, &spanned, 100, 599, hint)
+                    .map(|code| StatusMatch::Exactly(code as u16))
+            }
+            RawStatus::Text(text) => {
+                let text = text.trim().to_ascii_lowercase();
+                let class = text
+                    .strip_suffix("xx")
+                    .and_then(|digit| digit.parse::<u8>().ok())
+                    .filter(|digit| (1..=5).contains(digit));
+                match (text.as_str(), class) {
+                    ("any", _) => Some(StatusMatch::Any),
+                    (_, Some(class)) => Some(StatusMatch::Class(class)),
+                    _ => match text.parse::<u16>() {
+                        Ok(code) if (100..=599).contains(&code) => Some(StatusMatch::Exactly(code)),
+                        _ => {
+                            self.report(
+                                key,
+                                Some(value.span()),
+                                format!("\"{text}\" is not an HTTP status to expect"),
+                                Some(hint.into()),
+                            );
+                            None
+                        }
+                    },
+                }
+            }
+        }
     }
 
     fn not_for(
@@ -159,12 +231,13 @@ impl Checker<'_> {
                 Some(rule) => self.rule(&format!("{key}.monitor"), rule, raw),
             };
             for name in monitor.monitors() {
-                if raw.monitors[name].get_ref().port.is_none() {
+                let used = raw.monitors[name].get_ref();
+                if used.port.is_none() && used.kind != MonitorType::Icmp {
                     self.report(
                         &format!("{key}.monitor"),
                         Some(node.span()),
                         format!("monitor \"{name}\" has no `port`, and a node has no port of its own to probe"),
-                        Some(format!("set port in [monitors.{name}], e.g. port = 22")),
+                        Some(format!("set port in [monitors.{name}], e.g. port = 22, or use a type = \"icmp\" monitor")),
                     );
                 }
             }
@@ -246,31 +319,6 @@ impl Checker<'_> {
                     )
                     .unwrap_or(1);
                 MonitorRule::AtLeast { min, of: resolved }
-            }
-        }
-    }
-
-    /// A member's health is kept per address, so an address that is in
-    /// several pools must be judged by the same monitors in all of them.
-    pub(super) fn member_consistency(&mut self, pools: &BTreeMap<String, PoolPlan>) {
-        let mut seen: BTreeMap<SocketAddr, (&str, &MonitorRule)> = BTreeMap::new();
-        for pool in pools.values() {
-            for member in &pool.members {
-                match seen.get(&member.address) {
-                    Some((first_pool, rule)) if *rule != &member.monitor => self.report(
-                        &format!("pools.{}.members", pool.name),
-                        None,
-                        format!(
-                            "member {} is monitored by \"{}\" here but by \"{}\" in pools.{first_pool}",
-                            member.address, member.monitor, rule
-                        ),
-                        Some("a member's health is per address: give it the same monitor rule in every pool".into()),
-                    ),
-                    Some(_) => {}
-                    None => {
-                        seen.insert(member.address, (&pool.name, &member.monitor));
-                    }
-                }
             }
         }
     }

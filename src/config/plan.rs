@@ -364,12 +364,13 @@ pub struct MonitorPlan {
     pub timeout: Duration,
 }
 
-/// `type = "tcp" | "http"`.
+/// `type = "tcp" | "http" | "icmp"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MonitorType {
     Tcp,
     Http,
+    Icmp,
 }
 
 /// What one probe does.
@@ -378,8 +379,19 @@ pub enum Probe {
     /// Connect; then, if `send` is not empty, send it; then, if `expect` is
     /// not empty, read until it appears.
     Tcp { send: String, expect: String },
-    /// `GET path` over HTTP/1.0; up when the status is `expect_status`.
-    Http { path: String, expect_status: u16 },
+    /// `GET path` over HTTP/1.0 (over TLS when `tls` is on); up when the
+    /// status matches `expect_status` and, if `expect` is not empty, the
+    /// response (head and body, first 4 KiB) contains it.
+    Http {
+        path: String,
+        /// The `Host` header; empty: the probed address.
+        host: String,
+        expect_status: StatusMatch,
+        expect: String,
+        tls: Reencrypt,
+    },
+    /// An ICMP echo request to the address; up when the reply comes back.
+    Icmp,
 }
 
 impl fmt::Display for Probe {
@@ -397,8 +409,59 @@ impl fmt::Display for Probe {
             }
             Probe::Http {
                 path,
+                host,
                 expect_status,
-            } => write!(f, "http GET {path}, expect status {expect_status}"),
+                expect,
+                tls,
+            } => {
+                let scheme = match tls {
+                    Reencrypt::Off => "http",
+                    Reencrypt::On { .. } => "https",
+                };
+                write!(f, "{scheme} GET {path}")?;
+                if !host.is_empty() {
+                    write!(f, " (Host: {host})")?;
+                }
+                write!(f, ", expect status {expect_status}")?;
+                if !expect.is_empty() {
+                    write!(f, " and {expect:?}")?;
+                }
+                Ok(())
+            }
+            Probe::Icmp => f.write_str("icmp echo"),
+        }
+    }
+}
+
+/// Which HTTP statuses an http monitor accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// Exactly this status (`expect_status = 200`).
+    Exactly(u16),
+    /// Any status of this class (`expect_status = "2xx"`: 2).
+    Class(u8),
+    /// Any HTTP answer at all (`expect_status = "any"`, F5's http monitor
+    /// without a receive string).
+    Any,
+}
+
+impl StatusMatch {
+    /// Whether `status` is accepted.
+    pub fn accepts(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Exactly(expected) => status == expected,
+            StatusMatch::Class(class) => status / 100 == u16::from(class),
+            StatusMatch::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusMatch::Exactly(status) => write!(f, "{status}"),
+            StatusMatch::Class(class) => write!(f, "{class}xx"),
+            StatusMatch::Any => f.write_str("any"),
         }
     }
 }
@@ -683,9 +746,10 @@ impl fmt::Display for Plan {
             )?,
         }
         for monitor in self.monitors.values() {
-            let port = match monitor.port {
-                ProbePort::Member => "the member's port".to_string(),
-                ProbePort::Fixed(port) => format!("port {port}"),
+            let port = match (&monitor.probe, monitor.port) {
+                (Probe::Icmp, _) => "the address".to_string(),
+                (_, ProbePort::Member) => "the member's port".to_string(),
+                (_, ProbePort::Fixed(port)) => format!("port {port}"),
             };
             writeln!(
                 f,

@@ -63,7 +63,51 @@ pub struct RawMonitor {
     pub send: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
-    pub expect_status: Option<Spanned<i64>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<RawStatus>>,
+    pub tls: Option<Spanned<RawMonitorTls>>,
+}
+
+/// An http monitor's `expect_status`: `200`, `"2xx"` or `"any"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+/// An http monitor's `tls`: `true` (HTTPS without checking the member's
+/// certificate, as F5's https monitor) or a table as a pool's `tls`.
+#[derive(Debug)]
+pub enum RawMonitorTls {
+    On(bool),
+    Verified(RawPoolTls),
+}
+
+// By hand rather than `untagged`: an untagged enum buffers its input, and
+// the `Spanned` values inside the table cannot be read back from a buffer.
+impl<'de> Deserialize<'de> for RawMonitorTls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawMonitorTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table such as { ca = \"ca.pem\" }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawMonitorTls, E> {
+                Ok(RawMonitorTls::On(on))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<RawMonitorTls, M::Error> {
+                let table =
+                    RawPoolTls::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawMonitorTls::Verified(table))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `monitor = { all = [...] }` or `monitor = { min = N, of = [...] }`.

@@ -327,7 +327,10 @@ fn monitors_get_f5_defaults_and_members_inherit_or_override_the_pool_rule() {
         plan.monitors["WEB"].probe,
         Probe::Http {
             path: "/health".into(),
-            expect_status: 200
+            host: String::new(),
+            expect_status: StatusMatch::Exactly(200),
+            expect: String::new(),
+            tls: Reencrypt::Off,
         }
     );
     assert_eq!(plan.monitors["WEB"].port, ProbePort::Member);
@@ -385,7 +388,98 @@ fn monitor_settings_are_checked() {
     assert_eq!(problem.key, "monitors.WEB.path");
     let problem = only_problem(&MONITORED.replace("port = 9070", "port = 70000"));
     assert_eq!(problem.key, "monitors.TCP-9070.port");
-    assert!(parse(&MONITORED.replace("type = \"tcp\"", "type = \"icmp\""), "t").is_err());
+    let problem = only_problem(&MONITORED.replace("type = \"tcp\"", "type = \"icmp\""));
+    assert_eq!(problem.key, "monitors.TCP-9070.port");
+    assert_eq!(problem.message, "`port` has no meaning for a icmp monitor");
+}
+
+#[test]
+fn http_monitors_take_a_host_tls_a_status_class_and_text() {
+    let text = MONITORED.replace(
+        "path = \"/health\"",
+        "path = \"/health\"\nhost = \"gwe.internal\"\nexpect_status = \"2xx\"\nexpect = \"ok\"\ntls = true",
+    );
+    let plan = parse(&text, "t").unwrap();
+    let Probe::Http {
+        host,
+        expect_status,
+        expect,
+        tls,
+        ..
+    } = &plan.monitors["WEB"].probe
+    else {
+        panic!("http")
+    };
+    assert_eq!((host.as_str(), expect.as_str()), ("gwe.internal", "ok"));
+    assert_eq!(*expect_status, StatusMatch::Class(2));
+    assert!(expect_status.accepts(204) && !expect_status.accepts(301));
+    assert!(
+        matches!(
+            tls,
+            Reencrypt::On {
+                verify: MemberVerification::Disabled,
+                ..
+            }
+        ),
+        "tls = true does not check the certificate, as F5's https monitor"
+    );
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+    let any = parse(
+        &MONITORED.replace("path = \"/health\"", "expect_status = \"any\""),
+        "t",
+    )
+    .unwrap();
+    assert!(matches!(
+        &any.monitors["WEB"].probe,
+        Probe::Http {
+            expect_status: StatusMatch::Any,
+            ..
+        }
+    ));
+    let verified = MONITORED.replace(
+        "path = \"/health\"",
+        "tls = { ca = \"ca.pem\", server_name = \"gwe.internal\" }",
+    );
+    let plan = parse(&verified, "t").unwrap();
+    assert!(matches!(
+        &plan.monitors["WEB"].probe,
+        Probe::Http { tls: Reencrypt::On { verify: MemberVerification::Ca(_), server_name }, .. } if server_name == "gwe.internal"
+    ));
+
+    for (bad, key) in [
+        ("expect_status = \"6xx\"", "monitors.WEB.expect_status"),
+        ("expect_status = 99", "monitors.WEB.expect_status"),
+        ("host = \"two words\"", "monitors.WEB.host"),
+        ("tls = { server_name = \"x\" }", "monitors.WEB.tls"),
+    ] {
+        let problem = only_problem(&MONITORED.replace("path = \"/health\"", bad));
+        assert_eq!(problem.key, key, "{bad}: {problem}");
+    }
+    let problem = only_problem(&MONITORED.replace("port = 9070", "port = 9070\ntls = true"));
+    assert_eq!(problem.message, "`tls` has no meaning for a tcp monitor");
+}
+
+#[test]
+fn icmp_monitors_have_no_port_and_serve_nodes() {
+    let text = format!(
+        "{MONITORED}\n[monitors.PING]\ntype = \"icmp\"\ninterval = 1\ntimeout = 3\n\n[nodes.\"127.0.0.11\"]\nmonitor = {{ all = [\"PING\"] }}\n"
+    );
+    let plan = parse(&text, "t").unwrap();
+    assert_eq!(plan.monitors["PING"].probe, Probe::Icmp);
+    assert!(plan
+        .to_string()
+        .contains("monitor PING: icmp echo on the address"));
+    for field in ["send = \"x\"", "path = \"/\"", "expect_status = 200"] {
+        let problem =
+            only_problem(&text.replace("type = \"icmp\"", &format!("type = \"icmp\"\n{field}")));
+        assert!(
+            problem
+                .message
+                .ends_with("has no meaning for a icmp monitor"),
+            "{problem}"
+        );
+    }
 }
 
 #[test]
@@ -404,16 +498,14 @@ fn nodes_need_an_address_and_monitors_with_a_port() {
 }
 
 #[test]
-fn a_member_in_two_pools_needs_the_same_monitors() {
+fn a_member_in_two_pools_may_have_a_rule_in_each() {
     let text =
         format!("{MONITORED}\n[pools.other]\nmembers = [ {{ address = \"127.0.0.11:9070\" }} ]\n");
-    let problem = only_problem(&text);
-    assert_eq!(problem.key, "pools.poolCSP01.members");
-    assert!(
-        problem
-            .message
-            .contains("member 127.0.0.11:9070 is monitored by"),
-        "{problem}"
+    let plan = parse(&text, "t").unwrap();
+    assert_eq!(plan.pools["other"].members[0].monitor, MonitorRule::Always);
+    assert_eq!(
+        plan.pools["poolCSP01"].members[0].monitor,
+        MonitorRule::All(vec!["TCP-9070".into(), "WEB".into()])
     );
 }
 

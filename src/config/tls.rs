@@ -137,7 +137,19 @@ impl Checker<'_> {
 
 impl Checker<'_> {
     pub(super) fn reencrypt(&mut self, key: &str, raw: &Spanned<RawPoolTls>) -> Reencrypt {
-        let tls = raw.get_ref();
+        self.reencrypt_table(key, raw.get_ref(), raw.span(), true)
+    }
+
+    /// A `{ ca, server_name, verify }` table; `warn_unverified` warns when
+    /// `verify = false` (a monitor's unchecked certificate matters less than
+    /// a data path's).
+    pub(super) fn reencrypt_table(
+        &mut self,
+        key: &str,
+        tls: &RawPoolTls,
+        span: std::ops::Range<usize>,
+        warn_unverified: bool,
+    ) -> Reencrypt {
         let server_name = tls
             .server_name
             .as_ref()
@@ -157,16 +169,18 @@ impl Checker<'_> {
             (true, None) => {
                 self.report(
                     key,
-                    Some(raw.span()),
-                    "re-encryption needs a CA to verify the members' certificates".into(),
+                    Some(span),
+                    "TLS toward members needs a CA to verify the members' certificates".into(),
                     Some("set ca = \"members-ca.pem\", or verify = false to skip verification (not recommended)".into()),
                 );
                 MemberVerification::Disabled
             }
             (false, _) => {
-                self.warnings.push(format!(
-                    "{key}: verify = false, member certificates are not checked"
-                ));
+                if warn_unverified {
+                    self.warnings.push(format!(
+                        "{key}: verify = false, member certificates are not checked"
+                    ));
+                }
                 MemberVerification::Disabled
             }
         };

@@ -31,7 +31,6 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
         .iter()
         .filter_map(|(name, pool)| Some((name.clone(), check.pool(name, pool, &raw)?)))
         .collect();
-    check.member_consistency(&pools);
     let virtuals: Vec<VirtualPlan> = raw
         .virtuals
         .iter()

@@ -1,10 +1,14 @@
 //! Health monitoring: probes run in their own tasks, and one evaluator turns
-//! their results into each member's health.
+//! their results into each pool member's health.
 //!
 //! A probe is one monitor against one address (`ProbeKey`): the monitor
-//! `TCP-9075` on 127.0.0.12:9075. Probes are shared: a pool rule `all =
-//! ["TCP-9070", "TCP-9075"]` makes the two members 127.0.0.12:9070 and
-//! 127.0.0.12:9075 depend on the same two probes. Each probe runs at once on
+//! `TCP-9075` on 127.0.0.12:9075, or an ICMP monitor on 127.0.0.12. Probes
+//! are shared by everyone who needs them: a pool rule `all = ["TCP-9070",
+//! "TCP-9075"]` makes the two members 127.0.0.12:9070 and 127.0.0.12:9075
+//! depend on the same two probes, and a second pool using those monitors
+//! adds no probe. Each pool member's rule is judged on its own, as on F5:
+//! the same address can be up in one pool and down in another whose rule
+//! differs. Each probe runs at once on
 //! start, then every `interval` (with a fixed per-probe offset of up to a
 //! tenth of the interval, so a large pool does not probe in lockstep), and
 //! each attempt is bounded by the interval, so a blackholed port delays
@@ -12,13 +16,15 @@
 //! attempt has succeeded for `timeout` (F5's semantics); a probe's first
 //! verdict is immediate.
 //!
-//! The evaluator owns the member health atomics the data path reads, logs
-//! each change once with its reason, and closes a member's connections when
-//! it goes down in a pool with `action_on_service_down = "reset"`.
+//! The evaluator owns the pool member health atomics the data path reads,
+//! logs each change once with its reason, and closes a member's connections
+//! through a pool with `action_on_service_down = "reset"` when it goes down
+//! there.
 
+pub mod icmp;
 pub mod probe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,14 +33,29 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::config::{MonitorPlan, MonitorRule, Plan, ProbePort, ServiceDownAction};
-use crate::pool::{Health, MemberRegistry, MemberState};
+use crate::config::{
+    MemberPlan, MonitorPlan, MonitorRule, Plan, Probe, ProbePort, ServiceDownAction,
+};
+use crate::pool::{Health, MemberHealth, MemberRegistry};
+use probe::Prober;
 
 /// One monitor aimed at one address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProbeKey {
     pub monitor: String,
+    /// Port 0 for ICMP monitors, which probe an address.
     pub target: SocketAddr,
+}
+
+impl ProbeKey {
+    /// The target as people read it: `IP:port`, or the IP alone for ICMP.
+    pub fn target_text(&self) -> String {
+        if self.target.port() == 0 {
+            self.target.ip().to_string()
+        } else {
+            self.target.to_string()
+        }
+    }
 }
 
 /// The latest verdict of one probe. Written by its probe task; read by the
@@ -101,14 +122,31 @@ impl ProbeStatus {
 /// What the health checker watches for one configuration.
 #[derive(Debug, Default)]
 pub struct HealthPlan {
-    probes: BTreeMap<ProbeKey, (MonitorPlan, Arc<ProbeStatus>)>,
+    probes: BTreeMap<ProbeKey, (Arc<Prober>, Arc<ProbeStatus>)>,
     subjects: Arc<[Subject]>,
 }
 
-/// One member address and the rules that decide its health.
+/// Why the monitors of a (valid) configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("monitors.{monitor}.tls: {error}")]
+    Tls {
+        monitor: String,
+        error: crate::tls::TlsError,
+    },
+    #[error("monitors.{monitor}: {error}")]
+    Icmp {
+        monitor: String,
+        error: icmp::Unavailable,
+    },
+}
+
+/// One member of one pool and the rules that decide its health there.
 #[derive(Debug)]
 struct Subject {
-    member: Arc<MemberState>,
+    pool: String,
+    address: SocketAddr,
+    health: Arc<MemberHealth>,
     own: CompiledRule,
     node: CompiledRule,
     reset_on_down: bool,
@@ -121,29 +159,58 @@ struct CompiledRule {
     probes: Vec<(ProbeKey, Arc<ProbeStatus>)>,
 }
 
-/// Whether the member at `address` has any monitor, its own or its node's.
-pub fn monitored(plan: &Plan, address: SocketAddr) -> bool {
+/// Whether `member` has any monitor in its pool: its own rule or its
+/// node's.
+pub fn monitored(plan: &Plan, member: &MemberPlan) -> bool {
     let node = plan
         .nodes
-        .get(&address.ip())
+        .get(&member.address.ip())
         .is_some_and(|node| node.monitor != MonitorRule::Always);
-    let own = plan
-        .pools
-        .values()
-        .flat_map(|p| &p.members)
-        .any(|m| m.address == address && m.monitor != MonitorRule::Always);
-    node || own
+    node || member.monitor != MonitorRule::Always
+}
+
+/// The address a monitor probes for a member at `address`: ICMP knows no
+/// port, so every member of an address shares one ICMP probe.
+fn target(monitor: &MonitorPlan, address: SocketAddr) -> SocketAddr {
+    match (&monitor.probe, monitor.port) {
+        (Probe::Icmp, _) => SocketAddr::new(address.ip(), 0),
+        (_, ProbePort::Member) => address,
+        (_, ProbePort::Fixed(port)) => SocketAddr::new(address.ip(), port),
+    }
 }
 
 impl HealthPlan {
-    /// The probes and rules of `plan`, for members already in `members`.
+    /// The probes and rules of `plan`, for the pool members in `members`.
     /// Probes that `previous` had keep their status (no flapping on
-    /// reload).
+    /// reload). Fails when a monitor's TLS files cannot be read or ICMP
+    /// cannot be sent.
     pub fn build(
         plan: &Plan,
         members: &MemberRegistry,
         previous: Option<&HealthPlan>,
-    ) -> HealthPlan {
+    ) -> Result<HealthPlan, HealthError> {
+        // Each monitor in use, and the address families it probes.
+        let mut families: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+        let uses = plan
+            .pools
+            .values()
+            .flat_map(|pool| pool.members.iter().map(|m| (&m.monitor, m.address.ip())))
+            .chain(
+                plan.nodes
+                    .values()
+                    .map(|node| (&node.monitor, node.address)),
+            );
+        for (rule, ip) in uses {
+            for name in rule.monitors() {
+                let family = families.entry(name.as_str()).or_default();
+                family.0 |= ip.is_ipv4();
+                family.1 |= ip.is_ipv6();
+            }
+        }
+        let mut probers: BTreeMap<&str, Arc<Prober>> = BTreeMap::new();
+        for (name, family) in families {
+            probers.insert(name, Arc::new(Prober::new(&plan.monitors[name], family)?));
+        }
         let mut probes = BTreeMap::new();
         let mut compile = |rule: &MonitorRule, address: SocketAddr| {
             let min = match rule {
@@ -154,56 +221,45 @@ impl HealthPlan {
                 .monitors()
                 .iter()
                 .map(|name| {
-                    let monitor = &plan.monitors[name];
-                    let target = match monitor.port {
-                        ProbePort::Member => address,
-                        ProbePort::Fixed(port) => SocketAddr::new(address.ip(), port),
-                    };
                     let key = ProbeKey {
                         monitor: name.clone(),
-                        target,
+                        target: target(&plan.monitors[name], address),
                     };
                     let (_, status) = probes.entry(key.clone()).or_insert_with(|| {
                         let status = previous
                             .and_then(|p| p.probes.get(&key))
                             .map_or_else(|| Arc::new(ProbeStatus::new()), |(_, s)| s.clone());
-                        (monitor.clone(), status)
+                        (Arc::clone(&probers[name.as_str()]), status)
                     });
                     (key, status.clone())
                 })
                 .collect();
             CompiledRule { min, probes }
         };
-        let mut subjects: HashMap<SocketAddr, Subject> = HashMap::new();
+        let mut subjects = Vec::new();
         for pool in plan.pools.values() {
             for member in &pool.members {
-                let reset = pool.action_on_service_down == ServiceDownAction::Reset;
-                if let Some(subject) = subjects.get_mut(&member.address) {
-                    subject.reset_on_down |= reset;
-                    continue;
-                }
-                let Some(state) = members.get(&member.address) else {
+                let Some(health) = members.health(&pool.name, member.address) else {
                     continue;
                 };
                 let node_rule = plan
                     .nodes
                     .get(&member.address.ip())
                     .map_or(MonitorRule::Always, |node| node.monitor.clone());
-                subjects.insert(
-                    member.address,
-                    Subject {
-                        member: state.clone(),
-                        own: compile(&member.monitor, member.address),
-                        node: compile(&node_rule, member.address),
-                        reset_on_down: reset,
-                    },
-                );
+                subjects.push(Subject {
+                    pool: pool.name.clone(),
+                    address: member.address,
+                    health: Arc::clone(health),
+                    own: compile(&member.monitor, member.address),
+                    node: compile(&node_rule, member.address),
+                    reset_on_down: pool.action_on_service_down == ServiceDownAction::Reset,
+                });
             }
         }
-        HealthPlan {
+        Ok(HealthPlan {
             probes,
-            subjects: subjects.into_values().collect(),
-        }
+            subjects: subjects.into(),
+        })
     }
 
     /// The status of every probe, for the status page.
@@ -211,12 +267,16 @@ impl HealthPlan {
         self.probes.iter().map(|(key, (_, status))| (key, status))
     }
 
-    /// The probes that decide the health of the member at `address` (its
-    /// own rule's, then its node's), for the status page.
-    pub fn probes_of(&self, address: SocketAddr) -> Vec<(&ProbeKey, &Arc<ProbeStatus>)> {
+    /// The probes that decide the health of the member at `address` in
+    /// `pool` (its own rule's, then its node's), for the status page.
+    pub fn probes_of(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+    ) -> Vec<(&ProbeKey, &Arc<ProbeStatus>)> {
         self.subjects
             .iter()
-            .filter(|subject| subject.member.address() == address)
+            .filter(|subject| subject.address == address && subject.pool == pool)
             .flat_map(|subject| subject.own.probes.iter().chain(&subject.node.probes))
             .map(|(key, status)| (key, status))
             .collect()
@@ -225,10 +285,10 @@ impl HealthPlan {
     /// Starts the probe tasks and the evaluator in `tasks`.
     pub fn spawn(&self, tasks: &mut JoinSet<()>) {
         let changed = Arc::new(Notify::new());
-        for (key, (monitor, status)) in &self.probes {
+        for (key, (prober, status)) in &self.probes {
             tasks.spawn(probe_loop(
                 key.clone(),
-                monitor.clone(),
+                Arc::clone(prober),
                 status.clone(),
                 changed.clone(),
             ));
@@ -247,15 +307,16 @@ impl HealthPlan {
 
 async fn probe_loop(
     key: ProbeKey,
-    monitor: MonitorPlan,
+    prober: Arc<Prober>,
     status: Arc<ProbeStatus>,
     changed: Arc<Notify>,
 ) {
+    let monitor = &prober.monitor;
     let attempt_limit = monitor.interval.min(monitor.timeout);
     let period = monitor.interval + offset(&key, monitor.interval);
     let mut next = tokio::time::Instant::now();
     loop {
-        let result = tokio::time::timeout(attempt_limit, probe::run(&monitor.probe, key.target))
+        let result = tokio::time::timeout(attempt_limit, prober.run(key.target))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
@@ -264,7 +325,7 @@ async fn probe_loop(
                 ))
             });
         if let Err(detail) = &result {
-            tracing::debug!(monitor = %key.monitor, target = %key.target, %detail, "probe failed");
+            tracing::debug!(monitor = %key.monitor, target = %key.target_text(), %detail, "probe failed");
         }
         if status.update(result, monitor.timeout) {
             changed.notify_one();
@@ -306,7 +367,9 @@ impl CompiledRule {
             };
             out.push(format!(
                 "{what} {} on {}: {} ({since})",
-                key.monitor, key.target, record.detail
+                key.monitor,
+                key.target_text(),
+                record.detail
             ));
         }
     }
@@ -343,28 +406,34 @@ impl Subject {
             (Health::Unchecked, _) | (_, Health::Unchecked) => Health::Unchecked,
             _ => Health::Up,
         };
-        let before = self.member.health();
-        if health == before {
+        if health == self.health.health() {
             return;
         }
-        self.member.set_health(health);
-        let address = self.member.address();
+        self.health.set(health);
+        let (address, pool) = (self.address, &self.pool);
         match health {
-            Health::Up => tracing::info!("member {address} up: every required monitor passes"),
+            Health::Up => {
+                tracing::info!("member {address} up in pool {pool}: every required monitor passes")
+            }
             Health::Down => {
                 let mut reasons = Vec::new();
                 self.node.reasons("node monitor", &mut reasons);
                 self.own.reasons("monitor", &mut reasons);
                 let action = if self.reset_on_down {
-                    self.member.reset_connections();
+                    self.health.reset_connections();
                     "; closing its connections (action_on_service_down = reset)"
                 } else {
                     ""
                 };
-                tracing::warn!("member {address} down: {}{action}", reasons.join("; "));
+                tracing::warn!(
+                    "member {address} down in pool {pool}: {}{action}",
+                    reasons.join("; ")
+                );
             }
             Health::Unchecked => {
-                tracing::info!("member {address} unchecked: waiting for its first probes")
+                tracing::info!(
+                    "member {address} unchecked in pool {pool}: waiting for its first probes"
+                )
             }
         }
     }

@@ -1,73 +1,34 @@
-//! The runtime state of one member address: health (written only by the
-//! health checker), administrative state, connection counts, the connect
-//! rate bucket, and the signal that closes its connections when it goes
-//! down. All atomics: the data path reads them without a lock.
+//! The runtime state of one member address, shared by every pool that
+//! lists it: administrative state, connection counts, the connect rate
+//! bucket, and the signal that closes its connections once it left the
+//! configuration. All atomics: the data path reads them without a lock.
+//! (Health is judged per pool: [`super::member_health`].)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminState, ConnectionLimit, RateLimit};
 use crate::throttle::Throttle;
 
-/// `up_since` of a member that has not recovered from being down: members
-/// up from the start share the load evenly at once; only a member coming
-/// back from down ramps up.
-const NOT_RAMPING: u64 = u64::MAX;
-
-/// What the monitors say of a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Monitored, but its first probe round has not finished: no traffic.
-    Unchecked,
-    Up,
-    Down,
-}
-
-impl Health {
-    fn from_u8(value: u8) -> Health {
-        match value {
-            1 => Health::Up,
-            2 => Health::Down,
-            _ => Health::Unchecked,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unchecked => "unchecked",
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
-
 /// The live counters and states of one member address.
 #[derive(Debug)]
 pub struct MemberState {
     address: SocketAddr,
-    health: AtomicU8,
     admin: AtomicU8,
-    /// [`crate::clock::millis`] when it last came back up after being down,
-    /// for slow ramp; [`NOT_RAMPING`] if it never was down.
-    up_since: AtomicU64,
     active: AtomicUsize,
     total: AtomicU64,
     connect_failures: AtomicU64,
     bytes_to_member: AtomicU64,
     bytes_to_client: AtomicU64,
     rate: RateBucket,
-    /// Cancelled (and replaced) when the member goes down in a pool with
-    /// `action_on_service_down = "reset"`; a child of the server's close
-    /// signal, so a shutdown closes these connections too.
-    reset: ArcSwap<CancellationToken>,
     /// Cancelled when the member left the configuration and the drain
     /// timeout after the reload ran out: closes every connection still on
-    /// it. A child of the server's close signal; parent of `reset`.
+    /// it. A child of the server's close signal; parent of each pool's
+    /// reset signal for it.
     retired: CancellationToken,
     failure_log: Throttle,
     /// Time from starting a connect to the member being connected.
@@ -80,8 +41,8 @@ const CONNECT_BUCKETS: [f64; 12] = [
 ];
 
 impl MemberState {
-    /// A new member, `monitored` or not (an unmonitored one is up at once).
-    pub fn new(address: SocketAddr, monitored: bool, close_all: &CancellationToken) -> MemberState {
+    /// A new member address; `close_all` is the server's close signal.
+    pub fn new(address: SocketAddr, close_all: &CancellationToken) -> MemberState {
         let retired = close_all.child_token();
         let connect_seconds = prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
@@ -95,16 +56,13 @@ impl MemberState {
         .expect("constant histogram options are valid");
         MemberState {
             address,
-            health: AtomicU8::new(if monitored { 0 } else { 1 }),
             admin: AtomicU8::new(0),
-            up_since: AtomicU64::new(NOT_RAMPING),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             bytes_to_member: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             rate: RateBucket::default(),
-            reset: ArcSwap::from_pointee(retired.child_token()),
             retired,
             failure_log: Throttle::default(),
             connect_seconds,
@@ -138,24 +96,6 @@ impl MemberState {
         self.address
     }
 
-    pub fn health(&self) -> Health {
-        Health::from_u8(self.health.load(Ordering::Relaxed))
-    }
-
-    /// Records a new health verdict. Only the health checker calls this.
-    pub fn set_health(&self, health: Health) {
-        let value = match health {
-            Health::Unchecked => 0,
-            Health::Up => 1,
-            Health::Down => 2,
-        };
-        let before = Health::from_u8(self.health.swap(value, Ordering::Relaxed));
-        if before == Health::Down && health == Health::Up {
-            self.up_since
-                .store(crate::clock::millis(), Ordering::Relaxed);
-        }
-    }
-
     pub fn admin_state(&self) -> AdminState {
         match self.admin.load(Ordering::Relaxed) {
             1 => AdminState::Disabled,
@@ -171,34 +111,6 @@ impl MemberState {
             AdminState::ForcedOffline => 2,
         };
         self.admin.store(value, Ordering::Relaxed);
-    }
-
-    /// Healthy and enabled: may take new connections.
-    pub fn usable(&self) -> bool {
-        self.health() == Health::Up && self.admin_state() == AdminState::Enabled
-    }
-
-    /// How far along its slow ramp the member is, from 0 (just came up) to
-    /// 1 (full share). Always 1 when `slow_ramp` is zero.
-    pub fn ramp(&self, slow_ramp: Duration) -> f64 {
-        let up_since = self.up_since.load(Ordering::Relaxed);
-        if slow_ramp.is_zero() || up_since == NOT_RAMPING {
-            return 1.0;
-        }
-        let up_for = crate::clock::millis().saturating_sub(up_since);
-        ramp_fraction(Duration::from_millis(up_for), slow_ramp)
-    }
-
-    /// The signal a connection of a pool with `action_on_service_down =
-    /// "reset"` listens to.
-    pub fn reset_signal(&self) -> CancellationToken {
-        self.reset.load().as_ref().clone()
-    }
-
-    /// Closes every connection listening to [`reset_signal`](Self::reset_signal).
-    pub fn reset_connections(&self) {
-        let previous = self.reset.swap(Arc::new(self.retired.child_token()));
-        previous.cancel();
     }
 
     /// Connections to this member open right now (including ones still
@@ -269,15 +181,6 @@ impl MemberState {
             self.active.fetch_sub(1, Ordering::Relaxed);
             None
         }
-    }
-}
-
-/// Linear slow-ramp share after being up for `up_for`.
-pub fn ramp_fraction(up_for: Duration, slow_ramp: Duration) -> f64 {
-    if slow_ramp.is_zero() {
-        1.0
-    } else {
-        (up_for.as_secs_f64() / slow_ramp.as_secs_f64()).clamp(0.0, 1.0)
     }
 }
 
@@ -353,47 +256,5 @@ mod tests {
         assert!(bucket.take(limit, start + 200));
         assert!(!bucket.take(limit, start + 200));
         assert!(bucket.take(RateLimit::Unlimited, start));
-    }
-
-    #[test]
-    fn ramp_grows_linearly_and_stops_at_full() {
-        let ramp = Duration::from_secs(60);
-        assert_eq!(ramp_fraction(Duration::ZERO, ramp), 0.0);
-        assert_eq!(ramp_fraction(Duration::from_secs(15), ramp), 0.25);
-        assert_eq!(ramp_fraction(Duration::from_secs(90), ramp), 1.0);
-        assert_eq!(ramp_fraction(Duration::ZERO, Duration::ZERO), 1.0);
-    }
-
-    #[test]
-    fn coming_up_restarts_the_ramp_and_reset_cancels_only_current_connections() {
-        let close_all = CancellationToken::new();
-        let member = MemberState::new("127.0.0.1:1".parse().unwrap(), true, &close_all);
-        assert_eq!(member.health(), Health::Unchecked);
-        assert!(!member.usable());
-        member.set_health(Health::Up);
-        assert!(member.usable());
-        assert_eq!(
-            member.ramp(Duration::from_secs(3600)),
-            1.0,
-            "up from the start: no ramp"
-        );
-        member.set_health(Health::Down);
-        member.set_health(Health::Up);
-        assert!(
-            member.ramp(Duration::from_secs(3600)) < 0.01,
-            "back from down: ramps"
-        );
-        member.set_admin_state(AdminState::Disabled);
-        assert!(!member.usable());
-
-        let before = member.reset_signal();
-        member.reset_connections();
-        assert!(before.is_cancelled());
-        assert!(!member.reset_signal().is_cancelled());
-        close_all.cancel();
-        assert!(
-            member.reset_signal().is_cancelled(),
-            "shutdown reaches member signals"
-        );
     }
 }

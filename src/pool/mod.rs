@@ -1,16 +1,19 @@
 //! Pools and their members.
 //!
-//! A member is identified by its address. Its runtime state (health, admin
-//! state, connection counts, counters) lives in a [`MemberState`] of atomics
-//! held in a [`MemberRegistry`] keyed by that address, so a pool rebuilt from
-//! a new configuration picks up the very same state for members that did not
-//! change. Choosing a member reads these atomics and takes no lock.
+//! A member is identified by its address. Its runtime state (admin state,
+//! connection counts, counters) lives in a [`MemberState`] of atomics held
+//! in a [`MemberRegistry`] keyed by that address; its health, as on F5, is
+//! judged per pool ([`MemberHealth`], keyed by pool and address). A pool
+//! rebuilt from a new configuration picks up the very same state for
+//! members that did not change. Choosing a member reads these atomics and
+//! takes no lock.
 //!
 //! [`selection`] holds the algorithms; this module decides which members
 //! they may choose from: healthy, enabled, under their limits, in the active
 //! priority group, and not yet tried for this connection.
 
 mod member;
+mod member_health;
 mod selection;
 
 use std::collections::HashMap;
@@ -18,18 +21,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use member::{ramp_fraction, Health, MemberSlot, MemberState};
+pub use member::{MemberSlot, MemberState};
+pub use member_health::{ramp_fraction, Health, MemberHealth};
 pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminState, ConnectionLimit, PoolPlan, RateLimit, ServiceDownAction};
+use crate::config::{
+    AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, ServiceDownAction,
+};
 use crate::tls::MemberTls;
 
-/// Every member's state, by address. Rebuilt on each configuration change,
-/// carrying over the state of addresses that stay.
+/// Every member's state, by address, and every pool member's health, by
+/// pool and address. Rebuilt on each configuration change, carrying over
+/// the state of what stays.
 #[derive(Debug, Default)]
 pub struct MemberRegistry {
     members: HashMap<SocketAddr, Arc<MemberState>>,
+    health: HashMap<(String, SocketAddr), Arc<MemberHealth>>,
 }
 
 impl MemberRegistry {
@@ -38,7 +46,6 @@ impl MemberRegistry {
     pub fn state_for(
         &mut self,
         address: SocketAddr,
-        monitored: bool,
         previous: Option<&MemberRegistry>,
         close_all: &CancellationToken,
     ) -> Arc<MemberState> {
@@ -47,13 +54,39 @@ impl MemberRegistry {
             .or_insert_with(|| {
                 previous
                     .and_then(|p| p.members.get(&address).cloned())
-                    .unwrap_or_else(|| Arc::new(MemberState::new(address, monitored, close_all)))
+                    .unwrap_or_else(|| Arc::new(MemberState::new(address, close_all)))
+            })
+            .clone()
+    }
+
+    /// The health of `address` in `pool`: carried over from `previous`, or
+    /// new (unchecked when `monitored`, up otherwise).
+    pub fn health_for(
+        &mut self,
+        pool: &str,
+        state: &MemberState,
+        monitored: bool,
+        previous: Option<&MemberRegistry>,
+    ) -> Arc<MemberHealth> {
+        let key = (pool.to_string(), state.address());
+        let carried = previous.and_then(|p| p.health.get(&key).cloned());
+        self.health
+            .entry(key)
+            .or_insert_with(|| {
+                carried.unwrap_or_else(|| {
+                    Arc::new(MemberHealth::new(monitored, &state.retired_signal()))
+                })
             })
             .clone()
     }
 
     pub fn get(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
         self.members.get(address)
+    }
+
+    /// The health of `address` in `pool`.
+    pub fn health(&self, pool: &str, address: SocketAddr) -> Option<&Arc<MemberHealth>> {
+        self.health.get(&(pool.to_string(), address))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<MemberState>> {
@@ -71,7 +104,17 @@ pub struct Member {
     pub priority: i64,
     /// The name HTTP URL persistence knows it by.
     pub route: Option<String>,
+    /// Shared by every pool that lists the address.
     pub state: Arc<MemberState>,
+    /// This pool's verdict on it.
+    pub health: Arc<MemberHealth>,
+}
+
+impl Member {
+    /// Up in this pool and enabled: may take new connections.
+    pub fn usable(&self) -> bool {
+        self.health.health() == Health::Up && self.state.admin_state() == AdminState::Enabled
+    }
 }
 
 /// A pool ready for the data path.
@@ -90,30 +133,31 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// `monitored(address)` tells whether a member has any monitor (its own
-    /// or its node's); unmonitored members are up from the start.
+    /// `monitored(member)` tells whether a member has any monitor in this
+    /// pool (its own rule or its node's); unmonitored members are up from
+    /// the start.
     pub fn new(
         plan: &PoolPlan,
         registry: &mut MemberRegistry,
         previous: Option<&MemberRegistry>,
         close_all: &CancellationToken,
-        monitored: impl Fn(SocketAddr) -> bool,
+        monitored: impl Fn(&MemberPlan) -> bool,
     ) -> Pool {
         let members: Vec<Member> = plan
             .members
             .iter()
-            .map(|member| Member {
-                connection_limit: member.connection_limit,
-                connect_rate_limit: member.connect_rate_limit,
-                ratio: member.ratio,
-                priority: member.priority,
-                route: member.route.clone(),
-                state: registry.state_for(
-                    member.address,
-                    monitored(member.address),
-                    previous,
-                    close_all,
-                ),
+            .map(|member| {
+                let state = registry.state_for(member.address, previous, close_all);
+                let health = registry.health_for(&plan.name, &state, monitored(member), previous);
+                Member {
+                    connection_limit: member.connection_limit,
+                    connect_rate_limit: member.connect_rate_limit,
+                    ratio: member.ratio,
+                    priority: member.priority,
+                    route: member.route.clone(),
+                    state,
+                    health,
+                }
             })
             .collect();
         let ratios: Vec<u32> = members.iter().map(|m| m.ratio).collect();
@@ -194,7 +238,8 @@ impl Pool {
         let member = self.members.get(index)?;
         tried.insert(index);
         let state = &member.state;
-        if state.health() != Health::Up || state.admin_state() == AdminState::ForcedOffline {
+        if member.health.health() != Health::Up || state.admin_state() == AdminState::ForcedOffline
+        {
             return None;
         }
         state.try_reserve(member.connection_limit, member.connect_rate_limit)
@@ -226,7 +271,7 @@ impl Pool {
             usable += self
                 .members
                 .iter()
-                .filter(|m| m.priority == priority && m.state.usable())
+                .filter(|m| m.priority == priority && m.usable())
                 .count();
             if usable >= self.min_active_members {
                 return priority;
@@ -252,7 +297,7 @@ impl PoolView for View<'_> {
         let member = &self.pool.members[index];
         !self.tried.contains(index)
             && member.priority >= self.lowest_priority
-            && member.state.usable()
+            && member.usable()
             && member
                 .connection_limit
                 .admits(member.state.active_connections())
@@ -268,7 +313,7 @@ impl PoolView for View<'_> {
     }
 
     fn ramp(&self, index: usize) -> f64 {
-        self.pool.members[index].state.ramp(self.pool.slow_ramp)
+        self.pool.members[index].health.ramp(self.pool.slow_ramp)
     }
 }
 

@@ -81,8 +81,8 @@ fn down_unchecked_and_disabled_members_get_nothing() {
         &plan(vec![member(0), member(1), member(2), member(3)]),
         &mut MemberRegistry::default(),
     );
-    pool.members()[0].state.set_health(Health::Down);
-    pool.members()[1].state.set_health(Health::Unchecked);
+    pool.members()[0].health.set(Health::Down);
+    pool.members()[1].health.set(Health::Unchecked);
     pool.members()[2]
         .state
         .set_admin_state(AdminState::ForcedOffline);
@@ -105,13 +105,13 @@ fn priority_groups_fail_over_to_the_standby_group_and_back() {
     assert!(picks(&pool, 6).iter().all(|a| preferred.contains(a)));
 
     // One preferred member down: fewer than 2 usable, the standby group joins.
-    pool.members()[0].state.set_health(Health::Down);
+    pool.members()[0].health.set(Health::Down);
     let spread = picks(&pool, 6);
     assert!(!spread.contains(&preferred[0]));
     assert!(spread.contains(&pool.members()[2].state.address()));
     assert!(spread.contains(&preferred[1]));
 
-    pool.members()[0].state.set_health(Health::Up);
+    pool.members()[0].health.set(Health::Up);
     assert!(picks(&pool, 6).iter().all(|a| preferred.contains(a)));
 }
 
@@ -147,4 +147,38 @@ fn registry_keeps_state_of_members_that_stay() {
         &rebuilt.members()[0].state,
         &pool.members()[0].state
     ));
+    assert!(
+        Arc::ptr_eq(&rebuilt.members()[0].health, &pool.members()[0].health),
+        "a reload keeps the pool member's health"
+    );
+}
+
+#[test]
+fn health_is_per_pool_and_the_rest_per_address() {
+    let mut registry = MemberRegistry::default();
+    let a = build(&plan(vec![member(0)]), &mut registry);
+    let mut other = plan(vec![member(0)]);
+    other.name = "q".into();
+    let b = Pool::new(
+        &other,
+        &mut registry,
+        None,
+        &CancellationToken::new(),
+        |_| false,
+    );
+    assert!(Arc::ptr_eq(&a.members()[0].state, &b.members()[0].state));
+    a.members()[0].health.set(Health::Down);
+    assert!(a.reserve(&mut Tried::default()).is_none());
+    let slot = b.reserve(&mut Tried::default()).expect("up in pool q");
+    assert_eq!(
+        a.members()[0].state.active_connections(),
+        1,
+        "counted once per address"
+    );
+    drop(slot);
+    b.members()[0].state.set_admin_state(AdminState::Disabled);
+    assert!(
+        b.reserve(&mut Tried::default()).is_none(),
+        "admin state is per address"
+    );
 }

@@ -60,7 +60,7 @@ impl Snapshot {
             .pools
             .iter()
             .map(|(name, pool_plan)| {
-                let monitored = |address| health::monitored(&plan, address);
+                let monitored = |member: &_| health::monitored(&plan, member);
                 let member_tls =
                     MemberTls::load(&pool_plan.tls).map_err(|error| StartError::PoolTls {
                         pool: name.clone(),
@@ -89,7 +89,7 @@ impl Snapshot {
                 }
             }
         }
-        let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health));
+        let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
         let snat_pools = build_snat_pools(&plan, previous);
         let virtuals = plan
             .virtuals
@@ -175,6 +175,11 @@ impl Snapshot {
 
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
     }
 
     /// The state of the member at `address`, whichever pools it is in.
@@ -271,6 +276,8 @@ pub enum StartError {
         address: SocketAddr,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Health(#[from] health::HealthError),
     #[error("virtuals.{virtual_name}.persistence: {error}")]
     Http {
         virtual_name: String,

@@ -62,7 +62,7 @@ pub(super) async fn serve(
         destination,
         &hello,
     ));
-    let Some((member, slot, _source)) = member_side.await else {
+    let Some((member, (index, slot), _source)) = member_side.await else {
         reset(client.socket());
         return;
     };
@@ -82,7 +82,7 @@ pub(super) async fn serve(
     // member's signal (itself cancelled by a shutdown too); others only to
     // the shutdown.
     let stop = match pool.action_on_service_down() {
-        ServiceDownAction::Reset => state.reset_signal(),
+        ServiceDownAction::Reset => pool.members()[index].health.reset_signal(),
         ServiceDownAction::None => state.retired_signal(),
     };
     // Every path but plain-to-plain is boxed: the task of a connection is
@@ -184,7 +184,7 @@ async fn member_side(
     peer: SocketAddr,
     destination: Option<io::Result<SocketAddr>>,
     hello: &[u8],
-) -> Option<(Back, MemberSlot, SourceLease)> {
+) -> Option<(Back, (usize, MemberSlot), SourceLease)> {
     let plan = &virtual_server.plan;
     let (mut member, slot, source) = match connect(virtual_server, pool).await {
         Ok(connected) => connected,
@@ -206,7 +206,7 @@ async fn member_side(
             return None;
         }
     };
-    let address = slot.member().address();
+    let address = slot.1.member().address();
     let failed = |error: &dyn std::fmt::Display, what: &str| {
         tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %address, %error, "{what}, closing the client");
     };
@@ -232,7 +232,7 @@ async fn member_side(
     let mut member = match reencrypt(pool, address, member, plan.connect_timeout).await {
         Ok(member) => member,
         Err(error) => {
-            slot.member().record_connect_failure();
+            slot.1.member().record_connect_failure();
             failed(&error, "TLS handshake with the member failed");
             return None;
         }
@@ -370,11 +370,11 @@ enum Refusal {
 async fn connect(
     virtual_server: &VirtualServer,
     pool: &Pool,
-) -> Result<(TcpStream, MemberSlot, SourceLease), Refusal> {
+) -> Result<(TcpStream, (usize, MemberSlot), SourceLease), Refusal> {
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
     let mut exhausted = false;
-    while let Some(slot) = pool.reserve(&mut tried) {
+    while let Some((index, slot)) = pool.reserve_indexed(&mut tried) {
         let state = slot.member();
         let address = state.address();
         let attempt = open(&virtual_server.snat, address);
@@ -383,7 +383,7 @@ async fn connect(
             Ok(Ok((stream, source))) => {
                 state.record_connect_time(connecting.elapsed());
                 tune(&stream, plan.tcp_keepalive);
-                return Ok((stream, slot, source));
+                return Ok((stream, (index, slot), source));
             }
             Ok(Err(OpenError::Exhausted)) => {
                 // Not the member's fault: try the next one.

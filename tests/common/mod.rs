@@ -12,7 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod admin;
 pub mod http_client;
+pub mod netns;
 pub mod tls_ca;
 
 use vipgate::pool::MemberState;
@@ -102,6 +104,27 @@ impl Vipgate {
 
     pub fn member(&self, address: SocketAddr) -> Arc<MemberState> {
         self.live.load().member(&address).unwrap().clone()
+    }
+
+    /// The health of the member at `address` in the first pool that lists
+    /// it (health is judged per pool).
+    pub fn health(&self, address: SocketAddr) -> vipgate::pool::Health {
+        self.pool_health(None, address)
+    }
+
+    /// The health of the member at `address` in `pool` (or, with `None`,
+    /// in the first pool that lists it).
+    pub fn pool_health(&self, pool: Option<&str>, address: SocketAddr) -> vipgate::pool::Health {
+        let snapshot = self.live.load();
+        let health = snapshot
+            .pools()
+            .filter(|p| pool.is_none_or(|name| p.name() == name))
+            .flat_map(|p| p.members())
+            .find(|m| m.state.address() == address)
+            .unwrap_or_else(|| panic!("no member {address} in {pool:?}"))
+            .health
+            .health();
+        health
     }
 
     /// Starts the shutdown (as SIGTERM would) and returns the task that
@@ -287,12 +310,23 @@ impl SwitchablePort {
     }
 }
 
-/// Waits until the member at `address` has `health` in vipgate.
+/// Waits until the member at `address` has `health` in vipgate (in the
+/// first pool that lists it).
 pub async fn wait_health(vipgate: &Vipgate, address: SocketAddr, health: vipgate::pool::Health) {
-    let member = vipgate.member(address);
-    eventually(&format!("member {address} is {}", health.as_str()), || {
-        member.health() == health
-    })
+    wait_pool_health(vipgate, None, address, health).await;
+}
+
+/// Waits until the member at `address` has `health` in `pool`.
+pub async fn wait_pool_health(
+    vipgate: &Vipgate,
+    pool: Option<&str>,
+    address: SocketAddr,
+    health: vipgate::pool::Health,
+) {
+    eventually(
+        &format!("member {address} is {} in {pool:?}", health.as_str()),
+        || vipgate.pool_health(pool, address) == health,
+    )
     .await;
 }
 
