@@ -82,10 +82,10 @@ pub enum ImportF5Error {
     Import(#[from] crate::f5::ImportError),
 }
 
-/// `vipgate import-f5 FILE`: the converted configuration and the notes on
-/// what was not carried over.
+/// `vipgate import-f5 FILE`: the converted configuration and the report
+/// on what changed and what was not carried over.
 pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
-    let text = std::fs::read_to_string(path).map_err(|error| ImportF5Error::Read {
+    let bytes = std::fs::read(path).map_err(|error| ImportF5Error::Read {
         path: path.to_path_buf(),
         error,
     })?;
@@ -93,5 +93,5 @@ pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    Ok(crate::f5::import(&text, &source)?)
+    Ok(crate::f5::import_bytes(&bytes, &source)?)
 }

@@ -33,7 +33,8 @@ enum Command {
     /// Start three simulated proxies and vipgate in front of them.
     Demo,
     /// Convert a BIG-IP configuration (bigpipe or tmsh) to vipgate TOML on
-    /// stdout; what cannot be carried over is listed on stderr.
+    /// stdout; what changed or was not carried over is listed on stderr.
+    /// Exits 1 when no virtual server could be converted.
     ImportF5 {
         /// The BIG-IP configuration file (bigip.conf, or a bigpipe export).
         file: PathBuf,
@@ -53,15 +54,7 @@ fn main() -> ExitCode {
         Command::ImportF5 { file } => vipgate::commands::import_f5(&file)
             .map(|imported| {
                 print!("{}", imported.toml);
-                for note in &imported.notes {
-                    eprintln!("{}:{note}", file.display());
-                }
-                if !imported.notes.is_empty() {
-                    eprintln!(
-                        "{} statement(s) not carried over, listed above; the rest is on stdout",
-                        imported.notes.len()
-                    );
-                }
+                eprint!("{}", imported.report);
             })
             .map_err(anyhow::Error::from),
         Command::Demo => {

@@ -173,7 +173,10 @@ fn without_ping_sockets_or_cap_net_raw_check_says_what_to_change() {
         "{stderr}"
     );
     // With ping sockets allowed for its group, the same process may.
-    let allow = namespace.exec("sysctl", &["-w", "net.ipv4.ping_group_range=0 0"]);
+    let allow = namespace.exec(
+        "sh",
+        &["-c", "echo '0 0' > /proc/sys/net/ipv4/ping_group_range"],
+    );
     assert!(allow.status.success(), "{allow:?}");
     let unprivileged = namespace.exec(
         "setpriv",

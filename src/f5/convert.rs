@@ -1,598 +1,758 @@
-//! Reading F5 statements (bigpipe or tmsh) into a model of what vipgate can
-//! carry over, with a note for everything it cannot.
-//!
-//! Keys are matched in either spelling: bigpipe's words (`defaults from`,
-//! `min active members`) and tmsh's hyphenated ones (`defaults-from`,
-//! `min-active-members`) are the same key here.
+//! From what the file says to what vipgate will do: each virtual that is a
+//! TCP load balancer with a usable pool, the pools it uses with the members
+//! that have an address and a port, and the monitors, nodes and SNAT pools
+//! they need. Whatever cannot be carried over is left out with a note, so
+//! the result is always a valid configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 
-use super::syntax::{Position, Statement, Word};
+use super::model::{find, MemberState, Model, RuleSpec, SnatChoice, Virtual};
+use super::monitors::{Check, Converted};
+use super::profiles::Role;
+use super::syntax::Position;
+use super::words::{endpoint, ip, name, Host, Port};
 
-/// One thing said about the source file.
+/// The longest duration written, in seconds (a year): F5 allows more than
+/// TOML's integers hold, and nothing needs it.
+pub(super) const MAX_SECONDS: u64 = 365 * 86_400;
+
+/// A monitor rule as vipgate writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub at: Position,
-    pub message: String,
-}
-
-/// What a monitor checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MonitorKind {
-    Tcp,
-    Http,
+pub(super) struct RuleOut {
+    pub min: Option<usize>,
+    pub monitors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Monitor {
-    pub kind: MonitorKind,
-    /// `None`: the member's own port (`*:*`).
-    pub port: Option<u16>,
-    pub interval: Option<u64>,
-    pub timeout: Option<u64>,
-    pub send: Option<String>,
-    pub recv: Option<String>,
-}
-
-/// `monitor all A and B` / `monitor min N of A B`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Rule {
-    All(Vec<String>),
-    Min(usize, Vec<String>),
-}
-
-#[derive(Debug, Clone, Default)]
-pub(super) struct Member {
-    pub address: String,
-    pub monitor: Option<Rule>,
+pub(super) struct MemberOut {
+    pub address: SocketAddr,
+    /// Its own rule; `None` takes the pool's.
+    pub monitor: Option<Option<RuleOut>>,
     pub ratio: Option<u64>,
     pub priority: Option<u64>,
-    pub state: Option<&'static str>,
     pub connection_limit: Option<u64>,
+    pub rate_limit: Option<u64>,
+    pub state: Option<MemberState>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub(super) struct Pool {
+#[derive(Debug, Clone)]
+pub(super) struct PoolOut {
+    pub name: String,
     pub algorithm: Option<&'static str>,
-    pub monitor: Option<Rule>,
-    pub members: Vec<Member>,
+    pub monitor: Option<RuleOut>,
+    pub members: Vec<MemberOut>,
     pub min_active_members: Option<u64>,
     pub slow_ramp: Option<u64>,
     pub reset_on_down: bool,
+    /// TLS toward the members: `(ca, server_name)`; no CA: not verified.
+    pub tls: Option<(Option<String>, Option<String>)>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub(super) struct Virtual {
-    pub destination: Option<String>,
-    pub pool: Option<String>,
-    /// `automap`, or the name of a SNAT pool.
+#[derive(Debug, Clone)]
+pub(super) struct VirtualOut {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub pool: String,
     pub snat: Option<String>,
-    pub profiles: Vec<(String, Position)>,
-    pub persist: Vec<(String, Position)>,
     pub connection_limit: Option<u64>,
-    pub at: Option<Position>,
-    /// `ip-protocol tcp` (or none said).
-    pub tcp: bool,
+    pub idle_timeout: Option<u64>,
+    pub http: bool,
+    pub certificates: Vec<(String, String)>,
+    /// Cookie persistence: `(cookie name, max age)`.
+    pub cookie: Option<(String, Option<u64>)>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub(super) struct CookiePersistence {
-    pub cookie_name: Option<String>,
-    /// Seconds; `None` or 0: a session cookie.
-    pub expiration: Option<u64>,
-    pub insert: bool,
-}
-
-/// Everything read from the file.
+/// Everything to write.
 #[derive(Debug, Default)]
-pub(super) struct Model {
-    pub monitors: BTreeMap<String, Monitor>,
-    pub nodes: BTreeMap<String, (Rule, Position)>,
-    pub pools: BTreeMap<String, Pool>,
-    pub virtuals: BTreeMap<String, Virtual>,
-    pub snat_pools: BTreeMap<String, Vec<String>>,
-    pub tcp_profiles: BTreeMap<String, Option<u64>>,
-    pub http_profiles: BTreeSet<String>,
-    pub client_ssl: BTreeMap<String, (Option<String>, Option<String>)>,
-    pub server_ssl: BTreeMap<String, (Option<String>, Option<String>)>,
-    pub cookies: BTreeMap<String, CookiePersistence>,
-    /// Statements not carried over, and why.
-    pub notes: Vec<Note>,
-    /// Statements that make the output wrong if ignored (placeholders).
-    pub errors: Vec<Note>,
+pub(super) struct Output {
+    pub monitors: BTreeMap<String, Converted>,
+    pub nodes: BTreeMap<IpAddr, RuleOut>,
+    pub snat_pools: BTreeMap<String, Vec<IpAddr>>,
+    pub pools: Vec<PoolOut>,
+    pub virtuals: Vec<VirtualOut>,
 }
 
-/// The name without its partition (`/Common/poolCSP01` -> `poolCSP01`).
-pub(super) fn name(text: &str) -> String {
-    text.rsplit('/').next().unwrap_or(text).to_string()
+/// vipgate names for F5 objects: the name without partition, in vipgate's
+/// alphabet; a second object with the same name gets its partition in
+/// front, then a number.
+#[derive(Debug, Default)]
+struct Names {
+    given: BTreeMap<String, String>,
+    taken: BTreeSet<String>,
 }
 
-/// An address as vipgate writes it: partition and route domain removed,
-/// tmsh's IPv6 `addr.port` turned into `[addr]:port`, well-known service
-/// names turned into ports.
-pub(super) fn address(text: &str) -> String {
-    let bare = name(text);
-    let (host, port) = if bare.matches(':').count() > 1 {
-        match bare.rsplit_once('.') {
-            Some((host, port)) => (host.to_string(), port.to_string()),
-            None => (bare.clone(), String::new()),
+impl Names {
+    fn of(&mut self, path: &str) -> String {
+        if let Some(given) = self.given.get(path) {
+            return given.clone();
         }
-    } else {
-        match bare.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), port.to_string()),
-            None => (bare.clone(), String::new()),
+        let clean = |text: &str| -> String {
+            text.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        let base = match clean(name(path)) {
+            empty if empty.is_empty() => "unnamed".to_string(),
+            base => base,
+        };
+        let partition = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let mut candidates = vec![base.clone()];
+        if path.starts_with('/') && !partition.is_empty() {
+            candidates.push(format!("{}_{base}", clean(partition)));
         }
-    };
-    let host = host.split('%').next().unwrap_or(&host).to_string();
-    let port = match port.as_str() {
-        "http" => "80".to_string(),
-        "https" => "443".to_string(),
-        "any" | "*" => "0".to_string(),
-        other => other.to_string(),
-    };
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    if port.is_empty() {
-        host
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// Matches the start of `statement` against `keys` (hyphenated); returns
-/// the key and the words after it.
-pub(super) fn key<'a>(
-    statement: &'a Statement,
-    keys: &[&'static str],
-) -> Option<(&'static str, &'a [Word])> {
-    for words in (1..=4).rev() {
-        if statement.words.len() < words {
-            continue;
-        }
-        let joined: Vec<&str> = statement.words[..words]
-            .iter()
-            .map(|w| w.text.as_str())
-            .collect();
-        let joined = joined.join("-");
-        if let Some(found) = keys.iter().find(|k| **k == joined) {
-            return Some((found, &statement.words[words..]));
-        }
-    }
-    None
-}
-
-/// What a pool member may say about itself.
-pub(super) const MEMBER_KEYS: [&str; 12] = [
-    "address",
-    "monitor",
-    "ratio",
-    "priority",
-    "priority-group",
-    "session",
-    "state",
-    "connection-limit",
-    "limit",
-    "description",
-    "dynamic-ratio",
-    "rate-limit",
-];
-
-pub(super) fn number(words: &[Word]) -> Option<u64> {
-    words.first()?.text.parse().ok()
-}
-
-impl Model {
-    pub(super) fn note(&mut self, at: Position, message: impl Into<String>) {
-        self.notes.push(Note {
-            at,
-            message: message.into(),
-        });
-    }
-
-    /// Reads every top-level statement.
-    pub(super) fn read(statements: &[Statement]) -> Model {
-        let mut model = Model::default();
-        for statement in statements {
-            // Placeholders in statements that are not carried over (the
-            // sample's `self <F5 IP address>`) do not matter.
-            if !is_host_setup(statement) {
-                model.placeholders(statement);
-            }
-        }
-        for statement in statements {
-            if matches!(
-                statement.word(0),
-                "ltm" | "net" | "sys" | "auth" | "cm" | "security" | "apm" | "gtm"
-            ) {
-                model.tmsh(statement);
-            } else {
-                model.bigpipe(statement);
-            }
-        }
-        model
-    }
-
-    /// Reports every template placeholder, wherever it is.
-    fn placeholders(&mut self, statement: &Statement) {
-        for word in statement.words.iter().filter(|w| w.placeholder) {
-            self.errors.push(Note {
-                at: word.at,
-                message: format!(
-                    "`{}` is a placeholder from the deployment guide, not a value; replace it with the real address and import again",
-                    word.text
-                ),
+        let chosen = candidates
+            .into_iter()
+            .find(|candidate| !self.taken.contains(candidate))
+            .unwrap_or_else(|| {
+                (2..)
+                    .map(|n| format!("{base}_{n}"))
+                    .find(|candidate| !self.taken.contains(candidate))
+                    .unwrap_or(base)
             });
-        }
-        for child in statement.children() {
-            self.placeholders(child);
-        }
+        self.taken.insert(chosen.clone());
+        self.given.insert(path.to_string(), chosen.clone());
+        chosen
     }
+}
 
-    fn bigpipe(&mut self, statement: &Statement) {
-        let kind = statement.word(0);
-        let object = name(statement.word(1));
-        match kind {
-            "monitor" => self.monitor(&object, None, statement),
-            "profile" => {
-                let object = name(statement.word(2));
-                self.profile(statement.word(1), &object, statement);
+/// The conversion in progress.
+pub(super) struct Converter<'a> {
+    model: &'a mut Model,
+    output: Output,
+    pool_names: Names,
+    virtual_names: Names,
+    monitor_names: Names,
+    snat_names: Names,
+    /// Monitors already converted: reference -> vipgate name or why not.
+    monitors: BTreeMap<String, Result<String, String>>,
+    /// Pools converted (by path), with their index in `output.pools`, or
+    /// why they were left out.
+    pools: BTreeMap<String, Result<usize, String>>,
+    listens: BTreeMap<SocketAddr, String>,
+}
+
+impl<'a> Converter<'a> {
+    pub(super) fn run(model: &'a mut Model) -> Output {
+        let mut converter = Converter {
+            model,
+            output: Output::default(),
+            pool_names: Names::default(),
+            virtual_names: Names::default(),
+            monitor_names: Names::default(),
+            snat_names: Names::default(),
+            monitors: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            listens: BTreeMap::new(),
+        };
+        let virtuals: Vec<(String, Virtual)> = converter
+            .model
+            .virtuals
+            .iter()
+            .map(|(path, v)| (path.clone(), v.clone()))
+            .collect();
+        for (path, virtual_server) in virtuals {
+            if let Err(reason) = converter.virtual_server(&path, &virtual_server) {
+                converter.model.detail(
+                    virtual_server.at,
+                    format!("virtual {}: {reason}; left out", name(&path)),
+                );
             }
-            "node" => self.node(statement.word(1), statement),
-            "pool" => self.pool(&object, statement),
-            "virtual" => self.virtual_server(&object, statement),
-            "snatpool" | "snat-pool" => self.snat_pool(&object, statement),
-            _ if is_host_setup(statement) => self.note(
-                statement.at,
-                format!("`{kind}` is network or system setup, which stays with the host (vipgate uses the host's addresses and routes)"),
-            ),
-            "" => {}
-            other => self.note(statement.at, format!("`{other}` is not something vipgate carries over")),
         }
+        let pools: Vec<(String, Position)> = converter
+            .model
+            .pools
+            .iter()
+            .filter(|(path, _)| !converter.pools.contains_key(*path))
+            .map(|(path, pool)| (path.clone(), pool.at))
+            .collect();
+        for (_, at) in pools {
+            converter.model.dropped(at, "pool not used by a converted virtual", "only pools behind a converted virtual are written (pools chosen by iRules or policies have no virtual to serve them)");
+        }
+        converter.nodes();
+        converter.output
     }
 
-    fn tmsh(&mut self, statement: &Statement) {
-        if is_host_setup(statement) {
-            self.note(
-                statement.at,
+    fn virtual_server(&mut self, path: &str, source: &Virtual) -> Result<(), String> {
+        if let Some((kind, _)) = &source.special {
+            return Err(format!("it is an `{kind}` virtual, not a load balancer"));
+        }
+        if source.disabled {
+            return Err("it is disabled on the BIG-IP".into());
+        }
+        if let Some((protocol, _)) = &source.protocol {
+            if protocol != "tcp" {
+                return Err(format!(
+                    "its protocol is {protocol} and vipgate is TCP only"
+                ));
+            }
+        }
+        if let Some((false, _)) = source.translate_address {
+            return Err(
+                "it forwards without address translation (translate-address disabled)".into(),
+            );
+        }
+        let destination = source.destination.as_ref().ok_or("it has no destination")?;
+        let written = endpoint(&destination.text);
+        let address = match written.host {
+            Host::Ip(address) => address,
+            Host::Name(host) => {
+                return Err(format!("its destination `{host}` is not an IP address"))
+            }
+        };
+        let port = match written.port {
+            Some(Ok(Port::Number(port))) => port,
+            Some(Ok(Port::Any)) => {
+                return Err("its destination has no fixed port (port any)".into())
+            }
+            Some(Err(text)) => {
+                return Err(format!(
+                    "its port `{text}` is not a number or a known service name"
+                ))
+            }
+            None => return Err("its destination has no port".into()),
+        };
+        let host_mask = [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "none",
+        ];
+        if let Some(mask) = source.mask.as_deref().filter(|m| !host_mask.contains(m)) {
+            return Err(format!(
+                "it is a network virtual (mask {mask}); vipgate listens on one address"
+            ));
+        }
+        let listen = SocketAddr::new(address, port);
+        let pool_word = match &source.pool {
+            Some(pool) => pool,
+            None if !source.rules.is_empty() => {
+                let rules: Vec<&str> = source.rules.iter().map(|(r, _)| name(r)).collect();
+                return Err(format!(
+                    "it has no pool; its iRules ({}) decide where traffic goes",
+                    rules.join(", ")
+                ));
+            }
+            None if !source.policies.is_empty() => {
+                return Err("it has no pool; an LTM policy decides where traffic goes".into())
+            }
+            None => return Err("it has no pool".into()),
+        };
+        // As vipgate's own check: a wildcard address takes its port on
+        // every address of its family.
+        let overlapping = self.listens.iter().find(|(other, _)| {
+            other.port() == listen.port()
+                && other.is_ipv4() == listen.is_ipv4()
+                && (other.ip() == listen.ip()
+                    || other.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+        });
+        if let Some((other_listen, other)) = overlapping {
+            return Err(format!(
+                "{listen} overlaps {other_listen} of virtual {other}, converted first"
+            ));
+        }
+        let pool = self.pool(&pool_word.text)?;
+        let vip_name = self.virtual_names.of(path);
+        let mut out = VirtualOut {
+            name: vip_name.clone(),
+            listen,
+            pool: self.output.pools[pool].name.clone(),
+            snat: None,
+            connection_limit: source.connection_limit.filter(|l| *l != 0),
+            idle_timeout: None,
+            http: false,
+            certificates: Vec::new(),
+            cookie: None,
+        };
+        let owner = format!("virtual {}", name(path));
+        self.profiles(&owner, source, pool, &mut out);
+        self.persistence(&owner, source, &mut out);
+        for (rule, at) in &source.rules {
+            self.model.detail(*at, format!("{owner}: iRule {} is not carried over; check what it does (it may choose pools, rewrite or redirect)", name(rule)));
+        }
+        for (policy, at) in &source.policies {
+            self.model.detail(
+                *at,
                 format!(
-                    "`{} {}` is network or system setup, which stays with the host",
-                    statement.word(0),
-                    statement.word(1)
+                    "{owner}: LTM policy {} is not carried over; check what it does",
+                    name(policy)
                 ),
             );
-            return;
         }
-        let kind = statement.word(1);
-        match kind {
-            "monitor" => {
-                let object = name(statement.word(3));
-                self.monitor(&object, Some(statement.word(2)), statement);
+        if let Some((source_range, at)) = &source.source {
+            if source_range != "0.0.0.0/0" && source_range != "::/0" {
+                self.model.detail(*at, format!("{owner}: it accepts clients from {source_range} only on the BIG-IP; vipgate accepts any (limit clients with the host's firewall)"));
             }
-            "profile" | "persistence" => {
-                let object = name(statement.word(3));
-                let flavour = if kind == "persistence" {
-                    format!("persist-{}", statement.word(2))
-                } else {
-                    statement.word(2).to_string()
-                };
-                self.profile(&flavour, &object, statement);
+        }
+        out.snat = self.snat(&owner, source, pool);
+        self.listens.insert(listen, name(path).to_string());
+        self.output.virtuals.push(out);
+        Ok(())
+    }
+
+    /// Converts the pool `reference` (once) and returns its index.
+    fn pool(&mut self, reference: &str) -> Result<usize, String> {
+        let Some((path, pool)) = find(&self.model.pools, reference) else {
+            return Err(format!(
+                "its pool {} is not defined in the file",
+                name(reference)
+            ));
+        };
+        let (path, pool) = (path.to_string(), pool.clone());
+        if let Some(known) = self.pools.get(&path) {
+            return known
+                .clone()
+                .map_err(|why| format!("its pool {} {why}", name(&path)));
+        }
+        let owner = format!("pool {}", name(&path));
+        let monitor = pool.monitor.as_ref().and_then(|rule| {
+            let converted = self.rule(rule, &owner);
+            if converted.is_none() {
+                self.model.detail(
+                    rule.at,
+                    format!("{owner}: no monitor of its rule is left, so its members count as up"),
+                );
             }
-            "node" => self.node(statement.word(2), statement),
-            "pool" => self.pool(&name(statement.word(2)), statement),
-            "virtual" => self.virtual_server(&name(statement.word(2)), statement),
-            "snatpool" => self.snat_pool(&name(statement.word(2)), statement),
-            "rule" => self.note(statement.at, "iRules are not carried over: vipgate has no scripting; express the routing with pools, SNI routes or persistence"),
-            other => self.note(statement.at, format!("`ltm {other}` is not something vipgate carries over")),
+            converted
+        });
+        let mut members: Vec<MemberOut> = Vec::new();
+        for member in &pool.members {
+            let label = format!(
+                "{owner}: member {}",
+                member.written.trim_start_matches("/Common/")
+            );
+            let address = match self.member_address(member) {
+                Ok(address) => address,
+                Err(why) => {
+                    self.model
+                        .detail(member.at, format!("{label} {why}; left out"));
+                    continue;
+                }
+            };
+            if members.iter().any(|m| m.address == address) {
+                self.model.detail(
+                    member.at,
+                    format!("{label} is {address} again (route domains are dropped); left out"),
+                );
+                continue;
+            }
+            let own_monitor = member.monitor.as_ref().map(|rule| {
+                let converted = self.rule(rule, &label);
+                if converted.is_none() {
+                    let then = if monitor.is_some() {
+                        "it takes the pool's rule"
+                    } else {
+                        "it counts as up"
+                    };
+                    self.model.detail(
+                        rule.at,
+                        format!("{label}: no monitor of its own rule is left, so {then}"),
+                    );
+                }
+                converted
+            });
+            let ratio = member.ratio.filter(|r| *r != 1);
+            if let Some(ratio) = ratio.filter(|r| !(1..=100).contains(r)) {
+                self.model.detail(
+                    member.at,
+                    format!(
+                        "{label} ratio {ratio} becomes {} (vipgate's ratios are 1 to 100)",
+                        ratio.clamp(1, 100)
+                    ),
+                );
+            }
+            members.push(MemberOut {
+                address,
+                monitor: own_monitor,
+                ratio: ratio.map(|r| r.clamp(1, 100)),
+                priority: member.priority.filter(|p| *p != 0).map(|p| p.min(65_535)),
+                connection_limit: member
+                    .connection_limit
+                    .filter(|l| *l != 0)
+                    .map(|l| l.min(u64::from(u32::MAX))),
+                rate_limit: member
+                    .rate_limit
+                    .filter(|r| *r != 0)
+                    .map(|r| r.min(1_000_000)),
+                state: member.state,
+            });
+        }
+        if members.is_empty() {
+            let why = if pool.members.is_empty() {
+                "has no members".to_string()
+            } else {
+                "has no member vipgate can connect to".to_string()
+            };
+            self.model.detail(
+                pool.at,
+                format!("{owner} {why}; left out, with every virtual that uses it"),
+            );
+            self.pools.insert(path, Err(why.clone()));
+            return Err(format!("its pool {} {why}", name(reference)));
+        }
+        let algorithm = match &pool.algorithm {
+            Some((Some(algorithm), _, _)) => Some(*algorithm),
+            Some((None, written, at)) => {
+                self.model.detail(
+                    *at,
+                    format!(
+                        "{owner}: load balancing `{written}` is not available; round-robin is used"
+                    ),
+                );
+                None
+            }
+            None => None,
+        };
+        let index = self.output.pools.len();
+        self.output.pools.push(PoolOut {
+            name: self.pool_names.of(&path),
+            algorithm,
+            monitor,
+            members,
+            min_active_members: pool
+                .min_active_members
+                .filter(|c| *c > 0)
+                .map(|c| c.min(65_535)),
+            slow_ramp: pool
+                .slow_ramp
+                .filter(|s| *s > 0)
+                .map(|s| s.min(MAX_SECONDS)),
+            reset_on_down: pool.reset_on_down,
+            tls: None,
+        });
+        self.pools.insert(path, Ok(index));
+        Ok(index)
+    }
+
+    /// A member's address: its `address`, or the address in its name, or
+    /// the address of the node it names.
+    fn member_address(&mut self, member: &super::model::Member) -> Result<SocketAddr, String> {
+        if let Some(fqdn) = &member.fqdn {
+            return Err(format!("is an FQDN member ({fqdn}), and vipgate does not resolve host names: list the addresses instead"));
+        }
+        let written = endpoint(&member.written);
+        let port = match written.port {
+            Some(Ok(Port::Number(port))) => port,
+            Some(Ok(Port::Any)) => {
+                return Err("has no fixed port (port any), which vipgate cannot connect to".into())
+            }
+            Some(Err(text)) => {
+                return Err(format!(
+                    "has port `{text}`, which is not a number or a known service name"
+                ))
+            }
+            None => return Err("has no port".into()),
+        };
+        if let Some(address) = member.address.as_deref().and_then(ip) {
+            return Ok(SocketAddr::new(address, port));
+        }
+        match written.host {
+            Host::Ip(address) => Ok(SocketAddr::new(address, port)),
+            Host::Name(node) => match find(&self.model.nodes, &node) {
+                Some((_, found)) => match (found.address, &found.fqdn) {
+                    (Some(address), _) => Ok(SocketAddr::new(address, port)),
+                    (None, Some(fqdn)) => Err(format!("is on FQDN node {node} ({fqdn}), and vipgate does not resolve host names: list the addresses instead")),
+                    (None, None) => Err(format!("is on node {node}, which has no address")),
+                },
+                None => Err(format!("names `{node}`, which is neither an address nor a node in the file (vipgate does not resolve host names)")),
+            },
         }
     }
 
-    fn monitor(&mut self, object: &str, tmsh_type: Option<&str>, statement: &Statement) {
-        let mut kind = tmsh_type.map(str::to_string);
-        let mut monitor = Monitor {
-            kind: MonitorKind::Tcp,
-            port: None,
-            interval: None,
-            timeout: None,
-            send: None,
-            recv: None,
-        };
-        for child in statement.children() {
-            let Some((found, rest)) = key(
-                child,
-                &[
-                    "defaults-from",
-                    "dest",
-                    "destination",
-                    "interval",
-                    "timeout",
-                    "send",
-                    "recv",
-                    "description",
-                    "time-until-up",
-                    "up-interval",
-                    "manual-resume",
-                    "recv-disable",
-                ],
-            ) else {
-                self.note(
-                    child.at,
-                    format!(
-                        "monitor {object}: `{}` is not carried over",
-                        child
-                            .words
-                            .iter()
-                            .map(|w| w.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ),
-                );
-                continue;
-            };
-            match found {
-                "defaults-from" => {
-                    if kind.is_none() {
-                        kind = rest.first().map(|w| name(&w.text));
+    /// A rule with the monitors vipgate can run; `None` when none is left.
+    fn rule(&mut self, rule: &RuleSpec, owner: &str) -> Option<RuleOut> {
+        let mut kept = Vec::new();
+        for (reference, at) in &rule.names {
+            match self.monitor(reference, *at) {
+                Ok(vip_name) => {
+                    if !kept.contains(&vip_name) {
+                        kept.push(vip_name);
                     }
                 }
-                "dest" | "destination" => {
-                    let port = rest
-                        .first()
-                        .and_then(|w| w.text.rsplit([':', '.']).next().map(str::to_string));
-                    monitor.port = port.and_then(|p| p.parse().ok());
-                }
-                "interval" => monitor.interval = number(rest),
-                "timeout" => monitor.timeout = number(rest),
-                "send" => monitor.send = rest.first().map(|w| w.text.clone()),
-                "recv" => {
-                    monitor.recv = rest
-                        .first()
-                        .map(|w| w.text.clone())
-                        .filter(|r| !r.is_empty())
-                }
-                "description" => {}
-                other => self.note(
-                    child.at,
-                    format!("monitor {object}: `{other}` is not carried over"),
+                Err(why) => self.model.detail(
+                    *at,
+                    format!(
+                        "{owner}: monitor {} is left out of its rule: {why}",
+                        name(reference)
+                    ),
                 ),
             }
         }
-        match kind.as_deref() {
-            Some("tcp") => {}
-            Some("http") => monitor.kind = MonitorKind::Http,
-            Some(other) => {
-                self.note(statement.at, format!("monitor {object}: type `{other}` is not supported (vipgate has tcp and http monitors); members using it are left to their other monitors"));
-                return;
-            }
-            None => {
-                self.note(
-                    statement.at,
+        if kept.is_empty() {
+            return None;
+        }
+        let min = rule.min.map(|min| {
+            if min > kept.len() {
+                self.model.detail(
+                    rule.at,
                     format!(
-                        "monitor {object}: its type (`defaults from tcp`) is missing; read as tcp"
+                        "{owner}: `min {min} of` becomes min {} of the {} monitors left",
+                        kept.len(),
+                        kept.len()
                     ),
                 );
             }
-        }
-        self.monitors.insert(object.to_string(), monitor);
-    }
-
-    fn profile(&mut self, flavour: &str, object: &str, statement: &Statement) {
-        let mut pairs = Vec::new();
-        profile_pairs(statement.children(), &mut pairs);
-        let get = |wanted: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == wanted)
-                .map(|(_, v)| v.clone())
-        };
-        match flavour {
-            "tcp" | "fastl4" => {
-                let idle = get("idle-timeout");
-                let seconds = match idle.as_deref() {
-                    None => None,
-                    Some("indefinite") => {
-                        self.note(statement.at, format!("profile {object}: an indefinite idle timeout becomes 24 h (vipgate always times idle connections out)"));
-                        Some(86_400)
-                    }
-                    Some(value) => value.parse().ok(),
-                };
-                self.tcp_profiles.insert(object.to_string(), seconds);
-            }
-            "http" => {
-                self.http_profiles.insert(object.to_string());
-            }
-            "clientssl" | "client-ssl" => {
-                self.client_ssl
-                    .insert(object.to_string(), (get("cert"), get("key")));
-            }
-            "serverssl" | "server-ssl" => {
-                self.server_ssl
-                    .insert(object.to_string(), (get("ca-file"), get("server-name")));
-            }
-            "persist-cookie" | "persist" => {
-                let mode = get("mode");
-                if flavour == "persist" && mode.as_deref() != Some("cookie") {
-                    self.note(
-                        statement.at,
-                        format!(
-                            "persistence profile {object}: only cookie persistence is carried over"
-                        ),
-                    );
-                    return;
-                }
-                let method = get("method").or_else(|| get("cookie-mode"));
-                let cookie = CookiePersistence {
-                    cookie_name: get("cookie-name"),
-                    expiration: get("expiration")
-                        .or_else(|| get("cookie-expiration"))
-                        .and_then(|e| expiration(&e)),
-                    insert: method.as_deref().is_none_or(|m| m == "insert"),
-                };
-                if !cookie.insert {
-                    self.note(statement.at, format!("persistence profile {object}: only `method insert` is carried over (vipgate inserts its own cookie)"));
-                    return;
-                }
-                self.cookies.insert(object.to_string(), cookie);
-            }
-            other => self.note(
-                statement.at,
-                format!("profile {object} of type `{other}` is not carried over"),
-            ),
-        }
-    }
-
-    fn node(&mut self, raw_address: &str, statement: &Statement) {
-        let mut address_text = name(raw_address);
-        for child in statement.children() {
-            match key(child, &["address", "monitor", "screen", "description", "limit", "connection-limit", "ratio", "session", "state", "dynamic-ratio"]) {
-                Some(("address", rest)) => {
-                    if let Some(word) = rest.first() {
-                        address_text = address(&word.text);
-                    }
-                }
-                Some(("monitor", rest)) => {
-                    if let Some(rule) = self.rule(rest, child.at, &format!("node {address_text}")) {
-                        self.nodes.insert(address_text.clone(), (rule, child.at));
-                    }
-                }
-                Some(("description", _)) => {}
-                Some((other, _)) => self.note(child.at, format!("node {address_text}: `{other}` is not carried over (vipgate has no node-level limits or screens)")),
-                None => self.note(child.at, format!("node {address_text}: `{}` is not carried over", child.word(0))),
-            }
-        }
-    }
-
-    /// A monitor rule, without monitors vipgate does not have (reported).
-    pub(super) fn rule(&mut self, words: &[Word], at: Position, owner: &str) -> Option<Rule> {
-        let texts: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
-        let (min, names): (Option<usize>, Vec<String>) = match texts.as_slice() {
-            ["min", count, "of", rest @ ..] => {
-                (count.parse().ok(), rest.iter().map(|n| name(n)).collect())
-            }
-            ["all", rest @ ..] => (
-                None,
-                rest.iter()
-                    .filter(|w| **w != "and")
-                    .map(|n| name(n))
-                    .collect(),
-            ),
-            rest => (
-                None,
-                rest.iter()
-                    .filter(|w| **w != "and")
-                    .map(|n| name(n))
-                    .collect(),
-            ),
-        };
-        let mut names: Vec<String> = names.into_iter().filter(|n| !n.is_empty()).collect();
-        names.retain(|monitor| match monitor.as_str() {
-            "none" => false,
-            "icmp" | "gateway_icmp" | "gateway-icmp" => {
-                self.notes.push(Note {
-                    at,
-                    message: format!("{owner}: monitor {monitor} is not carried over (vipgate does not send ICMP); the members' own monitors decide"),
-                });
-                false
-            }
-            _ => true,
+            min.clamp(1, kept.len())
         });
-        if names.is_empty() {
-            return None;
-        }
-        Some(match min {
-            Some(min) => Rule::Min(min, names),
-            None => Rule::All(names),
+        Some(RuleOut {
+            min,
+            monitors: kept,
         })
     }
-}
 
-/// Network and system statements: the host's business, not vipgate's.
-fn is_host_setup(statement: &Statement) -> bool {
-    matches!(
-        statement.word(0),
-        "vlan"
-            | "self"
-            | "route"
-            | "interface"
-            | "trunk"
-            | "stp"
-            | "user"
-            | "partition"
-            | "net"
-            | "sys"
-            | "auth"
-            | "cm"
-    )
-}
+    fn monitor(&mut self, reference: &str, at: Position) -> Result<String, String> {
+        let key = match find(&self.model.monitors, reference) {
+            Some((path, _)) => path.to_string(),
+            None => name(reference).to_string(),
+        };
+        if let Some(known) = self.monitors.get(&key) {
+            return known.clone();
+        }
+        let result = self.model.convert_monitor(&key, Some(at)).map(|converted| {
+            let vip_name = self.monitor_names.of(&key);
+            self.output.monitors.insert(vip_name.clone(), converted);
+            vip_name
+        });
+        self.monitors.insert(key, result.clone());
+        result
+    }
 
-/// The `key value` pairs of a profile, nested blocks included
-/// (`cert-key-chain { default { cert x key y } }`). Values are names
-/// without their partition: F5 profiles name file objects (`/Common/vip.crt`),
-/// which the operator exports under the same name.
-fn profile_pairs(statements: &[Statement], pairs: &mut Vec<(&'static str, String)>) {
-    const KEYS: [&str; 12] = [
-        "idle-timeout",
-        "cert",
-        "key",
-        "ca-file",
-        "server-name",
-        "cookie-name",
-        "expiration",
-        "method",
-        "mode",
-        "cookie-mode",
-        "cookie-expiration",
-        "defaults-from",
-    ];
-    for statement in statements {
-        if let Some((found, rest)) = key(statement, &KEYS) {
-            if let Some(value) = rest.first() {
-                pairs.push((found, name(&value.text)));
+    fn profiles(&mut self, owner: &str, source: &Virtual, pool: usize, out: &mut VirtualOut) {
+        for (profile, at) in &source.profiles {
+            match self.model.role(profile) {
+                Role::Tcp(idle) => {
+                    let idle = out.idle_timeout.map_or(idle, |other| other.max(idle));
+                    out.idle_timeout = Some(idle);
+                    if idle == 86_400 {
+                        self.model.detail(*at, format!("{owner}: profile {}'s indefinite idle timeout becomes 24 h (vipgate always times idle connections out)", name(profile)));
+                    }
+                }
+                Role::Http => out.http = true,
+                Role::ClientSsl(certificates) if certificates.is_empty() => {
+                    self.model.detail(
+                        *at,
+                        format!(
+                            "{owner}: client-ssl profile {} names no certificate; TLS not written",
+                            name(profile)
+                        ),
+                    );
+                }
+                Role::ClientSsl(certificates) => {
+                    for certificate in certificates {
+                        if !out.certificates.contains(&certificate) {
+                            out.certificates.push(certificate);
+                        }
+                    }
+                }
+                Role::ServerSsl {
+                    ca,
+                    mut server_name,
+                } => {
+                    if let Some(invalid) = server_name
+                        .as_deref()
+                        .filter(|n| rustls_pki_types::ServerName::try_from(*n).is_err())
+                    {
+                        self.model.detail(*at, format!("{owner}: server-ssl profile {}'s server-name {invalid:?} is not a DNS name; each member's address is checked instead", name(profile)));
+                        server_name = None;
+                    }
+                    if ca.is_none() {
+                        self.model.detail(*at, format!("{owner}: server-ssl profile {} does not verify the members (as on the BIG-IP: no `peer-cert-mode require` with a ca-file); written as verify = false", name(profile)));
+                    }
+                    let pool = &mut self.output.pools[pool];
+                    if pool.tls.is_some() && pool.tls != Some((ca.clone(), server_name.clone())) {
+                        self.model.detail(*at, format!("{owner}: pool {} is used with two server-ssl profiles; vipgate re-encrypts per pool, the first is kept", pool.name));
+                    } else {
+                        pool.tls = Some((ca, server_name));
+                    }
+                }
+                Role::Cookie { .. } => {}
+                Role::Other(kind) => {
+                    let at = self.model.profile_at(profile).unwrap_or(*at);
+                    self.model.detail(
+                        at,
+                        format!(
+                            "{owner}: profile {} ({kind}) is not carried over",
+                            name(profile)
+                        ),
+                    );
+                }
             }
         }
-        profile_pairs(statement.children(), pairs);
-    }
-}
-
-/// An F5 cookie expiration (`8:0:0`, `1:0:0:0`, `3600`) in seconds.
-fn expiration(text: &str) -> Option<u64> {
-    if let Ok(seconds) = text.parse() {
-        return Some(seconds);
-    }
-    let parts: Vec<u64> = text
-        .split(':')
-        .map(|p| p.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    let multipliers: &[u64] = match parts.len() {
-        2 => &[60, 1],
-        3 => &[3600, 60, 1],
-        4 => &[86_400, 3600, 60, 1],
-        _ => return None,
-    };
-    Some(parts.iter().zip(multipliers).map(|(p, m)| p * m).sum())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_addresses_lose_partitions_and_route_domains() {
-        assert_eq!(name("/Common/poolCSP01"), "poolCSP01");
-        assert_eq!(address("/Common/10.0.0.11:9070"), "10.0.0.11:9070");
-        assert_eq!(address("10.0.0.11%2:9070"), "10.0.0.11:9070");
-        assert_eq!(address("2001:db8::1.9070"), "[2001:db8::1]:9070");
-        assert_eq!(address("10.0.0.1:http"), "10.0.0.1:80");
-        assert_eq!(address("/Common/10.0.0.21"), "10.0.0.21");
+        // vipgate's default is F5's 300 s; only a different one is written.
+        // Zero means nothing on F5 either; a year is plenty.
+        out.idle_timeout = out
+            .idle_timeout
+            .filter(|idle| *idle != 300 && *idle != 0)
+            .map(|idle| idle.min(MAX_SECONDS));
     }
 
-    #[test]
-    fn cookie_expirations() {
-        assert_eq!(expiration("8:0:0"), Some(8 * 3600));
-        assert_eq!(expiration("1:0:0:0"), Some(86_400));
-        assert_eq!(expiration("0"), Some(0));
-        assert_eq!(expiration("soon"), None);
+    fn persistence(&mut self, owner: &str, source: &Virtual, out: &mut VirtualOut) {
+        for (persist, at) in &source.persist {
+            match self.model.role(persist) {
+                Role::Cookie {
+                    name: cookie,
+                    expiration,
+                } if out.cookie.is_none() => {
+                    out.http = true;
+                    let cookie = cookie.unwrap_or_else(|| format!("BIGipServer{}", out.pool));
+                    let cookie: String = cookie
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    out.cookie = Some((
+                        cookie,
+                        expiration.filter(|e| *e > 0).map(|e| e.min(MAX_SECONDS)),
+                    ));
+                    self.model.detail(*at, format!("{owner}: cookie persistence is carried over; vipgate seals its own cookie, so sessions the BIG-IP's cookie pinned are balanced once after the switch"));
+                }
+                role => {
+                    let kind = match role {
+                        Role::Other(kind) => kind,
+                        _ => "a second persistence".into(),
+                    };
+                    self.model.detail(*at, format!("{owner}: persistence {} ({kind}) is not carried over; clients are balanced per connection", name(persist)));
+                }
+            }
+        }
+        if let Some((fallback, at)) = &source.fallback_persistence {
+            self.model.detail(
+                *at,
+                format!(
+                    "{owner}: fallback persistence {} is not carried over",
+                    name(fallback)
+                ),
+            );
+        }
+    }
+
+    fn snat(&mut self, owner: &str, source: &Virtual, pool: usize) -> Option<String> {
+        let reference = match &source.snat {
+            SnatChoice::None => return None,
+            SnatChoice::Automap => return Some("automap".into()),
+            SnatChoice::Pool(reference) => reference.clone(),
+        };
+        let at = source.at;
+        let Some((path, (_, words))) = find(&self.model.snat_pools, &reference) else {
+            self.model.detail(
+                at,
+                format!(
+                    "{owner}: SNAT pool {} is not defined in the file; no SNAT written",
+                    name(&reference)
+                ),
+            );
+            return None;
+        };
+        let (path, words) = (path.to_string(), words.clone());
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for word in &words {
+            let translated = find(&self.model.snat_translations, &word.text)
+                .and_then(|(_, address)| ip(address))
+                .or_else(|| ip(name(&word.text)));
+            match translated {
+                Some(address) if !addresses.contains(&address) => addresses.push(address),
+                Some(_) => {}
+                None => self.model.detail(
+                    word.at,
+                    format!(
+                        "snatpool {}: `{}` is not an address; left out",
+                        name(&path),
+                        word.text
+                    ),
+                ),
+            }
+        }
+        let members = &self.output.pools[pool].members;
+        let unfit = members
+            .iter()
+            .find(|m| addresses.iter().all(|a| a.is_ipv4() != m.address.is_ipv4()));
+        if addresses.is_empty() || unfit.is_some() {
+            let why = match unfit {
+                Some(member) if !addresses.is_empty() => {
+                    format!("has no address of the family of member {}", member.address)
+                }
+                _ => "has no address".into(),
+            };
+            self.model.detail(
+                at,
+                format!("{owner}: SNAT pool {} {why}; no SNAT written", name(&path)),
+            );
+            return None;
+        }
+        let vip_name = self.snat_names.of(&path);
+        let vip_name = if vip_name == "automap" || vip_name == "none" {
+            format!("{vip_name}_pool")
+        } else {
+            vip_name
+        };
+        self.output.snat_pools.insert(vip_name.clone(), addresses);
+        Some(vip_name)
+    }
+
+    /// Node rules for the addresses of converted members: the node's own
+    /// monitor, or the file's default node monitor. Node monitors need a
+    /// fixed port or ICMP.
+    fn nodes(&mut self) {
+        let addresses: BTreeSet<IpAddr> = self
+            .output
+            .pools
+            .iter()
+            .flat_map(|pool| pool.members.iter().map(|m| m.address.ip()))
+            .collect();
+        let nodes: Vec<(IpAddr, Option<RuleSpec>, String)> = addresses
+            .into_iter()
+            .map(|address| {
+                let node = self
+                    .model
+                    .nodes
+                    .iter()
+                    .find(|(_, node)| node.address == Some(address));
+                let (rule, label) = match node {
+                    Some((path, node)) => (node.monitor.clone(), format!("node {}", name(path))),
+                    None => (None, format!("node {address}")),
+                };
+                (
+                    address,
+                    rule.or_else(|| self.model.default_node_monitor.clone()),
+                    label,
+                )
+            })
+            .collect();
+        for (address, rule, label) in nodes {
+            let Some(rule) = rule else { continue };
+            let Some(mut out) = self.rule(&rule, &label) else {
+                self.model.detail(rule.at, format!("{label}: no monitor of its rule is left, so it does not take its members down"));
+                continue;
+            };
+            let portless: Vec<String> = out
+                .monitors
+                .iter()
+                .filter(|m| {
+                    let converted = &self.output.monitors[*m];
+                    converted.port.is_none() && converted.check != Check::Icmp
+                })
+                .cloned()
+                .collect();
+            for monitor in &portless {
+                self.model.detail(rule.at, format!("{label}: monitor {monitor} has no port of its own (destination *:*), which a node has not either; left out of its rule"));
+            }
+            out.monitors.retain(|m| !portless.contains(m));
+            if out.monitors.is_empty() {
+                continue;
+            }
+            out.min = out.min.map(|min| min.clamp(1, out.monitors.len()));
+            self.output.nodes.insert(address, out);
+        }
     }
 }

@@ -1,22 +1,36 @@
-//! `vipgate import-f5`: a BIG-IP configuration (bigpipe style, as in the
-//! deployment guide's sample, or tmsh `ltm ...` style of v11+) turned into
-//! a vipgate configuration, with a note for every statement that could not
-//! be carried over.
+//! `vipgate import-f5`: a BIG-IP configuration (bigpipe of v4 to v10, or
+//! tmsh `bigip.conf` of v11 and later, in blocks or one line per object)
+//! turned into a vipgate configuration, with a report of what changed and
+//! what was not carried over.
 //!
-//! - `syntax`: lexer and recursive-descent parser into statements;
-//! - `convert`: statements -> a model of monitors, nodes, pools, virtuals,
-//!   SNAT pools and profiles, noting what vipgate lacks;
-//! - `virtuals`: pools, members, virtuals and SNAT pools in particular;
-//! - `emit`: the model as vipgate TOML that passes `vipgate check`.
+//! - [`syntax`]: lexer and parser into statements, with line and column;
+//! - `words`: names, addresses, service-name ports, template placeholders,
+//!   and statements split into attributes;
+//! - `model` (with `monitors`, `pools`, `virtuals`, `profiles`): the F5
+//!   objects as written;
+//! - `convert`: what vipgate will do, leaving out with a note whatever it
+//!   cannot carry over;
+//! - `emit`: the TOML; `report`: the notes, grouped.
+//!
+//! The result always passes `vipgate check` but for the files it names
+//! (certificates, the cookie secret) that the operator still has to export:
+//! `import` validates it before returning it.
 
 mod convert;
 mod emit;
+mod model;
+mod monitors;
+mod pools;
+mod profiles;
+mod report;
 mod syntax;
 mod virtuals;
+mod words;
 
 use std::fmt;
 
-pub use convert::Note;
+pub use emit::SECRET_FILE;
+pub use report::{Note, NoteKind, Report, Summary};
 pub use syntax::{Position, SyntaxError};
 
 /// A converted file.
@@ -24,11 +38,11 @@ pub use syntax::{Position, SyntaxError};
 pub struct Imported {
     /// The vipgate configuration.
     pub toml: String,
-    /// What was not carried over, and why, in file order.
-    pub notes: Vec<Note>,
+    /// What was converted, changed and left out.
+    pub report: Report,
 }
 
-/// Why a file could not be converted.
+/// Why a file gave no configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{source_name}:{error}")]
@@ -36,12 +50,20 @@ pub enum ImportError {
         source_name: String,
         error: SyntaxError,
     },
-    /// Template placeholders (`<node1 IP address>`) where values belong.
+    /// Template placeholders (`<node1 IP address>`, `__VS_ADDR__`) where
+    /// vipgate needs values.
     #[error("{}", Placeholders { source_name, notes })]
     Placeholders {
         source_name: String,
         notes: Vec<Note>,
     },
+    /// No virtual server could be converted; the report says why.
+    #[error("no virtual server of {} could be converted, so there is nothing to run:\n{report}", report.source_name)]
+    NothingUsable { report: Report },
+    /// The conversion produced a configuration vipgate refuses: a bug in
+    /// the importer.
+    #[error("the converted configuration is not valid, which is a bug in vipgate import-f5 (please report it with the file): {error}")]
+    Invalid { error: crate::config::ConfigError },
 }
 
 struct Placeholders<'a> {
@@ -53,44 +75,83 @@ impl fmt::Display for Placeholders<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} has {} placeholder{} to fill in before it can be converted:",
+            "{} is a template: {} placeholder{} to fill in before it can be converted:",
             self.source_name,
             self.notes.len(),
             if self.notes.len() == 1 { "" } else { "s" }
         )?;
         for note in self.notes {
-            write!(f, "\n  {}:{}: {}", self.source_name, note.at, note.message)?;
+            write!(f, "\n  {}:{note}", self.source_name)?;
         }
         Ok(())
     }
 }
 
-impl fmt::Display for Note {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.at.line == 0 {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.at, self.message)
+/// A file's bytes as text: UTF-8, or else Latin-1 (BIG-IP exports keep
+/// descriptions in whatever the operator typed), which every byte is.
+pub fn decode(bytes: &[u8]) -> (String, bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (text.to_string(), false),
+        Err(_) => (bytes.iter().map(|&b| char::from(b)).collect(), true),
+    }
+}
+
+/// Converts the F5 configuration in `bytes` (named `source_name` in
+/// messages and in the output's header).
+pub fn import_bytes(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> {
+    let (text, latin1) = decode(bytes);
+    let mut imported = import(&text, source_name);
+    if latin1 {
+        let note = Note {
+            at: Position::default(),
+            kind: NoteKind::Detail,
+            message: "the file is not UTF-8; it was read as Latin-1".into(),
+        };
+        match &mut imported {
+            Ok(Imported { report, .. }) | Err(ImportError::NothingUsable { report }) => {
+                report.notes.insert(0, note)
+            }
+            Err(_) => {}
         }
     }
+    imported
 }
 
 /// Converts the F5 configuration `text` (named `source_name` in messages
 /// and in the output's header).
 pub fn import(text: &str, source_name: &str) -> Result<Imported, ImportError> {
-    let statements = syntax::parse(text).map_err(|error| ImportError::Syntax {
+    let parsed = syntax::parse(text).map_err(|error| ImportError::Syntax {
         source_name: source_name.to_string(),
         error,
     })?;
-    let model = convert::Model::read(&statements);
-    if !model.errors.is_empty() {
+    let mut model = model::Model::read(&parsed.statements);
+    for (at, opened) in &parsed.assumed_braces {
+        model.detail(
+            *at,
+            format!("the block opened at {opened} is never closed; it is read as ending before this line (a `}}` is missing)"),
+        );
+    }
+    if !model.templates.is_empty() {
+        let mut notes = std::mem::take(&mut model.templates);
+        notes.sort_by_key(|note| note.at);
+        notes.dedup();
         return Err(ImportError::Placeholders {
             source_name: source_name.to_string(),
-            notes: model.errors,
+            notes,
         });
     }
-    let (toml, mut notes) = emit::emit(&model, source_name);
-    notes.extend(model.notes.iter().cloned());
+    let output = convert::Converter::run(&mut model);
+    let (toml, summary) = emit::emit(&output, source_name);
+    let mut notes = std::mem::take(&mut model.notes);
     notes.sort_by_key(|note| note.at);
-    Ok(Imported { toml, notes })
+    let report = Report {
+        source_name: source_name.to_string(),
+        summary,
+        notes,
+    };
+    if summary.virtuals == 0 {
+        return Err(ImportError::NothingUsable { report });
+    }
+    crate::config::parse(&toml, source_name).map_err(|error| ImportError::Invalid { error })?;
+    Ok(Imported { toml, report })
 }

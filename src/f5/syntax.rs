@@ -1,21 +1,57 @@
 //! The shape both F5 configuration syntaxes share: statements of words,
 //! each ended by a newline or carrying a `{ ... }` block of statements.
-//! bigpipe (`pool p { members ... }`) and tmsh (`ltm pool /Common/p {
-//! ... }`) differ only in their words, which `convert` reads.
+//! bigpipe (`pool p { members ... }`) and tmsh (`ltm pool /Common/p { ...
+//! }`, in blocks or on one line) differ only in their words, which the
+//! readers interpret.
 //!
 //! A hand-written lexer and a recursive-descent parser: comments (`#` to
 //! the end of the line), double-quoted strings with `\` escapes, braces in
-//! any layout, and deployment-guide placeholders (`<node1 IP address>`) as
-//! one word. Errors carry line and column; nothing here panics, and nesting
-//! is bounded so a hostile file cannot exhaust the stack.
+//! any layout. Template placeholders (`<node1 IP address>`, `{{ vs_addr }}`,
+//! `${vs_addr}`) are read as one word and marked, but only a placeholder
+//! where vipgate needs a value stops the import: an iRule's `<` or an HTML
+//! page in a profile is just text. Errors carry line and column; nothing
+//! here panics, and nesting is bounded so a hostile file cannot exhaust the
+//! stack.
+//!
+//! A file whose last block is never closed is read again as if a `}` stood
+//! before each later line that starts a top-level object at column 1 (a
+//! hand-edited export missing one brace), and the reader says so.
 
 use std::fmt;
 
 /// Deepest `{` nesting accepted (real files use a handful).
 const MAX_DEPTH: usize = 64;
 
+/// Words that start a top-level object at column 1, for brace recovery.
+const TOP_LEVEL: [&str; 24] = [
+    "ltm",
+    "net",
+    "sys",
+    "gtm",
+    "apm",
+    "asm",
+    "security",
+    "auth",
+    "cm",
+    "pem",
+    "wom",
+    "ilx",
+    "analytics",
+    "pool",
+    "virtual",
+    "monitor",
+    "node",
+    "profile",
+    "snatpool",
+    "rule",
+    "vlan",
+    "self",
+    "route",
+    "partition",
+];
+
 /// A position in the file, 1-based.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
     pub line: usize,
     pub column: usize,
@@ -34,8 +70,8 @@ pub struct Word {
     pub at: Position,
     /// Written in double quotes (so `{` or spaces inside are text).
     pub quoted: bool,
-    /// A `<...>` placeholder left from a template.
-    pub placeholder: bool,
+    /// Holds a template placeholder (`<...>`, `{{ ... }}`, `${...}`).
+    pub template: bool,
 }
 
 /// Words up to a newline, and the block that may follow them.
@@ -66,6 +102,14 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// A file read as statements, and the braces that had to be assumed.
+#[derive(Debug)]
+pub struct Parsed {
+    pub statements: Vec<Statement>,
+    /// `(where the missing `}` was assumed, the block it closes)`.
+    pub assumed_braces: Vec<(Position, Position)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
     Word(Word),
@@ -74,140 +118,234 @@ enum Token {
     Newline,
 }
 
-fn lex(text: &str) -> Result<Vec<Token>, SyntaxError> {
-    let mut tokens = Vec::new();
-    let mut chars = text.chars().peekable();
-    let (mut line, mut column) = (1usize, 1usize);
-    // Advances over one character, keeping the position.
-    macro_rules! bump {
-        () => {{
-            let next = chars.next();
-            if next == Some('\n') {
-                line += 1;
-                column = 1;
-            } else if next.is_some() {
-                column += 1;
-            }
-            next
-        }};
+struct Lexer {
+    chars: Vec<char>,
+    index: usize,
+    line: usize,
+    column: usize,
+}
+
+impl Lexer {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.index).copied()
     }
-    while let Some(&c) = chars.peek() {
-        let at = Position { line, column };
+
+    fn position(&self) -> Position {
+        Position {
+            line: self.line,
+            column: self.column,
+        }
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let next = self.peek()?;
+        self.index += 1;
+        if next == '\n' {
+            self.line += 1;
+            self.column = 1;
+        } else {
+            self.column += 1;
+        }
+        Some(next)
+    }
+
+    /// The length of a template placeholder starting here, if one does:
+    /// `<words>`, `{{ name }}` or `${name}`, on one line.
+    fn template_length(&self) -> Option<usize> {
+        let rest = &self.chars[self.index..];
+        let line_end = rest.iter().position(|&c| c == '\n').unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        let (opening, closing, allowed): (usize, &[char], fn(char) -> bool) = match line {
+            ['<', ..] => (1, &['>'], |c| {
+                !matches!(c, '{' | '}' | '"' | ';' | '#' | '<')
+            }),
+            ['{', '{', ..] => (2, &['}', '}'], |c| {
+                c.is_alphanumeric() || matches!(c, '_' | '.' | ' ' | '|' | ':' | '-')
+            }),
+            ['$', '{', ..] => (2, &['}'], |c| {
+                c.is_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
+            }),
+            _ => return None,
+        };
+        let inner_end = (opening..line.len()).find(|&at| line[at..].starts_with(closing))?;
+        let inner = &line[opening..inner_end];
+        (inner.iter().all(|&c| allowed(c)) && inner.iter().any(|c| c.is_alphanumeric()))
+            .then_some(inner_end + closing.len())
+    }
+
+    fn quoted(&mut self, at: Position) -> Result<Word, SyntaxError> {
+        self.bump();
+        let mut text = String::new();
+        loop {
+            match self.bump() {
+                None => {
+                    return Err(SyntaxError {
+                        at,
+                        message: "this quoted string is never closed".into(),
+                    })
+                }
+                Some('"') => break,
+                Some('\\') => match self.bump() {
+                    // F5 escapes are kept as written (`\r\n` in a monitor's
+                    // send string stays two characters each); only an
+                    // escaped quote or backslash is unescaped.
+                    Some(escaped @ ('"' | '\\')) => text.push(escaped),
+                    Some(other) => {
+                        text.push('\\');
+                        text.push(other);
+                    }
+                    None => {}
+                },
+                Some(other) => text.push(other),
+            }
+        }
+        Ok(Word {
+            text,
+            at,
+            quoted: true,
+            template: false,
+        })
+    }
+
+    fn bare(&mut self, at: Position) -> Word {
+        let mut text = String::new();
+        let mut template = false;
+        while let Some(c) = self.peek() {
+            if let Some(length) = self.template_length() {
+                template = true;
+                for _ in 0..length {
+                    text.extend(self.bump());
+                }
+                continue;
+            }
+            // `lex` starts a word only on a character that belongs to it,
+            // so every word makes progress.
+            if c.is_whitespace() || matches!(c, '{' | '}' | '"' | ';' | '#') {
+                break;
+            }
+            text.push(c);
+            self.bump();
+        }
+        Word {
+            text,
+            at,
+            quoted: false,
+            template,
+        }
+    }
+}
+
+fn lex(text: &str) -> Result<Vec<Token>, SyntaxError> {
+    let mut lexer = Lexer {
+        chars: text.chars().collect(),
+        index: 0,
+        line: 1,
+        column: 1,
+    };
+    let mut tokens = Vec::new();
+    while let Some(c) = lexer.peek() {
+        let at = lexer.position();
         match c {
-            '\n' => {
-                bump!();
+            '\n' | ';' => {
+                lexer.bump();
                 tokens.push(Token::Newline);
             }
-            ';' => {
-                bump!();
-                tokens.push(Token::Newline);
+            '\\' if matches!(lexer.chars.get(lexer.index + 1), Some('\n' | '\r')) => {
+                // A line continuation joins the next line to this one.
+                lexer.bump();
+                if lexer.peek() == Some('\r') {
+                    lexer.bump();
+                }
+                if lexer.peek() == Some('\n') {
+                    lexer.bump();
+                }
             }
             c if c.is_whitespace() => {
-                bump!();
-            }
-            '\\' => {
-                // A line continuation joins the next line to this one.
-                bump!();
-                if chars.peek() == Some(&'\n') {
-                    bump!();
-                } else if chars.peek() == Some(&'\r') {
-                    bump!();
-                    if chars.peek() == Some(&'\n') {
-                        bump!();
-                    }
-                }
+                lexer.bump();
             }
             '#' => {
-                while chars.peek().is_some_and(|&c| c != '\n') {
-                    bump!();
+                while lexer.peek().is_some_and(|c| c != '\n') {
+                    lexer.bump();
                 }
             }
+            '{' | '$' if lexer.template_length().is_some() => {
+                tokens.push(Token::Word(lexer.bare(at)));
+            }
             '{' => {
-                bump!();
+                lexer.bump();
                 tokens.push(Token::Open(at));
             }
             '}' => {
-                bump!();
+                lexer.bump();
                 tokens.push(Token::Close(at));
             }
-            '"' => {
-                bump!();
-                let mut text = String::new();
-                loop {
-                    match bump!() {
-                        None => {
-                            return Err(SyntaxError {
-                                at,
-                                message: "this quoted string is never closed".into(),
-                            })
-                        }
-                        Some('"') => break,
-                        Some('\\') => match bump!() {
-                            // F5 escapes are kept as written (`\r\n` in a
-                            // monitor's send string stays two characters
-                            // each); only an escaped quote or backslash is
-                            // unescaped.
-                            Some(escaped @ ('"' | '\\')) => text.push(escaped),
-                            Some(other) => {
-                                text.push('\\');
-                                text.push(other);
-                            }
-                            None => {}
-                        },
-                        Some(other) => text.push(other),
-                    }
-                }
-                tokens.push(Token::Word(Word {
-                    text,
-                    at,
-                    quoted: true,
-                    placeholder: false,
-                }));
-            }
-            _ => {
-                let mut text = String::new();
-                let mut placeholder = false;
-                while let Some(&c) = chars.peek() {
-                    if c == '<' {
-                        // A template placeholder runs to its `>` on the
-                        // same line, spaces included.
-                        placeholder = true;
-                        while let Some(&c) = chars.peek() {
-                            if c == '\n' {
-                                break;
-                            }
-                            text.push(c);
-                            bump!();
-                            if c == '>' {
-                                break;
-                            }
-                        }
-                        continue;
-                    }
-                    if c.is_whitespace() || matches!(c, '{' | '}' | '"' | ';' | '#') {
-                        break;
-                    }
-                    text.push(c);
-                    bump!();
-                }
-                tokens.push(Token::Word(Word {
-                    text,
-                    at,
-                    quoted: false,
-                    placeholder,
-                }));
-            }
+            '"' => tokens.push(Token::Word(lexer.quoted(at)?)),
+            _ => tokens.push(Token::Word(lexer.bare(at))),
         }
     }
     Ok(tokens)
 }
 
 /// Reads a whole file into its top-level statements.
-pub fn parse(text: &str) -> Result<Vec<Statement>, SyntaxError> {
+pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
     let tokens = lex(text)?;
-    let mut position = 0;
-    let statements = block(&tokens, &mut position, 0, None)?;
-    Ok(statements)
+    let error = match block(&tokens, &mut 0, 0, None) {
+        Ok(statements) => {
+            return Ok(Parsed {
+                statements,
+                assumed_braces: Vec::new(),
+            })
+        }
+        Err(error) => error,
+    };
+    // Only a block left open at the end is worth a second reading.
+    if !error.message.ends_with("is never closed") || !error.message.contains('{') {
+        return Err(error);
+    }
+    let (tokens, assumed_braces) = close_before_top_level(&tokens);
+    if assumed_braces.is_empty() {
+        return Err(error);
+    }
+    match block(&tokens, &mut 0, 0, None) {
+        Ok(statements) => Ok(Parsed {
+            statements,
+            assumed_braces,
+        }),
+        Err(_) => Err(error),
+    }
+}
+
+/// The tokens with a `}` inserted before every column-1 top-level word
+/// met inside a block, as many as that block depth needs.
+fn close_before_top_level(tokens: &[Token]) -> (Vec<Token>, Vec<(Position, Position)>) {
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut open: Vec<Position> = Vec::new();
+    let mut assumed = Vec::new();
+    let mut line_start = true;
+    for token in tokens {
+        match token {
+            Token::Word(word)
+                if line_start
+                    && !open.is_empty()
+                    && word.at.column == 1
+                    && !word.quoted
+                    && TOP_LEVEL.contains(&word.text.as_str()) =>
+            {
+                while let Some(opened) = open.pop() {
+                    assumed.push((word.at, opened));
+                    out.push(Token::Close(word.at));
+                }
+            }
+            Token::Open(at) => open.push(*at),
+            Token::Close(_) => {
+                open.pop();
+            }
+            _ => {}
+        }
+        line_start = matches!(token, Token::Newline);
+        out.push(token.clone());
+    }
+    (out, assumed)
 }
 
 /// Statements until the end (top level) or the `}` closing the block
@@ -234,7 +372,7 @@ fn block(
                 words: Vec::new(),
                 at: block
                     .first()
-                    .map_or(Position { line: 0, column: 0 }, |s: &Statement| s.at),
+                    .map_or_else(Position::default, |s: &Statement| s.at),
                 block: Some(block),
             });
         }
@@ -284,10 +422,14 @@ mod tests {
         statement.words.iter().map(|w| w.text.as_str()).collect()
     }
 
+    fn top(text: &str) -> Vec<Statement> {
+        parse(text).unwrap().statements
+    }
+
     #[test]
     fn statements_blocks_comments_and_quotes() {
         let text = "# a comment\nltm pool /Common/p {\n  members { /Common/10.0.0.1:80 { address 10.0.0.1 } }\n  description \"two words # not a comment\"\n}\nprofiles tcp {}\n";
-        let top = parse(text).unwrap();
+        let top = top(text);
         assert_eq!(top.len(), 2);
         assert_eq!(words(&top[0]), ["ltm", "pool", "/Common/p"]);
         assert_eq!(top[0].at, Position { line: 2, column: 1 });
@@ -307,11 +449,34 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_are_one_word() {
-        let top = parse("node <node1 IP address> {\n}\n  <node2 IP address>:9070\n").unwrap();
+    fn placeholders_of_every_template_style_are_one_marked_word() {
+        let top = top("node <node1 IP address> {\n}\n  <node2 IP address>:9070\n  destination {{ vs_addr }}:80 ${vs_port}\n");
         assert_eq!(words(&top[0]), ["node", "<node1 IP address>"]);
-        assert!(top[0].words[1].placeholder);
+        assert!(top[0].words[1].template);
         assert_eq!(words(&top[1]), ["<node2 IP address>:9070"]);
+        assert_eq!(
+            words(&top[2]),
+            ["destination", "{{ vs_addr }}:80", "${vs_port}"]
+        );
+        assert!(top[2].words[1].template && top[2].words[2].template);
+        assert!(!top[2].words[0].template);
+    }
+
+    #[test]
+    fn comparisons_and_html_are_text_not_structure() {
+        // An iRule's `<` and `<=`, and Tcl braces, stay as they are.
+        let rule = "ltm rule r {\nwhen HTTP_REQUEST {\n  if { [HTTP::header Content-Length] < 1000 } { pool a }\n  for { set i 0 } { $i <= 5 } { incr i } { }\n}\n}\n";
+        let top = top(rule);
+        assert_eq!(top.len(), 1);
+        let body = &top[0].children()[0];
+        assert_eq!(words(body), ["when", "HTTP_REQUEST"]);
+        assert!(body.children()[0].words.iter().all(|w| !w.template));
+        let html = top_words("data <html><head><title></title></head></html>\n");
+        assert_eq!(html, ["data", "<html><head><title></title></head></html>"]);
+    }
+
+    fn top_words(text: &str) -> Vec<String> {
+        top(text)[0].words.iter().map(|w| w.text.clone()).collect()
     }
 
     #[test]
@@ -324,5 +489,20 @@ mod tests {
         assert_eq!(error.at, Position { line: 2, column: 7 });
         let deep = "{".repeat(100) + &"}".repeat(100);
         assert!(parse(&deep).unwrap_err().message.contains("nest deeper"));
+    }
+
+    #[test]
+    fn a_missing_brace_before_the_next_object_is_assumed_and_reported() {
+        let text = "pool a {\n   member 10.0.0.1:80\n\npool b {\n   member 10.0.0.2:80\n}\n";
+        let parsed = parse(text).unwrap();
+        assert_eq!(parsed.statements.len(), 2);
+        assert_eq!(words(&parsed.statements[1]), ["pool", "b"]);
+        assert_eq!(
+            parsed.assumed_braces,
+            vec![(
+                Position { line: 4, column: 1 },
+                Position { line: 1, column: 8 }
+            )]
+        );
     }
 }

@@ -1,304 +1,172 @@
-//! Pools (with their members), virtual servers and SNAT pools, read from
-//! either syntax. bigpipe lists a pool's members on the lines after
-//! `members`, each followed by its own attribute lines; tmsh puts them in
-//! blocks.
+//! Virtual servers, read from either syntax: destination, pool, SNAT, the
+//! profiles and persistence attached, and everything that makes a virtual
+//! something other than a load balancer (forwarding, reject, UDP).
 
-use super::convert::{address, key, name, number, Member, Model, Pool, Virtual, MEMBER_KEYS};
-use super::syntax::{Statement, Word};
+use super::model::{Model, SnatChoice, Virtual};
+use super::syntax::{Position, Statement};
+use super::words::{attributes, name, Arity, Attribute};
+
+const KEYS: [(&str, Arity); 45] = [
+    ("destination", Arity::One),
+    ("pool", Arity::One),
+    ("use-pool", Arity::One),
+    ("snat", Arity::One),
+    ("snatpool", Arity::One),
+    ("source-address-translation", Arity::One),
+    ("profiles", Arity::Many),
+    ("profile", Arity::Many),
+    ("persist", Arity::Many),
+    ("fallback-persistence", Arity::One),
+    ("rules", Arity::Many),
+    ("rule", Arity::Many),
+    ("policies", Arity::Many),
+    ("limit", Arity::One),
+    ("connection-limit", Arity::One),
+    ("ip-protocol", Arity::One),
+    ("mask", Arity::One),
+    ("source", Arity::One),
+    ("vlans", Arity::Many),
+    ("vlans-enabled", Arity::Flag),
+    ("vlans-disabled", Arity::Flag),
+    ("translate-address", Arity::One),
+    ("translate-port", Arity::One),
+    ("description", Arity::Rest),
+    ("creation-time", Arity::One),
+    ("last-modified-time", Arity::One),
+    ("enabled", Arity::Flag),
+    ("disabled", Arity::Flag),
+    ("enable", Arity::Flag),
+    ("disable", Arity::Flag),
+    ("ip-forward", Arity::Flag),
+    ("l2-forward", Arity::Flag),
+    ("reject", Arity::Flag),
+    ("stateless", Arity::Flag),
+    ("internal", Arity::Flag),
+    ("dhcp-relay", Arity::Flag),
+    ("serverssl-use-sni", Arity::One),
+    ("source-port", Arity::One),
+    ("auto-lasthop", Arity::One),
+    ("cmp-enabled", Arity::One),
+    ("app-service", Arity::One),
+    ("partition", Arity::One),
+    ("vs-index", Arity::One),
+    ("rate-limit", Arity::One),
+    ("security-log-profiles", Arity::Many),
+];
+
+/// Settings that change nothing vipgate does.
+const QUIET: [&str; 11] = [
+    "description",
+    "creation-time",
+    "last-modified-time",
+    "enabled",
+    "enable",
+    "serverssl-use-sni",
+    "auto-lasthop",
+    "cmp-enabled",
+    "app-service",
+    "partition",
+    "vs-index",
+];
+
+/// Names of the attached objects in `values` and the block's statements
+/// (`profiles { /Common/tcp { context clientside } }`, `profile http tcp`).
+fn references(attribute: &Attribute) -> Vec<(String, Position)> {
+    let mut found: Vec<(String, Position)> = attribute
+        .values
+        .iter()
+        .map(|w| (w.text.clone(), w.at))
+        .collect();
+    for statement in attribute.block.unwrap_or(&[]) {
+        if let Some(word) = statement.words.first() {
+            found.push((word.text.clone(), word.at));
+        }
+    }
+    found.retain(|(text, _)| !text.is_empty() && text != "none");
+    found
+}
 
 impl Model {
-    pub(super) fn pool(&mut self, object: &str, statement: &Statement) {
-        let mut pool = Pool::default();
-        let mut in_members = false;
-        let keys = [
-            "load-balancing-mode",
-            "lb-method",
-            "lb-mode",
-            "monitor",
-            "members",
-            "min-active-members",
-            "slow-ramp-time",
-            "service-down-action",
-            "action-on-svcdown",
-            "action-on-service-down",
-            "description",
-            "allow-snat",
-            "allow-nat",
-            "min-up-members",
-        ];
-        for child in statement.children() {
-            let found = key(child, &keys);
-            if in_members {
-                let first = child.word(0);
-                let starts_member = first.contains(':')
-                    || (child.words.len() == 1 && child.block.is_some() && found.is_none());
-                if starts_member {
-                    self.member_line(&mut pool, child);
-                    continue;
-                }
-                // bigpipe: attribute lines after a member belong to it.
-                if key(child, &MEMBER_KEYS).is_some() {
-                    if let Some(member) = pool.members.last_mut() {
-                        self.member_attribute(member, child);
-                        continue;
-                    }
-                }
-            }
-            let Some((found, rest)) = found else {
-                self.note(
-                    child.at,
-                    format!("pool {object}: `{}` is not carried over", child.word(0)),
-                );
-                continue;
-            };
-            match found {
-                "load-balancing-mode" | "lb-method" | "lb-mode" => {
-                    let mode: Vec<&str> = rest.iter().map(|w| w.text.as_str()).collect();
-                    pool.algorithm = match mode.join("-").as_str() {
-                        "round-robin" | "rr" => Some("round-robin"),
-                        "ratio-member" | "member-ratio" | "ratio" | "ratio-node" => Some("ratio"),
-                        "least-connections-member" | "least-conn-member" | "member-least-conn" | "least-conn" | "least-connections-node" => Some("least-connections"),
-                        other => {
-                            self.note(child.at, format!("pool {object}: load balancing `{other}` is not available; round-robin is used"));
-                            None
-                        }
-                    };
-                }
-                "monitor" => {
-                    let words: Vec<Word> = rest.iter().cloned().chain(child.children().iter().flat_map(|s| s.words.iter().cloned())).collect();
-                    pool.monitor = self.rule(&words, child.at, &format!("pool {object}"));
-                }
-                "members" => {
-                    // bigpipe lists members (and their attributes) on the
-                    // lines that follow; tmsh puts them in a block.
-                    in_members = child.block.is_none();
-                    // `members 10.0.0.1:80 10.0.0.2:80` on one line.
-                    for word in rest {
-                        pool.members.push(Member { address: address(&word.text), ..Member::default() });
-                    }
-                    for member in child.children() {
-                        self.member_line(&mut pool, member);
-                    }
-                }
-                "min-active-members" => pool.min_active_members = number(rest),
-                "slow-ramp-time" => pool.slow_ramp = number(rest),
-                "service-down-action" | "action-on-svcdown" | "action-on-service-down" => {
-                    match rest.first().map(|w| w.text.as_str()) {
-                        Some("reset") => pool.reset_on_down = true,
-                        Some("none") | None => {}
-                        Some(other) => self.note(child.at, format!("pool {object}: service-down-action {other} becomes none (vipgate has none and reset)")),
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.pools.insert(object.to_string(), pool);
-    }
-
-    /// A member: `10.0.0.1:80`, with its attributes on the following lines
-    /// (bigpipe) or in its block (tmsh).
-    fn member_line(&mut self, pool: &mut Pool, statement: &Statement) {
-        if statement.words.is_empty() {
-            for inner in statement.children() {
-                self.member_line(pool, inner);
-            }
-            return;
-        }
-        let mut member = Member {
-            address: address(statement.word(0)),
-            ..Member::default()
-        };
-        // bigpipe may write attributes on the same line.
-        if statement.words.len() > 1 {
-            let rest = Statement {
-                words: statement.words[1..].to_vec(),
-                block: None,
-                at: statement.at,
-            };
-            self.member_attribute(&mut member, &rest);
-        }
-        for child in statement.children() {
-            self.member_attribute(&mut member, child);
-        }
-        pool.members.push(member);
-    }
-
-    fn member_attribute(&mut self, member: &mut Member, statement: &Statement) {
-        let owner = format!("member {}", member.address);
-        // A compact block holds several pairs on one line
-        // (`{ address 10.0.0.11 ratio 3 }`): read the rest after this one.
-        if let Some((found, rest)) = key(statement, &MEMBER_KEYS) {
-            if found != "monitor" && found != "description" && rest.len() > 1 {
-                let more = Statement {
-                    words: rest[1..].to_vec(),
-                    block: None,
-                    at: rest[1].at,
-                };
-                self.member_attribute(member, &more);
-            }
-        }
-        match key(statement, &MEMBER_KEYS) {
-            Some(("address", rest)) => {
-                if let Some(word) = rest.first() {
-                    let port = member
-                        .address
-                        .rsplit_once(':')
-                        .map(|(_, p)| p.to_string())
-                        .unwrap_or_default();
-                    member.address = format!("{}:{port}", address(&word.text));
-                }
-            }
-            Some(("monitor", rest)) => member.monitor = self.rule(rest, statement.at, &owner),
-            Some(("ratio", rest)) => member.ratio = number(rest),
-            Some(("priority" | "priority-group", rest)) => member.priority = number(rest),
-            Some(("connection-limit" | "limit", rest)) => member.connection_limit = number(rest),
-            Some(("session", rest)) => {
-                if rest.first().is_some_and(|w| w.text.contains("disabled")) {
-                    member.state = Some("disabled");
-                }
-            }
-            Some(("state", rest)) => {
-                if rest.first().is_some_and(|w| w.text.contains("down")) {
-                    member.state = Some("forced-offline");
-                }
-            }
-            Some(("description", _)) => {}
-            Some((other, _)) => self.note(
-                statement.at,
-                format!("{owner}: `{other}` is not carried over"),
-            ),
-            None => self.note(
-                statement.at,
-                format!("{owner}: `{}` is not carried over", statement.word(0)),
-            ),
-        }
-    }
-
-    pub(super) fn virtual_server(&mut self, object: &str, statement: &Statement) {
+    pub(super) fn virtual_server(&mut self, written: &str, statement: &Statement) {
         let mut virtual_server = Virtual {
-            at: Some(statement.at),
-            tcp: true,
+            at: statement.at,
             ..Virtual::default()
         };
-        let keys = [
-            "destination",
-            "pool",
-            "snat",
-            "snatpool",
-            "source-address-translation",
-            "profiles",
-            "profile",
-            "persist",
-            "limit",
-            "connection-limit",
-            "ip-protocol",
-            "description",
-            "mask",
-            "vlans",
-            "vlans-enabled",
-            "vlans-disabled",
-            "translate-address",
-            "translate-port",
-            "source",
-            "rules",
-            "rule",
-            "fallback-persistence",
-            "creation-time",
-            "last-modified-time",
-            "enabled",
-        ];
-        for child in statement.children() {
-            let Some((found, rest)) = key(child, &keys) else {
-                self.note(
-                    child.at,
-                    format!("virtual {object}: `{}` is not carried over", child.word(0)),
-                );
-                continue;
-            };
-            let first = rest.first().map(|w| w.text.as_str()).unwrap_or("");
-            match found {
-                "destination" => virtual_server.destination = Some(address(first)),
-                "pool" => virtual_server.pool = Some(name(first)),
-                "snat" if first == "automap" => virtual_server.snat = Some("automap".into()),
-                "snatpool" => virtual_server.snat = Some(name(first)),
+        for attribute in attributes(statement.children(), &KEYS) {
+            let at = attribute.at;
+            match attribute.key.as_str() {
+                "destination" => {
+                    if let Some(word) = attribute.values.first() {
+                        if !self.template(word) {
+                            virtual_server.destination = Some(word.clone());
+                        }
+                    }
+                }
+                // bigpipe v4: `use pool NAME`.
+                "pool" | "use-pool" => {
+                    if let Some(word) = attribute.values.first() {
+                        if !self.template(word) && word.text != "none" {
+                            virtual_server.pool = Some(word.clone());
+                        }
+                    }
+                }
+                "snat" if attribute.value() == "automap" => virtual_server.snat = SnatChoice::Automap,
+                "snat" if attribute.value() == "none" => {}
+                "snat" | "snatpool" => {
+                    virtual_server.snat = SnatChoice::Pool(attribute.value().to_string())
+                }
                 "source-address-translation" => {
-                    let mut kind = "";
-                    let mut snat_pool = None;
-                    for inner in child.children() {
-                        let words: Vec<&str> =
-                            inner.words.iter().map(|w| w.text.as_str()).collect();
-                        for pair in words.chunks(2) {
-                            match pair {
-                                ["type", value] => kind = value,
-                                ["pool", value] => snat_pool = Some(name(value)),
-                                _ => {}
-                            }
+                    let inner = attributes(
+                        attribute.block.unwrap_or(&[]),
+                        &[("type", Arity::One), ("pool", Arity::One)],
+                    );
+                    let get = |key: &str| inner.iter().find(|a| a.key == key).map(|a| a.value().to_string());
+                    virtual_server.snat = match (get("type").as_deref(), get("pool")) {
+                        (Some("automap"), _) => SnatChoice::Automap,
+                        (Some("snat"), Some(pool)) => SnatChoice::Pool(pool),
+                        (Some("lsn"), _) => {
+                            self.detail(at, format!("virtual {}: large-scale NAT is not carried over; no SNAT written", name(written)));
+                            SnatChoice::None
                         }
-                    }
-                    match kind {
-                        "automap" => virtual_server.snat = Some("automap".into()),
-                        "snat" => virtual_server.snat = snat_pool,
-                        _ => {}
-                    }
+                        _ => SnatChoice::None,
+                    };
                 }
-                "profiles" | "profile" => {
-                    for word in rest {
-                        virtual_server.profiles.push((name(&word.text), word.at));
-                    }
-                    for inner in child.children() {
-                        if let Some(word) = inner.words.first() {
-                            virtual_server.profiles.push((name(&word.text), word.at));
-                        }
-                    }
+                "profiles" | "profile" => virtual_server.profiles.extend(references(&attribute)),
+                "persist" => virtual_server.persist.extend(references(&attribute)),
+                "fallback-persistence" => {
+                    virtual_server.fallback_persistence =
+                        references(&attribute).into_iter().next()
                 }
-                "persist" => {
-                    for word in rest {
-                        virtual_server.persist.push((name(&word.text), word.at));
-                    }
-                    for inner in child.children() {
-                        if let Some(word) = inner.words.first() {
-                            virtual_server.persist.push((name(&word.text), word.at));
-                        }
-                    }
-                }
-                "limit" | "connection-limit" => virtual_server.connection_limit = number(rest),
+                "rules" | "rule" => virtual_server.rules.extend(references(&attribute)),
+                "policies" => virtual_server.policies.extend(references(&attribute)),
+                "limit" | "connection-limit" => virtual_server.connection_limit = attribute.number(),
                 "ip-protocol" => {
-                    virtual_server.tcp = first == "tcp";
-                    if first != "tcp" {
-                        self.note(child.at, format!("virtual {object}: ip protocol {first}: vipgate is TCP only, so this virtual is left out"));
-                    }
+                    virtual_server.protocol = Some((attribute.value().to_string(), at))
                 }
-                "rules" | "rule" => self.note(
-                    child.at,
-                    format!("virtual {object}: iRules are not carried over"),
-                ),
-                "description" | "mask" | "source" | "translate-address" | "translate-port"
-                | "creation-time" | "last-modified-time" | "enabled" => {}
-                other => self.note(
-                    child.at,
-                    format!("virtual {object}: `{other}` is not carried over"),
-                ),
+                "mask" => virtual_server.mask = Some(attribute.value().to_string()),
+                "source" => virtual_server.source = Some((attribute.value().to_string(), at)),
+                "translate-address" => {
+                    virtual_server.translate_address =
+                        Some((attribute.value() != "disabled", at))
+                }
+                "translate-port" | "vlans-disabled" => {}
+                "disabled" | "disable" => virtual_server.disabled = true,
+                "ip-forward" | "l2-forward" | "reject" | "stateless" | "internal" | "dhcp-relay" => {
+                    virtual_server.special = Some((attribute.key.clone(), at))
+                }
+                "vlans" | "vlans-enabled" => self.dropped(at, "virtual `vlans`", "vipgate listens on its address on every interface; limit clients with the host's firewall"),
+                key if QUIET.contains(&key) => {}
+                key => self.dropped(at, format!("virtual `{key}`"), "a virtual setting vipgate does not have"),
             }
         }
-        self.virtuals.insert(object.to_string(), virtual_server);
-    }
-
-    pub(super) fn snat_pool(&mut self, object: &str, statement: &Statement) {
-        let mut addresses = Vec::new();
-        for child in statement.children() {
-            match key(child, &["member", "members"]) {
-                Some((_, rest)) => {
-                    addresses.extend(rest.iter().map(|w| address(&w.text)));
-                    for inner in child.children() {
-                        addresses.extend(inner.words.iter().map(|w| address(&w.text)));
-                    }
-                }
-                None => self.note(
-                    child.at,
-                    format!("snatpool {object}: `{}` is not carried over", child.word(0)),
-                ),
-            }
+        // bigpipe v4 names a virtual by its address: `virtual 10.0.0.1:80 {`.
+        if virtual_server.destination.is_none() {
+            virtual_server.destination = statement
+                .words
+                .iter()
+                .find(|w| w.text == written && w.text.contains(':'))
+                .cloned();
         }
-        self.snat_pools.insert(object.to_string(), addresses);
+        self.virtuals.insert(written.to_string(), virtual_server);
     }
 }

@@ -208,11 +208,14 @@ impl Pool {
     /// [`reserve`](Self::reserve), also telling which member (its index in
     /// [`members`](Self::members)).
     pub fn reserve_indexed(&self, tried: &mut Tried) -> Option<(usize, MemberSlot)> {
-        let lowest_priority = self.active_priority();
         // A slot can be taken by another connection between the check and
         // the reservation; such a member counts as tried, so this loop ends
         // after at most one pass over the pool.
         loop {
+            // Members this connection already tried (refused, timed out,
+            // full) do not keep their priority group active, so a group that
+            // failed it hands over to the next, as a monitor would.
+            let lowest_priority = self.active_priority(tried);
             let view = View {
                 pool: self,
                 tried,
@@ -261,8 +264,8 @@ impl Pool {
 
     /// The lowest priority in use (F5 priority group activation): groups are
     /// taken from the highest priority down until together they have
-    /// `min_active_members` usable members.
-    fn active_priority(&self) -> i64 {
+    /// `min_active_members` usable members not yet tried.
+    fn active_priority(&self, tried: &Tried) -> i64 {
         if self.min_active_members == 0 {
             return i64::MIN;
         }
@@ -271,7 +274,10 @@ impl Pool {
             usable += self
                 .members
                 .iter()
-                .filter(|m| m.priority == priority && m.usable())
+                .enumerate()
+                .filter(|(index, m)| {
+                    m.priority == priority && m.usable() && !tried.contains(*index)
+                })
                 .count();
             if usable >= self.min_active_members {
                 return priority;
