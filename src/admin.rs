@@ -2,6 +2,9 @@
 //!
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics`]);
 //! - `GET /status`: the same live state as JSON;
+//! - `GET /ready`: 200 when every virtual listens and has a usable member,
+//!   else 503 naming what is missing (for load balancers, keepalived and
+//!   `vipgate ready`);
 //! - `POST /pools/{pool}/members/{member}/{enable|disable|offline}`;
 //! - `POST /reload`: read the configuration file again.
 //!
@@ -40,35 +43,47 @@ impl Endpoint {
     }
 }
 
+/// The admin token, when the plan sets `token_file`: read, checked for
+/// length. `vipgate check` calls this too, so a missing or short token
+/// file is found before `run`.
+pub fn token(admin: &Admin) -> Result<Option<String>, StartError> {
+    let Admin::On {
+        auth: AdminAuth::Token(path),
+        ..
+    } = admin
+    else {
+        return Ok(None);
+    };
+    let refused = |why: String| StartError::AdminToken {
+        path: path.clone(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        refused(format!(
+            "cannot be read ({error}); create it with `head -c 24 /dev/urandom | base64 > {}`",
+            path.display()
+        ))
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']).to_string();
+    if token.len() < 16 {
+        return Err(refused(format!(
+            "holds fewer than 16 characters; use e.g. `head -c 24 /dev/urandom | base64 > {}`",
+            path.display()
+        )));
+    }
+    Ok(Some(token))
+}
+
 /// Opens the admin listener and reads its token, if the plan has one.
 /// Must be called inside a tokio runtime.
 pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, StartError> {
-    let Admin::On { listen, auth } = admin else {
+    let Admin::On { listen, .. } = admin else {
         return Ok(None);
     };
+    let token = token(admin)?;
     let failed = |error| StartError::Admin {
         address: *listen,
         error,
-    };
-    let token = match auth {
-        AdminAuth::Open => None,
-        AdminAuth::Token(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| {
-                failed(std::io::Error::new(
-                    error.kind(),
-                    format!("cannot read token_file {}: {error}", path.display()),
-                ))
-            })?;
-            let token = text.trim_end_matches(['\n', '\r']).to_string();
-            if token.len() < 16 {
-                return Err(failed(std::io::Error::other(format!(
-                    "token_file {} holds fewer than 16 characters; use e.g. `head -c 24 /dev/urandom | base64 > {}`",
-                    path.display(),
-                    path.display()
-                ))));
-            }
-            Some(token)
-        }
     };
     let socket = std::net::TcpListener::bind(listen).map_err(failed)?;
     socket.set_nonblocking(true).map_err(failed)?;
@@ -146,6 +161,13 @@ async fn route(
             crate::metrics::render(registry),
         ),
         (["status"], false) if method == Method::GET => json_answer(StatusCode::OK, status(control)),
+        (["ready"], false) if method == Method::GET => match control.readiness().await {
+            Ok(()) => json_answer(StatusCode::OK, json!({ "ready": true })),
+            Err(missing) => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "ready": false, "missing": missing }),
+            ),
+        },
         (["reload"], true) => {
             if let Some(refused) = unauthorized(&request, token) {
                 return refused;
@@ -188,13 +210,13 @@ async fn route(
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
-        (["metrics"] | ["status"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
+        (["metrics"] | ["status"] | ["ready"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}: read with GET /metrics and GET /status; change with POST"),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {path}; try GET /metrics, GET /status, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline"),
+            format!("no such endpoint {path}; try GET /metrics, GET /status, GET /ready, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline"),
         ),
     }
 }

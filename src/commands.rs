@@ -31,7 +31,10 @@ pub enum CheckError {
 /// and describes the plan. Returns the text to print on success.
 pub fn check(path: &Path) -> Result<String, CheckError> {
     let plan = config::load(path)?;
+    // Everything `run` reads: certificates, secrets, monitor TLS and ICMP,
+    // the admin token.
     crate::server::Snapshot::build(plan.clone(), None)?;
+    crate::admin::token(&plan.admin)?;
     let mut report = format!("{} is valid.\n\n{plan}", path.display());
     for warning in &plan.warnings {
         report.push_str(&format!("warning: {warning}\n"));
@@ -94,4 +97,120 @@ pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
         |n| n.to_string_lossy().into_owned(),
     );
     Ok(crate::f5::import_bytes(&bytes, &source)?)
+}
+
+/// Why `vipgate ready` did not answer "ready".
+#[derive(Debug, thiserror::Error)]
+pub enum ReadyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0} has no [admin] table, and readiness is asked of the admin endpoint: add [admin] listen = \"127.0.0.1:9100\", or give --admin")]
+    NoAdmin(String),
+    #[error("\"{0}\" is not an admin address; give it as 127.0.0.1:9100")]
+    Address(String),
+    #[error("cannot ask {address}/ready: {why}")]
+    Unreachable { address: String, why: String },
+    #[error("vipgate at {address} is not ready: {}", missing.join("; "))]
+    NotReady {
+        address: String,
+        missing: Vec<String>,
+    },
+}
+
+/// `vipgate ready`: asks the admin endpoint (`admin`, or the one in the
+/// configuration at `config`) whether every virtual can serve. Returns
+/// what to print when it can.
+pub fn ready(
+    admin: Option<&str>,
+    config: &Path,
+    timeout: std::time::Duration,
+) -> Result<String, ReadyError> {
+    let address = match admin {
+        Some(text) => {
+            let text = text.trim_start_matches("http://").trim_end_matches('/');
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|_| ReadyError::Address(text.to_string()))?
+        }
+        None => match config::load(config)?.admin {
+            config::Admin::On { listen, .. } => listen,
+            config::Admin::Off => return Err(ReadyError::NoAdmin(config.display().to_string())),
+        },
+    };
+    // A wildcard listener is asked on loopback.
+    let address = if address.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(loopback, address.port())
+    } else {
+        address
+    };
+    let unreachable = |why: String| ReadyError::Unreachable {
+        address: address.to_string(),
+        why,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (status, body) = runtime
+        .block_on(async {
+            tokio::time::timeout(timeout, get_ready(address))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {}",
+                        humantime::format_duration(timeout)
+                    ))
+                })
+        })
+        .map_err(unreachable)?;
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| unreachable(format!("the answer is not JSON: {e}")))?;
+    match status {
+        200 => Ok(format!("vipgate at {address} is ready")),
+        503 => Err(ReadyError::NotReady {
+            address: address.to_string(),
+            missing: answer["missing"]
+                .as_array()
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .filter_map(|l| l.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        other => Err(unreachable(format!("unexpected status {other}"))),
+    }
+}
+
+async fn get_ready(address: std::net::SocketAddr) -> Result<(u16, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::get("/ready")
+        .header(http::header::HOST, address.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
 }

@@ -30,6 +30,8 @@
 //!   (`/metrics`, `/status`, member actions, `/reload`).
 //! - [`throttle`], [`clock`]: one warning per second instead of a flood.
 //! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
+//! - [`service`]: systemd readiness, reload and stop notifications, the
+//!   watchdog.
 //! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
 
 pub mod admin;
@@ -46,6 +48,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod server;
+pub mod service;
 pub mod snat;
 pub mod throttle;
 pub mod tls;

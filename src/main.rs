@@ -2,33 +2,55 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use vipgate::logging::LogFormat;
 
 /// A Layer-4 load balancer for long-lived TCP connections.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "vipgate", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log level: error, warn, info, debug or trace (VIPGATE_LOG overrides).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log format: readable text, or one JSON object per line
+    /// (VIPGATE_LOG_FORMAT overrides).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the virtual servers of a configuration until SIGTERM/SIGINT.
     Run {
-        /// Configuration file.
+        /// Configuration file; files it names are found next to it.
         #[arg(short, long, default_value = "vipgate.toml")]
         config: PathBuf,
     },
-    /// Validate a configuration and print the plan; exit 1 if it is invalid.
+    /// Validate a configuration and everything it names (certificates,
+    /// secrets, the admin token) and print the plan; exit 1 if invalid.
     Check {
-        /// Configuration file.
+        /// Configuration file; files it names are found next to it.
         #[arg(short, long, default_value = "vipgate.toml")]
         config: PathBuf,
+    },
+    /// Ask a running vipgate whether it can serve: exit 0 when every
+    /// virtual listens and has a usable member, 1 otherwise (for
+    /// keepalived's track_script and scripts).
+    Ready {
+        /// The admin endpoint, e.g. 127.0.0.1:9100; by default the one
+        /// the configuration file names.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Configuration file, to find the admin endpoint.
+        #[arg(short, long, default_value = "vipgate.toml")]
+        config: PathBuf,
+        /// Most time to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Start three simulated proxies and vipgate in front of them.
     Demo,
@@ -39,6 +61,15 @@ enum Command {
         /// The BIG-IP configuration file (bigip.conf, or a bigpipe export).
         file: PathBuf,
     },
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as packaged in vipgate.1.
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -48,9 +79,16 @@ fn main() -> ExitCode {
             .map(|report| print!("{report}"))
             .map_err(anyhow::Error::from),
         Command::Run { config } => {
-            let _logs = vipgate::logging::init(&cli.log_level);
+            let _logs = vipgate::logging::init(&cli.log_level, cli.log_format);
             vipgate::commands::run(&config).map_err(anyhow::Error::from)
         }
+        Command::Ready {
+            admin,
+            config,
+            timeout,
+        } => vipgate::commands::ready(admin.as_deref(), &config, timeout)
+            .map(|answer| println!("{answer}"))
+            .map_err(anyhow::Error::from),
         Command::ImportF5 { file } => vipgate::commands::import_f5(&file)
             .map(|imported| {
                 print!("{}", imported.toml);
@@ -58,9 +96,21 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Demo => {
-            let _logs = vipgate::logging::init(&cli.log_level);
+            let _logs = vipgate::logging::init(&cli.log_level, cli.log_format);
             vipgate::commands::demo().map_err(anyhow::Error::from)
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "vipgate",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

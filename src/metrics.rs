@@ -30,12 +30,17 @@ impl Exporter {
     }
 }
 
-/// A registry holding the vipgate exporter.
+/// A registry holding the vipgate exporter and the process collector
+/// (`process_open_fds`, `process_max_fds`, `process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_start_time_seconds`).
 pub fn registry(control: Arc<Control>) -> Registry {
     let registry = Registry::new();
-    // The exporter has no fixed descriptors, so registering it into a new
-    // registry cannot collide with anything.
+    // The exporter has no fixed descriptors, and the process collector's
+    // are its own, so registering them into a new registry cannot collide.
     let _ = registry.register(Box::new(Exporter::new(control)));
+    let _ = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
     registry
 }
 

@@ -1,12 +1,14 @@
 //! The `vipgate` binary as an operator runs it.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_vipgate");
+use common::process::{Running, BINARY};
 
 /// Writes `text` to a fresh file under the system temp directory.
 fn config_file(name: &str, text: &str) -> PathBuf {
@@ -81,60 +83,6 @@ fn run_refuses_an_invalid_file() {
     let output = vipgate(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("virtuals.v.pool: `pool` is required"));
-}
-
-/// A `vipgate run` child process whose log lines can be waited for.
-struct Running {
-    child: std::process::Child,
-    logs: std::sync::mpsc::Receiver<String>,
-}
-
-impl Running {
-    /// Runs `vipgate run -c CONFIG`, through `sh -c` with `limits` (such
-    /// as `ulimit -n 48`) when given.
-    fn start(config: &std::path::Path, limits: &str) -> Running {
-        let command = format!("{limits} exec {BINARY} run -c {}", config.display());
-        let mut child = Command::new("sh")
-            .args(["-c", &command])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (lines, logs) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let running = Running { child, logs };
-        assert!(running.wait_for("listening").is_some(), "vipgate started");
-        running
-    }
-
-    /// The first log line containing `needle` within 20 s.
-    fn wait_for(&self, needle: &str) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Ok(line) = self
-            .logs
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if line.contains(needle) {
-                return Some(line);
-            }
-        }
-        None
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: plain kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// SIGTERM, then the exit status (the log lines stay readable).
-    fn stop(&mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM);
-        self.child.wait().unwrap()
-    }
 }
 
 /// A port free on the VIP address.

@@ -9,6 +9,7 @@
 mod admin;
 mod http;
 mod monitors;
+mod paths;
 mod plan;
 mod raw;
 mod snat;
@@ -152,18 +153,22 @@ pub fn load(path: &Path) -> Result<Plan, ConfigError> {
     load_with_text(path).map(|(_, plan)| plan)
 }
 
-/// [`load`], also returning the file's text (for its hash, say).
+/// [`load`], also returning the file's text (for its hash, say). Files the
+/// configuration names by a relative path are found next to it.
 pub fn load_with_text(path: &Path) -> Result<(String, Plan), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    let plan = parse(&text, &path.display().to_string())?;
+    let mut plan = parse(&text, &path.display().to_string())?;
+    plan.resolve_paths(path.parent().unwrap_or_else(|| Path::new("")));
     Ok((text, plan))
 }
 
 /// Validates configuration `text`; `source_name` names it in messages (a
-/// file path, or something like `<demo>`).
+/// file path, or something like `<demo>`). Relative paths in it stay
+/// relative to the working directory; [`load`] resolves them against the
+/// file's folder.
 pub fn parse(text: &str, source_name: &str) -> Result<Plan, ConfigError> {
     let raw: raw::RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
         source_name: source_name.to_string(),

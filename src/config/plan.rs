@@ -692,11 +692,22 @@ impl fmt::Display for Plan {
                 } else {
                     "terminate"
                 };
+                let certs: Vec<String> = terminate
+                    .certs
+                    .iter()
+                    .map(|c| format!("{} + {}", c.cert.display(), c.key.display()))
+                    .collect();
+                let clients = match &terminate.client_auth {
+                    ClientAuth::None => "not asked".to_string(),
+                    ClientAuth::Optional(ca) => format!("checked against {} if sent", ca.display()),
+                    ClientAuth::Required(ca) => {
+                        format!("required, checked against {}", ca.display())
+                    }
+                };
                 write!(
                     f,
-                    ", tls {mode} ({} certificates, client certificates {:?})",
-                    terminate.certs.len(),
-                    terminate.client_auth
+                    ", tls {mode} (certificates {}; client certificates {clients})",
+                    certs.join(", ")
                 )?;
             }
             if virtual_server.proxy_protocol != ProxyProtocol::Off {

@@ -9,8 +9,8 @@ use super::model::MemberState;
 use super::monitors::Check;
 use super::report::Summary;
 
-/// The path a cookie-persistence secret is expected at, relative to where
-/// vipgate runs.
+/// The path a cookie-persistence secret is expected at, next to the
+/// configuration file.
 pub const SECRET_FILE: &str = "cookie-secret";
 
 /// A TOML basic string on one line, control characters escaped (`\r\n`
@@ -244,7 +244,7 @@ pub(super) fn emit(output: &Output, source: &str) -> (String, Summary) {
         let _ = writeln!(out);
     }
     if secret_needed {
-        let _ = writeln!(out, "# Cookie persistence seals its cookies with this secret; create it with\n#   head -c 32 /dev/urandom > {SECRET_FILE}\n# and give every vipgate instance of a pair the same file.\n[persistence]\nsecret_file = \"{SECRET_FILE}\"");
+        let _ = writeln!(out, "# Cookie persistence seals its cookies with this secret, next to this file;\n# create it with `head -c 32 /dev/urandom > {SECRET_FILE}` and give every\n# vipgate instance of a pair the same file.\n[persistence]\nsecret_file = \"{SECRET_FILE}\"");
     }
     let summary = Summary {
         virtuals: output.virtuals.len(),

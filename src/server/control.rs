@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Live, Snapshot, StartError};
 use crate::config::{self, AdminState, ConfigError};
+use crate::service::{serving_status, ServiceManager};
 use crate::virtual_server::{self, Lifecycle};
 
 /// Why a reload changed nothing.
@@ -133,6 +134,8 @@ pub struct Control {
     /// One reload at a time; never held by the data path.
     running: tokio::sync::Mutex<Running>,
     pub reloads: ReloadStats,
+    /// Told about reloads (systemd `RELOADING=1`, then `READY=1`).
+    service: ServiceManager,
 }
 
 impl std::fmt::Debug for Control {
@@ -155,6 +158,7 @@ impl Control {
         config_path: Option<PathBuf>,
         config_hash: String,
         lifecycle: Lifecycle,
+        service: ServiceManager,
     ) -> Control {
         let reloads = ReloadStats::default();
         reloads.loaded(config_hash);
@@ -170,6 +174,7 @@ impl Control {
                 health,
             }),
             reloads,
+            service,
         }
     }
 
@@ -227,7 +232,15 @@ impl Control {
             // Not a failed reload: there is nothing to reload.
             return Err(ReloadError::NoFile);
         }
+        self.service.reloading();
         let result = self.try_reload().await;
+        let status = serving_status(&self.live.load());
+        match &result {
+            Ok(_) => self.service.ready(&status),
+            Err(_) => self
+                .service
+                .ready(&format!("{status}; the last reload failed (see the log)")),
+        }
         match &result {
             Ok(report) => {
                 self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -347,6 +360,46 @@ impl Control {
             virtuals_removed,
             members_removed,
         })
+    }
+
+    /// Whether vipgate can serve: every virtual of the running
+    /// configuration is listening and has a usable member (up and enabled)
+    /// in its pool, or in one of its SNI routes' pools. `Err` lists what is
+    /// missing, one line per virtual.
+    pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        let snapshot = self.live.load_full();
+        let running = self.running.lock().await;
+        let mut missing = Vec::new();
+        for virtual_plan in &snapshot.plan().virtuals {
+            let name = &virtual_plan.name;
+            if !running.listeners.contains_key(name) {
+                missing.push(format!("virtual {name} is not listening"));
+                continue;
+            }
+            let Some(live) = snapshot.virtual_server(name) else {
+                continue;
+            };
+            let pools = std::iter::once(&live.pool).chain(live.sni_routes.iter().map(|(_, p)| p));
+            let mut usable = false;
+            let mut seen = Vec::new();
+            for pool in pools {
+                usable |= pool.members().iter().any(|member| member.usable());
+                if !seen.contains(&pool.name()) {
+                    seen.push(pool.name());
+                }
+            }
+            if !usable {
+                missing.push(format!(
+                    "virtual {name} has no usable member (up and enabled) in pool {}",
+                    seen.join(", ")
+                ));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
     }
 
     /// Sets the admin state of `member` (its address) in `pool`: `enabled`,

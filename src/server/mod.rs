@@ -23,6 +23,7 @@ use crate::config::{Mode, Plan, Snat, Tls};
 use crate::health::{self, HealthPlan};
 use crate::http::{HttpError, HttpVirtual};
 use crate::pool::{MemberRegistry, MemberState, Pool};
+use crate::service::{serving_status, ServiceManager};
 use crate::snat::{Automap, SnatPool, SourceNat};
 use crate::tls::{MemberTls, Terminator, TlsError};
 use crate::virtual_server::{self, BindError, Lifecycle, VirtualServer, VirtualStats};
@@ -223,7 +224,8 @@ impl Snapshot {
         self.virtuals.get(name).map(|v| &v.stats)
     }
 
-    fn active_connections(&self) -> usize {
+    /// Client connections open now, over every virtual.
+    pub fn active_connections(&self) -> usize {
         self.virtuals
             .values()
             .map(|v| v.stats.active_connections())
@@ -271,6 +273,8 @@ pub enum StartError {
     },
     #[error("pools.{pool}.tls: {error}")]
     PoolTls { pool: String, error: TlsError },
+    #[error("admin.token_file: {} {why}", path.display())]
+    AdminToken { path: PathBuf, why: String },
     #[error("admin.listen: cannot listen on {address}: {error}")]
     Admin {
         address: SocketAddr,
@@ -355,11 +359,13 @@ impl Server {
             stop_accepting: CancellationToken::new(),
             close_connections: self.live.load().close_connections.clone(),
         };
+        let service = ServiceManager::from_environment();
         let control = Arc::new(Control::new(
             Arc::clone(&self.live),
             self.config_path,
             self.config_hash,
             lifecycle.clone(),
+            service,
         ));
         // SIGHUP reloads the configuration file (or, without one, the
         // certificates). Installed before the listeners open, so an early
@@ -395,22 +401,38 @@ impl Server {
                 lifecycle.stop_accepting.clone(),
             ));
         }
+        // Every listener is bound (and accepting into its backlog), and so
+        // is the admin endpoint.
+        service.ready(&serving_status(&self.live.load()));
+        let live = Arc::clone(&self.live);
+        background.spawn(service.keep_alive(move || serving_status(&live.load())));
 
         shutdown.await;
         let drain_timeout = self.live.load().plan.settings.drain_timeout;
         lifecycle.stop_accepting.cancel();
         control.accept_loops_stopped().await;
         let open = self.live.load().active_connections();
+        service.stopping(&format!("draining {open} connections"));
         tracing::info!(
             open,
             ?drain_timeout,
             "stopped accepting; draining open connections"
         );
         lifecycle.connections.close();
-        if tokio::time::timeout(drain_timeout, lifecycle.connections.wait())
-            .await
-            .is_err()
-        {
+        let drained = async {
+            let waiting = lifecycle.connections.wait();
+            tokio::pin!(waiting);
+            loop {
+                tokio::select! {
+                    () = &mut waiting => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                        let open = self.live.load().active_connections();
+                        service.status(&format!("draining {open} connections"));
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(drain_timeout, drained).await.is_err() {
             let open = self.live.load().active_connections();
             tracing::warn!(
                 open,

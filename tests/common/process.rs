@@ -1,0 +1,75 @@
+//! The `vipgate` binary as a child process, for what only a process shows:
+//! signals, the environment a service manager gives, log output, exit
+//! status.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_vipgate");
+
+/// A `vipgate` child process whose stderr lines can be waited for.
+pub struct Running {
+    pub child: std::process::Child,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Runs `vipgate run -c CONFIG`, through `sh -c` with `limits` (such as
+    /// `ulimit -n 48 &&`) when given, and waits for its first listener.
+    pub fn start(config: &Path, limits: &str) -> Running {
+        let command = format!("{limits} exec {BINARY} run -c {}", config.display());
+        let running = Running::spawn(Command::new("sh").args(["-c", &command]));
+        assert!(running.wait_for("listening").is_some(), "vipgate started");
+        running
+    }
+
+    /// Spawns `command` (a `vipgate` command line) with stderr captured.
+    pub fn spawn(command: &mut Command) -> Running {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the vipgate binary starts");
+        let (lines, logs) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        Running { child, logs }
+    }
+
+    /// The first log line containing `needle` within 20 s.
+    pub fn wait_for(&self, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Ok(line) = self
+            .logs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status (the log lines stay readable).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
