@@ -19,8 +19,9 @@
 //!   lock-free port accounting per address and member), and
 //!   [`proxy_protocol`] headers that tell members the real client.
 //! - [`tls`]: terminating TLS (certificates by SNI, client certificates,
-//!   reload), re-encryption toward members, and the ClientHello parser
-//!   that routes passthrough connections.
+//!   reload, session tickets a pair shares), re-encryption toward members,
+//!   and the ClientHello parser that routes passthrough connections.
+//! - [`secret`]: the secret a pair shares, and the keys derived from it.
 //! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
 //!   fallback; half-close, resets and the idle timeout.
 //! - [`http`]: HTTP virtuals: requests routed one by one with persistence
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod snat;

@@ -549,7 +549,7 @@ async fn a_missing_or_short_cookie_secret_stops_the_start_with_a_hint() {
         .expect("refused")
         .to_string();
     assert!(
-        error.starts_with("virtuals.web.persistence: cannot read the cookie secret"),
+        error.starts_with("virtuals.web.persistence: cannot read the shared secret"),
         "{error}"
     );
 

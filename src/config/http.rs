@@ -337,9 +337,14 @@ impl Checker<'_> {
                 Persistence::None => {}
             }
         }
-        if !cookies && file.persistence.is_some() {
-            self.warnings
-                .push("persistence.secret_file: no virtual uses cookie persistence".into());
+        let tickets = virtuals
+            .iter()
+            .any(|v| matches!(&v.tls, Tls::Terminate(t) if t.tickets != SessionTickets::Off));
+        if !cookies && !tickets && file.persistence.is_some() {
+            self.warnings.push(
+                "persistence.secret_file: no virtual uses cookie persistence or terminates TLS"
+                    .into(),
+            );
         }
     }
 }

@@ -30,8 +30,8 @@ pub use plan::{
     Admin, AdminAuth, AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan,
     Keepalive, MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType,
     NodePlan, Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
-    ServiceDownAction, Settings, Snat, SnatPoolPlan, SniRoute, StatusMatch, Terminate, Tls,
-    TlsMode, VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
+    ServiceDownAction, SessionTickets, Settings, Snat, SnatPoolPlan, SniRoute, StatusMatch,
+    Terminate, Tls, TlsMode, VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };

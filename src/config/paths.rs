@@ -40,6 +40,9 @@ impl Plan {
                 {
                     visit(ca);
                 }
+                if let SessionTickets::Shared(secret) = &mut terminate.tickets {
+                    visit(secret);
+                }
             }
             if let Mode::Http(HttpPlan {
                 persistence: Persistence::Cookie { secret_file, .. },
@@ -111,6 +114,7 @@ tls = { mode = "terminate", certs = [ { cert = "tls/web.pem", key = "tls/web.key
             "/etc/pki/members-ca.pem",
             "/etc/vipgate/admin-token",
             "/etc/vipgate/monitor-ca.pem",
+            "/etc/vipgate/secrets/cookie",
             "/etc/vipgate/secrets/cookie",
             "/etc/vipgate/tls/clients.pem",
             "/etc/vipgate/tls/web.key",

@@ -221,6 +221,19 @@ pub struct Terminate {
     pub client_auth: ClientAuth,
     /// ALPN protocols offered, in order of preference. Empty: none.
     pub alpn: Vec<String>,
+    /// Session tickets (TLS 1.2 and 1.3 resumption).
+    pub tickets: SessionTickets,
+}
+
+/// How a terminating virtual issues session tickets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionTickets {
+    /// None: every client makes a full handshake with another node.
+    Off,
+    /// Sealed with keys derived from the pair's shared secret (this file),
+    /// rotated on a schedule every node computes alike, so a client
+    /// resumes on either node of a pair.
+    Shared(std::path::PathBuf),
 }
 
 /// PEM files of one certificate chain and its private key.
@@ -704,9 +717,15 @@ impl fmt::Display for Plan {
                         format!("required, checked against {}", ca.display())
                     }
                 };
+                let tickets = match &terminate.tickets {
+                    SessionTickets::Off => "off".to_string(),
+                    SessionTickets::Shared(secret) => {
+                        format!("sealed with {}", secret.display())
+                    }
+                };
                 write!(
                     f,
-                    ", tls {mode} (certificates {}; client certificates {clients})",
+                    ", tls {mode} (certificates {}; client certificates {clients}; session tickets {tickets})",
                     certs.join(", ")
                 )?;
             }

@@ -216,6 +216,7 @@ pub struct RawTls {
     pub client_ca: Option<Spanned<String>>,
     pub require_client_cert: Option<bool>,
     pub alpn: Option<Vec<String>>,
+    pub session_tickets: Option<Spanned<bool>>,
 }
 
 /// `{ cert = "chain.pem", key = "key.pem" }`.

@@ -64,15 +64,42 @@ impl Checker<'_> {
                     (Some(ca), false) => ClientAuth::Optional(ca.get_ref().into()),
                     (Some(ca), true) => ClientAuth::Required(ca.get_ref().into()),
                 };
+                let secret = file
+                    .persistence
+                    .as_ref()
+                    .and_then(|p| p.get_ref().secret_file.as_ref());
+                let tickets = match (tls.session_tickets.as_ref(), secret) {
+                    (Some(on), _) if !*on.get_ref() => SessionTickets::Off,
+                    (_, Some(secret)) => SessionTickets::Shared(secret.get_ref().into()),
+                    (None, None) => SessionTickets::Off,
+                    (Some(on), None) => {
+                        self.report(
+                            &format!("{key}.session_tickets"),
+                            Some(on.span()),
+                            "session tickets are sealed with the pair's shared secret, and none is set".into(),
+                            Some("add [persistence] secret_file = \"/etc/vipgate/shared-secret\" (the same file on both nodes; `head -c 32 /dev/urandom` makes one)".into()),
+                        );
+                        SessionTickets::Off
+                    }
+                };
                 Some(Tls::Terminate(Terminate {
                     plain_allowed: tls.mode == TlsMode::Auto,
                     handshake_timeout,
                     certs,
                     client_auth,
                     alpn: tls.alpn.clone().unwrap_or_default(),
+                    tickets,
                 }))
             }
             TlsMode::Passthrough => {
+                if let Some(on) = &tls.session_tickets {
+                    self.report(
+                        &format!("{key}.session_tickets"),
+                        Some(on.span()),
+                        "session tickets are vipgate's only where it ends TLS".into(),
+                        Some("remove it: with passthrough the members issue their own".into()),
+                    );
+                }
                 let sni_routes =
                     self.sni_routes(&format!("{key}.sni_routes"), tls.sni_routes.as_ref(), file)?;
                 Some(Tls::Passthrough {

@@ -58,6 +58,9 @@ pub(super) async fn handle(
 
     let mut tried = Tried::default();
     let mut persistent = claim.member;
+    // As for TCP virtuals: a member held back by its connect rate is
+    // waited for, up to the connect timeout.
+    let deadline = Instant::now() + virtual_server.plan.connect_timeout;
     loop {
         let reserved = match persistent.take() {
             Some(index) => match pool.reserve_persistent(index, &mut tried) {
@@ -66,7 +69,7 @@ pub(super) async fn handle(
                 // request is balanced over the others.
                 None => continue,
             },
-            None => pool.reserve_indexed(&mut tried),
+            None => pool.reserve_paced(&mut tried, deadline).await,
         };
         let Some((index, slot)) = reserved else {
             stats.count(&stats.no_member);

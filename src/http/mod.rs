@@ -18,7 +18,6 @@ pub mod persistence;
 mod tunnel;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
 
-use crate::config::{HttpPlan, Persistence, MIN_SECRET_BYTES};
+use crate::config::{HttpPlan, Persistence};
 use crate::virtual_server::{Front, VirtualServer};
 use client_io::{ClientIo, Phase, Timeouts};
 use members::MemberConnections;
@@ -48,16 +47,8 @@ pub struct HttpVirtual {
 /// Why an HTTP virtual could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot read the cookie secret {path}: {error}")]
-    SecretUnreadable {
-        path: std::path::PathBuf,
-        error: std::io::Error,
-    },
-    #[error("the cookie secret {path} holds {bytes} bytes; at least {MIN_SECRET_BYTES} are needed (create one with `head -c 32 /dev/urandom > {path}`)")]
-    SecretTooShort {
-        path: std::path::PathBuf,
-        bytes: usize,
-    },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
 }
 
 impl HttpVirtual {
@@ -65,7 +56,9 @@ impl HttpVirtual {
     /// reading the cookie secret if its persistence needs one.
     pub fn load(plan: &HttpPlan, members: usize) -> Result<HttpVirtual, HttpError> {
         let seal = match &plan.persistence {
-            Persistence::Cookie { secret_file, .. } => Some(read_secret(secret_file)?),
+            Persistence::Cookie { secret_file, .. } => {
+                Some(CookieSeal::new(&crate::secret::read(secret_file)?))
+            }
             Persistence::None | Persistence::UrlParam { .. } => None,
         };
         Ok(HttpVirtual {
@@ -74,24 +67,6 @@ impl HttpVirtual {
             members: MemberConnections::new(members),
         })
     }
-}
-
-fn read_secret(path: &Path) -> Result<CookieSeal, HttpError> {
-    let mut secret = std::fs::read(path).map_err(|error| HttpError::SecretUnreadable {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    // `echo secret > file` and `printf secret > file` mean the same.
-    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        secret.pop();
-    }
-    if secret.len() < MIN_SECRET_BYTES {
-        return Err(HttpError::SecretTooShort {
-            path: path.to_path_buf(),
-            bytes: secret.len(),
-        });
-    }
-    Ok(CookieSeal::new(&secret))
 }
 
 /// Counters of an HTTP virtual, kept across configuration changes.

@@ -163,6 +163,15 @@ impl MemberState {
         limit == RateLimit::Unlimited || self.rate.allows(limit, crate::clock::millis())
     }
 
+    /// How long until the connect rate leaves room for one more (zero when
+    /// it does now).
+    pub fn rate_wait(&self, limit: RateLimit) -> std::time::Duration {
+        match limit {
+            RateLimit::Unlimited => std::time::Duration::ZERO,
+            RateLimit::PerSecond(_) => self.rate.wait(limit, crate::clock::millis()),
+        }
+    }
+
     /// Takes one connection slot if `limit` and the connect rate leave room.
     /// The slot is given back when the returned guard is dropped.
     pub fn try_reserve(
@@ -219,6 +228,15 @@ impl RateBucket {
         }
     }
 
+    fn wait(&self, limit: RateLimit, now_millis: u64) -> std::time::Duration {
+        let RateLimit::PerSecond(rate) = limit else {
+            return std::time::Duration::ZERO;
+        };
+        let (now, cost, burst) = Self::units(rate, now_millis);
+        let next = self.full_at_micros.load(Ordering::Relaxed).max(now) + cost;
+        std::time::Duration::from_micros(next.saturating_sub(now + burst))
+    }
+
     fn take(&self, limit: RateLimit, now_millis: u64) -> bool {
         let RateLimit::PerSecond(rate) = limit else {
             return true;
@@ -252,9 +270,18 @@ mod tests {
         let taken = (0..10).filter(|_| bucket.take(limit, start)).count();
         assert_eq!(taken, 5);
         assert!(!bucket.allows(limit, start));
+        assert_eq!(
+            bucket.wait(limit, start),
+            std::time::Duration::from_millis(200),
+            "one connection's worth of time"
+        );
         // One connection's worth of time later, one more.
         assert!(bucket.take(limit, start + 200));
         assert!(!bucket.take(limit, start + 200));
+        assert_eq!(
+            bucket.wait(RateLimit::Unlimited, start),
+            std::time::Duration::ZERO
+        );
         assert!(bucket.take(RateLimit::Unlimited, start));
     }
 }

@@ -233,6 +233,54 @@ impl Pool {
         }
     }
 
+    /// [`reserve_indexed`](Self::reserve_indexed), waiting (until
+    /// `deadline` at most) while every member that could take the
+    /// connection is only held back by its `connect_rate_limit`: a
+    /// reconnect storm is paced to the rate the members accept instead of
+    /// refused. Members down, disabled or full are not waited for.
+    pub async fn reserve_paced(
+        &self,
+        tried: &mut Tried,
+        deadline: tokio::time::Instant,
+    ) -> Option<(usize, MemberSlot)> {
+        loop {
+            if let Some(reserved) = self.reserve_indexed(tried) {
+                return Some(reserved);
+            }
+            let wait = self.rate_wait(tried)?;
+            let until = tokio::time::Instant::now() + wait;
+            if until > deadline {
+                return None;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// How long until a member that could take a connection (usable, not
+    /// tried, under its connection limit, in the active priority group)
+    /// has room in its connect rate; `None` when no such member is only
+    /// rate-limited.
+    fn rate_wait(&self, tried: &Tried) -> Option<std::time::Duration> {
+        let lowest_priority = self.active_priority(tried);
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(index, member)| {
+                !tried.contains(*index)
+                    && member.priority >= lowest_priority
+                    && member.usable()
+                    && member
+                        .connection_limit
+                        .admits(member.state.active_connections())
+                    && member.connect_rate_limit != RateLimit::Unlimited
+            })
+            .map(|(_, member)| member.state.rate_wait(member.connect_rate_limit))
+            .min()
+            // A member that has room now was not chosen for another reason
+            // (a race with another connection): look again at once, soon.
+            .map(|wait| wait.max(std::time::Duration::from_millis(1)))
+    }
+
     /// The member at `index`, for a request whose persistence names it, as
     /// F5 does: it must be up and not forced offline (a disabled member
     /// still takes its persistent clients), and under its limits. Counts as

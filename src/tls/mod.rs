@@ -1,10 +1,12 @@
-//! TLS: ending it for a virtual ([`terminate`]), starting it again toward
-//! members ([`reencrypt`]), and reading the server name of a ClientHello
-//! for passthrough routing ([`client_hello`]).
+//! TLS: ending it for a virtual ([`terminate`]) with session tickets a
+//! pair shares ([`tickets`]), starting it again toward members
+//! ([`reencrypt`]), and reading the server name of a ClientHello for
+//! passthrough routing ([`client_hello`]).
 
 pub mod client_hello;
 pub mod reencrypt;
 pub mod terminate;
+pub mod tickets;
 
 pub use reencrypt::MemberTls;
 pub use terminate::{Terminator, TlsError};

@@ -12,7 +12,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ClientAuth, Terminate};
+use super::tickets::SharedTickets;
+use crate::config::{ClientAuth, SessionTickets, Terminate};
 
 /// Why a virtual's TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum TlsError {
     Invalid { path: PathBuf, error: String },
     #[error("TLS settings: {0}")]
     Settings(String),
+    #[error("session tickets: {0}")]
+    Tickets(#[from] crate::secret::SecretError),
 }
 
 /// The TLS acceptor of one virtual, replaceable while it serves: a
@@ -93,6 +96,9 @@ fn acceptor(plan: &Terminate) -> Result<TlsAcceptor, TlsError> {
         };
         let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
         config.alpn_protocols = plan.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        if let SessionTickets::Shared(secret) = &plan.tickets {
+            config.ticketer = SharedTickets::new(&crate::secret::read(secret)?);
+        }
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -374,7 +374,10 @@ async fn connect(
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
     let mut exhausted = false;
-    while let Some((index, slot)) = pool.reserve_indexed(&mut tried) {
+    // Members held back only by their connect rate are waited for, up to
+    // the connect timeout: a reconnect storm is paced, not refused.
+    let deadline = tokio::time::Instant::now() + plan.connect_timeout;
+    while let Some((index, slot)) = pool.reserve_paced(&mut tried, deadline).await {
         let state = slot.member();
         let address = state.address();
         let attempt = open(&virtual_server.snat, address);

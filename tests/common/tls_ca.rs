@@ -33,6 +33,11 @@ impl TestCa {
         )
     }
 
+    /// The CA's own certificate.
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
     pub fn client(&self) -> TlsConnector {
         TlsConnector::from(Arc::new(self.client_builder().with_no_client_auth()))
     }
