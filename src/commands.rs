@@ -29,8 +29,8 @@ pub enum CheckError {
 
 /// `vipgate check`: validates the file, loads the certificates it names,
 /// and describes the plan. Returns the text to print on success.
-pub fn check(path: &Path) -> Result<String, CheckError> {
-    let plan = config::load(path)?;
+pub fn check(path: &Path, share: Option<config::SnatShare>) -> Result<String, CheckError> {
+    let (_, plan) = config::load_shared(path, share)?;
     // Everything `run` reads: certificates, secrets, monitor TLS and ICMP,
     // the admin token.
     crate::server::Snapshot::build(plan.clone(), None)?;
@@ -42,14 +42,17 @@ pub fn check(path: &Path) -> Result<String, CheckError> {
     Ok(report)
 }
 
-/// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains.
-pub fn run(path: &Path) -> Result<(), RunError> {
-    let (text, plan) = config::load_with_text(path)?;
+/// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains. With
+/// `share`, this node leases only its slice of every SNAT pool's ports.
+pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError> {
+    let (text, plan) = config::load_shared(path, share)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
     runtime(&plan)?.block_on(async {
-        let server = Server::bind(plan)?.reloading_from(path, &text);
+        let server = Server::bind(plan)?
+            .reloading_from(path, &text)
+            .with_snat_share(share);
         server.run(termination_signal()).await;
         Ok(())
     })

@@ -29,6 +29,10 @@ enum Command {
         /// Configuration file; files it names are found next to it.
         #[arg(short, long, default_value = "vipgate.toml")]
         config: PathBuf,
+        /// In an active/active group of N nodes with one configuration,
+        /// this node's slice K/N of every SNAT pool's ports.
+        #[arg(long, value_name = "K/N")]
+        snat_share: Option<vipgate::config::SnatShare>,
     },
     /// Validate a configuration and everything it names (certificates,
     /// secrets, the admin token) and print the plan; exit 1 if invalid.
@@ -36,6 +40,9 @@ enum Command {
         /// Configuration file; files it names are found next to it.
         #[arg(short, long, default_value = "vipgate.toml")]
         config: PathBuf,
+        /// As for `run`: the SNAT ports this node would lease.
+        #[arg(long, value_name = "K/N")]
+        snat_share: Option<vipgate::config::SnatShare>,
     },
     /// Ask a running vipgate whether it can serve: exit 0 when every
     /// virtual listens and has a usable member, 1 otherwise (for
@@ -75,12 +82,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => vipgate::commands::check(&config)
+        Command::Check { config, snat_share } => vipgate::commands::check(&config, snat_share)
             .map(|report| print!("{report}"))
             .map_err(anyhow::Error::from),
-        Command::Run { config } => {
+        Command::Run { config, snat_share } => {
             let _logs = vipgate::logging::init(&cli.log_level, cli.log_format);
-            vipgate::commands::run(&config).map_err(anyhow::Error::from)
+            vipgate::commands::run(&config, snat_share).map_err(anyhow::Error::from)
         }
         Command::Ready {
             admin,

@@ -217,3 +217,24 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
     assert_eq!(served, "member hi\n");
     assert!(running.stop().success());
 }
+
+#[test]
+fn check_shows_the_snat_ports_of_this_nodes_share() {
+    let path = config_file(
+        "share.toml",
+        "[snat_pools.s]\naddresses = [\"127.0.0.21\"]\n[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.100:1\"\npool = \"p\"\nsnat = \"s\"\n",
+    );
+    let path = path.to_str().unwrap();
+    let whole = vipgate(&["check", "-c", path]);
+    assert!(String::from_utf8_lossy(&whole.stdout)
+        .contains("snat pool s: 127.0.0.21, ports 1024-65535"));
+    let second = vipgate(&["check", "-c", path, "--snat-share", "2/2"]);
+    assert!(
+        String::from_utf8_lossy(&second.stdout)
+            .contains("snat pool s: 127.0.0.21, ports 33280-65535"),
+        "{second:?}"
+    );
+    let wrong = vipgate(&["check", "-c", path, "--snat-share", "3/2"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("the part must be from 1 to N"));
+}

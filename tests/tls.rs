@@ -284,7 +284,7 @@ fn check_refuses_unreadable_or_mismatched_certificates() {
             ),
         )
         .unwrap();
-        vipgate::commands::check(&path)
+        vipgate::commands::check(&path, None)
             .map(|_| ())
             .map_err(|e| e.to_string())
     };

@@ -7,6 +7,7 @@
 //! to fix.
 
 mod admin;
+mod describe;
 mod http;
 mod monitors;
 mod paths;
@@ -35,6 +36,7 @@ pub use plan::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
+pub use snat::SnatShare;
 
 /// Why a configuration could not become a [`Plan`].
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub enum ConfigError {
         location: Location,
         message: String,
     },
+    /// The node's `--snat-share` does not fit a SNAT pool.
+    #[error("--snat-share {share}: {message}")]
+    SnatShare { share: SnatShare, message: String },
     /// The file parsed but its content does not hold together.
     #[error("{}", Problems { source_name, problems })]
     Invalid {
@@ -151,6 +156,16 @@ impl fmt::Display for Problems<'_> {
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Plan, ConfigError> {
     load_with_text(path).map(|(_, plan)| plan)
+}
+
+/// [`load`], then this node's `share` of every SNAT pool, if it has one.
+pub fn load_shared(path: &Path, share: Option<SnatShare>) -> Result<(String, Plan), ConfigError> {
+    let (text, mut plan) = load_with_text(path)?;
+    if let Some(share) = share {
+        plan.take_snat_share(share)
+            .map_err(|message| ConfigError::SnatShare { share, message })?;
+    }
+    Ok((text, plan))
 }
 
 /// [`load`], also returning the file's text (for its hash, say). Files the

@@ -166,6 +166,68 @@ impl Checker<'_> {
     }
 }
 
+/// This node's share of every SNAT pool in an active/active group
+/// (`--snat-share 2/3`): nodes with the same configuration must not lease
+/// the same source ports toward a member, so each takes one of `parts`
+/// equal slices of every pool's port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatShare {
+    /// 1-based.
+    pub part: u16,
+    pub parts: u16,
+}
+
+impl std::str::FromStr for SnatShare {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SnatShare, String> {
+        let invalid =
+            || format!("\"{text}\" is not a share; write K/N, e.g. 1/2 on the first node of two");
+        let (part, parts) = text.split_once('/').ok_or_else(invalid)?;
+        let part: u16 = part.trim().parse().map_err(|_| invalid())?;
+        let parts: u16 = parts.trim().parse().map_err(|_| invalid())?;
+        if part == 0 || part > parts || parts > 64 {
+            return Err(format!(
+                "{text}: the part must be from 1 to N, and N at most 64"
+            ));
+        }
+        Ok(SnatShare { part, parts })
+    }
+}
+
+impl std::fmt::Display for SnatShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.part, self.parts)
+    }
+}
+
+impl Plan {
+    /// Narrows every SNAT pool to this node's slice of its ports. Fails,
+    /// naming the pool, when a range has fewer ports than there are nodes.
+    pub fn take_snat_share(&mut self, share: SnatShare) -> Result<(), String> {
+        for pool in self.snat_pools.values_mut() {
+            let ports = pool.ports();
+            let slice = ports / u64::from(share.parts);
+            if slice == 0 {
+                return Err(format!(
+                    "snat_pools.{}: {ports} ports cannot be shared by {} nodes",
+                    pool.name, share.parts
+                ));
+            }
+            let first = u64::from(pool.first_port) + slice * u64::from(share.part - 1);
+            let last = if share.part == share.parts {
+                u64::from(pool.last_port)
+            } else {
+                first + slice - 1
+            };
+            // Both lie within the pool's own range, which fits in a u16.
+            pool.first_port = first as u16;
+            pool.last_port = last as u16;
+        }
+        Ok(())
+    }
+}
+
 /// `"FIRST-LAST"`, or a single port.
 fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     let (first, last) = text
@@ -179,7 +241,33 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_port_range;
+    use super::{parse_port_range, SnatShare};
+
+    #[test]
+    fn shares_split_every_pool_without_overlap() {
+        let text = "[snat_pools.s]\naddresses = [\"127.0.0.21\"]\nports = \"1024-65535\"\n[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.100:1\"\npool = \"p\"\nsnat = \"s\"\n";
+        let ranges: Vec<(u16, u16)> = (1..=3)
+            .map(|part| {
+                let mut plan = crate::config::parse(text, "t").unwrap();
+                plan.take_snat_share(SnatShare { part, parts: 3 }).unwrap();
+                let pool = &plan.snat_pools["s"];
+                (pool.first_port, pool.last_port)
+            })
+            .collect();
+        assert_eq!(ranges, [(1024, 22527), (22528, 44031), (44032, 65535)]);
+        assert_eq!(
+            "2/3".parse::<SnatShare>(),
+            Ok(SnatShare { part: 2, parts: 3 })
+        );
+        for bad in ["0/2", "3/2", "1/65", "x", "1/"] {
+            assert!(bad.parse::<SnatShare>().is_err(), "{bad}");
+        }
+        let mut tiny = crate::config::parse(&text.replace("1024-65535", "5000-5001"), "t").unwrap();
+        assert!(tiny
+            .take_snat_share(SnatShare { part: 1, parts: 3 })
+            .unwrap_err()
+            .contains("2 ports cannot be shared by 3 nodes"));
+    }
 
     #[test]
     fn port_ranges() {

@@ -136,6 +136,8 @@ pub struct Control {
     pub reloads: ReloadStats,
     /// Told about reloads (systemd `RELOADING=1`, then `READY=1`).
     service: ServiceManager,
+    /// This node's slice of every SNAT pool, taken again at each reload.
+    snat_share: Option<config::SnatShare>,
 }
 
 impl std::fmt::Debug for Control {
@@ -159,6 +161,7 @@ impl Control {
         config_hash: String,
         lifecycle: Lifecycle,
         service: ServiceManager,
+        snat_share: Option<config::SnatShare>,
     ) -> Control {
         let reloads = ReloadStats::default();
         reloads.loaded(config_hash);
@@ -175,6 +178,7 @@ impl Control {
             }),
             reloads,
             service,
+            snat_share,
         }
     }
 
@@ -266,7 +270,7 @@ impl Control {
     async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut running = self.running.lock().await;
-        let (text, plan) = config::load_with_text(path)?;
+        let (text, plan) = config::load_shared(path, self.snat_share)?;
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
         }

@@ -296,6 +296,7 @@ pub struct Server {
     admin: Option<crate::admin::Endpoint>,
     config_path: Option<PathBuf>,
     config_hash: String,
+    snat_share: Option<crate::config::SnatShare>,
 }
 
 impl Server {
@@ -317,6 +318,7 @@ impl Server {
             admin,
             config_path: None,
             config_hash: String::new(),
+            snat_share: None,
         })
     }
 
@@ -326,6 +328,12 @@ impl Server {
     pub fn reloading_from(mut self, path: &Path, text: &str) -> Server {
         self.config_path = Some(path.to_path_buf());
         self.config_hash = control::config_hash(text);
+        self
+    }
+
+    /// Takes this node's `share` of every SNAT pool again at each reload.
+    pub fn with_snat_share(mut self, share: Option<crate::config::SnatShare>) -> Server {
+        self.snat_share = share;
         self
     }
 
@@ -366,6 +374,7 @@ impl Server {
             self.config_hash,
             lifecycle.clone(),
             service,
+            self.snat_share,
         ));
         // SIGHUP reloads the configuration file (or, without one, the
         // certificates). Installed before the listeners open, so an early

@@ -369,8 +369,17 @@ pub(crate) fn tune(stream: &TcpStream, keepalive: Keepalive) {
             .with_time(idle)
             .with_interval(interval)
             .with_retries(probes);
-        if let Err(error) = SockRef::from(stream).set_tcp_keepalive(&params) {
+        let socket = SockRef::from(stream);
+        if let Err(error) = socket.set_tcp_keepalive(&params) {
             tracing::debug!(%error, "cannot set TCP keepalive");
+        }
+        // Keepalive probes only go out on a quiet connection. One with
+        // data the peer never acknowledges (its client moved to the other
+        // node of a pair, and its reset went there too) would otherwise
+        // retransmit for a quarter of an hour: give up as keepalive would.
+        let give_up = idle + interval * probes;
+        if let Err(error) = socket.set_tcp_user_timeout(Some(give_up)) {
+            tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
         }
     }
 }
@@ -410,6 +419,11 @@ mod tests {
             Duration::from_secs(7)
         );
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(61 + 7 * 3)),
+            "unacknowledged data gives up as keepalive would"
+        );
 
         let plain = TcpStream::connect(listener.local_addr().unwrap())
             .await

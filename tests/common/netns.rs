@@ -31,6 +31,7 @@ impl Namespace {
         static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("vg-{tag}-{}-{n}", std::process::id());
+        remove_orphans();
         // A namespace left by a crashed run with the same pid goes first.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run("ip", &["netns", "add", &name]);
@@ -53,6 +54,29 @@ impl Namespace {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ip netns exec: {e}"))
+    }
+
+    /// Runs `work` on a new thread that has entered the namespace: sockets
+    /// it (or a runtime it builds) creates belong to the namespace.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns(2) with a namespace file we hold open; it moves
+            // only this thread.
+            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                entered,
+                0,
+                "setns {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            work()
+        })
     }
 
     /// Runs test `test` of this test binary again inside the namespace and
@@ -84,6 +108,46 @@ impl Drop for Namespace {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// Deletes test namespaces whose process is gone (killed before its
+/// guards ran): `vg-TAG-PID-N` with no process PID.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_), Some(pid), Some(prefix)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if prefix.starts_with("vg-") && pid.parse::<u32>().is_ok() && !alive {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+/// Whether this machine lets a test build namespaces (root, iproute2);
+/// `Err` says why not.
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    let name = format!("vg-probe-{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &name]).output() {
+        Ok(output) if output.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            Ok(())
+        }
+        Ok(output) => Err(format!(
+            "ip netns add failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => Err(format!("no ip command (iproute2): {error}")),
     }
 }
 
