@@ -16,6 +16,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,8 +28,21 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Admin, AdminAuth, AdminState, Mode, Persistence};
-use crate::server::{Control, ReloadError, StartError};
+use crate::config::{Admin, AdminAuth, AdminState};
+use crate::server::{Control, ReloadError};
+use crate::status::Status;
+
+/// Why the admin endpoint cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("admin.listen: cannot listen on {address}: {error}")]
+    Bind {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("admin.token_file: {} {why}", path.display())]
+    Token { path: PathBuf, why: String },
+}
 
 /// The admin listener and the token changes need.
 #[derive(Debug)]
@@ -46,7 +60,7 @@ impl Endpoint {
 /// The admin token, when the plan sets `token_file`: read, checked for
 /// length. `vipgate check` calls this too, so a missing or short token
 /// file is found before `run`.
-pub fn token(admin: &Admin) -> Result<Option<String>, StartError> {
+pub fn token(admin: &Admin) -> Result<Option<String>, EndpointError> {
     let Admin::On {
         auth: AdminAuth::Token(path),
         ..
@@ -54,7 +68,7 @@ pub fn token(admin: &Admin) -> Result<Option<String>, StartError> {
     else {
         return Ok(None);
     };
-    let refused = |why: String| StartError::AdminToken {
+    let refused = |why: String| EndpointError::Token {
         path: path.clone(),
         why,
     };
@@ -76,12 +90,12 @@ pub fn token(admin: &Admin) -> Result<Option<String>, StartError> {
 
 /// Opens the admin listener and reads its token, if the plan has one.
 /// Must be called inside a tokio runtime.
-pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, StartError> {
+pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
     let Admin::On { listen, .. } = admin else {
         return Ok(None);
     };
     let token = token(admin)?;
-    let failed = |error| StartError::Admin {
+    let failed = |error| EndpointError::Bind {
         address: *listen,
         error,
     };
@@ -93,7 +107,10 @@ pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, StartError> {
 
 /// Serves the admin endpoint until `stop`.
 pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: CancellationToken) {
-    let registry = Arc::new(crate::metrics::registry(Arc::clone(&control)));
+    let registry = Arc::new(crate::metrics::registry(
+        Arc::clone(control.live()),
+        control.reloads(),
+    ));
     if let Some(address) = endpoint.local_addr() {
         tracing::info!(%address, "admin endpoint listening: /metrics, /status");
     }
@@ -246,114 +263,7 @@ fn unauthorized(request: &Request<Incoming>, token: Option<&str>) -> Option<Answ
 
 /// The live state as JSON.
 fn status(control: &Control) -> Value {
-    let snapshot = control.live().load();
-    let plan = snapshot.plan();
-    let (succeeded, failed) = control.reloads.counts();
-    let virtuals: Vec<Value> = plan
-        .virtuals
-        .iter()
-        .filter_map(|virtual_plan| {
-            let live = snapshot.virtual_server(&virtual_plan.name)?;
-            let stats = &live.stats;
-            let mut entry = json!({
-                "name": virtual_plan.name,
-                "listen": virtual_plan.listen.to_string(),
-                "pool": virtual_plan.pool,
-                "mode": if matches!(virtual_plan.mode, Mode::Http(_)) { "http" } else { "tcp" },
-                "connections": { "active": stats.active_connections(), "total": stats.accepted() },
-                "rejected": {
-                    "connection_limit": stats.rejected_connection_limit(),
-                    "no_member": stats.rejected_no_member(),
-                    "snat_exhausted": stats.rejected_snat_exhausted(),
-                },
-            });
-            if let Mode::Http(http) = &virtual_plan.mode {
-                let counts = stats.http.counts();
-                entry["http"] = json!({
-                    "persistence": match &http.persistence {
-                        Persistence::None => "none".to_string(),
-                        Persistence::UrlParam { name, .. } => format!("url_param {name}"),
-                        Persistence::Cookie { name, .. } => format!("cookie {name}"),
-                    },
-                    "requests": counts.requests,
-                    "persistence_hits": counts.persistence_hits,
-                    "persistence_misses": counts.persistence_misses,
-                    "persistence_reroutes": counts.persistence_reroutes,
-                    "cookies_set": counts.cookies_set,
-                    "answered_503": counts.no_member,
-                    "answered_502": counts.member_failed,
-                    "answered_504": counts.member_timed_out,
-                    "answered_408": counts.request_timeouts,
-                    "upgrades": counts.upgrades,
-                });
-            }
-            Some(entry)
-        })
-        .collect();
-    let pools: Vec<Value> = plan
-        .pools
-        .values()
-        .filter_map(|pool| {
-            let live = snapshot.pool(&pool.name)?;
-            let members: Vec<Value> = live
-                .members()
-                .iter()
-                .map(|member| {
-                    let state = &member.state;
-                    let address = state.address();
-                    let (to_member, to_client) = state.bytes();
-                    let monitors: Vec<Value> = snapshot
-                        .health()
-                        .probes_of(&pool.name, address)
-                        .into_iter()
-                        .map(|(key, status)| {
-                            let (health, detail) = status.verdict();
-                            json!({ "monitor": key.monitor, "target": key.target_text(), "result": health.as_str(), "detail": detail })
-                        })
-                        .collect();
-                    json!({
-                        "address": address.to_string(),
-                        "route": member.route,
-                        "health": member.health.health().as_str(),
-                        "state": state.admin_state().to_string(),
-                        "connections": { "active": state.active_connections(), "total": state.total_connections() },
-                        "connect_failures": state.connect_failures(),
-                        "bytes": { "to_member": to_member, "to_client": to_client },
-                        "monitors": monitors,
-                    })
-                })
-                .collect();
-            Some(json!({ "name": pool.name, "algorithm": pool.algorithm.to_string(), "members": members }))
-        })
-        .collect();
-    let snat: Vec<Value> = snapshot
-        .snat_pools()
-        .map(|pool| {
-            let addresses: Vec<Value> = pool
-                .addresses()
-                .iter()
-                .map(|address| {
-                    let mut toward: Vec<Value> = address
-                        .usage()
-                        .map(|(member, ports)| json!({ "member": member.to_string(), "in_use": ports.in_use(), "free": ports.free() }))
-                        .collect();
-                    toward.sort_by(|a, b| a["member"].as_str().cmp(&b["member"].as_str()));
-                    json!({ "address": address.address.to_string(), "exhausted": address.exhausted(), "members": toward })
-                })
-                .collect();
-            json!({ "name": pool.name(), "addresses": addresses })
-        })
-        .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "config": {
-            "hash": control.reloads.config_hash(),
-            "loaded_at": control.reloads.last_success(),
-            "reloads": { "succeeded": succeeded, "failed": failed },
-            "last_reload_error": control.reloads.last_error(),
-        },
-        "virtuals": virtuals,
-        "pools": pools,
-        "snat_pools": snat,
-    })
+    let status = Status::of(&control.live().load(), control.reloads().counts());
+    // Plain structs of strings and numbers: serializing cannot fail.
+    serde_json::to_value(status).unwrap_or(Value::Null)
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::config::{self, ConfigError, Plan};
-use crate::server::{termination_signal, Server, StartError};
+use crate::instance::{Instance, LaunchError};
+use crate::server::{termination_signal, ConfigSource, StartError};
 
 /// Why `vipgate run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -12,7 +13,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Start(#[from] StartError),
+    Start(#[from] LaunchError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -25,6 +26,9 @@ pub enum CheckError {
     /// Valid, but its certificates or keys cannot be loaded.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// Valid, but the admin token file is missing or too short.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::EndpointError),
 }
 
 /// `vipgate check`: validates the file, loads the certificates it names,
@@ -49,11 +53,14 @@ pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
+    let source = ConfigSource {
+        path: path.to_path_buf(),
+        text,
+        snat_share: share,
+    };
     runtime(&plan)?.block_on(async {
-        let server = Server::bind(plan)?
-            .reloading_from(path, &text)
-            .with_snat_share(share);
-        server.run(termination_signal()).await;
+        let instance = Instance::bind(plan, Some(source))?;
+        instance.run(termination_signal()).await;
         Ok(())
     })
 }
@@ -64,7 +71,13 @@ pub fn demo() -> Result<(), crate::demo::DemoError> {
         .enable_all()
         .build()
         .map_err(crate::demo::DemoError::Runtime)?;
-    runtime.block_on(crate::demo::run())
+    runtime.block_on(async {
+        let (plan, introduction) = crate::demo::start().await?;
+        let instance = Instance::bind(plan, None)?;
+        println!("{introduction}");
+        instance.run(termination_signal()).await;
+        Ok(())
+    })
 }
 
 fn runtime(plan: &Plan) -> Result<tokio::runtime::Runtime, RunError> {

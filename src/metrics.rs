@@ -7,37 +7,37 @@
 //! monitor names, member and SNAT addresses, and fixed reason words. No
 //! client address appears in any label.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::config::{AdminState, Mode};
-use crate::pool::{Health, Member, MemberState};
-use crate::server::{Control, Snapshot};
-use crate::snat::SourceNat;
-use crate::virtual_server::VirtualServer;
+use crate::server::{Live, ReloadStats};
+use crate::stats::Rejection;
+use crate::status::{MemberStatus, Status, VirtualStatus};
 
 /// Turns the live state into metric families at each scrape.
 pub struct Exporter {
-    control: Arc<Control>,
+    live: Live,
+    reloads: Arc<ReloadStats>,
 }
 
 impl Exporter {
-    pub fn new(control: Arc<Control>) -> Exporter {
-        Exporter { control }
+    pub fn new(live: Live, reloads: Arc<ReloadStats>) -> Exporter {
+        Exporter { live, reloads }
     }
 }
 
 /// A registry holding the vipgate exporter and the process collector
 /// (`process_open_fds`, `process_max_fds`, `process_resident_memory_bytes`,
 /// `process_cpu_seconds_total`, `process_start_time_seconds`).
-pub fn registry(control: Arc<Control>) -> Registry {
+pub fn registry(live: Live, reloads: Arc<ReloadStats>) -> Registry {
     let registry = Registry::new();
     // The exporter has no fixed descriptors, and the process collector's
     // are its own, so registering them into a new registry cannot collide.
-    let _ = registry.register(Box::new(Exporter::new(control)));
+    let _ = registry.register(Box::new(Exporter::new(live, reloads)));
     let _ = registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -59,12 +59,25 @@ impl Collector for Exporter {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let snapshot = self.control.live().load();
+        let snapshot = self.live.load();
+        let status = Status::of(&snapshot, self.reloads.counts());
         let mut families = Families::default();
-        virtuals(&snapshot, &mut families);
-        members(&snapshot, &mut families);
-        snat(&snapshot, &mut families);
-        reloads(&self.control, &mut families);
+        virtuals(&status, &mut families);
+        members(&status, &mut families);
+        snat(&status, &mut families);
+        config(&status, &mut families);
+        // Histograms are kept by the data path itself; they are not counts
+        // a view can copy.
+        for plan in &snapshot.plan().virtuals {
+            if let Some(stats) = snapshot.virtual_stats(&plan.name) {
+                families.histogram(stats.duration_histogram());
+            }
+        }
+        let mut members: Vec<_> = snapshot.members().collect();
+        members.sort_by_key(|member| member.address());
+        for member in members {
+            families.histogram(member.connect_histogram());
+        }
         families.0
     }
 }
@@ -159,52 +172,51 @@ fn set(vec: &IntGaugeVec, labels: &[&str], value: i64) {
     vec.with_label_values(labels).set(value);
 }
 
-fn virtuals(snapshot: &Snapshot, families: &mut Families) {
-    let virtuals: Vec<_> = snapshot
-        .plan()
+fn virtuals(status: &Status, families: &mut Families) {
+    let by_name: Vec<(&str, &VirtualStatus)> = status
         .virtuals
         .iter()
-        .filter_map(|plan| Some((plan, snapshot.virtual_server(&plan.name)?)))
-        .collect();
-    let by_name: Vec<(&str, &Arc<VirtualServer>)> = virtuals
-        .iter()
-        .map(|(plan, v)| (plan.name.as_str(), *v))
+        .map(|v| (v.name.as_str(), v))
         .collect();
     families.counter_each(
         "vipgate_virtual_connections_total",
         "Client connections accepted.",
         "virtual",
         &by_name,
-        |v| v.stats.accepted(),
+        |v| v.counts.connections.total,
     );
     families.gauge_each(
         "vipgate_virtual_connections_active",
         "Client connections open now.",
         "virtual",
         &by_name,
-        |v| v.stats.active_connections() as i64,
+        |v| v.counts.connections.active as i64,
     );
     families.counter_split(
         "vipgate_virtual_rejected_total",
-        "Clients closed without being served, by reason: connection_limit (the virtual's), no_member (none could take it), snat_exhausted (no source port free).",
+        "Clients (HTTP: requests) not served, by reason: connection_limit (the virtual's), no_member (none could take it), snat_exhausted (no source port free), local_resources (this host ran out of file descriptors or memory).",
         ["virtual", "reason"],
         &by_name,
-        |v| [
-            ("connection_limit", v.stats.rejected_connection_limit()),
-            ("no_member", v.stats.rejected_no_member()),
-            ("snat_exhausted", v.stats.rejected_snat_exhausted()),
-        ],
+        |v| {
+            let rejected = v.counts.rejected;
+            [
+                (Rejection::ConnectionLimit.as_str(), rejected.connection_limit),
+                (Rejection::NoMember.as_str(), rejected.no_member),
+                (Rejection::SnatExhausted.as_str(), rejected.snat_exhausted),
+                (Rejection::LocalResources.as_str(), rejected.local_resources),
+            ]
+        },
     );
     families.counter_each(
         "vipgate_virtual_accept_errors_total",
         "accept(2) failures (out of file descriptors and the like).",
         "virtual",
         &by_name,
-        |v| v.stats.accept_errors(),
+        |v| v.counts.accept_errors,
     );
     let terminating: Vec<_> = by_name
         .iter()
-        .filter(|(_, v)| v.terminator.is_some())
+        .filter(|(_, v)| matches!(v.tls, "terminate" | "auto"))
         .cloned()
         .collect();
     families.counter_split(
@@ -213,13 +225,17 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         ["virtual", "result"],
         &terminating,
         |v| {
-            let (ok, failed, timed_out) = v.stats.handshakes();
-            [("ok", ok), ("failed", failed), ("timed_out", timed_out)]
+            let handshakes = v.counts.handshakes;
+            [
+                ("ok", handshakes.ok),
+                ("failed", handshakes.failed),
+                ("timed_out", handshakes.timed_out),
+            ]
         },
     );
     let routing: Vec<_> = by_name
         .iter()
-        .filter(|(_, v)| !v.sni_routes.is_empty())
+        .filter(|(_, v)| v.routes_by_sni)
         .cloned()
         .collect();
     families.counter_split(
@@ -228,14 +244,18 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         ["virtual", "result"],
         &routing,
         |v| {
-            let (ok, rejected, timed_out) = v.stats.client_hellos();
-            [("ok", ok), ("rejected", rejected), ("timed_out", timed_out)]
+            let hellos = v.counts.client_hellos;
+            [
+                ("ok", hellos.ok),
+                ("rejected", hellos.failed),
+                ("timed_out", hellos.timed_out),
+            ]
         },
     );
-    let http: Vec<_> = virtuals
+    let http: Vec<_> = status
+        .virtuals
         .iter()
-        .filter(|(plan, _)| matches!(plan.mode, Mode::Http(_)))
-        .map(|(plan, v)| (plan.name.as_str(), v.stats.http.counts()))
+        .filter_map(|v| Some((v.name.as_str(), v.http.as_ref()?.counts)))
         .collect();
     families.counter_each(
         "vipgate_http_requests_total",
@@ -263,7 +283,7 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         "Answers vipgate gave itself, by status: 408 (slow request head), 502 (member failed), 503 (no member), 504 (member too slow).",
         ["virtual", "status"],
         &http,
-        |c| [("408", c.request_timeouts), ("502", c.member_failed), ("503", c.no_member), ("504", c.member_timed_out)],
+        |c| [("408", c.answered_408), ("502", c.answered_502), ("503", c.answered_503), ("504", c.answered_504)],
     );
     families.counter_each(
         "vipgate_http_upgrades_total",
@@ -272,29 +292,29 @@ fn virtuals(snapshot: &Snapshot, families: &mut Families) {
         &http,
         |c| c.upgrades,
     );
-    for (_, v) in &virtuals {
-        families.histogram(v.stats.duration_histogram());
-    }
 }
 
-fn members(snapshot: &Snapshot, families: &mut Families) {
-    let mut members: Vec<_> = snapshot.members().cloned().collect();
-    members.sort_by_key(|m| m.address());
-    let names: Vec<String> = members.iter().map(|m| m.address().to_string()).collect();
-    let each = || members.iter().zip(&names);
-    let by_name: Vec<(&str, &Arc<MemberState>)> = names
-        .iter()
-        .map(String::as_str)
-        .zip(members.iter())
+fn members(status: &Status, families: &mut Families) {
+    let in_pools = || {
+        status.pools.iter().flat_map(|pool| {
+            pool.members
+                .iter()
+                .map(move |member| (pool.name.as_str(), member))
+        })
+    };
+    // Connections, bytes and admin state belong to the address, whatever
+    // pools it is in.
+    let by_address: BTreeMap<&str, &MemberStatus> = in_pools()
+        .map(|(_, member)| (member.address.as_str(), member))
         .collect();
+    let by_name: Vec<(&str, &MemberStatus)> = by_address.into_iter().collect();
     families.gauge(
         "vipgate_member_up",
         "1 when the member's monitors in this pool (its own rule and its node's) pass, or it has none; else 0.",
         &["pool", "member"],
         |vec| {
-            for (pool, member, name) in pool_members(snapshot) {
-                let up = member.health.health() == Health::Up;
-                set(vec, &[pool, &name], i64::from(up));
+            for (pool, member) in in_pools() {
+                set(vec, &[pool, &member.address], i64::from(member.up));
             }
         },
     );
@@ -303,8 +323,8 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         "1 for the member's current health in this pool: up, down, or unchecked (first probes not finished).",
         &["pool", "member", "health"],
         |vec| {
-            for (pool, member, name) in pool_members(snapshot) {
-                set(vec, &[pool, &name, member.health.health().as_str()], 1);
+            for (pool, member) in in_pools() {
+                set(vec, &[pool, &member.address, member.health], 1);
             }
         },
     );
@@ -313,13 +333,8 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         "1 for the member's admin state: enabled, disabled, forced-offline.",
         &["member", "state"],
         |vec| {
-            for (member, name) in each() {
-                let state = match member.admin_state() {
-                    AdminState::Enabled => "enabled",
-                    AdminState::Disabled => "disabled",
-                    AdminState::ForcedOffline => "forced-offline",
-                };
-                set(vec, &[name, state], 1);
+            for (name, member) in &by_name {
+                set(vec, &[name, &member.state], 1);
             }
         },
     );
@@ -328,32 +343,32 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         "Connections (HTTP: requests) open to the member now.",
         "member",
         &by_name,
-        |m| m.active_connections() as i64,
+        |m| m.counts.connections.active as i64,
     );
     families.counter_each(
         "vipgate_member_connections_total",
         "Connections established to the member.",
         "member",
         &by_name,
-        |m| m.total_connections(),
+        |m| m.counts.connections.total,
     );
     families.counter_each(
         "vipgate_member_connect_failures_total",
-        "Connects to the member that were refused, timed out or failed.",
+        "Connects to the member that were refused, timed out or failed (TLS handshake included).",
         "member",
         &by_name,
-        |m| m.connect_failures(),
+        |m| m.counts.connect_failures,
     );
-    families.counter(
+    families.counter_split(
         "vipgate_member_bytes_total",
         "Bytes carried, by direction: to_member, to_client (counted as connections close).",
-        &["member", "direction"],
-        |vec| {
-            for (member, name) in each() {
-                let (to_member, to_client) = member.bytes();
-                add(vec, &[name, "to_member"], to_member);
-                add(vec, &[name, "to_client"], to_client);
-            }
+        ["member", "direction"],
+        &by_name,
+        |m| {
+            [
+                ("to_member", m.counts.bytes.to_member),
+                ("to_client", m.counts.bytes.to_client),
+            ]
         },
     );
     families.gauge(
@@ -361,89 +376,66 @@ fn members(snapshot: &Snapshot, families: &mut Families) {
         "1 for each member of each pool.",
         &["pool", "member"],
         |vec| {
-            for (pool, plan) in &snapshot.plan().pools {
-                for member in &plan.members {
-                    set(vec, &[pool, &member.address.to_string()], 1);
-                }
+            for (pool, member) in in_pools() {
+                set(vec, &[pool, &member.address], 1);
             }
         },
     );
-    families.gauge(
+    let pools: Vec<(&str, i64)> = status
+        .pools
+        .iter()
+        .map(|pool| {
+            let usable = pool.members.iter().filter(|m| m.usable).count();
+            (pool.name.as_str(), usable as i64)
+        })
+        .collect();
+    families.gauge_each(
         "vipgate_pool_members_up",
         "Members of the pool that are up and enabled.",
-        &["pool"],
-        |vec| {
-            for pool in snapshot.plan().pools.keys() {
-                if let Some(live) = snapshot.pool(pool) {
-                    let up = live.members().iter().filter(|m| m.usable()).count();
-                    set(vec, &[pool], up as i64);
-                }
-            }
-        },
+        "pool",
+        &pools,
+        |usable| *usable,
     );
+    // A monitor probes a target once, whatever pools it serves.
+    let monitors: BTreeMap<(&str, &str), bool> = in_pools()
+        .flat_map(|(_, member)| &member.monitors)
+        .map(|m| ((m.monitor.as_str(), m.target.as_str()), m.result == "up"))
+        .collect();
     families.gauge(
         "vipgate_monitor_up",
         "The last verdict of one monitor on one target: 1 up, 0 down or not yet probed.",
         &["monitor", "target"],
         |vec| {
-            for (key, status) in snapshot.health().probes() {
-                let (health, _) = status.verdict();
-                set(
-                    vec,
-                    &[&key.monitor, &key.target_text()],
-                    i64::from(health == Health::Up),
-                );
+            for ((monitor, target), up) in &monitors {
+                set(vec, &[monitor, target], i64::from(*up));
             }
         },
     );
-    for member in &members {
-        families.histogram(member.connect_histogram());
-    }
 }
 
-/// Every member of every pool, with the pool's name and the member's
-/// address as text.
-fn pool_members(snapshot: &Snapshot) -> impl Iterator<Item = (&str, &Member, String)> {
-    snapshot.pools().flat_map(|pool| {
-        pool.members()
-            .iter()
-            .map(move |member| (pool.name(), member, member.state.address().to_string()))
-    })
-}
-
-fn label_values(key: &[String; 3]) -> [&str; 3] {
-    [key[0].as_str(), key[1].as_str(), key[2].as_str()]
-}
-
-fn snat(snapshot: &Snapshot, families: &mut Families) {
+fn snat(status: &Status, families: &mut Families) {
     let labels = ["snat_pool", "address", "member"];
     // (pool, address, member) -> (in use, free) for every port set.
     let mut usage: Vec<([String; 3], usize, Option<usize>)> = Vec::new();
-    for pool in snapshot.snat_pools() {
-        for address in pool.addresses() {
-            for (member, ports) in address.usage() {
+    for pool in &status.snat_pools {
+        for address in &pool.addresses {
+            for ports in &address.members {
                 let key = [
-                    pool.name().to_string(),
-                    address.address.to_string(),
-                    member.to_string(),
+                    pool.name.clone(),
+                    address.address.clone(),
+                    ports.member.clone(),
                 ];
-                usage.push((key, ports.in_use(), Some(ports.free())));
+                usage.push((key, ports.in_use, Some(ports.free)));
             }
         }
     }
-    for plan in &snapshot.plan().virtuals {
-        if let Some(SourceNat::Automap(automap)) =
-            snapshot.virtual_server(&plan.name).map(|v| &v.snat)
-        {
-            for (address, member, in_use) in automap.usage() {
-                let key = [
-                    format!("automap:{}", plan.name),
-                    address.to_string(),
-                    member.to_string(),
-                ];
-                usage.push((key, in_use, None));
-            }
-        }
+    for automap in &status.automap {
+        let key = [
+            format!("automap:{}", automap.virtual_name),
+            automap.address.clone(),
+            automap.member.clone(),
+        ];
+        usage.push((key, automap.in_use, None));
     }
     families.gauge(
         "vipgate_snat_ports_in_use",
@@ -472,28 +464,28 @@ fn snat(snapshot: &Snapshot, families: &mut Families) {
         "Connections that found no free port on a SNAT address toward their member.",
         &["snat_pool", "address"],
         |vec| {
-            for pool in snapshot.snat_pools() {
-                for address in pool.addresses() {
-                    add(
-                        vec,
-                        &[pool.name(), &address.address.to_string()],
-                        address.exhausted(),
-                    );
+            for pool in &status.snat_pools {
+                for address in &pool.addresses {
+                    add(vec, &[&pool.name, &address.address], address.exhausted);
                 }
             }
         },
     );
 }
 
-fn reloads(control: &Control, families: &mut Families) {
-    let (succeeded, failed) = control.reloads.counts();
+fn label_values(key: &[String; 3]) -> [&str; 3] {
+    [key[0].as_str(), key[1].as_str(), key[2].as_str()]
+}
+
+fn config(status: &Status, families: &mut Families) {
+    let config = &status.config;
     families.counter(
         "vipgate_config_reloads_total",
         "Configuration reloads (SIGHUP, POST /reload), by result: success, failure.",
         &["result"],
         |vec| {
-            add(vec, &["success"], succeeded);
-            add(vec, &["failure"], failed);
+            add(vec, &["success"], config.reloads.succeeded);
+            add(vec, &["failure"], config.reloads.failed);
         },
     );
     families.gauge(
@@ -501,7 +493,7 @@ fn reloads(control: &Control, families: &mut Families) {
         "When the running configuration was loaded (Unix seconds).",
         &[],
         |vec| {
-            set(vec, &[], control.reloads.last_success() as i64);
+            set(vec, &[], config.loaded_at as i64);
         },
     );
     families.gauge(
@@ -509,7 +501,7 @@ fn reloads(control: &Control, families: &mut Families) {
         "1, labelled with the SHA-256 of the running configuration file.",
         &["hash"],
         |vec| {
-            set(vec, &[&control.reloads.config_hash()], 1);
+            set(vec, &[&config.hash], 1);
         },
     );
     families.gauge(
@@ -517,7 +509,7 @@ fn reloads(control: &Control, families: &mut Families) {
         "1, labelled with the vipgate version.",
         &["version"],
         |vec| {
-            set(vec, &[env!("CARGO_PKG_VERSION")], 1);
+            set(vec, &[status.version], 1);
         },
     );
 }

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::server::Snapshot;
-
 /// How often `STATUS=` is refreshed while serving.
 const STATUS_PERIOD: Duration = Duration::from_secs(5);
 
@@ -100,23 +98,4 @@ impl ServiceManager {
             }
         }
     }
-}
-
-/// What vipgate is doing, for `STATUS=`: "serving 3 virtuals, 12/12
-/// members up, 341 connections".
-pub fn serving_status(snapshot: &Snapshot) -> String {
-    let virtuals = snapshot.plan().virtuals.len();
-    let (mut up, mut members) = (0, 0);
-    for pool in snapshot.pools() {
-        for member in pool.members() {
-            members += 1;
-            up += usize::from(member.usable());
-        }
-    }
-    let connections = snapshot.active_connections();
-    format!(
-        "serving {virtuals} virtual{}, {up}/{members} members up, {connections} connection{}",
-        if virtuals == 1 { "" } else { "s" },
-        if connections == 1 { "" } else { "s" }
-    )
 }

@@ -26,6 +26,15 @@ impl Default for Throttle {
 }
 
 impl Throttle {
+    /// One line a second; usable in a `static`.
+    pub const fn new() -> Throttle {
+        Throttle {
+            interval_millis: DEFAULT_INTERVAL.as_millis() as u64,
+            next_allowed: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
     pub fn every(interval: Duration) -> Throttle {
         Throttle {
             interval_millis: interval.as_millis() as u64,

@@ -73,7 +73,7 @@ async fn refusing_member_is_skipped_and_counted() {
         BTreeMap::from([("m11".to_string(), 10), ("m13".to_string(), 10)])
     );
     assert_eq!(vipgate.member(refusing).connect_failures(), 10);
-    assert_eq!(vipgate.virtual_stats("vs").rejected_no_member(), 0);
+    assert_eq!(vipgate.virtual_stats("vs").counts().rejected.no_member, 0);
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn client_is_closed_and_counted_when_no_member_answers() {
     assert_eq!(client.ask("hello").await, None);
     let stats = vipgate.virtual_stats("vs");
     eventually("the rejection is counted", || {
-        stats.rejected_no_member() == 1
+        stats.counts().rejected.no_member == 1
     })
     .await;
     assert_eq!(vipgate.member(members[0]).connect_failures(), 1);
@@ -125,7 +125,7 @@ async fn virtual_connection_limit_closes_the_extra_client_at_once() {
         "the third client is refused"
     );
     let stats = vipgate.virtual_stats("vs");
-    assert_eq!(stats.rejected_connection_limit(), 1);
+    assert_eq!(stats.counts().rejected.connection_limit, 1);
 
     drop(first);
     eventually("the first connection is gone", || {
@@ -165,5 +165,5 @@ async fn member_connection_limits_send_clients_elsewhere_then_refuse() {
     assert_ne!(tags[0], tags[1], "each member took one");
     let mut third = LineClient::connect(addr).await;
     assert_eq!(third.ask("c").await, None);
-    assert_eq!(vipgate.virtual_stats("vs").rejected_no_member(), 1);
+    assert_eq!(vipgate.virtual_stats("vs").counts().rejected.no_member, 1);
 }

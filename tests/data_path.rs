@@ -67,8 +67,12 @@ async fn bulk(zero_copy: bool) {
     .expect("256 MiB each way in two minutes");
     let (to_member, to_client) = {
         let state = vipgate.member(member);
-        eventually("the connection is accounted", || state.bytes().0 > 0).await;
-        state.bytes()
+        eventually("the connection is accounted", || {
+            state.counts().bytes.to_member > 0
+        })
+        .await;
+        let bytes = state.counts().bytes;
+        (bytes.to_member, bytes.to_client)
     };
     assert_eq!((to_member, to_client), (total as u64, total as u64));
 }

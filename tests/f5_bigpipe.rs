@@ -101,7 +101,8 @@ async fn the_loopback_sample_converts_and_runs_like_the_f5_pool() {
     let mut held = LineClient::connect(vipgate.addr("vsCSP")).await;
     assert!(held.ask("hi").await.is_some());
     let snapshot = vipgate.snapshot();
-    let Some(SourceNat::Automap(automap)) = snapshot.virtual_server("vsCSP").map(|v| &v.snat)
+    let Some(SourceNat::Automap(automap)) =
+        snapshot.virtual_server("vsCSP").map(|v| &v.dialer.snat)
     else {
         panic!("automap expected");
     };

@@ -208,7 +208,8 @@ async fn the_converted_tmsh_export_serves_as_the_f5_did() {
     let mut held = LineClient::connect(vipgate.addr("vs_csp")).await;
     assert!(held.ask("hi").await.is_some());
     let snapshot = vipgate.snapshot();
-    let Some(SourceNat::Pool(snat)) = snapshot.virtual_server("vs_csp").map(|v| &v.snat) else {
+    let Some(SourceNat::Pool(snat)) = snapshot.virtual_server("vs_csp").map(|v| &v.dialer.snat)
+    else {
         panic!("vs_csp uses a SNAT pool");
     };
     let in_use: usize = snat

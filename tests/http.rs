@@ -43,7 +43,7 @@ fn http_config(members: &[(SocketAddr, &str)], virtual_extra: &str, secret: &Pat
 }
 
 /// The HTTP counters of virtual `web`.
-fn counts(vipgate: &Vipgate) -> vipgate::http::HttpCounts {
+fn counts(vipgate: &Vipgate) -> vipgate::stats::HttpCounts {
     vipgate.virtual_stats("web").http.counts()
 }
 
@@ -342,7 +342,7 @@ async fn keep_alive_is_used_on_both_legs() {
     let other = get_once(vip, "/5", &[]).await;
     assert_eq!(other.header("x-connection"), member_connection);
     assert_eq!(
-        vipgate.virtual_stats("web").accepted(),
+        vipgate.virtual_stats("web").counts().connections.total,
         2,
         "two client connections"
     );
@@ -358,7 +358,7 @@ async fn no_usable_member_is_503_a_failing_one_502_and_a_silent_one_504() {
     let reply = get_once(vipgate.addr("web"), "/", &[]).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body, "no member is available\n");
-    assert_eq!(counts(&vipgate).no_member, 1);
+    assert_eq!(counts(&vipgate).answered_503, 1);
 
     let node = web_member("127.0.0.11", "GWE_Node1").await;
     let vipgate = start(&http_config(
@@ -383,7 +383,7 @@ async fn no_usable_member_is_503_a_failing_one_502_and_a_silent_one_504() {
         "the client connection lives on"
     );
     let counts = counts(&vipgate);
-    assert_eq!((counts.member_failed, counts.member_timed_out), (1, 1));
+    assert_eq!((counts.answered_502, counts.answered_504), (1, 1));
 }
 
 /// Reads what vipgate sends until it closes the connection.
@@ -420,7 +420,7 @@ async fn slow_or_oversized_request_heads_get_408_and_431_and_idle_clients_are_le
         "{answer}"
     );
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert_eq!(counts(&vipgate).request_timeouts, 1);
+    assert_eq!(counts(&vipgate).answered_408, 1);
 
     let mut large = TcpStream::connect(vip).await.unwrap();
     let head = format!(
@@ -443,11 +443,7 @@ async fn slow_or_oversized_request_heads_get_408_and_431_and_idle_clients_are_le
         client.is_closed()
     })
     .await;
-    assert_eq!(
-        counts(&vipgate).request_timeouts,
-        1,
-        "no 408 for idle clients"
-    );
+    assert_eq!(counts(&vipgate).answered_408, 1, "no 408 for idle clients");
 }
 
 #[tokio::test]
@@ -544,7 +540,7 @@ async fn a_missing_or_short_cookie_secret_stops_the_start_with_a_hint() {
     let missing = common::tls_ca::temp_dir("http-secret").join("no-such-secret");
     let plan = vipgate::config::parse(&http_config(&[(node, "GWE_Node1")], COOKIE, &missing), "t")
         .unwrap();
-    let error = vipgate::server::Server::bind(plan)
+    let error = vipgate::server::Server::bind(plan, None)
         .err()
         .expect("refused")
         .to_string();
@@ -557,7 +553,7 @@ async fn a_missing_or_short_cookie_secret_stops_the_start_with_a_hint() {
     std::fs::write(&short, "too short\n").unwrap();
     let plan =
         vipgate::config::parse(&http_config(&[(node, "GWE_Node1")], COOKIE, &short), "t").unwrap();
-    let error = vipgate::server::Server::bind(plan)
+    let error = vipgate::server::Server::bind(plan, None)
         .err()
         .expect("refused")
         .to_string();

@@ -140,7 +140,7 @@ async fn the_surviving_node_paces_a_reconnect_storm_and_refuses_nobody() {
     let took = started.elapsed();
     let stats = vipgate.virtual_stats("vs");
     assert_eq!(served, agents, "every agent is served");
-    assert_eq!(stats.rejected_no_member(), 0, "nobody refused");
+    assert_eq!(stats.counts().rejected.no_member, 0, "nobody refused");
     // Paced: 450 in the first burst, then 450 a second.
     assert!(
         took >= Duration::from_millis(1000),

@@ -121,7 +121,7 @@ async fn exhausted_ports_close_the_client_and_count_until_ports_free_up() {
         "the 17th is closed"
     );
     let stats = vipgate.virtual_stats("vs");
-    assert_eq!(stats.rejected_snat_exhausted(), 1);
+    assert_eq!(stats.counts().rejected.snat_exhausted, 1);
     let snapshot = vipgate.snapshot();
     let pool = snapshot.snat_pools().next().unwrap();
     assert_eq!(pool.addresses()[0].exhausted(), 1);
@@ -145,7 +145,10 @@ async fn a_second_member_doubles_the_capacity() {
         connect_and_read_source(vipgate.addr("vs")).await.is_none(),
         "the 33rd is closed"
     );
-    assert_eq!(vipgate.virtual_stats("vs").rejected_snat_exhausted(), 1);
+    assert_eq!(
+        vipgate.virtual_stats("vs").counts().rejected.snat_exhausted,
+        1
+    );
 }
 
 #[tokio::test]
@@ -161,7 +164,7 @@ async fn ports_are_reused_after_close_without_failures() {
     }
     let stats = vipgate.virtual_stats("vs");
     assert_eq!(
-        stats.rejected_snat_exhausted() + stats.rejected_no_member(),
+        stats.counts().rejected.snat_exhausted + stats.counts().rejected.no_member,
         0
     );
 }

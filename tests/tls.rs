@@ -106,7 +106,7 @@ async fn passthrough_routes_by_server_name_and_leaves_tls_to_the_member() {
     assert!(ask_tls(vipgate.addr("vs"), &client, "other.example")
         .await
         .is_err());
-    let (ok, rejected, timed_out) = vipgate.virtual_stats("vs").client_hellos();
+    let (ok, rejected, timed_out) = outcomes(vipgate.virtual_stats("vs").counts().client_hellos);
     assert_eq!((ok, rejected, timed_out), (3, 0, 0));
 }
 
@@ -137,7 +137,8 @@ async fn garbage_truncated_and_stalled_hellos_are_closed_and_others_are_served()
 
     let stats = vipgate.virtual_stats("vs");
     eventually("both refusals are counted", || {
-        stats.client_hellos().1 == 1 && stats.client_hellos().2 == 1
+        outcomes(stats.counts().client_hellos).1 == 1
+            && outcomes(stats.counts().client_hellos).2 == 1
     })
     .await;
 }
@@ -186,7 +187,10 @@ async fn terminate_serves_the_certificate_the_client_names() {
         .await
         .is_err());
     let stats = vipgate.virtual_stats("vs");
-    eventually("handshakes are counted", || stats.handshakes() == (2, 1, 0)).await;
+    eventually("handshakes are counted", || {
+        outcomes(stats.counts().handshakes) == (2, 1, 0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -220,7 +224,10 @@ async fn mutual_tls_accepts_a_good_client_and_rejects_missing_or_wrong_certifica
         "wrong CA"
     );
     let stats = vipgate.virtual_stats("vs");
-    eventually("one good, two refused", || stats.handshakes() == (1, 2, 0)).await;
+    eventually("one good, two refused", || {
+        outcomes(stats.counts().handshakes) == (1, 2, 0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -263,7 +270,7 @@ async fn stalled_and_garbage_handshakes_are_closed_within_the_timeout() {
     }
     let stats = vipgate.virtual_stats("vs");
     eventually("one timed out, one failed", || {
-        let (ok, failed, timed_out) = stats.handshakes();
+        let (ok, failed, timed_out) = outcomes(stats.counts().handshakes);
         ok == 1 && failed == 1 && timed_out == 1
     })
     .await;
@@ -450,4 +457,9 @@ async fn bulk_through_a_terminated_connection_arrives_intact() {
         received.iter().enumerate().all(|(i, &b)| b == pattern(i)),
         "bytes differ"
     );
+}
+
+/// ok, failed (or rejected), timed out.
+fn outcomes(counts: vipgate::stats::OutcomeCounts) -> (u64, u64, u64) {
+    (counts.ok, counts.failed, counts.timed_out)
 }

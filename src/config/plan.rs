@@ -525,18 +525,30 @@ pub struct NodePlan {
     pub monitor: MonitorRule,
 }
 
-/// A member's administrative state.
+/// A member's administrative state. Stored in an atomic as its `u8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[repr(u8)]
 pub enum AdminState {
     /// Takes new connections when healthy.
     #[default]
-    Enabled,
+    Enabled = 0,
     /// No new connections, except HTTP requests whose persistence (cookie
     /// or URL parameter) names this member, as on F5; open ones stay.
-    Disabled,
+    Disabled = 1,
     /// No new connections at all; open ones stay.
-    ForcedOffline,
+    ForcedOffline = 2,
+}
+
+impl AdminState {
+    /// The state stored as `value` (what `self as u8` gave).
+    pub fn from_u8(value: u8) -> AdminState {
+        match value {
+            1 => AdminState::Disabled,
+            2 => AdminState::ForcedOffline,
+            _ => AdminState::Enabled,
+        }
+    }
 }
 
 impl fmt::Display for AdminState {

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::config::{self, ConfigError};
-use crate::server::{termination_signal, Server, StartError};
+use crate::config::{self, ConfigError, Plan};
+use crate::instance::LaunchError;
 
 mod web_engagement;
 pub use web_engagement::{serve_web_engagement, spawn_web_engagement, websocket_accept};
@@ -42,7 +42,7 @@ pub enum DemoError {
     #[error("cannot start the runtime: {0}")]
     Runtime(io::Error),
     #[error(transparent)]
-    Start(#[from] StartError),
+    Start(#[from] LaunchError),
 }
 
 /// Starts a simulated proxy on `address` that answers each line `L` with
@@ -85,8 +85,9 @@ async fn answer_lines(stream: TcpStream, tag: String) {
     }
 }
 
-/// Runs the demo until SIGINT/SIGTERM.
-pub async fn run() -> Result<(), DemoError> {
+/// Starts the simulated proxies; returns the plan vipgate serves them
+/// with and the introduction to print once it listens.
+pub async fn start() -> Result<(Plan, String), DemoError> {
     let plan = config::parse(DEMO_CONFIG, "config/demo.toml")?;
     let pool = &plan.pools["poolCSP01"];
     for member in &pool.members {
@@ -106,8 +107,7 @@ pub async fn run() -> Result<(), DemoError> {
     let virtual_plan = &plan.virtuals[0];
     let listen = virtual_plan.listen;
     let members: Vec<String> = pool.members.iter().map(|m| m.address.to_string()).collect();
-    let server = Server::bind(plan.clone())?;
-    println!(
+    let introduction = format!(
         "vipgate demo: virtual {name} on {listen}, round-robin over {count} members\n  \
          {members}\n\n\
          Try, in another terminal:\n  \
@@ -122,6 +122,5 @@ pub async fn run() -> Result<(), DemoError> {
         ip = listen.ip(),
         port = listen.port(),
     );
-    server.run(termination_signal()).await;
-    Ok(())
+    Ok((plan, introduction))
 }

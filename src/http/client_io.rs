@@ -25,7 +25,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::virtual_server::{Front, VirtualStats};
+use crate::stats::{HttpEvent, VirtualStats};
+use crate::streams::Front;
 
 /// Where a client connection is between requests. Written by the I/O
 /// wrapper (a first byte arrives) and by the request handler (a request
@@ -161,7 +162,7 @@ impl ClientIo {
             match phase {
                 IDLE => return Poll::Ready(Ok(())),
                 HEAD => {
-                    self.stats.http.count(&self.stats.http.request_timeouts);
+                    self.stats.http.count(HttpEvent::RequestTimeout);
                     // Best effort: the socket is idle and its buffer empty,
                     // so this small write goes out at once or not at all.
                     let _ = Pin::new(&mut self.stream).poll_write(cx, REQUEST_TIMEOUT);

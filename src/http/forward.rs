@@ -24,7 +24,9 @@ use super::persistence::{
 use super::{tunnel, Connection, HttpVirtual};
 use crate::clock::unix_seconds;
 use crate::config::{CookieLifetime, Persistence};
+use crate::dial::Attempts;
 use crate::pool::{MemberSlot, Pool, Tried};
+use crate::stats::{HttpEvent, HttpStats, Rejection};
 
 /// What the request's persistence information names.
 #[derive(Debug, Default)]
@@ -45,11 +47,10 @@ pub(super) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     connection.phase.waiting();
-    let virtual_server = &connection.virtual_server;
     let http = &connection.http;
-    let stats = &virtual_server.stats.http;
-    stats.count(&stats.requests);
-    let pool = &virtual_server.pool;
+    let stats = &http.stats.http;
+    stats.count(HttpEvent::Request);
+    let pool = &http.pool;
     let now = unix_seconds();
     let claim = claim(http, pool, &request, now);
     let upgrade = wants_upgrade(request.headers());
@@ -57,10 +58,11 @@ pub(super) async fn handle(
     let method = request.method().clone();
 
     let mut tried = Tried::default();
+    let mut attempts = Attempts::default();
     let mut persistent = claim.member;
     // As for TCP virtuals: a member held back by its connect rate is
     // waited for, up to the connect timeout.
-    let deadline = Instant::now() + virtual_server.plan.connect_timeout;
+    let deadline = Instant::now() + http.dialer.connect_timeout;
     loop {
         let reserved = match persistent.take() {
             Some(index) => match pool.reserve_persistent(index, &mut tried) {
@@ -72,20 +74,13 @@ pub(super) async fn handle(
             None => pool.reserve_paced(&mut tried, deadline).await,
         };
         let Some((index, slot)) = reserved else {
-            stats.count(&stats.no_member);
-            return Ok(local(
-                &connection,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no member is available\n",
-            ));
+            return Ok(refuse(&connection, attempts.exhausted()));
         };
         let member = &pool.members()[index].state;
         let sent = if upgrade {
             tunnel::send(&connection, index, request).await
         } else {
-            http.members
-                .send(virtual_server, pool, index, request)
-                .await
+            http.send(index, request).await
         };
         match sent {
             Sent::Answered(response, sender) => {
@@ -101,15 +96,14 @@ pub(super) async fn handle(
                 return Ok(response);
             }
             Sent::Unreachable(unsent, error) => {
-                member.record_connect_failure();
-                if let Some(suppressed) = member.failure_log().allow() {
-                    tracing::warn!(virtual_server = %virtual_server.plan.name, member = %member.address(), %error, suppressed, "cannot connect to member, trying the next one");
+                if let Some(refusal) = attempts.failed(member, &http.name, &error) {
+                    return Ok(refuse(&connection, refusal));
                 }
                 request = unsent;
             }
             Sent::Failed(error) => {
-                stats.count(&stats.member_failed);
-                tracing::info!(target: "vipgate::request", virtual_server = %virtual_server.plan.name, client = %connection.peer, member = %member.address(), %error, "member failed while answering: 502");
+                stats.count(HttpEvent::MemberFailed);
+                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), %error, "member failed while answering: 502");
                 return Ok(local(
                     &connection,
                     StatusCode::BAD_GATEWAY,
@@ -117,8 +111,8 @@ pub(super) async fn handle(
                 ));
             }
             Sent::TimedOut => {
-                stats.count(&stats.member_timed_out);
-                tracing::info!(target: "vipgate::request", virtual_server = %virtual_server.plan.name, client = %connection.peer, member = %member.address(), "member did not answer within idle_timeout: 504");
+                stats.count(HttpEvent::MemberTimedOut);
+                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), "member did not answer within idle_timeout: 504");
                 return Ok(local(
                     &connection,
                     StatusCode::GATEWAY_TIMEOUT,
@@ -204,16 +198,28 @@ fn prepare(request: &mut Request<Incoming>, peer: SocketAddr, tls: bool, upgrade
     *request.version_mut() = Version::HTTP_11;
 }
 
-fn count_persistence(http: &HttpVirtual, stats: &super::HttpStats, claim: &Claim, index: usize) {
+fn count_persistence(http: &HttpVirtual, stats: &HttpStats, claim: &Claim, index: usize) {
     if matches!(http.plan.persistence, Persistence::None) {
         return;
     }
-    let counter = match (claim.present, claim.member) {
-        (false, _) => &stats.persistence_misses,
-        (true, Some(named)) if named == index => &stats.persistence_hits,
-        (true, _) => &stats.persistence_reroutes,
+    stats.count(match (claim.present, claim.member) {
+        (false, _) => HttpEvent::PersistenceMiss,
+        (true, Some(named)) if named == index => HttpEvent::PersistenceHit,
+        (true, _) => HttpEvent::PersistenceReroute,
+    });
+}
+
+/// A request no member can take: counted by why (the dial path's verdict,
+/// the same as for a TCP client), answered 503.
+fn refuse(connection: &Connection, refusal: Rejection) -> Response<ResponseBody> {
+    let stats = &connection.http.stats;
+    stats.count_rejected(refusal);
+    stats.http.count(HttpEvent::NoMember);
+    let text = match refusal {
+        Rejection::NoMember => "no member is available\n",
+        _ => "no member can be reached now\n",
     };
-    stats.count(counter);
+    local(connection, StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
 /// The member's response on its way to the client: hop-by-hop fields
@@ -237,15 +243,13 @@ fn respond(
                 persistence_cookie(connection, name, *lifetime, slot.member().address(), now)
             {
                 parts.headers.append(header::SET_COOKIE, cookie);
-                let stats = &connection.virtual_server.stats.http;
-                stats.count(&stats.cookies_set);
+                http.stats.http.count(HttpEvent::CookieSet);
             }
         }
     }
     let body = if switching {
         if !tunnel::arrange(connection, slot) {
-            let stats = &connection.virtual_server.stats.http;
-            stats.count(&stats.member_failed);
+            http.stats.http.count(HttpEvent::MemberFailed);
             return local(
                 connection,
                 StatusCode::BAD_GATEWAY,
@@ -255,8 +259,7 @@ fn respond(
         // hyper hands the client connection over once this response is
         // written; the tunnel takes it from there.
         connection.phase.tunnel();
-        let stats = &connection.virtual_server.stats.http;
-        stats.count(&stats.upgrades);
+        http.stats.http.count(HttpEvent::Upgrade);
         drop((body, sender));
         ResponseBody::text(&connection.phase, Bytes::new())
     } else {
@@ -326,7 +329,7 @@ fn log(
 ) {
     tracing::info!(
         target: "vipgate::request",
-        virtual_server = %connection.virtual_server.plan.name,
+        virtual_server = %connection.http.name,
         client = %connection.peer,
         member = %member,
         method = %method,

@@ -18,9 +18,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::pool::{MemberState, Pool};
+use super::HttpVirtual;
+use crate::dial::{DialError, Dialed};
+use crate::pool::MemberState;
 use crate::snat::SourceLease;
-use crate::virtual_server::{open, reencrypt, tune, Back, OpenError, VirtualServer};
+use crate::streams::Back;
 
 /// Idle connections kept per member: 64.
 pub const IDLE_PER_MEMBER: usize = 64;
@@ -35,7 +37,7 @@ pub(crate) type Sender = SendRequest<Incoming>;
 
 /// A freshly opened member connection: the handle requests go through, the
 /// connection itself (to be driven by a task) and the SNAT source it holds.
-pub(crate) type Dialed = (Sender, Connection<TokioIo<Back>, Incoming>, SourceLease);
+pub(crate) type Opened = (Sender, Connection<TokioIo<Back>, Incoming>, SourceLease);
 
 struct Idle {
     sender: Sender,
@@ -62,8 +64,8 @@ pub(crate) enum Sent {
     /// when the body is done.
     Answered(Response<Incoming>, Sender),
     /// No connection could be opened: the request, untouched, for the next
-    /// member.
-    Unreachable(Request<Incoming>, io::Error),
+    /// member, and whose fault it was.
+    Unreachable(Request<Incoming>, DialError),
     /// The connection failed once the request was on its way.
     Failed(hyper::Error),
     /// No answer within the virtual's idle timeout.
@@ -102,24 +104,23 @@ impl MemberConnections {
             });
         }
     }
+}
 
+impl HttpVirtual {
     /// Sends `request` to the member at `index` over an idle connection, or
     /// a new one. A request that a stale idle connection could not take
     /// (closed by the member just before) is sent again on another.
-    pub(crate) async fn send(
-        &self,
-        virtual_server: &VirtualServer,
-        pool: &Pool,
-        index: usize,
-        mut request: Request<Incoming>,
-    ) -> Sent {
-        let Some(member) = pool.members().get(index) else {
-            return Sent::Unreachable(request, io::Error::other("no such member"));
+    pub(crate) async fn send(&self, index: usize, mut request: Request<Incoming>) -> Sent {
+        let Some(member) = self.pool.members().get(index) else {
+            return Sent::Unreachable(
+                request,
+                DialError::Member(io::Error::other("no such member")),
+            );
         };
         loop {
-            let (mut sender, reused) = match self.checkout(index) {
+            let (mut sender, reused) = match self.members.checkout(index) {
                 Some(sender) => (sender, true),
-                None => match dial(virtual_server, pool, &member.state).await {
+                None => match dial(self, &member.state).await {
                     Ok((sender, connection, lease)) => {
                         tokio::spawn(async move {
                             // The source port stays taken while the
@@ -133,13 +134,16 @@ impl MemberConnections {
                 },
             };
             let answer = sender.try_send_request(request);
-            match tokio::time::timeout(virtual_server.plan.idle_timeout, answer).await {
+            match tokio::time::timeout(self.idle_timeout, answer).await {
                 Err(_) => return Sent::TimedOut,
                 Ok(Ok(response)) => return Sent::Answered(response, sender),
                 Ok(Err(mut error)) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     Some(unsent) => {
-                        return Sent::Unreachable(unsent, io::Error::other(error.into_error()))
+                        return Sent::Unreachable(
+                            unsent,
+                            DialError::Member(io::Error::other(error.into_error())),
+                        )
                     }
                     None => return Sent::Failed(error.into_error()),
                 },
@@ -148,42 +152,14 @@ impl MemberConnections {
     }
 }
 
-/// Opens a connection to the member at `address`, the way the virtual
-/// opens any: its SNAT, its connect timeout, its pool's TLS. Counts the
-/// connection and its connect time on the member.
-pub(crate) async fn dial(
-    virtual_server: &VirtualServer,
-    pool: &Pool,
-    member: &MemberState,
-) -> io::Result<Dialed> {
-    let address = member.address();
-    let plan = &virtual_server.plan;
-    let connecting = Instant::now();
-    let (stream, lease) =
-        match tokio::time::timeout(plan.connect_timeout, open(&virtual_server.snat, address)).await
-        {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(OpenError::Exhausted)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrNotAvailable,
-                    "no SNAT port free toward the member",
-                ))
-            }
-            Ok(Err(OpenError::Io(error))) => return Err(error),
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", plan.connect_timeout),
-                ))
-            }
-        };
-    tune(&stream, plan.tcp_keepalive);
-    let stream = reencrypt(pool, address, stream, plan.connect_timeout).await?;
+/// Opens a connection to `member` the way the virtual opens any (the
+/// dial path: its SNAT, connect timeout, its pool's TLS), ready for HTTP.
+pub(crate) async fn dial(http: &HttpVirtual, member: &MemberState) -> Result<Opened, DialError> {
+    let Dialed { stream, lease } = http.dialer.dial(&http.pool, member, None).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(io::Error::other)?;
-    member.record_connect_time(connecting.elapsed());
-    member.record_connected();
+        // Setting up a client connection does no I/O yet.
+        .map_err(|error| DialError::Member(io::Error::other(error)))?;
     Ok((sender, connection, lease))
 }

@@ -19,8 +19,8 @@ mod tunnel;
 
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -29,16 +29,28 @@ use tokio_util::sync::CancellationToken;
 
 pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
 
-use crate::config::{HttpPlan, Persistence};
-use crate::virtual_server::{Front, VirtualServer};
+use crate::config::{HttpPlan, Persistence, VirtualPlan};
+use crate::dial::Dialer;
+use crate::pool::Pool;
+use crate::stats::VirtualStats;
+use crate::streams::Front;
 use client_io::{ClientIo, Phase, Timeouts};
 use members::MemberConnections;
 use persistence::CookieSeal;
 
-/// What an HTTP virtual adds to a virtual server.
+/// An HTTP virtual: its HTTP settings, and what of the virtual its
+/// requests need (the pool, how members are reached, the counters).
 #[derive(Debug)]
 pub struct HttpVirtual {
     pub plan: HttpPlan,
+    /// The virtual's name, for logs.
+    pub name: String,
+    /// The virtual's `idle_timeout`: the most a member may take to answer,
+    /// and a response or tunnel may stay quiet.
+    pub idle_timeout: Duration,
+    pub pool: Arc<Pool>,
+    pub dialer: Dialer,
+    pub stats: Arc<VirtualStats>,
     /// Set for cookie persistence.
     seal: Option<CookieSeal>,
     members: MemberConnections,
@@ -52,9 +64,15 @@ pub enum HttpError {
 }
 
 impl HttpVirtual {
-    /// Sets up an HTTP virtual in front of a pool of `members` members,
-    /// reading the cookie secret if its persistence needs one.
-    pub fn load(plan: &HttpPlan, members: usize) -> Result<HttpVirtual, HttpError> {
+    /// Sets up the HTTP side of virtual `virtual_plan` in front of `pool`,
+    /// reading the shared secret if its persistence needs one.
+    pub fn load(
+        plan: &HttpPlan,
+        virtual_plan: &VirtualPlan,
+        pool: Arc<Pool>,
+        dialer: Dialer,
+        stats: Arc<VirtualStats>,
+    ) -> Result<HttpVirtual, HttpError> {
         let seal = match &plan.persistence {
             Persistence::Cookie { secret_file, .. } => {
                 Some(CookieSeal::new(&crate::secret::read(secret_file)?))
@@ -63,78 +81,19 @@ impl HttpVirtual {
         };
         Ok(HttpVirtual {
             plan: plan.clone(),
+            name: virtual_plan.name.clone(),
+            idle_timeout: virtual_plan.idle_timeout,
+            members: MemberConnections::new(pool.members().len()),
+            pool,
+            dialer,
+            stats,
             seal,
-            members: MemberConnections::new(members),
         })
-    }
-}
-
-/// Counters of an HTTP virtual, kept across configuration changes.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    requests: AtomicU64,
-    persistence_hits: AtomicU64,
-    persistence_misses: AtomicU64,
-    persistence_reroutes: AtomicU64,
-    cookies_set: AtomicU64,
-    no_member: AtomicU64,
-    member_failed: AtomicU64,
-    member_timed_out: AtomicU64,
-    request_timeouts: AtomicU64,
-    upgrades: AtomicU64,
-}
-
-/// A snapshot of [`HttpStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpCounts {
-    /// Requests received.
-    pub requests: u64,
-    /// Requests sent to the member their persistence named.
-    pub persistence_hits: u64,
-    /// Requests without persistence information, balanced.
-    pub persistence_misses: u64,
-    /// Requests whose persistence named a member that could not take them
-    /// (unknown, down, full, or a forged or expired cookie): balanced.
-    pub persistence_reroutes: u64,
-    /// Persistence cookies set (new sessions, re-routes and renewals).
-    pub cookies_set: u64,
-    /// 503 answers: no member could take the request.
-    pub no_member: u64,
-    /// 502 answers: the member failed while answering.
-    pub member_failed: u64,
-    /// 504 answers: the member did not answer within idle_timeout.
-    pub member_timed_out: u64,
-    /// 408 answers: request headers not complete within header_timeout.
-    pub request_timeouts: u64,
-    /// Connections switched to another protocol (WebSocket) and tunnelled.
-    pub upgrades: u64,
-}
-
-impl HttpStats {
-    fn count(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn counts(&self) -> HttpCounts {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        HttpCounts {
-            requests: read(&self.requests),
-            persistence_hits: read(&self.persistence_hits),
-            persistence_misses: read(&self.persistence_misses),
-            persistence_reroutes: read(&self.persistence_reroutes),
-            cookies_set: read(&self.cookies_set),
-            no_member: read(&self.no_member),
-            member_failed: read(&self.member_failed),
-            member_timed_out: read(&self.member_timed_out),
-            request_timeouts: read(&self.request_timeouts),
-            upgrades: read(&self.upgrades),
-        }
     }
 }
 
 /// One client connection of an HTTP virtual, as its requests see it.
 struct Connection {
-    virtual_server: Arc<VirtualServer>,
     http: Arc<HttpVirtual>,
     peer: SocketAddr,
     /// The client came over TLS: X-Forwarded-Proto and Secure cookies.
@@ -151,7 +110,6 @@ struct Connection {
 pub(crate) async fn serve(
     client: Front,
     peer: SocketAddr,
-    virtual_server: Arc<VirtualServer>,
     http: Arc<HttpVirtual>,
     close: CancellationToken,
     draining: CancellationToken,
@@ -161,17 +119,16 @@ pub(crate) async fn serve(
     let timeouts = Timeouts {
         header: http.plan.header_timeout,
         keepalive: http.plan.keepalive_timeout,
-        idle: virtual_server.plan.idle_timeout,
+        idle: http.idle_timeout,
     };
     let io = ClientIo::new(
         client,
         Arc::clone(&phase),
         timeouts,
-        Arc::clone(&virtual_server.stats),
+        Arc::clone(&http.stats),
     );
     let max_header_size = http.plan.max_header_size;
     let connection = Arc::new(Connection {
-        virtual_server,
         http,
         peer,
         tls,
@@ -203,7 +160,7 @@ pub(crate) async fn serve(
         () = close.cancelled() => return,
     };
     if let Err(error) = result {
-        tracing::debug!(target: "vipgate::connection", virtual_server = %connection.virtual_server.plan.name, client = %peer, %error, "HTTP connection ended with an error");
+        tracing::debug!(target: "vipgate::connection", virtual_server = %connection.http.name, client = %peer, %error, "HTTP connection ended with an error");
     }
     let tunnel = connection
         .tunnel

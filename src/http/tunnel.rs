@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::members::{dial, Sent};
 use super::Connection;
+use crate::dial::DialError;
 use crate::pool::MemberSlot;
 use crate::snat::SourceLease;
 
@@ -35,16 +36,17 @@ pub(super) async fn send(
     index: usize,
     mut request: Request<Incoming>,
 ) -> Sent {
-    let virtual_server = &connection.virtual_server;
-    let pool = &virtual_server.pool;
-    let Some(member) = pool.members().get(index) else {
-        return Sent::Unreachable(request, std::io::Error::other("no such member"));
+    let http = &connection.http;
+    let Some(member) = http.pool.members().get(index) else {
+        return Sent::Unreachable(
+            request,
+            DialError::Member(std::io::Error::other("no such member")),
+        );
     };
-    let (mut sender, member_connection, lease) =
-        match dial(virtual_server, pool, &member.state).await {
-            Ok(dialed) => dialed,
-            Err(error) => return Sent::Unreachable(request, error),
-        };
+    let (mut sender, member_connection, lease) = match dial(http, &member.state).await {
+        Ok(opened) => opened,
+        Err(error) => return Sent::Unreachable(request, error),
+    };
     let lease = Arc::new(lease);
     let held = Arc::clone(&lease);
     tokio::spawn(async move {
@@ -53,7 +55,7 @@ pub(super) async fn send(
     });
     let client = hyper::upgrade::on(&mut request);
     let answer = sender.send_request(request);
-    match tokio::time::timeout(virtual_server.plan.idle_timeout, answer).await {
+    match tokio::time::timeout(http.idle_timeout, answer).await {
         Err(_) => Sent::TimedOut,
         Ok(Err(error)) => Sent::Failed(error),
         Ok(Ok(mut response)) => {
@@ -89,7 +91,7 @@ pub(super) fn arrange(connection: &Connection, slot: MemberSlot) -> bool {
 impl Tunnel {
     /// Carries bytes both ways until the tunnel ends.
     pub(super) async fn run(self, connection: &Connection, close: &CancellationToken) {
-        let name = &connection.virtual_server.plan.name;
+        let name = &connection.http.name;
         let (client, member) = tokio::join!(self.client, self.member);
         let (mut client, mut member) = match (client, member) {
             (Ok(client), Ok(member)) => (TokioIo::new(client), TokioIo::new(member)),

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminState, ConnectionLimit, RateLimit};
+use crate::stats::ConnectionCounts;
 use crate::throttle::Throttle;
 
 /// The live counters and states of one member address.
@@ -97,20 +99,26 @@ impl MemberState {
     }
 
     pub fn admin_state(&self) -> AdminState {
-        match self.admin.load(Ordering::Relaxed) {
-            1 => AdminState::Disabled,
-            2 => AdminState::ForcedOffline,
-            _ => AdminState::Enabled,
-        }
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
     }
 
     pub fn set_admin_state(&self, state: AdminState) {
-        let value = match state {
-            AdminState::Enabled => 0,
-            AdminState::Disabled => 1,
-            AdminState::ForcedOffline => 2,
-        };
-        self.admin.store(value, Ordering::Relaxed);
+        self.admin.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The member's counters, for the status page and the metrics.
+    pub fn counts(&self) -> MemberCounts {
+        MemberCounts {
+            connections: ConnectionCounts {
+                active: self.active_connections(),
+                total: self.total.load(Ordering::Relaxed),
+            },
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            bytes: ByteCounts {
+                to_member: self.bytes_to_member.load(Ordering::Relaxed),
+                to_client: self.bytes_to_client.load(Ordering::Relaxed),
+            },
+        }
     }
 
     /// Connections to this member open right now (including ones still
@@ -127,15 +135,6 @@ impl MemberState {
     /// Connect attempts that were refused, timed out or failed otherwise.
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures.load(Ordering::Relaxed)
-    }
-
-    /// Bytes sent to this member and back to clients, counted as connections
-    /// close.
-    pub fn bytes(&self) -> (u64, u64) {
-        (
-            self.bytes_to_member.load(Ordering::Relaxed),
-            self.bytes_to_client.load(Ordering::Relaxed),
-        )
     }
 
     /// Limits connect-failure warnings for this member to one a second.
@@ -191,6 +190,24 @@ impl MemberState {
             None
         }
     }
+}
+
+/// A snapshot of a member address's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemberCounts {
+    /// Connections (HTTP: requests) open now, including ones connecting,
+    /// and established since start.
+    pub connections: ConnectionCounts,
+    /// Connects refused, timed out, or whose TLS handshake failed.
+    pub connect_failures: u64,
+    pub bytes: ByteCounts,
+}
+
+/// Bytes carried through a member, counted as connections close.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ByteCounts {
+    pub to_member: u64,
+    pub to_client: u64,
 }
 
 /// One reserved connection to a member; releases it on drop.

@@ -20,29 +20,23 @@ use tokio_util::sync::CancellationToken;
 /// back from down ramps up.
 const NOT_RAMPING: u64 = u64::MAX;
 
-/// What the monitors say of a member.
+/// What the monitors say of a member. Stored in an atomic as its `u8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Health {
     /// Monitored, but its first probe round has not finished: no traffic.
-    Unchecked,
-    Up,
-    Down,
+    Unchecked = 0,
+    Up = 1,
+    Down = 2,
 }
 
 impl Health {
+    /// The health stored as `value` (what `self as u8` gave).
     fn from_u8(value: u8) -> Health {
         match value {
             1 => Health::Up,
             2 => Health::Down,
             _ => Health::Unchecked,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            Health::Unchecked => 0,
-            Health::Up => 1,
-            Health::Down => 2,
         }
     }
 
@@ -81,7 +75,7 @@ impl MemberHealth {
             Health::Up
         };
         MemberHealth {
-            health: AtomicU8::new(initial.as_u8()),
+            health: AtomicU8::new(initial as u8),
             up_since: AtomicU64::new(NOT_RAMPING),
             reset: ArcSwap::from_pointee(retired.child_token()),
             retired: retired.clone(),
@@ -95,7 +89,7 @@ impl MemberHealth {
     /// Records a new verdict; the health checker is the only writer.
     /// Coming back from down starts the slow ramp.
     pub fn set(&self, health: Health) {
-        let before = Health::from_u8(self.health.swap(health.as_u8(), Ordering::Relaxed));
+        let before = Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed));
         if before == Health::Down && health == Health::Up {
             self.up_since
                 .store(crate::clock::millis(), Ordering::Relaxed);

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use member::{MemberSlot, MemberState};
+pub use member::{ByteCounts, MemberCounts, MemberSlot, MemberState};
 pub use member_health::{ramp_fraction, Health, MemberHealth};
 pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
 use tokio_util::sync::CancellationToken;

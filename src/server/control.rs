@@ -1,52 +1,21 @@
-//! Changing a running vipgate: live reload of the configuration file
-//! (SIGHUP, `POST /reload`) and member admin state (the admin API).
-//!
-//! A reload parses and validates the new file first and builds the whole
-//! new snapshot (certificates, cookie secrets, listeners) before anything
-//! changes; any error leaves the running configuration as it is. Then it
-//! swaps the snapshot once, stops the listeners of removed virtuals,
-//! starts those of added ones, restarts the health checker (probe results
-//! carry over), and gives connections on removed members `drain_timeout`
-//! before closing them. Connections already open keep their member.
+//! Changing a running vipgate: the handle behind live reload
+//! ([`super::reload`]), member admin state and readiness, which the admin
+//! endpoint and the signal handler use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Live, Snapshot, StartError};
-use crate::config::{self, AdminState, ConfigError};
-use crate::service::{serving_status, ServiceManager};
-use crate::virtual_server::{self, Lifecycle};
-
-/// Why a reload changed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("vipgate was not started from a configuration file, so there is nothing to reload")]
-    NoFile,
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Start(#[from] StartError),
-}
-
-/// What a successful reload changed.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReloadReport {
-    /// SHA-256 of the file now running, hex.
-    pub config_hash: String,
-    pub virtuals_added: Vec<String>,
-    pub virtuals_removed: Vec<String>,
-    /// Members no longer in any pool: their connections close after
-    /// `drain_timeout`.
-    pub members_removed: Vec<SocketAddr>,
-}
+use super::accept::{accept_loop, Lifecycle};
+use super::reload::{config_hash, ReloadStats};
+use super::{ConfigSource, Live};
+use crate::config::AdminState;
+use crate::service::ServiceManager;
 
 /// Why an admin action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -59,117 +28,60 @@ pub enum AdminError {
     UnknownMember { pool: String, member: String },
 }
 
-/// Reload counters and the configuration in force.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    /// Unix seconds of the last successful load (the start counts).
-    last_success: AtomicU64,
-    config_hash: Mutex<String>,
-    last_error: Mutex<Option<String>>,
-}
-
-impl ReloadStats {
-    /// (succeeded, failed) reloads since start.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.succeeded.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Unix seconds of the last successful load.
-    pub fn last_success(&self) -> u64 {
-        self.last_success.load(Ordering::Relaxed)
-    }
-
-    /// SHA-256 of the configuration file in force ("" when not started
-    /// from a file).
-    pub fn config_hash(&self) -> String {
-        self.config_hash
-            .lock()
-            .map(|hash| hash.clone())
-            .unwrap_or_default()
-    }
-
-    /// Why the last reload failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|error| error.clone())
-    }
-
-    fn loaded(&self, hash: String) {
-        if let Ok(mut current) = self.config_hash.lock() {
-            *current = hash;
-        }
-        if let Ok(mut error) = self.last_error.lock() {
-            *error = None;
-        }
-        self.last_success
-            .store(crate::clock::unix_seconds(), Ordering::Relaxed);
-    }
-}
-
-/// One virtual's listener, as the reload sees it.
-struct Listening {
+/// One virtual's listener, as a reload sees it.
+pub(super) struct Listening {
     /// The address in the plan (port 0 stays 0, so an unchanged virtual
     /// keeps its socket).
-    address: SocketAddr,
-    stop: CancellationToken,
+    pub address: SocketAddr,
+    pub stop: CancellationToken,
 }
 
 /// The parts of a running server that a reload replaces.
-struct Running {
-    listeners: HashMap<String, Listening>,
-    health: JoinSet<()>,
+pub(super) struct Running {
+    pub listeners: HashMap<String, Listening>,
+    pub health: JoinSet<()>,
 }
 
 /// The handle reloads and admin actions go through.
 pub struct Control {
-    live: Live,
-    config_path: Option<PathBuf>,
-    lifecycle: Lifecycle,
+    pub(super) live: Live,
+    pub(super) source: Option<ConfigSource>,
+    pub(super) lifecycle: Lifecycle,
     /// Accept loops, so a shutdown can wait for them all.
     accept_loops: TaskTracker,
     /// One reload at a time; never held by the data path.
-    running: tokio::sync::Mutex<Running>,
-    pub reloads: ReloadStats,
+    pub(super) running: tokio::sync::Mutex<Running>,
+    pub(super) reloads: Arc<ReloadStats>,
     /// Told about reloads (systemd `RELOADING=1`, then `READY=1`).
-    service: ServiceManager,
-    /// This node's slice of every SNAT pool, taken again at each reload.
-    snat_share: Option<config::SnatShare>,
+    pub(super) service: ServiceManager,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("config_path", &self.config_path)
+            .field("source", &self.source.as_ref().map(|s| &s.path))
             .finish()
     }
-}
-
-/// SHA-256 of a configuration text, hex.
-pub fn config_hash(text: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Control {
     pub(super) fn new(
         live: Live,
-        config_path: Option<PathBuf>,
-        config_hash: String,
+        source: Option<ConfigSource>,
         lifecycle: Lifecycle,
         service: ServiceManager,
-        snat_share: Option<config::SnatShare>,
     ) -> Control {
-        let reloads = ReloadStats::default();
-        reloads.loaded(config_hash);
+        let reloads = Arc::new(ReloadStats::default());
+        reloads.loaded(
+            source
+                .as_ref()
+                .map_or_else(String::new, |s| config_hash(&s.text)),
+        );
         let mut health = JoinSet::new();
-        live.load().health.spawn(&mut health);
+        live.load().health().spawn(&mut health);
         Control {
             live,
-            config_path,
+            source,
             lifecycle,
             accept_loops: TaskTracker::new(),
             running: tokio::sync::Mutex::new(Running {
@@ -178,13 +90,17 @@ impl Control {
             }),
             reloads,
             service,
-            snat_share,
         }
     }
 
     /// The live snapshot.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// Reload counters and the configuration in force.
+    pub fn reloads(&self) -> Arc<ReloadStats> {
+        Arc::clone(&self.reloads)
     }
 
     /// Starts accepting on `listener` for virtual `name`.
@@ -198,7 +114,7 @@ impl Control {
         self.spawn_accept_loop(&mut running, name, address, listener);
     }
 
-    fn spawn_accept_loop(
+    pub(super) fn spawn_accept_loop(
         &self,
         running: &mut Running,
         name: String,
@@ -209,7 +125,7 @@ impl Control {
             tracing::info!(virtual_server = %name, address = %bound, "listening");
         }
         let stop = self.lifecycle.stop_accepting.child_token();
-        self.accept_loops.spawn(virtual_server::accept_loop(
+        self.accept_loops.spawn(accept_loop(
             name.clone(),
             listener,
             self.lifecycle.clone(),
@@ -227,143 +143,6 @@ impl Control {
     /// Stops the health checker, at shutdown.
     pub(super) async fn stop_health(&self) {
         self.running.lock().await.health.abort_all();
-    }
-
-    /// Reads the configuration file again and, if it is valid and can be
-    /// served, makes it the running one. On any error nothing changes.
-    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        if self.config_path.is_none() {
-            // Not a failed reload: there is nothing to reload.
-            return Err(ReloadError::NoFile);
-        }
-        self.service.reloading();
-        let result = self.try_reload().await;
-        let status = serving_status(&self.live.load());
-        match &result {
-            Ok(_) => self.service.ready(&status),
-            Err(_) => self
-                .service
-                .ready(&format!("{status}; the last reload failed (see the log)")),
-        }
-        match &result {
-            Ok(report) => {
-                self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    config_hash = %report.config_hash,
-                    added = ?report.virtuals_added,
-                    removed = ?report.virtuals_removed,
-                    members_removed = ?report.members_removed,
-                    "configuration reloaded"
-                );
-            }
-            Err(error) => {
-                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.reloads.last_error.lock() {
-                    *last = Some(error.to_string());
-                }
-                tracing::error!("reload failed, the running configuration stays:\n{error}");
-            }
-        }
-        result
-    }
-
-    async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let mut running = self.running.lock().await;
-        let (text, plan) = config::load_shared(path, self.snat_share)?;
-        for warning in &plan.warnings {
-            tracing::warn!("{warning}");
-        }
-        let current = self.live.load_full();
-        if plan.admin != current.plan.admin {
-            tracing::warn!("the [admin] table changed; that takes effect at the next restart");
-        }
-        let snapshot = Snapshot::build(plan, Some(&current))?;
-
-        // Bind every new listener before anything changes, so a busy
-        // address fails the reload instead of half-applying it.
-        let mut bound = Vec::new();
-        for virtual_plan in &snapshot.plan.virtuals {
-            let unchanged = running
-                .listeners
-                .get(&virtual_plan.name)
-                .is_some_and(|l| l.address == virtual_plan.listen);
-            if !unchanged {
-                let listener = virtual_server::bind(virtual_plan).map_err(StartError::from)?;
-                bound.push((virtual_plan.name.clone(), virtual_plan.listen, listener));
-            }
-        }
-        let keep: HashSet<String> = snapshot
-            .plan
-            .virtuals
-            .iter()
-            .map(|v| v.name.clone())
-            .collect();
-        let members_removed: Vec<SocketAddr> = current
-            .members()
-            .map(|m| m.address())
-            .filter(|address| snapshot.member(address).is_none())
-            .collect();
-        let retiring: Vec<_> = members_removed
-            .iter()
-            .filter_map(|address| current.member(address).cloned())
-            .collect();
-        let drain_timeout = snapshot.plan.settings.drain_timeout;
-
-        let snapshot = Arc::new(snapshot);
-        self.live.store(Arc::clone(&snapshot));
-
-        // Listeners of removed virtuals, and of virtuals whose address
-        // changed (their new socket is among `bound`).
-        let mut virtuals_removed = Vec::new();
-        let changed: HashSet<String> = bound.iter().map(|(name, _, _)| name.clone()).collect();
-        running.listeners.retain(|name, listening| {
-            let stays = keep.contains(name) && !changed.contains(name);
-            if !stays {
-                listening.stop.cancel();
-                if !keep.contains(name) {
-                    virtuals_removed.push(name.clone());
-                }
-            }
-            stays
-        });
-        let mut virtuals_added = Vec::new();
-        for (name, address, listener) in bound {
-            if !current.plan.virtuals.iter().any(|v| v.name == name) {
-                virtuals_added.push(name.clone());
-            }
-            self.spawn_accept_loop(&mut running, name, address, listener);
-        }
-        virtuals_removed.sort();
-
-        // The health checker of the new plan; probe results carried over.
-        running.health.abort_all();
-        snapshot.health.spawn(&mut running.health);
-
-        if !retiring.is_empty() {
-            let close = self.lifecycle.close_connections.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = tokio::time::sleep(drain_timeout) => {}
-                    () = close.cancelled() => {}
-                }
-                for member in retiring {
-                    if member.active_connections() > 0 {
-                        tracing::info!(member = %member.address(), open = member.active_connections(), "removed member's drain time is over, closing its connections");
-                    }
-                    member.retire();
-                }
-            });
-        }
-
-        let config_hash = config_hash(&text);
-        self.reloads.loaded(config_hash.clone());
-        Ok(ReloadReport {
-            config_hash,
-            virtuals_added,
-            virtuals_removed,
-            members_removed,
-        })
     }
 
     /// Whether vipgate can serve: every virtual of the running
@@ -385,17 +164,17 @@ impl Control {
             };
             let pools = std::iter::once(&live.pool).chain(live.sni_routes.iter().map(|(_, p)| p));
             let mut usable = false;
-            let mut seen = Vec::new();
+            let mut names: Vec<&str> = Vec::new();
             for pool in pools {
                 usable |= pool.members().iter().any(|member| member.usable());
-                if !seen.contains(&pool.name()) {
-                    seen.push(pool.name());
+                if !names.contains(&pool.name()) {
+                    names.push(pool.name());
                 }
             }
             if !usable {
                 missing.push(format!(
                     "virtual {name} has no usable member (up and enabled) in pool {}",
-                    seen.join(", ")
+                    names.join(", ")
                 ));
             }
         }

@@ -1,24 +1,25 @@
-//! One client connection: choose a member, connect (moving on to the next
-//! member when one refuses or does not answer in time, F5's "reselect"),
-//! pump bytes, and write one log line when it ends.
+//! One client connection: the client side (TLS or not), the pool (by SNI
+//! for passthrough), a member reached through [`crate::dial`] (moving on
+//! to the next member when one refuses or does not answer in time, F5's
+//! "reselect"), the pump, and one log line when it ends.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::streams::{Back, Front};
-use super::{reset, tune, Admission, VirtualServer};
+use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
+use crate::dial::{Attempts, Dialed};
 use crate::pool::{MemberSlot, Pool, Tried};
 use crate::proxy::{self, CloseReason, PumpOptions};
 use crate::proxy_protocol;
-use crate::snat::{SourceLease, SourceNat};
+use crate::stats::{Admission, Outcome, Rejection};
+use crate::streams::{tune, Back, Front};
 use crate::tls::client_hello::{self, Hello, HelloError};
 
 /// Serves one admitted client to its end: the client side (TLS or not),
@@ -26,7 +27,7 @@ use crate::tls::client_hello::{self, Hello, HelloError};
 /// the close log line. Every step that fails logs why and closes the
 /// client. Takes everything by value so the spawned task is this future
 /// alone: an idle connection's memory is mostly this state.
-pub(super) async fn serve(
+pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     virtual_server: Arc<VirtualServer>,
@@ -44,8 +45,7 @@ pub(super) async fn serve(
         return;
     };
     if let Some(http) = &virtual_server.http {
-        let http = Arc::clone(http);
-        let serving = crate::http::serve(client, peer, virtual_server, http, close, draining);
+        let serving = crate::http::serve(client, peer, Arc::clone(http), close, draining);
         Box::pin(serving).await;
         return;
     }
@@ -62,13 +62,12 @@ pub(super) async fn serve(
         destination,
         &hello,
     ));
-    let Some((member, (index, slot), _source)) = member_side.await else {
+    let Some((member, (index, slot), _lease)) = member_side.await else {
         reset(client.socket());
         return;
     };
     drop(hello);
     let state = slot.member();
-    state.record_connected();
     // Only the close log needs the source address; spare the system call
     // when that line is off.
     let source = tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
@@ -157,15 +156,14 @@ async fn choose_pool<'a>(
         } if !sni_routes.is_empty() => {
             match Box::pin(read_client_hello(client.socket(), *handshake_timeout)).await {
                 Ok((bytes, server_name)) => {
-                    stats.hello_ok.fetch_add(1, Ordering::Relaxed);
+                    stats.count_hello(Outcome::Ok);
                     Some((virtual_server.route(server_name.as_deref()), bytes))
                 }
                 Err(failure) => {
-                    let counter = match failure {
-                        HelloFailure::TimedOut => &stats.hello_timed_out,
-                        _ => &stats.hello_rejected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    stats.count_hello(match failure {
+                        HelloFailure::TimedOut => Outcome::TimedOut,
+                        _ => Outcome::Failed,
+                    });
                     tracing::info!(target: "vipgate::connection", virtual_server = %virtual_server.plan.name, client = %peer, reason = %failure, "client closed: no usable ClientHello");
                     None
                 }
@@ -175,75 +173,57 @@ async fn choose_pool<'a>(
     }
 }
 
-/// The member side, ready for the client's bytes: connected (with SNAT),
-/// the PROXY protocol header sent, TLS started when the pool re-encrypts,
-/// and the routing ClientHello forwarded.
+/// The member side, ready for the client's bytes: a member reached
+/// through the dial path (SNAT, PROXY protocol header, re-encryption), and
+/// the routing ClientHello forwarded.
 async fn member_side(
     virtual_server: &VirtualServer,
     pool: &Pool,
     peer: SocketAddr,
     destination: Option<io::Result<SocketAddr>>,
     hello: &[u8],
-) -> Option<(Back, (usize, MemberSlot), SourceLease)> {
+) -> Option<(Back, (usize, MemberSlot), crate::snat::SourceLease)> {
     let plan = &virtual_server.plan;
-    let (mut member, slot, source) = match connect(virtual_server, pool).await {
+    // The PROXY protocol header goes before any TLS, to whichever member.
+    let preamble = match destination {
+        None => None,
+        Some(Ok(destination)) => Some(proxy_protocol::header(
+            plan.proxy_protocol,
+            peer,
+            destination,
+        )),
+        Some(Err(error)) => {
+            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, %error, "cannot tell the address the client reached, closing it");
+            return None;
+        }
+    };
+    let (dialed, reserved) = match connect(virtual_server, pool, preamble.as_deref()).await {
         Ok(connected) => connected,
         Err(refusal) => {
-            let (counter, why) = match refusal {
-                Refusal::NoMember => (
-                    &virtual_server.stats.rejected_no_member,
-                    "no member could take the connection, closing the client",
-                ),
-                Refusal::SnatExhausted => (
-                    &virtual_server.stats.rejected_snat_exhausted,
-                    "no SNAT port free toward any member, closing the client",
-                ),
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            virtual_server.stats.count_rejected(refusal);
             if let Some(suppressed) = virtual_server.stats.reject_log.allow() {
-                tracing::warn!(virtual_server = %plan.name, pool = %pool.name(), client = %peer, suppressed, "{why}");
+                let why = match refusal {
+                    Rejection::SnatExhausted => "no SNAT port free toward any member",
+                    Rejection::LocalResources => "out of local resources",
+                    _ => "no member could take the connection",
+                };
+                tracing::warn!(virtual_server = %plan.name, pool = %pool.name(), client = %peer, suppressed, "{why}, closing the client");
             }
             return None;
         }
     };
-    let address = slot.1.member().address();
-    let failed = |error: &dyn std::fmt::Display, what: &str| {
-        tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %address, %error, "{what}, closing the client");
-    };
-    if let Some(destination) = destination {
-        let sent = match destination {
-            Ok(destination) => {
-                member
-                    .write_all(&proxy_protocol::header(
-                        plan.proxy_protocol,
-                        peer,
-                        destination,
-                    ))
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        if let Err(error) = sent {
-            failed(&error, "cannot send the PROXY protocol header");
-            return None;
-        }
-    }
-    // Re-encryption: the PROXY header stays outside the TLS.
-    let mut member = match reencrypt(pool, address, member, plan.connect_timeout).await {
-        Ok(member) => member,
-        Err(error) => {
-            slot.1.member().record_connect_failure();
-            failed(&error, "TLS handshake with the member failed");
-            return None;
-        }
-    };
+    let Dialed {
+        stream: mut member,
+        lease,
+    } = dialed;
     if !hello.is_empty() {
         if let Err(error) = member.write_all(hello).await {
-            failed(&error, "cannot forward the ClientHello");
+            let address = reserved.1.member().address();
+            tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %address, %error, "cannot forward the ClientHello, closing the client");
             return None;
         }
     }
-    Some((member, slot, source))
+    Some((member, reserved, lease))
 }
 
 /// Ends TLS on `client` (or, in `auto` mode, lets a client that does not
@@ -256,7 +236,7 @@ async fn accept_tls(
 ) -> Result<Front, String> {
     let stats = &virtual_server.stats;
     let timed_out = |what: &str| {
-        stats.handshakes_timed_out.fetch_add(1, Ordering::Relaxed);
+        stats.count_handshake(Outcome::TimedOut);
         format!(
             "no {what} within {}",
             humantime::format_duration(terminate.handshake_timeout)
@@ -268,7 +248,7 @@ async fn accept_tls(
             Ok(Ok(1)) if first[0] == 22 => {}
             Ok(Ok(1)) => return Ok(Front::Plain(client)),
             Ok(_) => {
-                stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                stats.count_handshake(Outcome::Failed);
                 return Err("closed before sending anything".into());
             }
             Err(_) => return Err(timed_out("first byte")),
@@ -284,35 +264,14 @@ async fn accept_tls(
     .await
     {
         Ok(Ok(tls)) => {
-            stats.handshakes_ok.fetch_add(1, Ordering::Relaxed);
+            stats.count_handshake(Outcome::Ok);
             Ok(Front::Tls(Box::new(tls)))
         }
         Ok(Err(error)) => {
-            stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            stats.count_handshake(Outcome::Failed);
             Err(error.to_string())
         }
         Err(_) => Err(timed_out("completed handshake")),
-    }
-}
-
-/// Starts TLS toward the member when its pool re-encrypts, within
-/// `limit`; otherwise hands the socket back as it is.
-pub(crate) async fn reencrypt(
-    pool: &Pool,
-    address: SocketAddr,
-    member: TcpStream,
-    limit: Duration,
-) -> io::Result<Back> {
-    let Some(member_tls) = pool.member_tls() else {
-        return Ok(Back::Plain(member));
-    };
-    match tokio::time::timeout(limit, Box::pin(member_tls.connect(address, member))).await {
-        Ok(Ok(tls)) => Ok(Back::Tls(Box::new(tls))),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no TLS handshake within connect_timeout",
-        )),
     }
 }
 
@@ -357,105 +316,35 @@ async fn read_client_hello(
         .unwrap_or(Err(HelloFailure::TimedOut))
 }
 
-/// Why a client could not be served.
-enum Refusal {
-    /// Every member refused, timed out, was down or full.
-    NoMember,
-    /// Some member could have taken it, but no SNAT port toward it was free.
-    SnatExhausted,
-}
-
-/// Connects to a member of `pool`, trying each member at most once, from a
-/// source the virtual's SNAT gives.
+/// Reaches a member of `pool`, trying each at most once and waiting for
+/// rate-limited ones up to the connect timeout; what each failure means is
+/// the dial path's policy, the same as for HTTP requests.
 async fn connect(
     virtual_server: &VirtualServer,
     pool: &Pool,
-) -> Result<(TcpStream, (usize, MemberSlot), SourceLease), Refusal> {
+    preamble: Option<&[u8]>,
+) -> Result<(Dialed, (usize, MemberSlot)), Rejection> {
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
-    let mut exhausted = false;
+    let mut attempts = Attempts::default();
     // Members held back only by their connect rate are waited for, up to
     // the connect timeout: a reconnect storm is paced, not refused.
     let deadline = tokio::time::Instant::now() + plan.connect_timeout;
     while let Some((index, slot)) = pool.reserve_paced(&mut tried, deadline).await {
-        let state = slot.member();
-        let address = state.address();
-        let attempt = open(&virtual_server.snat, address);
-        let connecting = Instant::now();
-        let error = match tokio::time::timeout(plan.connect_timeout, attempt).await {
-            Ok(Ok((stream, source))) => {
-                state.record_connect_time(connecting.elapsed());
-                tune(&stream, plan.tcp_keepalive);
-                return Ok((stream, (index, slot), source));
+        match virtual_server
+            .dialer
+            .dial(pool, slot.member(), preamble)
+            .await
+        {
+            Ok(dialed) => return Ok((dialed, (index, slot))),
+            Err(error) => {
+                if let Some(refusal) = attempts.failed(slot.member(), &plan.name, &error) {
+                    return Err(refusal);
+                }
             }
-            Ok(Err(OpenError::Exhausted)) => {
-                // Not the member's fault: try the next one.
-                exhausted = true;
-                continue;
-            }
-            Ok(Err(OpenError::Io(error))) => error,
-            Err(_elapsed) => io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no answer within {:?}", plan.connect_timeout),
-            ),
-        };
-        state.record_connect_failure();
-        if let Some(suppressed) = state.failure_log().allow() {
-            tracing::warn!(
-                virtual_server = %plan.name,
-                member = %address,
-                %error,
-                suppressed,
-                "cannot connect to member, trying the next one"
-            );
         }
     }
-    Err(if exhausted {
-        Refusal::SnatExhausted
-    } else {
-        Refusal::NoMember
-    })
-}
-
-/// Source ports tried for one member before giving up on it: a port can be
-/// busy (something else bound it) or still held toward this member by a
-/// connection in TIME_WAIT.
-const PORT_ATTEMPTS: usize = 8;
-
-/// Why no connection to a member could be opened.
-pub(crate) enum OpenError {
-    /// No SNAT port free toward it.
-    Exhausted,
-    Io(io::Error),
-}
-
-/// Connects to `address` from a source the SNAT gives, moving on to
-/// another source port when one is taken.
-pub(crate) async fn open(
-    snat: &SourceNat,
-    address: SocketAddr,
-) -> Result<(TcpStream, SourceLease), OpenError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let source = snat.lease(address).map_err(|_| OpenError::Exhausted)?;
-        let socket = match address {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(OpenError::Io)?;
-        let result = match source.bind(&socket) {
-            Ok(()) => socket.connect(address).await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(stream) => return Ok((stream, source)),
-            // Dropping the lease gives the port back; the port set's cursor
-            // has moved on, so the next lease is another port.
-            Err(error) if attempt < PORT_ATTEMPTS && source.worth_another_port(&error) => {}
-            Err(error) => return Err(OpenError::Io(error)),
-        }
-    }
+    Err(attempts.exhausted())
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ pub mod netns;
 pub mod process;
 pub mod tls_ca;
 
+use vipgate::instance::Instance;
 use vipgate::pool::MemberState;
-use vipgate::server::{Live, Server};
-use vipgate::virtual_server::VirtualStats;
+use vipgate::server::{ConfigSource, Live};
+use vipgate::stats::VirtualStats;
 
 /// Upper bound for anything a test waits on, so a bug fails the test
 /// instead of hanging it.
@@ -41,21 +42,24 @@ pub struct Vipgate {
 /// "127.0.0.100:0"` to have the OS pick the port; [`Vipgate::addr`] tells it.
 pub async fn start(toml: &str) -> Vipgate {
     let plan = vipgate::config::parse(toml, "test config").unwrap_or_else(|e| panic!("{e}"));
-    let server = Server::bind(plan).unwrap_or_else(|e| panic!("{e}"));
-    run(server)
+    let instance = Instance::bind(plan, None).unwrap_or_else(|e| panic!("{e}"));
+    run(instance)
 }
 
 /// Starts vipgate from the configuration file at `path`, which
 /// `POST /reload` (and SIGHUP) read again.
 pub async fn start_file(path: &std::path::Path) -> Vipgate {
     let (text, plan) = vipgate::config::load_with_text(path).unwrap_or_else(|e| panic!("{e}"));
-    let server = Server::bind(plan)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .reloading_from(path, &text);
-    run(server)
+    let source = ConfigSource {
+        path: path.to_path_buf(),
+        text,
+        snat_share: None,
+    };
+    let instance = Instance::bind(plan, Some(source)).unwrap_or_else(|e| panic!("{e}"));
+    run(instance)
 }
 
-fn run(server: Server) -> Vipgate {
+fn run(server: Instance) -> Vipgate {
     let names: Vec<String> = server
         .live()
         .load()

@@ -1,0 +1,105 @@
+//! The accept loop of each virtual, where the live snapshot is: every new
+//! client finds the virtual as the current configuration has it, is
+//! admitted under its connection limit, and becomes a task the lifecycle
+//! counts (so a shutdown can drain it).
+//!
+//! The loop never dies on an error. Running out of file descriptors
+//! (EMFILE/ENFILE) or kernel memory backs off briefly and tries again;
+//! errors that belong to one aborted client are skipped at once.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Live;
+use crate::stats::Rejection;
+use crate::throttle::Throttle;
+use crate::virtual_server;
+
+/// Pause after an accept error that will not clear by itself at once
+/// (out of file descriptors or memory), so the loop does not spin.
+const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every accept loop shares with the server.
+#[derive(Clone)]
+pub(crate) struct Lifecycle {
+    pub live: Live,
+    /// Spawns and counts connection tasks, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    /// Cancelled when the server stops accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when open connections must close (drain timeout over).
+    pub close_connections: CancellationToken,
+}
+
+/// Accepts clients of virtual `name` until `stop` (this listener removed
+/// by a reload, or the server stopping).
+pub(crate) async fn accept_loop(
+    name: String,
+    listener: TcpListener,
+    lifecycle: Lifecycle,
+    stop: CancellationToken,
+) {
+    let resource_log = Throttle::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let snapshot = lifecycle.live.load();
+        let Some(virtual_server) = snapshot.virtual_server(&name) else {
+            break;
+        };
+        let stats = &virtual_server.stats;
+        let (client, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                stats.count_accept_error();
+                if is_resource_exhaustion(&error) {
+                    if let Some(suppressed) = resource_log.allow() {
+                        tracing::warn!(virtual_server = %name, %error, suppressed, "accept failed, backing off {RESOURCE_BACKOFF:?}; raise the open-file limit (ulimit -n) if this persists");
+                    }
+                    tokio::time::sleep(RESOURCE_BACKOFF).await;
+                } else {
+                    tracing::debug!(virtual_server = %name, %error, "accept failed for one client");
+                }
+                continue;
+            }
+        };
+        stats.count_accepted();
+        let Some(admission) = stats.try_admit(virtual_server.plan.connection_limit) else {
+            stats.count_rejected(Rejection::ConnectionLimit);
+            if let Some(suppressed) = stats.reject_log.allow() {
+                tracing::warn!(
+                    virtual_server = %name,
+                    client = %peer,
+                    limit = %virtual_server.plan.connection_limit,
+                    suppressed,
+                    "connection limit reached, closing new clients"
+                );
+            }
+            virtual_server::reset(&client);
+            continue;
+        };
+        lifecycle.connections.spawn(virtual_server::serve(
+            client,
+            peer,
+            Arc::clone(virtual_server),
+            lifecycle.close_connections.clone(),
+            lifecycle.stop_accepting.clone(),
+            admission,
+        ));
+    }
+    tracing::debug!(virtual_server = %name, "stopped accepting");
+}
+
+fn is_resource_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,294 @@
+//! The live [`Snapshot`]: one consistent view of the configuration and the
+//! runtime state it uses, built from a plan and the previous snapshot
+//! (member state, pool member health, virtual counters and SNAT port
+//! accounting carried over by identity).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::StartError;
+use crate::config::{Mode, Plan, Snat, Tls, VirtualPlan};
+use crate::dial::Dialer;
+use crate::health::{self, HealthPlan};
+use crate::http::HttpVirtual;
+use crate::pool::{MemberRegistry, MemberState, Pool};
+use crate::snat::{Automap, SnatPool, SourceNat};
+use crate::stats::VirtualStats;
+use crate::tls::{MemberTls, Terminator, TlsError};
+use crate::virtual_server::VirtualServer;
+
+/// One consistent view of the configuration and the runtime state it uses.
+#[derive(Debug)]
+pub struct Snapshot {
+    plan: Plan,
+    pools: BTreeMap<String, Arc<Pool>>,
+    virtuals: HashMap<String, Arc<VirtualServer>>,
+    members: MemberRegistry,
+    health: HealthPlan,
+    snat_pools: BTreeMap<String, Arc<SnatPool>>,
+    /// Cancelled when open connections must close (the drain timeout of a
+    /// shutdown ran out). The same token across snapshots.
+    pub(super) close_connections: CancellationToken,
+}
+
+impl Snapshot {
+    /// Builds the runtime view of `plan`, reusing the state of members and
+    /// virtuals that `previous` already had.
+    pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Result<Snapshot, StartError> {
+        let close_connections =
+            previous.map_or_else(CancellationToken::new, |p| p.close_connections.clone());
+        let (pools, members) = build_pools(&plan, previous, &close_connections)?;
+        let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
+        let snat_pools = build_snat_pools(&plan, previous);
+        let virtuals = plan
+            .virtuals
+            .iter()
+            .map(|virtual_plan| {
+                let built = build_virtual(&plan, virtual_plan, &pools, &snat_pools, previous)?;
+                Ok((virtual_plan.name.clone(), Arc::new(built)))
+            })
+            .collect::<Result<_, StartError>>()?;
+        Ok(Snapshot {
+            plan,
+            pools,
+            virtuals,
+            members,
+            health,
+            snat_pools,
+            close_connections,
+        })
+    }
+
+    /// The SNAT pools in use, with their port accounting.
+    pub fn snat_pools(&self) -> impl Iterator<Item = &Arc<SnatPool>> {
+        self.snat_pools.values()
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn virtual_server(&self, name: &str) -> Option<&Arc<VirtualServer>> {
+        self.virtuals.get(name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    /// Every pool, by name.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    /// The state of the member at `address`, whichever pools it is in.
+    pub fn member(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
+        self.members.get(address)
+    }
+
+    /// Every member's state.
+    pub fn members(&self) -> impl Iterator<Item = &Arc<MemberState>> {
+        self.members.iter()
+    }
+
+    /// The health probes and their latest verdicts.
+    pub fn health(&self) -> &HealthPlan {
+        &self.health
+    }
+
+    /// Counters of virtual `name`.
+    pub fn virtual_stats(&self, name: &str) -> Option<&Arc<VirtualStats>> {
+        self.virtuals.get(name).map(|v| &v.stats)
+    }
+
+    /// Client connections open now, over every virtual.
+    pub fn active_connections(&self) -> usize {
+        self.virtuals
+            .values()
+            .map(|v| v.stats.active_connections())
+            .sum()
+    }
+
+    /// What vipgate is doing, in a line (systemd's `STATUS=`): "serving 3
+    /// virtuals, 12/12 members up, 341 connections".
+    pub fn status_line(&self) -> String {
+        let virtuals = self.plan.virtuals.len();
+        let (mut up, mut members) = (0, 0);
+        for pool in self.pools.values() {
+            for member in pool.members() {
+                members += 1;
+                up += usize::from(member.usable());
+            }
+        }
+        let connections = self.active_connections();
+        format!(
+            "serving {virtuals} virtual{}, {up}/{members} members up, {connections} connection{}",
+            if virtuals == 1 { "" } else { "s" },
+            if connections == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Reads the certificates of every virtual that terminates TLS again.
+    /// A virtual whose new files are broken keeps its current ones; the
+    /// result says which.
+    pub fn reload_certificates(&self) -> Vec<(String, Result<(), TlsError>)> {
+        let mut results: Vec<(String, Result<(), TlsError>)> = self
+            .virtuals
+            .iter()
+            .filter_map(|(name, v)| Some((name.clone(), v.terminator.as_ref()?.reload())))
+            .collect();
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, result) in &results {
+            match result {
+                Ok(()) => tracing::info!(virtual_server = %name, "certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(virtual_server = %name, %error, "certificate reload failed, keeping the current certificates")
+                }
+            }
+        }
+        results
+    }
+}
+
+/// Every pool of `plan` with its members' state (carried over from
+/// `previous` by address, and their health by pool and address). Members
+/// new to the configuration start in their configured admin state.
+fn build_pools(
+    plan: &Plan,
+    previous: Option<&Snapshot>,
+    close_connections: &CancellationToken,
+) -> Result<(BTreeMap<String, Arc<Pool>>, MemberRegistry), StartError> {
+    let mut members = MemberRegistry::default();
+    let previous_members = previous.map(|p| &p.members);
+    let mut pools = BTreeMap::new();
+    for (name, pool_plan) in &plan.pools {
+        let member_tls = MemberTls::load(&pool_plan.tls).map_err(|error| StartError::PoolTls {
+            pool: name.clone(),
+            error,
+        })?;
+        let monitored = |member: &_| health::monitored(plan, member);
+        let pool = Pool::new(
+            pool_plan,
+            &mut members,
+            previous_members,
+            close_connections,
+            monitored,
+        )
+        .with_member_tls(member_tls);
+        pools.insert(name.clone(), Arc::new(pool));
+    }
+    for member in plan.pools.values().flat_map(|pool| &pool.members) {
+        let new = previous_members
+            .and_then(|p| p.get(&member.address))
+            .is_none();
+        if let Some(state) = members.get(&member.address).filter(|_| new) {
+            state.set_admin_state(member.admin);
+        }
+    }
+    Ok((pools, members))
+}
+
+/// One virtual ready to serve: its pools, how it reaches members (SNAT),
+/// its TLS and HTTP sides, and its counters (carried over by name).
+fn build_virtual(
+    plan: &Plan,
+    virtual_plan: &VirtualPlan,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    snat_pools: &BTreeMap<String, Arc<SnatPool>>,
+    previous: Option<&Snapshot>,
+) -> Result<VirtualServer, StartError> {
+    let name = &virtual_plan.name;
+    let stats = previous.and_then(|p| p.virtuals.get(name)).map_or_else(
+        || Arc::new(VirtualStats::new(name)),
+        |v| Arc::clone(&v.stats),
+    );
+    let pool = Arc::clone(&pools[&virtual_plan.pool]);
+    let sni_routes = match &virtual_plan.tls {
+        Tls::Passthrough { sni_routes, .. } => sni_routes
+            .iter()
+            .map(|route| (route.clone(), Arc::clone(&pools[&route.pool])))
+            .collect(),
+        Tls::Off | Tls::Terminate(_) => Vec::new(),
+    };
+    let snat = match &virtual_plan.snat {
+        Snat::None => SourceNat::None,
+        Snat::Automap => SourceNat::Automap(Arc::new(Automap::build(
+            plan.pools_of(virtual_plan)
+                .flat_map(|p| p.members.iter().map(|m| m.address)),
+        ))),
+        Snat::Pool(pool_name) => SourceNat::Pool(Arc::clone(&snat_pools[pool_name])),
+    };
+    let dialer = Dialer {
+        snat,
+        connect_timeout: virtual_plan.connect_timeout,
+        keepalive: virtual_plan.tcp_keepalive,
+    };
+    let terminator = match &virtual_plan.tls {
+        Tls::Terminate(terminate) => {
+            Some(
+                Terminator::load(terminate).map_err(|error| StartError::Tls {
+                    virtual_name: name.clone(),
+                    error,
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let http = match &virtual_plan.mode {
+        Mode::Http(http) => {
+            let loaded = HttpVirtual::load(
+                http,
+                virtual_plan,
+                Arc::clone(&pool),
+                dialer.clone(),
+                Arc::clone(&stats),
+            )
+            .map_err(|error| StartError::Http {
+                virtual_name: name.clone(),
+                error,
+            })?;
+            Some(Arc::new(loaded))
+        }
+        Mode::Tcp => None,
+    };
+    Ok(VirtualServer {
+        plan: virtual_plan.clone(),
+        pool,
+        sni_routes,
+        dialer,
+        terminator,
+        http,
+        stats,
+    })
+}
+
+/// Each SNAT pool, with port sets toward every member that a virtual using
+/// it can reach.
+fn build_snat_pools(plan: &Plan, previous: Option<&Snapshot>) -> BTreeMap<String, Arc<SnatPool>> {
+    plan.snat_pools
+        .iter()
+        .map(|(name, snat_plan)| {
+            let mut members: Vec<SocketAddr> = plan
+                .virtuals
+                .iter()
+                .filter(|v| v.snat == Snat::Pool(name.clone()))
+                .flat_map(|v| {
+                    plan.pools_of(v)
+                        .flat_map(|p| p.members.iter().map(|m| m.address))
+                })
+                .collect();
+            members.sort();
+            members.dedup();
+            let before = previous
+                .and_then(|p| p.snat_pools.get(name))
+                .map(Arc::as_ref);
+            (
+                name.clone(),
+                Arc::new(SnatPool::build(snat_plan, &members, before)),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,367 @@
+//! The counters of one virtual server, kept across configuration changes:
+//! atomics the data path bumps, read as named snapshots ([`VirtualCounts`])
+//! by `/status` and `/metrics`, so a new counter is added here and shows in
+//! both.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::ConnectionLimit;
+use crate::throttle::Throttle;
+
+/// Buckets of the connection-duration histogram, in seconds: agent
+/// desktops stay for hours, web requests for milliseconds.
+const DURATION_BUCKETS: [f64; 12] = [
+    0.001,
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    8.0 * 3600.0,
+    24.0 * 3600.0,
+];
+
+/// Why a client (HTTP: a request) was not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The virtual's own connection limit.
+    ConnectionLimit,
+    /// No member could take it: down, disabled, full, refusing, failing.
+    NoMember,
+    /// A member could have, but no SNAT port toward it was free.
+    SnatExhausted,
+    /// This host ran out of file descriptors or memory: no member's fault.
+    LocalResources,
+}
+
+impl Rejection {
+    /// The `reason` label and `/status` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::ConnectionLimit => "connection_limit",
+            Rejection::NoMember => "no_member",
+            Rejection::SnatExhausted => "snat_exhausted",
+            Rejection::LocalResources => "local_resources",
+        }
+    }
+}
+
+/// Counters of one virtual server.
+#[derive(Debug)]
+pub struct VirtualStats {
+    active: AtomicUsize,
+    accepted: AtomicU64,
+    rejected: [AtomicU64; 4],
+    accept_errors: AtomicU64,
+    hellos: Outcomes,
+    handshakes: Outcomes,
+    /// Requests, persistence and answers of an HTTP virtual.
+    pub http: HttpStats,
+    /// Limits warnings about refused clients to one a second.
+    pub reject_log: Throttle,
+    /// How long client connections lasted.
+    duration_seconds: prometheus::Histogram,
+}
+
+/// ok / rejected (failed) / timed out, for ClientHellos and handshakes.
+#[derive(Debug, Default)]
+struct Outcomes {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// How one read of a ClientHello or one TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Refused (malformed, not TLS, too large, cut short) or failed.
+    Failed,
+    TimedOut,
+}
+
+/// A snapshot of [`Outcomes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+}
+
+/// Clients not served, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RejectionCounts {
+    pub connection_limit: u64,
+    pub no_member: u64,
+    pub snat_exhausted: u64,
+    pub local_resources: u64,
+}
+
+/// Connections open now and since start (of a virtual: clients; of a
+/// member: connections to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionCounts {
+    pub active: usize,
+    pub total: u64,
+}
+
+/// A snapshot of a virtual's counters. `/status` shows connections and
+/// rejections (and, for HTTP virtuals, [`HttpCounts`] beside the
+/// persistence); `/metrics` shows all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VirtualCounts {
+    /// Clients connected through the virtual now, and accepted since start
+    /// (admitted or not).
+    pub connections: ConnectionCounts,
+    pub rejected: RejectionCounts,
+    /// accept(2) failures (out of file descriptors and the like).
+    #[serde(skip)]
+    pub accept_errors: u64,
+    /// ClientHellos read for SNI routing (ok, rejected, timed out).
+    #[serde(skip)]
+    pub client_hellos: OutcomeCounts,
+    /// TLS handshakes vipgate terminated (ok, failed, timed out).
+    #[serde(skip)]
+    pub handshakes: OutcomeCounts,
+    #[serde(skip)]
+    pub http: HttpCounts,
+}
+
+impl VirtualStats {
+    /// Fresh counters for virtual `name`.
+    pub fn new(name: &str) -> VirtualStats {
+        let duration_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "vipgate_connection_duration_seconds",
+                "How long client connections lasted, from accept to close.",
+            )
+            .const_label("virtual", name)
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        // Fails only for malformed constant options (names, buckets).
+        .expect("constant histogram options are valid");
+        VirtualStats {
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            rejected: Default::default(),
+            accept_errors: AtomicU64::new(0),
+            hellos: Outcomes::default(),
+            handshakes: Outcomes::default(),
+            http: HttpStats::default(),
+            reject_log: Throttle::default(),
+            duration_seconds,
+        }
+    }
+
+    /// Everything, as one consistent-enough snapshot for the status page
+    /// and the metrics.
+    pub fn counts(&self) -> VirtualCounts {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let outcomes = |o: &Outcomes| OutcomeCounts {
+            ok: read(&o.ok),
+            failed: read(&o.failed),
+            timed_out: read(&o.timed_out),
+        };
+        VirtualCounts {
+            connections: ConnectionCounts {
+                active: self.active_connections(),
+                total: read(&self.accepted),
+            },
+            rejected: RejectionCounts {
+                connection_limit: read(&self.rejected[0]),
+                no_member: read(&self.rejected[1]),
+                snat_exhausted: read(&self.rejected[2]),
+                local_resources: read(&self.rejected[3]),
+            },
+            accept_errors: read(&self.accept_errors),
+            client_hellos: outcomes(&self.hellos),
+            handshakes: outcomes(&self.handshakes),
+            http: self.http.counts(),
+        }
+    }
+
+    /// Clients connected through this virtual right now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Clients closed without being served for `reason`.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_rejected(&self, reason: Rejection) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_hello(&self, outcome: Outcome) {
+        self.hellos.count(outcome);
+    }
+
+    pub fn count_handshake(&self, outcome: Outcome) {
+        self.handshakes.count(outcome);
+    }
+
+    /// Records the life of one closed client connection.
+    pub fn record_duration(&self, lasted: Duration) {
+        self.duration_seconds.observe(lasted.as_secs_f64());
+    }
+
+    /// The connection-duration histogram, for the metrics page.
+    pub fn duration_histogram(&self) -> &prometheus::Histogram {
+        &self.duration_seconds
+    }
+
+    /// Takes a place under `limit` for a new client, released when the
+    /// returned guard drops; `None` when the virtual is full.
+    pub fn try_admit(self: &Arc<Self>, limit: ConnectionLimit) -> Option<Admission> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if limit.admits(before) {
+            Some(Admission(self.clone()))
+        } else {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl Outcomes {
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::Failed => &self.failed,
+            Outcome::TimedOut => &self.timed_out,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One admitted client; frees its place under the connection limit on drop.
+#[derive(Debug)]
+pub struct Admission(Arc<VirtualStats>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an HTTP virtual counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpEvent {
+    Request,
+    PersistenceHit,
+    PersistenceMiss,
+    PersistenceReroute,
+    CookieSet,
+    /// A 503: no member could take the request.
+    NoMember,
+    /// A 502: the member failed while answering.
+    MemberFailed,
+    /// A 504: the member did not answer within idle_timeout.
+    MemberTimedOut,
+    /// A 408: request headers not complete within header_timeout.
+    RequestTimeout,
+    Upgrade,
+}
+
+/// Counters of an HTTP virtual, by [`HttpEvent`].
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    events: [AtomicU64; 10],
+}
+
+impl HttpStats {
+    pub fn count(&self, event: HttpEvent) {
+        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> HttpCounts {
+        let read = |event: HttpEvent| self.events[event as usize].load(Ordering::Relaxed);
+        HttpCounts {
+            requests: read(HttpEvent::Request),
+            persistence_hits: read(HttpEvent::PersistenceHit),
+            persistence_misses: read(HttpEvent::PersistenceMiss),
+            persistence_reroutes: read(HttpEvent::PersistenceReroute),
+            cookies_set: read(HttpEvent::CookieSet),
+            answered_503: read(HttpEvent::NoMember),
+            answered_502: read(HttpEvent::MemberFailed),
+            answered_504: read(HttpEvent::MemberTimedOut),
+            answered_408: read(HttpEvent::RequestTimeout),
+            upgrades: read(HttpEvent::Upgrade),
+        }
+    }
+}
+
+/// A snapshot of [`HttpStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HttpCounts {
+    /// Requests received.
+    pub requests: u64,
+    /// Requests sent to the member their persistence named.
+    pub persistence_hits: u64,
+    /// Requests without persistence information, balanced.
+    pub persistence_misses: u64,
+    /// Requests whose persistence named a member that could not take them
+    /// (unknown, down, full, or a forged or expired cookie): balanced.
+    pub persistence_reroutes: u64,
+    /// Persistence cookies set (new sessions, re-routes and renewals).
+    pub cookies_set: u64,
+    /// 503 answers: no member could take the request.
+    pub answered_503: u64,
+    /// 502 answers: the member failed while answering.
+    pub answered_502: u64,
+    /// 504 answers: the member did not answer within idle_timeout.
+    pub answered_504: u64,
+    /// 408 answers: request headers not complete within header_timeout.
+    pub answered_408: u64,
+    /// Connections switched to another protocol (WebSocket) and tunnelled.
+    pub upgrades: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_back_what_was_counted_by_name() {
+        let stats = Arc::new(VirtualStats::new("v"));
+        stats.count_rejected(Rejection::SnatExhausted);
+        stats.count_rejected(Rejection::LocalResources);
+        stats.count_rejected(Rejection::LocalResources);
+        stats.count_handshake(Outcome::TimedOut);
+        stats.http.count(HttpEvent::NoMember);
+        let admitted = stats.try_admit(ConnectionLimit::At(1)).unwrap();
+        assert!(stats.try_admit(ConnectionLimit::At(1)).is_none());
+        let counts = stats.counts();
+        assert_eq!(counts.connections.active, 1);
+        assert_eq!(
+            counts.rejected,
+            RejectionCounts {
+                snat_exhausted: 1,
+                local_resources: 2,
+                ..RejectionCounts::default()
+            }
+        );
+        assert_eq!(counts.handshakes.timed_out, 1);
+        assert_eq!(counts.http.answered_503, 1);
+        drop(admitted);
+        assert_eq!(stats.active_connections(), 0);
+    }
+}

@@ -1,0 +1,292 @@
+//! The live state as operators read it, once: named structures built from
+//! the snapshot and the reload counters, which `GET /status` serializes and
+//! `GET /metrics` turns into metric families. A new counter is added to
+//! [`crate::stats`] or the member state, and shows in both. Fields marked
+//! `serde(skip)` are for the metrics only; the JSON keeps the shape the
+//! admin endpoint documents.
+
+use serde::Serialize;
+
+use crate::config::{Mode, Persistence, Tls};
+use crate::health::ProbeStatus;
+use crate::pool::{Health, MemberCounts};
+use crate::server::{ReloadCounts, Snapshot};
+use crate::snat::SourceNat;
+use crate::stats::{HttpCounts, VirtualCounts};
+
+/// Everything `/status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    pub config: ConfigStatus,
+    pub virtuals: Vec<VirtualStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub snat_pools: Vec<SnatPoolStatus>,
+    /// SNAT automap: connections from each local address toward each
+    /// member, per virtual.
+    #[serde(skip)]
+    pub automap: Vec<AutomapUse>,
+}
+
+/// The configuration in force and its reloads.
+#[derive(Debug, Serialize)]
+pub struct ConfigStatus {
+    /// SHA-256 of the running file ("" when not started from a file).
+    pub hash: String,
+    /// Unix seconds of the last successful load.
+    pub loaded_at: u64,
+    pub reloads: ReloadTotals,
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReloadTotals {
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VirtualStatus {
+    pub name: String,
+    pub listen: String,
+    pub pool: String,
+    /// `tcp` or `http`.
+    pub mode: &'static str,
+    /// `off`, `terminate`, `auto` or `passthrough`.
+    #[serde(skip)]
+    pub tls: &'static str,
+    /// Whether the virtual reads ClientHellos to route by SNI.
+    #[serde(skip)]
+    pub routes_by_sni: bool,
+    #[serde(flatten)]
+    pub counts: VirtualCounts,
+    /// For HTTP virtuals: persistence and request counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HttpStatus {
+    /// The persistence in words (`none`, `cookie GWELB`, `url_param jsessionid`).
+    pub persistence: String,
+    #[serde(flatten)]
+    pub counts: HttpCounts,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub algorithm: String,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub address: String,
+    pub route: Option<String>,
+    /// `up`, `down` or `unchecked`, in this pool.
+    pub health: &'static str,
+    #[serde(skip)]
+    pub up: bool,
+    /// `enabled`, `disabled` or `forced-offline`.
+    pub state: String,
+    /// Up and enabled: may take new connections.
+    #[serde(skip)]
+    pub usable: bool,
+    #[serde(flatten)]
+    pub counts: MemberCounts,
+    /// The monitors that decide its health here, with their last result.
+    pub monitors: Vec<MonitorStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MonitorStatus {
+    pub monitor: String,
+    pub target: String,
+    /// `up`, `down` or `unchecked`.
+    pub result: &'static str,
+    /// "ok", or why the last attempt failed.
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnatPoolStatus {
+    pub name: String,
+    pub addresses: Vec<SnatAddressStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnatAddressStatus {
+    pub address: String,
+    /// Connections that found no free port on this address.
+    pub exhausted: u64,
+    pub members: Vec<PortUse>,
+}
+
+/// Source ports toward one member.
+#[derive(Debug, Serialize)]
+pub struct PortUse {
+    pub member: String,
+    pub in_use: usize,
+    pub free: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AutomapUse {
+    pub virtual_name: String,
+    pub address: String,
+    pub member: String,
+    pub in_use: usize,
+}
+
+impl Status {
+    /// The state of `snapshot`, with the configuration's `reloads`.
+    pub fn of(snapshot: &Snapshot, reloads: ReloadCounts) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            config: ConfigStatus {
+                hash: reloads.config_hash,
+                loaded_at: reloads.last_success,
+                reloads: ReloadTotals {
+                    succeeded: reloads.succeeded,
+                    failed: reloads.failed,
+                },
+                last_reload_error: reloads.last_error,
+            },
+            virtuals: virtuals(snapshot),
+            pools: pools(snapshot),
+            snat_pools: snat_pools(snapshot),
+            automap: automap(snapshot),
+        }
+    }
+}
+
+fn virtuals(snapshot: &Snapshot) -> Vec<VirtualStatus> {
+    snapshot
+        .plan()
+        .virtuals
+        .iter()
+        .filter_map(|plan| {
+            let live = snapshot.virtual_server(&plan.name)?;
+            let counts = live.stats.counts();
+            let http = match &plan.mode {
+                Mode::Tcp => None,
+                Mode::Http(http) => Some(HttpStatus {
+                    persistence: match &http.persistence {
+                        Persistence::None => "none".to_string(),
+                        Persistence::UrlParam { name, .. } => format!("url_param {name}"),
+                        Persistence::Cookie { name, .. } => format!("cookie {name}"),
+                    },
+                    counts: counts.http,
+                }),
+            };
+            Some(VirtualStatus {
+                name: plan.name.clone(),
+                listen: plan.listen.to_string(),
+                pool: plan.pool.clone(),
+                mode: if http.is_some() { "http" } else { "tcp" },
+                tls: match &plan.tls {
+                    Tls::Off => "off",
+                    Tls::Passthrough { .. } => "passthrough",
+                    Tls::Terminate(t) if t.plain_allowed => "auto",
+                    Tls::Terminate(_) => "terminate",
+                },
+                routes_by_sni: !live.sni_routes.is_empty(),
+                counts,
+                http,
+            })
+        })
+        .collect()
+}
+
+fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
+    snapshot
+        .pools()
+        .map(|pool| PoolStatus {
+            name: pool.name().to_string(),
+            algorithm: snapshot.plan().pools[pool.name()].algorithm.to_string(),
+            members: pool
+                .members()
+                .iter()
+                .map(|member| {
+                    let address = member.state.address();
+                    let health = member.health.health();
+                    MemberStatus {
+                        address: address.to_string(),
+                        route: member.route.clone(),
+                        health: health.as_str(),
+                        up: health == Health::Up,
+                        state: member.state.admin_state().to_string(),
+                        usable: member.usable(),
+                        counts: member.state.counts(),
+                        monitors: snapshot
+                            .health()
+                            .probes_of(pool.name(), address)
+                            .into_iter()
+                            .map(|(key, status)| monitor(&key.monitor, key.target_text(), status))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn monitor(name: &str, target: String, status: &ProbeStatus) -> MonitorStatus {
+    let (health, detail) = status.verdict();
+    MonitorStatus {
+        monitor: name.to_string(),
+        target,
+        result: health.as_str(),
+        detail,
+    }
+}
+
+fn snat_pools(snapshot: &Snapshot) -> Vec<SnatPoolStatus> {
+    snapshot
+        .snat_pools()
+        .map(|pool| SnatPoolStatus {
+            name: pool.name().to_string(),
+            addresses: pool
+                .addresses()
+                .iter()
+                .map(|address| {
+                    let mut members: Vec<PortUse> = address
+                        .usage()
+                        .map(|(member, ports)| PortUse {
+                            member: member.to_string(),
+                            in_use: ports.in_use(),
+                            free: ports.free(),
+                        })
+                        .collect();
+                    members.sort_by(|a, b| a.member.cmp(&b.member));
+                    SnatAddressStatus {
+                        address: address.address.to_string(),
+                        exhausted: address.exhausted(),
+                        members,
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn automap(snapshot: &Snapshot) -> Vec<AutomapUse> {
+    let mut uses = Vec::new();
+    for plan in &snapshot.plan().virtuals {
+        let Some(live) = snapshot.virtual_server(&plan.name) else {
+            continue;
+        };
+        if let SourceNat::Automap(automap) = &live.dialer.snat {
+            for (address, member, in_use) in automap.usage() {
+                uses.push(AutomapUse {
+                    virtual_name: plan.name.clone(),
+                    address: address.to_string(),
+                    member: member.to_string(),
+                    in_use,
+                });
+            }
+        }
+    }
+    uses
+}
