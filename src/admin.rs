@@ -44,6 +44,10 @@ pub enum EndpointError {
     Token { path: PathBuf, why: String },
 }
 
+/// How long to wait after a failed accept (out of descriptors) before
+/// trying again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The admin listener and the token changes need.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -122,7 +126,7 @@ pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: Cancellation
         };
         let Ok((stream, _)) = accepted else {
             // Out of descriptors: do not spin.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let (control, registry, token) =

@@ -1,46 +1,62 @@
 //! vipgate: a Layer-4 load balancer for long-lived TCP connections, in the
-//! place of an F5 BIG-IP virtual server.
+//! place of an F5 BIG-IP virtual server. Linux only: it relies on splice(2),
+//! `IP_FREEBIND`, `IP_BIND_ADDRESS_NO_PORT`, `TCP_USER_TIMEOUT` and Unix
+//! signals.
 //!
-//! Layout, in the order a connection meets it:
+//! Layout, in the order a connection meets it. Modules depend downwards:
+//! `config` is the bottom layer, and nothing in the load balancer knows of
+//! the admin endpoint beside it.
 //!
 //! - [`config`]: `vipgate.toml` -> raw serde types -> one validation pass
 //!   that lists every problem -> a [`config::Plan`] with nothing left
 //!   optional.
-//! - [`server`]: the live [`server::Snapshot`] (one `ArcSwap`), listeners,
-//!   the lifecycle up to a drained shutdown, and [`server::Control`]: live
-//!   reload and member admin state.
-//! - [`virtual_server`]: a listener per virtual, the accept loop, admission
-//!   under connection limits, and per connection: choose, connect, pump, log.
+//! - [`instance`]: one vipgate as `vipgate run` starts it: the
+//!   [`server::Server`] and the [`admin`] endpoint, wired together.
+//! - [`server`]: the live [`server::Snapshot`] (one `ArcSwap`), the accept
+//!   loops, the lifecycle up to a drained shutdown, and
+//!   [`server::Control`]: live reload and member admin state.
+//! - `virtual_server`: a listener per virtual, admission under connection
+//!   limits, and per connection: choose, dial, pump, log; HTTP virtuals
+//!   are handed to [`http`].
 //! - [`pool`]: members, their runtime state in atomics keyed by address, and
 //!   the load-balancing algorithms behind one trait.
+//! - `dial`: the one way to reach a member, for both kinds of virtual:
+//!   SNAT source, connect, PROXY header, re-encryption, and whose fault a
+//!   failure was.
 //! - [`health`]: monitors probing members and nodes, and the verdict that
-//!   marks a member up or down.
-//! - [`snat`]: source addresses toward members (automap, SNAT pools with
-//!   lock-free port accounting per address and member), and
-//!   [`proxy_protocol`] headers that tell members the real client.
-//! - [`tls`]: terminating TLS (certificates by SNI, client certificates,
+//!   marks a member up or down in each pool.
+//! - `snat`: source addresses toward members (automap, SNAT pools with
+//!   lock-free port accounting); `proxy_protocol`: headers that tell
+//!   members the real client.
+//! - `tls`: terminating TLS (certificates by SNI, client certificates,
 //!   reload, session tickets a pair shares), re-encryption toward members,
-//!   and the ClientHello parser that routes passthrough connections.
-//! - [`secret`]: the secret a pair shares, and the keys derived from it.
-//! - [`proxy`]: the byte pump, splice(2) zero-copy with a portable buffered
-//!   fallback; half-close, resets and the idle timeout.
+//!   and the ClientHello parser that routes passthrough connections;
+//!   `secret`: the secret a pair shares and the keys derived from it.
+//! - `streams`: the client and member sides of a connection, plain or TLS;
+//!   `proxy`: the byte pump, splice(2) zero-copy or buffered; half-close,
+//!   resets and the idle timeout.
 //! - [`http`]: HTTP virtuals: requests routed one by one with persistence
-//!   (URL-parameter routes, sealed cookies), kept-alive member connections,
-//!   WebSocket tunnels.
-//! - [`metrics`], [`admin`]: the Prometheus exporter and the admin endpoint
-//!   (`/metrics`, `/status`, member actions, `/reload`).
-//! - [`throttle`], [`clock`]: one warning per second instead of a flood.
+//!   (URL-parameter routes, sealed cookies), kept-alive member
+//!   connections, WebSocket tunnels.
+//! - [`stats`]: the counters of each virtual; [`status`]: the live state as
+//!   named views, which [`metrics`] (Prometheus) and [`admin`] (`/status`,
+//!   `/ready`, member actions, `/reload`) both read.
 //! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
 //! - [`service`]: systemd readiness, reload and stop notifications, the
 //!   watchdog.
-//! - [`demo`], [`commands`], [`logging`]: what the `vipgate` binary runs.
+//! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
+//! - `throttle`, `clock`, `sync`: one warning a second instead of a flood,
+//!   a cheap clock, one way to take a lock.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("vipgate runs on Linux only: it relies on splice(2), IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT and TCP_USER_TIMEOUT");
 
 pub mod admin;
-pub mod clock;
+pub(crate) mod clock;
 pub mod commands;
 pub mod config;
 pub mod demo;
-pub mod dial;
+pub(crate) mod dial;
 pub mod f5;
 pub mod health;
 pub mod http;
@@ -48,16 +64,16 @@ pub mod instance;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
-pub mod proxy;
-pub mod proxy_protocol;
-pub mod secret;
+pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
+pub(crate) mod secret;
 pub mod server;
 pub mod service;
-pub mod snat;
+pub(crate) mod snat;
 pub mod stats;
 pub mod status;
-pub mod streams;
-pub mod sync;
-pub mod throttle;
-pub mod tls;
-pub mod virtual_server;
+pub(crate) mod streams;
+pub(crate) mod sync;
+pub(crate) mod throttle;
+pub(crate) mod tls;
+pub(crate) mod virtual_server;

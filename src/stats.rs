@@ -88,7 +88,7 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// A snapshot of [`Outcomes`].
+/// A snapshot of the outcomes counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct OutcomeCounts {
     pub ok: u64,

@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, BINARY};
+use common::process::{ask, free_vip_port, line_member, Running, BINARY};
 
 /// Writes `text` to a fresh file under the system temp directory.
 fn config_file(name: &str, text: &str) -> PathBuf {
@@ -83,47 +82,6 @@ fn run_refuses_an_invalid_file() {
     let output = vipgate(&["run", "-c", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("virtuals.v.pool: `pool` is required"));
-}
-
-/// A port free on the VIP address.
-fn free_vip_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.100:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A member on `ip` answering each line `L` with `member L`, on threads.
-fn line_member(ip: &str) -> std::net::SocketAddr {
-    let member = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    let address = member.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in member.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if writer
-                        .write_all(format!("member {line}\n").as_bytes())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// Sends one line through vipgate at 127.0.0.100:`port`; the answer.
-fn ask(port: u16) -> Option<String> {
-    let stream = TcpStream::connect(("127.0.0.100", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    (&stream).write_all(b"hi\n").ok()?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).ok()?;
-    (!answer.is_empty()).then_some(answer)
 }
 
 fn plain_config(name: &str, member: std::net::SocketAddr, port: u16, extra: &str) -> PathBuf {

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use common::f5::*;
 use common::*;
+use vipgate::config::Algorithm;
 use vipgate::config::{AdminState, MonitorRule, ProbePort, ServiceDownAction, Snat};
-use vipgate::pool::{Algorithm, Health};
-use vipgate::snat::SourceNat;
+use vipgate::pool::Health;
 
 const LOOPBACK: &str = include_str!("data/bigip-csp-loopback.conf");
 const SAMPLE: &str = include_str!("data/bigip-csp-sample.conf");
@@ -100,16 +100,14 @@ async fn the_loopback_sample_converts_and_runs_like_the_f5_pool() {
     // SNAT automap: connections leave from vipgate's own address.
     let mut held = LineClient::connect(vipgate.addr("vsCSP")).await;
     assert!(held.ask("hi").await.is_some());
-    let snapshot = vipgate.snapshot();
-    let Some(SourceNat::Automap(automap)) =
-        snapshot.virtual_server("vsCSP").map(|v| &v.dialer.snat)
-    else {
-        panic!("automap expected");
-    };
-    assert_eq!(
-        automap.usage().map(|(_, _, in_use)| in_use).sum::<usize>(),
-        1
-    );
+    let status = vipgate.status();
+    let automap: usize = status
+        .automap
+        .iter()
+        .filter(|used| used.virtual_name == "vsCSP")
+        .map(|used| used.in_use)
+        .sum();
+    assert_eq!(automap, 1, "one connection leaves through automap");
     // As on the F5: the member whose own port dies goes down, alone.
     ports[3].close().await;
     wait_health(&vipgate, ports[3].addr, Health::Down).await;

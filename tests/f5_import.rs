@@ -11,12 +11,12 @@ use std::process::Command;
 use common::f5::*;
 use common::http_client::HttpClient;
 use common::*;
+use vipgate::config::Algorithm;
 use vipgate::config::{
     AdminState, CookieLifetime, Mode, MonitorRule, Persistence, Probe, ProbePort, Reencrypt,
     ServiceDownAction, Snat, StatusMatch, Tls,
 };
-use vipgate::pool::{Algorithm, Health};
-use vipgate::snat::SourceNat;
+use vipgate::pool::Health;
 
 const TMSH_V15: &str = include_str!("data/f5/tmsh-v15.conf");
 const ONE_LINE: &str = include_str!("data/f5/tmsh-one-line.conf");
@@ -207,17 +207,15 @@ async fn the_converted_tmsh_export_serves_as_the_f5_did() {
     // Through the SNAT pool.
     let mut held = LineClient::connect(vipgate.addr("vs_csp")).await;
     assert!(held.ask("hi").await.is_some());
-    let snapshot = vipgate.snapshot();
-    let Some(SourceNat::Pool(snat)) = snapshot.virtual_server("vs_csp").map(|v| &v.dialer.snat)
-    else {
-        panic!("vs_csp uses a SNAT pool");
-    };
-    let in_use: usize = snat
-        .addresses()
+    let status = vipgate.status();
+    let in_use: usize = status
+        .snat_pools
         .iter()
-        .flat_map(|address| address.usage().map(|(_, ports)| ports.in_use()))
+        .flat_map(|pool| &pool.addresses)
+        .flat_map(|address| &address.members)
+        .map(|ports| ports.in_use)
         .sum();
-    assert_eq!(in_use, 1);
+    assert_eq!(in_use, 1, "one port of the SNAT pool is taken");
 
     // `min 2 of` three monitors: one failing leaves csp1 up, two take it
     // down; so the HTTP monitor really asks with the right Host.

@@ -12,13 +12,7 @@ use super::validate::Checker;
 /// Default `admin.listen`: loopback only, port 9100.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
 
-/// `[admin]`, as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAdmin {
-    pub listen: Option<Spanned<String>>,
-    pub token_file: Option<Spanned<String>>,
-}
+// What it means: the plan.
 
 /// The admin endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +36,18 @@ pub enum AdminAuth {
     /// Reading (`/metrics`, `/status`) stays open.
     Token(PathBuf),
 }
+
+// As written: the raw serde types.
+
+/// `[admin]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+// From one to the other: validation.
 
 impl Checker<'_> {
     pub(super) fn admin(&mut self, raw: Option<&Spanned<RawAdmin>>) -> Admin {

@@ -5,13 +5,21 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::plan::*;
+use super::admin::{Admin, AdminAuth};
+use super::monitors::{Probe, ProbePort};
+use super::plan::{Mode, Plan, PoolPlan, VirtualPlan};
+use super::snat::{ProxyProtocol, Snat};
+use super::tls::{ClientAuth, SessionTickets, Terminate, Tls};
+
+/// A duration as `check` prints it (`5m`, `1s 500ms`).
+fn show(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
 
 impl fmt::Display for Plan {
     /// The resolved plan as `vipgate check` prints it: virtuals, their pool,
-    /// its members.
+    /// its members, then the admin endpoint, SNAT pools and monitors.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |d: Duration| humantime::format_duration(d).to_string();
         writeln!(
             f,
             "settings: drain_timeout {}, {} worker threads",
@@ -19,40 +27,54 @@ impl fmt::Display for Plan {
             self.settings.worker_threads
         )?;
         for virtual_server in &self.virtuals {
-            let pool = self.pool_of(virtual_server);
-            writeln!(
+            self.describe_virtual(f, virtual_server)?;
+            self.describe_pool(f, self.pool_of(virtual_server))?;
+        }
+        self.describe_services(f)
+    }
+}
+
+impl Plan {
+    /// The virtual's own lines: listener, timeouts, SNAT, TLS, mode.
+    fn describe_virtual(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        virtual_server: &VirtualPlan,
+    ) -> fmt::Result {
+        writeln!(
+            f,
+            "virtual {} listen {}",
+            virtual_server.name, virtual_server.listen
+        )?;
+        writeln!(
+            f,
+            "  idle_timeout {}, connect_timeout {}, connection_limit {}, backlog {}, zero_copy {}, tcp_keepalive {}",
+            show(virtual_server.idle_timeout),
+            show(virtual_server.connect_timeout),
+            virtual_server.connection_limit,
+            virtual_server.backlog,
+            virtual_server.zero_copy,
+            virtual_server.tcp_keepalive,
+        )?;
+        write!(f, "  snat {}", virtual_server.snat)?;
+        if let (Some(capacity), Snat::Pool(name)) =
+            (self.snat_capacity(virtual_server), &virtual_server.snat)
+        {
+            let snat = &self.snat_pools[name];
+            write!(
                 f,
-                "virtual {} listen {}",
-                virtual_server.name, virtual_server.listen
+                ": {} addresses x {} members x {} ports = {capacity} connections",
+                snat.addresses.len(),
+                self.pool_of(virtual_server).members.len(),
+                snat.ports()
             )?;
-            writeln!(
-                f,
-                "  idle_timeout {}, connect_timeout {}, connection_limit {}, backlog {}, zero_copy {}, tcp_keepalive {}",
-                show(virtual_server.idle_timeout),
-                show(virtual_server.connect_timeout),
-                virtual_server.connection_limit,
-                virtual_server.backlog,
-                virtual_server.zero_copy,
-                virtual_server.tcp_keepalive,
-            )?;
-            write!(f, "  snat {}", virtual_server.snat)?;
-            if let (Some(capacity), Snat::Pool(name)) =
-                (self.snat_capacity(virtual_server), &virtual_server.snat)
-            {
-                let snat = &self.snat_pools[name];
-                write!(
-                    f,
-                    ": {} addresses x {} members x {} ports = {capacity} connections",
-                    snat.addresses.len(),
-                    pool.members.len(),
-                    snat.ports()
-                )?;
-            }
-            if let Tls::Passthrough {
+        }
+        match &virtual_server.tls {
+            Tls::Off => {}
+            Tls::Passthrough {
                 sni_routes,
                 handshake_timeout,
-            } = &virtual_server.tls
-            {
+            } => {
                 write!(f, ", tls passthrough")?;
                 if !sni_routes.is_empty() {
                     let routes: Vec<String> = sni_routes
@@ -67,81 +89,60 @@ impl fmt::Display for Plan {
                     )?;
                 }
             }
-            if let Tls::Terminate(terminate) = &virtual_server.tls {
-                let mode = if terminate.plain_allowed {
-                    "auto"
-                } else {
-                    "terminate"
-                };
-                let certs: Vec<String> = terminate
-                    .certs
-                    .iter()
-                    .map(|c| format!("{} + {}", c.cert.display(), c.key.display()))
-                    .collect();
-                let clients = match &terminate.client_auth {
-                    ClientAuth::None => "not asked".to_string(),
-                    ClientAuth::Optional(ca) => format!("checked against {} if sent", ca.display()),
-                    ClientAuth::Required(ca) => {
-                        format!("required, checked against {}", ca.display())
-                    }
-                };
-                let tickets = match &terminate.tickets {
-                    SessionTickets::Off => "off".to_string(),
-                    SessionTickets::Shared(secret) => {
-                        format!("sealed with {}", secret.display())
-                    }
-                };
-                write!(
-                    f,
-                    ", tls {mode} (certificates {}; client certificates {clients}; session tickets {tickets})",
-                    certs.join(", ")
-                )?;
-            }
-            if virtual_server.proxy_protocol != ProxyProtocol::Off {
-                write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;
-            }
-            if let Mode::Http(http) = &virtual_server.mode {
-                write!(f, ", mode http ({})", http)?;
-            }
-            writeln!(f)?;
-            writeln!(f, "  -> pool {} ({})", pool.name, pool.algorithm)?;
+            Tls::Terminate(terminate) => describe_termination(f, terminate)?,
+        }
+        if virtual_server.proxy_protocol != ProxyProtocol::Off {
+            write!(f, ", proxy_protocol {:?}", virtual_server.proxy_protocol)?;
+        }
+        if let Mode::Http(http) = &virtual_server.mode {
+            write!(f, ", mode http ({})", http)?;
+        }
+        writeln!(f)
+    }
+
+    /// A virtual's pool and its members, with their monitors.
+    fn describe_pool(&self, f: &mut fmt::Formatter<'_>, pool: &PoolPlan) -> fmt::Result {
+        writeln!(f, "  -> pool {} ({})", pool.name, pool.algorithm)?;
+        writeln!(
+            f,
+            "     action_on_service_down {}, slow_ramp {}, min_active_members {}",
+            pool.action_on_service_down,
+            show(pool.slow_ramp),
+            pool.min_active_members
+        )?;
+        for member in &pool.members {
             writeln!(
                 f,
-                "     action_on_service_down {}, slow_ramp {}, min_active_members {}",
-                pool.action_on_service_down,
-                show(pool.slow_ramp),
-                pool.min_active_members
+                "     -> member {} (connection_limit {}, ratio {}, priority {}, {}, connect_rate_limit {})",
+                member.address,
+                member.connection_limit,
+                member.ratio,
+                member.priority,
+                member.admin,
+                member.connect_rate_limit,
             )?;
-            for member in &pool.members {
-                writeln!(
-                    f,
-                    "     -> member {} (connection_limit {}, ratio {}, priority {}, {}, connect_rate_limit {})",
-                    member.address,
-                    member.connection_limit,
-                    member.ratio,
-                    member.priority,
-                    member.admin,
-                    member.connect_rate_limit,
-                )?;
-                if let Some(route) = &member.route {
-                    writeln!(f, "        route: {route}")?;
-                }
-                writeln!(f, "        monitor: {}", member.monitor)?;
-                if let Some(node) = self.nodes.get(&member.address.ip()) {
-                    writeln!(f, "        node monitor: {}", node.monitor)?;
-                }
+            if let Some(route) = &member.route {
+                writeln!(f, "        route: {route}")?;
+            }
+            writeln!(f, "        monitor: {}", member.monitor)?;
+            if let Some(node) = self.nodes.get(&member.address.ip()) {
+                writeln!(f, "        node monitor: {}", node.monitor)?;
             }
         }
-        match &self.admin {
-            Admin::Off => {}
-            Admin::On { listen, auth } => writeln!(
+        Ok(())
+    }
+
+    /// What the virtuals share: the admin endpoint, SNAT pools, monitors.
+    fn describe_services(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Admin::On { listen, auth } = &self.admin {
+            writeln!(
                 f,
                 "admin on {listen} (/metrics, /status; changes {})",
                 match auth {
                     AdminAuth::Open => "open to anyone who reaches it".to_string(),
                     AdminAuth::Token(path) => format!("need the token in {}", path.display()),
                 }
-            )?,
+            )?;
         }
         for pool in self.snat_pools.values() {
             let addresses: Vec<String> = pool.addresses.iter().map(ToString::to_string).collect();
@@ -171,4 +172,33 @@ impl fmt::Display for Plan {
         }
         Ok(())
     }
+}
+
+/// `, tls terminate (certificates ...; client certificates ...; session
+/// tickets ...)`.
+fn describe_termination(f: &mut fmt::Formatter<'_>, terminate: &Terminate) -> fmt::Result {
+    let mode = if terminate.plain_allowed {
+        "auto"
+    } else {
+        "terminate"
+    };
+    let certs: Vec<String> = terminate
+        .certs
+        .iter()
+        .map(|c| format!("{} + {}", c.cert.display(), c.key.display()))
+        .collect();
+    let clients = match &terminate.client_auth {
+        ClientAuth::None => "not asked".to_string(),
+        ClientAuth::Optional(ca) => format!("checked against {} if sent", ca.display()),
+        ClientAuth::Required(ca) => format!("required, checked against {}", ca.display()),
+    };
+    let tickets = match &terminate.tickets {
+        SessionTickets::Off => "off".to_string(),
+        SessionTickets::Shared(secret) => format!("sealed with {}", secret.display()),
+    };
+    write!(
+        f,
+        ", tls {mode} (certificates {}; client certificates {clients}; session tickets {tickets})",
+        certs.join(", ")
+    )
 }

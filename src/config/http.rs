@@ -5,18 +5,28 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::*;
-use super::raw::*;
+use super::plan::{Mode, PoolPlan, VirtualMode, VirtualPlan};
+use super::raw::{RawConfig, RawDuration, RawVirtual};
+use super::snat::ProxyProtocol;
+use super::tls::{SessionTickets, Tls};
 use super::validate::Checker;
 
 /// Default `header_timeout`: 10 s for a client to send a request's headers.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default `keepalive_timeout`: 60 s between requests on one connection.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default `max_header_size`: 32 KiB of request line and headers.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+
+/// Shortest secret accepted for sealing cookies: 16 bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+// What it means: the plan.
 
 /// The settings of a `mode = "http"` virtual.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +104,27 @@ impl std::fmt::Display for HttpPlan {
     }
 }
 
-/// Shortest secret accepted for sealing cookies: 16 bytes.
-pub const MIN_SECRET_BYTES: usize = 16;
+// As written: the raw serde types.
+
+/// `persistence = { url_param = "jsessionid" }` or
+/// `persistence = { cookie = "GWELB", max_age = "8h" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub url_param: Option<Spanned<String>>,
+    pub in_cookie: Option<bool>,
+    pub cookie: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<RawDuration>>,
+}
+
+/// `[persistence]`: what every cookie-persistence virtual shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistenceSettings {
+    pub secret_file: Option<Spanned<String>>,
+}
+
+// From one to the other: validation.
 
 impl Checker<'_> {
     /// The `mode` of a virtual and, for HTTP, its settings. Keys that only

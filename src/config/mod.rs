@@ -1,10 +1,18 @@
-//! Configuration: `vipgate.toml` -> [`raw`] serde types -> one validation
-//! pass ([`validate`]) that collects every problem with its TOML path, line,
+//! Configuration: `vipgate.toml` -> `raw` serde types -> one validation
+//! pass (`validate`) that collects every problem with its TOML path, line,
 //! column and a hint -> a [`Plan`] with every default filled in.
 //!
 //! A configuration with any problem is refused whole: either all of it is
 //! valid and becomes a plan, or the operator gets the complete list of what
 //! to fix.
+//!
+//! Layout: the core (settings, pools, members, virtuals) is split into
+//! `raw` (the whole file as written), `plan` and `validate` (the
+//! `Checker` that collects problems, and the order of the pass). Each
+//! other concern, `admin`, `http`, `monitors`, `snat` and `tls`, is one
+//! file in the same shape: its plan types, its raw types, then its part of
+//! the validation. `describe` prints a plan for `vipgate check`; `paths`
+//! resolves file names against the configuration's folder.
 
 mod admin;
 mod describe;
@@ -23,20 +31,25 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use admin::DEFAULT_ADMIN_LISTEN;
+pub use admin::{Admin, AdminAuth, DEFAULT_ADMIN_LISTEN};
 pub use http::{
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_HEADER_SIZE, MIN_SECRET_BYTES,
+    CookieLifetime, HttpPlan, Persistence, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_HEADER_SIZE, MIN_SECRET_BYTES,
 };
-pub use plan::{
-    Admin, AdminAuth, AdminState, CertFiles, ClientAuth, ConnectionLimit, CookieLifetime, HttpPlan,
-    Keepalive, MemberPlan, MemberVerification, Mode, MonitorPlan, MonitorRule, MonitorType,
-    NodePlan, Persistence, Plan, PoolPlan, Probe, ProbePort, ProxyProtocol, RateLimit, Reencrypt,
-    ServiceDownAction, SessionTickets, Settings, Snat, SnatPoolPlan, SniRoute, StatusMatch,
-    Terminate, Tls, TlsMode, VirtualMode, VirtualPlan, DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+pub use monitors::{
+    MonitorPlan, MonitorRule, MonitorType, NodePlan, Probe, ProbePort, StatusMatch,
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
-pub use snat::SnatShare;
+pub use plan::{
+    AdminState, Algorithm, ConnectionLimit, Keepalive, MemberPlan, Mode, Plan, PoolPlan, RateLimit,
+    ServiceDownAction, Settings, VirtualMode, VirtualPlan, DEFAULT_BACKLOG,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
+pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
+pub use tls::{
+    CertFiles, ClientAuth, MemberVerification, Reencrypt, SessionTickets, SniRoute, Terminate, Tls,
+    TlsMode, DEFAULT_HANDSHAKE_TIMEOUT,
+};
 
 /// Why a configuration could not become a [`Plan`].
 #[derive(Debug, thiserror::Error)]

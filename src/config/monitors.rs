@@ -3,13 +3,264 @@
 //! members and `[nodes."IP"]`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
+use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::*;
-use super::raw::*;
+use super::raw::{RawConfig, RawDuration};
+use super::tls::{MemberVerification, RawPoolTls, Reencrypt};
 use super::validate::Checker;
+
+/// Default monitor `interval`: 5 s, as on F5.
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Default monitor `timeout`: 16 s, as on F5 (three intervals and a second).
+pub const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(16);
+
+// What it means: the plan.
+
+/// `[monitors.NAME]`: how to probe a member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorPlan {
+    pub name: String,
+    pub probe: Probe,
+    pub port: ProbePort,
+    /// Time between probes. Default 5 s.
+    pub interval: Duration,
+    /// A member is down when no probe succeeded for this long; also the most
+    /// one probe may take. Default 16 s.
+    pub timeout: Duration,
+}
+
+/// `type = "tcp" | "http" | "icmp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorType {
+    Tcp,
+    Http,
+    Icmp,
+}
+
+/// What one probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Connect; then, if `send` is not empty, send it; then, if `expect` is
+    /// not empty, read until it appears.
+    Tcp { send: String, expect: String },
+    /// `GET path` over HTTP/1.0 (over TLS when `tls` is on); up when the
+    /// status matches `expect_status` and, if `expect` is not empty, the
+    /// response (head and body, first 4 KiB) contains it.
+    Http {
+        path: String,
+        /// The `Host` header; empty: the probed address.
+        host: String,
+        expect_status: StatusMatch,
+        expect: String,
+        tls: Reencrypt,
+    },
+    /// An ICMP echo request to the address; up when the reply comes back.
+    Icmp,
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Tcp { send, expect } => {
+                f.write_str("tcp connect")?;
+                if !send.is_empty() {
+                    write!(f, ", send {send:?}")?;
+                }
+                if !expect.is_empty() {
+                    write!(f, ", expect {expect:?}")?;
+                }
+                Ok(())
+            }
+            Probe::Http {
+                path,
+                host,
+                expect_status,
+                expect,
+                tls,
+            } => {
+                let scheme = match tls {
+                    Reencrypt::Off => "http",
+                    Reencrypt::On { .. } => "https",
+                };
+                write!(f, "{scheme} GET {path}")?;
+                if !host.is_empty() {
+                    write!(f, " (Host: {host})")?;
+                }
+                write!(f, ", expect status {expect_status}")?;
+                if !expect.is_empty() {
+                    write!(f, " and {expect:?}")?;
+                }
+                Ok(())
+            }
+            Probe::Icmp => f.write_str("icmp echo"),
+        }
+    }
+}
+
+/// Which HTTP statuses an http monitor accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// Exactly this status (`expect_status = 200`).
+    Exactly(u16),
+    /// Any status of this class (`expect_status = "2xx"`: 2).
+    Class(u8),
+    /// Any HTTP answer at all (`expect_status = "any"`, F5's http monitor
+    /// without a receive string).
+    Any,
+}
+
+impl StatusMatch {
+    /// Whether `status` is accepted.
+    pub fn accepts(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Exactly(expected) => status == expected,
+            StatusMatch::Class(class) => status / 100 == u16::from(class),
+            StatusMatch::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusMatch::Exactly(status) => write!(f, "{status}"),
+            StatusMatch::Class(class) => write!(f, "{class}xx"),
+            StatusMatch::Any => f.write_str("any"),
+        }
+    }
+}
+
+/// Which port a monitor probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbePort {
+    /// The member's own port.
+    Member,
+    /// This port on the member's address (F5 `dest *:9070`).
+    Fixed(u16),
+}
+
+/// Which monitors must pass for a member or node to be up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorRule {
+    /// No monitor: always up.
+    Always,
+    /// Every one of these monitors (F5 `monitor all A and B`).
+    All(Vec<String>),
+    /// At least `min` of these (F5 `monitor min N of { A B C }`).
+    AtLeast { min: usize, of: Vec<String> },
+}
+
+impl MonitorRule {
+    pub fn monitors(&self) -> &[String] {
+        match self {
+            MonitorRule::Always => &[],
+            MonitorRule::All(names) | MonitorRule::AtLeast { of: names, .. } => names,
+        }
+    }
+}
+
+impl fmt::Display for MonitorRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MonitorRule::Always => f.write_str("none (always up)"),
+            MonitorRule::All(names) => write!(f, "all of {}", names.join(", ")),
+            MonitorRule::AtLeast { min, of } => write!(f, "at least {min} of {}", of.join(", ")),
+        }
+    }
+}
+
+/// `[nodes."IP"]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePlan {
+    pub address: IpAddr,
+    pub monitor: MonitorRule,
+}
+
+// As written: the raw serde types.
+
+/// `[monitors.NAME]`: one health probe.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    #[serde(rename = "type")]
+    pub kind: MonitorType,
+    pub port: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<RawDuration>>,
+    pub timeout: Option<Spanned<RawDuration>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<RawStatus>>,
+    pub tls: Option<Spanned<RawMonitorTls>>,
+}
+
+/// An http monitor's `expect_status`: `200`, `"2xx"` or `"any"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+/// An http monitor's `tls`: `true` (HTTPS without checking the member's
+/// certificate, as F5's https monitor) or a table as a pool's `tls`.
+#[derive(Debug)]
+pub enum RawMonitorTls {
+    On(bool),
+    Verified(RawPoolTls),
+}
+
+// By hand rather than `untagged`: an untagged enum buffers its input, and
+// the `Spanned` values inside the table cannot be read back from a buffer.
+impl<'de> Deserialize<'de> for RawMonitorTls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawMonitorTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, or a table such as { ca = \"ca.pem\" }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawMonitorTls, E> {
+                Ok(RawMonitorTls::On(on))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<RawMonitorTls, M::Error> {
+                let table =
+                    RawPoolTls::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawMonitorTls::Verified(table))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `monitor = { all = [...] }` or `monitor = { min = N, of = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitorRule {
+    pub all: Option<Vec<Spanned<String>>>,
+    pub min: Option<Spanned<i64>>,
+    pub of: Option<Vec<Spanned<String>>>,
+}
+
+/// `[nodes."IP"]`: monitors of a whole server address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub monitor: Option<Spanned<RawMonitorRule>>,
+}
+
+// From one to the other: validation.
 
 impl Checker<'_> {
     pub(super) fn monitors(&mut self, raw: &RawConfig) -> BTreeMap<String, MonitorPlan> {

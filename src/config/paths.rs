@@ -5,9 +5,12 @@
 //! wherever it is started from. Every path field of a [`Plan`] is listed
 //! here once, so a new one cannot be forgotten by `check` or `run`.
 
+use super::admin::{Admin, AdminAuth};
+use super::http::{HttpPlan, Persistence};
+use super::monitors::Probe;
+use super::plan::{Mode, Plan};
+use super::tls::{ClientAuth, MemberVerification, Reencrypt, SessionTickets, Tls};
 use std::path::{Path, PathBuf};
-
-use super::plan::*;
 
 impl Plan {
     /// Calls `visit` on every file path in the plan.

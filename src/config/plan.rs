@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pool::Algorithm;
-
-pub use super::admin::{Admin, AdminAuth};
-pub use super::http::{CookieLifetime, HttpPlan, Persistence};
+use super::admin::Admin;
+use super::http::HttpPlan;
+use super::monitors::{MonitorPlan, MonitorRule, NodePlan};
+use super::snat::{ProxyProtocol, Snat, SnatPoolPlan};
+use super::tls::{Reencrypt, Tls};
 
 /// Default `idle_timeout`: 300 s, as F5's default tcp profile.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -21,13 +22,16 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `settings.drain_timeout`: 30 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `tcp_keepalive.idle`: 60 s of silence before the first probe.
+pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Default `tcp_keepalive.interval`: 10 s between probes.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `tcp_keepalive.probes`: 6 unanswered probes close the connection.
+pub const DEFAULT_KEEPALIVE_PROBES: u32 = 6;
+/// Linux caps TCP_KEEPCNT at 127.
+pub const MAX_KEEPALIVE_PROBES: i64 = 127;
 /// Default listen backlog: 4096 pending connections.
 pub const DEFAULT_BACKLOG: u32 = 4096;
-/// Default monitor `interval`: 5 s, as on F5.
-pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
-/// Default monitor `timeout`: 16 s, as on F5 (three intervals and a second).
-pub const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(16);
-
 /// A whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -77,27 +81,6 @@ pub struct PoolPlan {
     pub min_active_members: usize,
     /// TLS toward the members.
     pub tls: Reencrypt,
-}
-
-/// Whether connections to a pool's members are wrapped in TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reencrypt {
-    Off,
-    On {
-        /// The name checked against the member's certificate (and sent as
-        /// SNI). Empty: the member's IP address.
-        server_name: String,
-        verify: MemberVerification,
-    },
-}
-
-/// How a member's certificate is checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MemberVerification {
-    /// Against this CA (PEM file).
-    Ca(std::path::PathBuf),
-    /// Not at all (`verify = false`): warned about at start.
-    Disabled,
 }
 
 /// A pool member: one address and port of a backend server.
@@ -173,157 +156,6 @@ pub enum Mode {
     Http(HttpPlan),
 }
 
-/// Default `tls.handshake_timeout`: 10 s.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `tls.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Bytes go through untouched; with `sni_routes`, the ClientHello's
-    /// server name picks the pool.
-    Passthrough,
-    /// vipgate ends TLS and sends plain bytes to the members.
-    Terminate,
-    /// Per connection: TLS is terminated, anything else goes through as
-    /// plain TCP (one port for both).
-    Auto,
-}
-
-/// What a virtual does with TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tls {
-    /// Plain TCP (or TLS vipgate does not look at).
-    Off,
-    Passthrough {
-        /// Most time a client may take to send its ClientHello when it
-        /// must be read for routing.
-        handshake_timeout: Duration,
-        /// In order: exact names first, then `*.domain` suffixes (longest
-        /// first). Empty: no routing, the virtual's pool for everyone.
-        sni_routes: Vec<SniRoute>,
-    },
-    /// `terminate` or, with `plain_allowed`, `auto`.
-    Terminate(Terminate),
-}
-
-/// How vipgate ends TLS for a virtual.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Terminate {
-    /// `auto`: a connection that does not start with a TLS record is
-    /// proxied as plain TCP.
-    pub plain_allowed: bool,
-    /// Most time a client may take to complete its handshake.
-    pub handshake_timeout: std::time::Duration,
-    /// Certificate chains and keys; the first is the default when no
-    /// certificate matches the client's server name.
-    pub certs: Vec<CertFiles>,
-    pub client_auth: ClientAuth,
-    /// ALPN protocols offered, in order of preference. Empty: none.
-    pub alpn: Vec<String>,
-    /// Session tickets (TLS 1.2 and 1.3 resumption).
-    pub tickets: SessionTickets,
-}
-
-/// How a terminating virtual issues session tickets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionTickets {
-    /// None: every client makes a full handshake with another node.
-    Off,
-    /// Sealed with keys derived from the pair's shared secret (this file),
-    /// rotated on a schedule every node computes alike, so a client
-    /// resumes on either node of a pair.
-    Shared(std::path::PathBuf),
-}
-
-/// PEM files of one certificate chain and its private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertFiles {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
-
-/// Client certificates (mutual TLS).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientAuth {
-    None,
-    /// Verified against this CA when presented; clients without one are
-    /// let in.
-    Optional(std::path::PathBuf),
-    /// Required, and verified against this CA.
-    Required(std::path::PathBuf),
-}
-
-/// One `sni_routes` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SniRoute {
-    /// Lower-case: `csp-a.example`, `*.example` (any name below it).
-    pub pattern: String,
-    pub pool: String,
-}
-
-impl SniRoute {
-    /// Whether `name` (lower-case) matches.
-    pub fn matches(&self, name: &str) -> bool {
-        match self.pattern.strip_prefix("*.") {
-            Some(domain) => {
-                name.len() > domain.len() + 1
-                    && name.ends_with(domain)
-                    && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
-            }
-            None => self.pattern == name,
-        }
-    }
-}
-
-/// `snat = "none" | "automap" | "POOL"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Snat {
-    /// The kernel picks the source address and port. Default.
-    None,
-    /// The local address facing each member (F5 SNAT automap), with the
-    /// kernel's port choice.
-    Automap,
-    /// The named `[snat_pools.NAME]`.
-    Pool(String),
-}
-
-/// `[snat_pools.NAME]`: source addresses and the port range of each.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SnatPoolPlan {
-    pub name: String,
-    pub addresses: Vec<IpAddr>,
-    pub first_port: u16,
-    pub last_port: u16,
-}
-
-impl SnatPoolPlan {
-    /// Ports per address toward one member.
-    pub fn ports(&self) -> u64 {
-        u64::from(self.last_port - self.first_port) + 1
-    }
-}
-
-/// `proxy_protocol = "v1" | "v2"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProxyProtocol {
-    #[default]
-    Off,
-    V1,
-    V2,
-}
-
-impl fmt::Display for Snat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Snat::None => f.write_str("none"),
-            Snat::Automap => f.write_str("automap"),
-            Snat::Pool(name) => write!(f, "pool {name}"),
-        }
-    }
-}
-
 impl Plan {
     /// Connections a virtual's SNAT pool can carry at once: addresses x
     /// members x ports. `None` when it has no SNAT pool.
@@ -362,167 +194,6 @@ impl fmt::Display for ConnectionLimit {
             ConnectionLimit::At(limit) => write!(f, "{limit}"),
         }
     }
-}
-
-/// `[monitors.NAME]`: how to probe a member.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MonitorPlan {
-    pub name: String,
-    pub probe: Probe,
-    pub port: ProbePort,
-    /// Time between probes. Default 5 s.
-    pub interval: Duration,
-    /// A member is down when no probe succeeded for this long; also the most
-    /// one probe may take. Default 16 s.
-    pub timeout: Duration,
-}
-
-/// `type = "tcp" | "http" | "icmp"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MonitorType {
-    Tcp,
-    Http,
-    Icmp,
-}
-
-/// What one probe does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
-    /// Connect; then, if `send` is not empty, send it; then, if `expect` is
-    /// not empty, read until it appears.
-    Tcp { send: String, expect: String },
-    /// `GET path` over HTTP/1.0 (over TLS when `tls` is on); up when the
-    /// status matches `expect_status` and, if `expect` is not empty, the
-    /// response (head and body, first 4 KiB) contains it.
-    Http {
-        path: String,
-        /// The `Host` header; empty: the probed address.
-        host: String,
-        expect_status: StatusMatch,
-        expect: String,
-        tls: Reencrypt,
-    },
-    /// An ICMP echo request to the address; up when the reply comes back.
-    Icmp,
-}
-
-impl fmt::Display for Probe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Probe::Tcp { send, expect } => {
-                f.write_str("tcp connect")?;
-                if !send.is_empty() {
-                    write!(f, ", send {send:?}")?;
-                }
-                if !expect.is_empty() {
-                    write!(f, ", expect {expect:?}")?;
-                }
-                Ok(())
-            }
-            Probe::Http {
-                path,
-                host,
-                expect_status,
-                expect,
-                tls,
-            } => {
-                let scheme = match tls {
-                    Reencrypt::Off => "http",
-                    Reencrypt::On { .. } => "https",
-                };
-                write!(f, "{scheme} GET {path}")?;
-                if !host.is_empty() {
-                    write!(f, " (Host: {host})")?;
-                }
-                write!(f, ", expect status {expect_status}")?;
-                if !expect.is_empty() {
-                    write!(f, " and {expect:?}")?;
-                }
-                Ok(())
-            }
-            Probe::Icmp => f.write_str("icmp echo"),
-        }
-    }
-}
-
-/// Which HTTP statuses an http monitor accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusMatch {
-    /// Exactly this status (`expect_status = 200`).
-    Exactly(u16),
-    /// Any status of this class (`expect_status = "2xx"`: 2).
-    Class(u8),
-    /// Any HTTP answer at all (`expect_status = "any"`, F5's http monitor
-    /// without a receive string).
-    Any,
-}
-
-impl StatusMatch {
-    /// Whether `status` is accepted.
-    pub fn accepts(self, status: u16) -> bool {
-        match self {
-            StatusMatch::Exactly(expected) => status == expected,
-            StatusMatch::Class(class) => status / 100 == u16::from(class),
-            StatusMatch::Any => true,
-        }
-    }
-}
-
-impl fmt::Display for StatusMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StatusMatch::Exactly(status) => write!(f, "{status}"),
-            StatusMatch::Class(class) => write!(f, "{class}xx"),
-            StatusMatch::Any => f.write_str("any"),
-        }
-    }
-}
-
-/// Which port a monitor probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbePort {
-    /// The member's own port.
-    Member,
-    /// This port on the member's address (F5 `dest *:9070`).
-    Fixed(u16),
-}
-
-/// Which monitors must pass for a member or node to be up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MonitorRule {
-    /// No monitor: always up.
-    Always,
-    /// Every one of these monitors (F5 `monitor all A and B`).
-    All(Vec<String>),
-    /// At least `min` of these (F5 `monitor min N of { A B C }`).
-    AtLeast { min: usize, of: Vec<String> },
-}
-
-impl MonitorRule {
-    pub fn monitors(&self) -> &[String] {
-        match self {
-            MonitorRule::Always => &[],
-            MonitorRule::All(names) | MonitorRule::AtLeast { of: names, .. } => names,
-        }
-    }
-}
-
-impl fmt::Display for MonitorRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MonitorRule::Always => f.write_str("none (always up)"),
-            MonitorRule::All(names) => write!(f, "all of {}", names.join(", ")),
-            MonitorRule::AtLeast { min, of } => write!(f, "at least {min} of {}", of.join(", ")),
-        }
-    }
-}
-
-/// `[nodes."IP"]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodePlan {
-    pub address: IpAddr,
-    pub monitor: MonitorRule,
 }
 
 /// A member's administrative state. Stored in an atomic as its `u8`.
@@ -648,5 +319,31 @@ impl Plan {
     /// The pool a virtual points at. Validation guarantees it exists.
     pub fn pool_of(&self, virtual_server: &VirtualPlan) -> &PoolPlan {
         &self.pools[&virtual_server.pool]
+    }
+}
+
+/// `algorithm = "..."` in a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Each new connection goes to the next eligible member in list order.
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round-robin: member `ratio`s set the shares, and the
+    /// turns are interleaved (5:1 gives A A B A A A, not A A A A A B).
+    Ratio,
+    /// The eligible member with the fewest open connections per unit of
+    /// `ratio`. With long-lived connections this is what evens a pool out
+    /// again after a member fails and recovers.
+    LeastConnections,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Ratio => "ratio",
+            Algorithm::LeastConnections => "least-connections",
+        })
     }
 }

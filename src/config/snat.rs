@@ -3,16 +3,115 @@
 //! operator expects.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 
+use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::*;
-use super::raw::*;
+use super::plan::{Plan, PoolPlan, VirtualPlan};
+use super::raw::RawConfig;
 use super::validate::Checker;
 
 /// Default `ports` of a SNAT pool: every unprivileged port.
 const DEFAULT_PORTS: (u16, u16) = (1024, 65535);
+
+// What it means: the plan.
+
+/// This node's share of every SNAT pool in an active/active group
+/// (`--snat-share 2/3`): nodes with the same configuration must not lease
+/// the same source ports toward a member, so each takes one of `parts`
+/// equal slices of every pool's port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatShare {
+    /// 1-based.
+    pub part: u16,
+    pub parts: u16,
+}
+
+impl std::str::FromStr for SnatShare {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<SnatShare, String> {
+        let invalid =
+            || format!("\"{text}\" is not a share; write K/N, e.g. 1/2 on the first node of two");
+        let (part, parts) = text.split_once('/').ok_or_else(invalid)?;
+        let part: u16 = part.trim().parse().map_err(|_| invalid())?;
+        let parts: u16 = parts.trim().parse().map_err(|_| invalid())?;
+        if part == 0 || part > parts || parts > 64 {
+            return Err(format!(
+                "{text}: the part must be from 1 to N, and N at most 64"
+            ));
+        }
+        Ok(SnatShare { part, parts })
+    }
+}
+
+impl std::fmt::Display for SnatShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.part, self.parts)
+    }
+}
+
+/// `snat = "none" | "automap" | "POOL"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snat {
+    /// The kernel picks the source address and port. Default.
+    None,
+    /// The local address facing each member (F5 SNAT automap), with the
+    /// kernel's port choice.
+    Automap,
+    /// The named `[snat_pools.NAME]`.
+    Pool(String),
+}
+
+impl fmt::Display for Snat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Snat::None => f.write_str("none"),
+            Snat::Automap => f.write_str("automap"),
+            Snat::Pool(name) => write!(f, "pool {name}"),
+        }
+    }
+}
+
+/// `[snat_pools.NAME]`: source addresses and the port range of each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnatPoolPlan {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
+impl SnatPoolPlan {
+    /// Ports per address toward one member.
+    pub fn ports(&self) -> u64 {
+        u64::from(self.last_port - self.first_port) + 1
+    }
+}
+
+/// `proxy_protocol = "v1" | "v2"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+// As written: the raw serde types.
+
+/// `[snat_pools.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSnatPool {
+    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ports: Option<Spanned<String>>,
+}
+
+// From one to the other: validation.
 
 impl Checker<'_> {
     pub(super) fn snat_pools(&mut self, raw: &RawConfig) -> BTreeMap<String, SnatPoolPlan> {
@@ -163,41 +262,6 @@ impl Checker<'_> {
                 ));
             }
         }
-    }
-}
-
-/// This node's share of every SNAT pool in an active/active group
-/// (`--snat-share 2/3`): nodes with the same configuration must not lease
-/// the same source ports toward a member, so each takes one of `parts`
-/// equal slices of every pool's port range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SnatShare {
-    /// 1-based.
-    pub part: u16,
-    pub parts: u16,
-}
-
-impl std::str::FromStr for SnatShare {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<SnatShare, String> {
-        let invalid =
-            || format!("\"{text}\" is not a share; write K/N, e.g. 1/2 on the first node of two");
-        let (part, parts) = text.split_once('/').ok_or_else(invalid)?;
-        let part: u16 = part.trim().parse().map_err(|_| invalid())?;
-        let parts: u16 = parts.trim().parse().map_err(|_| invalid())?;
-        if part == 0 || part > parts || parts > 64 {
-            return Err(format!(
-                "{text}: the part must be from 1 to N, and N at most 64"
-            ));
-        }
-        Ok(SnatShare { part, parts })
-    }
-}
-
-impl std::fmt::Display for SnatShare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.part, self.parts)
     }
 }
 

@@ -522,7 +522,7 @@ fn member_and_pool_balancing_settings() {
         );
     let plan = parse(&text, "t").unwrap();
     let pool = &plan.pools["poolCSP01"];
-    assert_eq!(pool.algorithm, crate::pool::Algorithm::LeastConnections);
+    assert_eq!(pool.algorithm, crate::config::Algorithm::LeastConnections);
     assert_eq!(pool.action_on_service_down, ServiceDownAction::Reset);
     assert_eq!(pool.slow_ramp, Duration::from_secs(60));
     assert_eq!(pool.min_active_members, 1);
@@ -697,4 +697,22 @@ fn pool_reencryption_settings() {
     assert!(problem.hint.unwrap().contains("verify = false"));
     let problem = only_problem(&with("{ ca = \"ca.pem\", server_name = \"bad name!\" }"));
     assert_eq!(problem.key, "pools.poolCSP01.tls.server_name");
+}
+
+#[test]
+fn algorithm_names_parse() {
+    #[derive(serde::Deserialize)]
+    struct Holder {
+        algorithm: Algorithm,
+    }
+    for (name, algorithm) in [
+        ("round-robin", Algorithm::RoundRobin),
+        ("ratio", Algorithm::Ratio),
+        ("least-connections", Algorithm::LeastConnections),
+    ] {
+        let holder: Holder = toml::from_str(&format!("algorithm = \"{name}\"")).unwrap();
+        assert_eq!(holder.algorithm, algorithm);
+        assert_eq!(algorithm.to_string(), name);
+    }
+    assert!(toml::from_str::<Holder>("algorithm = \"fastest\"").is_err());
 }

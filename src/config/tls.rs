@@ -1,12 +1,175 @@
 //! Validation of a virtual's `tls` table.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use serde::Deserialize;
 use toml::Spanned;
 
-use super::plan::*;
-use super::raw::*;
+use super::raw::{RawConfig, RawDuration};
 use super::validate::Checker;
+
+/// Default `tls.handshake_timeout`: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// What it means: the plan.
+
+/// What a virtual does with TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP (or TLS vipgate does not look at).
+    Off,
+    Passthrough {
+        /// Most time a client may take to send its ClientHello when it
+        /// must be read for routing.
+        handshake_timeout: Duration,
+        /// In order: exact names first, then `*.domain` suffixes (longest
+        /// first). Empty: no routing, the virtual's pool for everyone.
+        sni_routes: Vec<SniRoute>,
+    },
+    /// `terminate` or, with `plain_allowed`, `auto`.
+    Terminate(Terminate),
+}
+
+/// `tls.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Bytes go through untouched; with `sni_routes`, the ClientHello's
+    /// server name picks the pool.
+    Passthrough,
+    /// vipgate ends TLS and sends plain bytes to the members.
+    Terminate,
+    /// Per connection: TLS is terminated, anything else goes through as
+    /// plain TCP (one port for both).
+    Auto,
+}
+
+/// How vipgate ends TLS for a virtual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminate {
+    /// `auto`: a connection that does not start with a TLS record is
+    /// proxied as plain TCP.
+    pub plain_allowed: bool,
+    /// Most time a client may take to complete its handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// Certificate chains and keys; the first is the default when no
+    /// certificate matches the client's server name.
+    pub certs: Vec<CertFiles>,
+    pub client_auth: ClientAuth,
+    /// ALPN protocols offered, in order of preference. Empty: none.
+    pub alpn: Vec<String>,
+    /// Session tickets (TLS 1.2 and 1.3 resumption).
+    pub tickets: SessionTickets,
+}
+
+/// How a terminating virtual issues session tickets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionTickets {
+    /// None: every client makes a full handshake with another node.
+    Off,
+    /// Sealed with keys derived from the pair's shared secret (this file),
+    /// rotated on a schedule every node computes alike, so a client
+    /// resumes on either node of a pair.
+    Shared(std::path::PathBuf),
+}
+
+/// PEM files of one certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Client certificates (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    /// Verified against this CA when presented; clients without one are
+    /// let in.
+    Optional(std::path::PathBuf),
+    /// Required, and verified against this CA.
+    Required(std::path::PathBuf),
+}
+
+/// One `sni_routes` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Lower-case: `csp-a.example`, `*.example` (any name below it).
+    pub pattern: String,
+    pub pool: String,
+}
+
+impl SniRoute {
+    /// Whether `name` (lower-case) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.pattern.strip_prefix("*.") {
+            Some(domain) => {
+                name.len() > domain.len() + 1
+                    && name.ends_with(domain)
+                    && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+            }
+            None => self.pattern == name,
+        }
+    }
+}
+
+/// Whether connections to a pool's members are wrapped in TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reencrypt {
+    Off,
+    On {
+        /// The name checked against the member's certificate (and sent as
+        /// SNI). Empty: the member's IP address.
+        server_name: String,
+        verify: MemberVerification,
+    },
+}
+
+/// How a member's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberVerification {
+    /// Against this CA (PEM file).
+    Ca(std::path::PathBuf),
+    /// Not at all (`verify = false`): warned about at start.
+    Disabled,
+}
+
+// As written: the raw serde types.
+
+/// `tls = { mode = "passthrough", sni_routes = { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub mode: TlsMode,
+    pub handshake_timeout: Option<Spanned<RawDuration>>,
+    pub sni_routes: Option<BTreeMap<String, Spanned<String>>>,
+    pub certs: Option<Spanned<Vec<RawCert>>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub require_client_cert: Option<bool>,
+    pub alpn: Option<Vec<String>>,
+    pub session_tickets: Option<Spanned<bool>>,
+}
+
+/// `{ cert = "chain.pem", key = "key.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// A pool's `tls = { ca = "...", server_name = "..." }`: re-encryption
+/// toward its members.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub verify: Option<bool>,
+}
+
+// From one to the other: validation.
 
 impl Checker<'_> {
     pub(super) fn tls(

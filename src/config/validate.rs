@@ -10,8 +10,17 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::plan::*;
-use super::raw::*;
+use super::monitors::MonitorRule;
+use super::plan::{
+    ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, RateLimit, Settings, VirtualPlan,
+    DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_PROBES,
+    MAX_KEEPALIVE_PROBES,
+};
+use super::raw::{
+    RawConfig, RawDuration, RawKeepalive, RawMember, RawPool, RawSettings, RawVirtual,
+};
+use super::tls::{Reencrypt, Tls};
 use super::{Location, Problem};
 
 /// Turns a parsed file into a plan, or lists everything wrong with it.
@@ -128,18 +137,12 @@ impl Checker<'_> {
             None => Duration::ZERO,
             Some(value) => self.duration(&format!("{key}.slow_ramp"), Some(value), Duration::ZERO),
         };
-        let min_active_members = match &pool.min_active_members {
-            None => 0,
-            Some(value) => self
-                .integer_in(
-                    &format!("{key}.min_active_members"),
-                    value,
-                    0,
-                    65535,
-                    "a member count",
-                )
-                .unwrap_or(0),
-        };
+        let min_active_members = self.integer_or(
+            &format!("{key}.min_active_members"),
+            pool.min_active_members.as_ref(),
+            (0, 65535, "a member count"),
+            0,
+        );
         let Some(members) = pool.members.as_ref().filter(|m| !m.get_ref().is_empty()) else {
             self.report(
                 &format!("{key}.members"),
@@ -154,97 +157,9 @@ impl Checker<'_> {
         let mut planned: Vec<MemberPlan> = Vec::with_capacity(members.get_ref().len());
         for (index, member) in members.get_ref().iter().enumerate() {
             let member_key = format!("{key}.members[{index}]");
-            let raw_member = member.get_ref();
-            let address = self.address(&format!("{member_key}.address"), &raw_member.address);
-            let connection_limit = self.limit(
-                &format!("{member_key}.connection_limit"),
-                raw_member.connection_limit.as_ref(),
-            );
-            let monitor = match &raw_member.monitor {
-                None => pool_monitor.clone(),
-                Some(rule) => self.rule(&format!("{member_key}.monitor"), rule, file),
-            };
-            let ratio = match &raw_member.ratio {
-                None => 1,
-                Some(value) => self
-                    .integer_in(&format!("{member_key}.ratio"), value, 1, 100, "a weight")
-                    .unwrap_or(1) as u32,
-            };
-            let priority = match &raw_member.priority {
-                None => 0,
-                Some(value) => self
-                    .integer_in(
-                        &format!("{member_key}.priority"),
-                        value,
-                        0,
-                        65535,
-                        "a priority",
-                    )
-                    .unwrap_or(0) as i64,
-            };
-            let connect_rate_limit = match &raw_member.connect_rate_limit {
-                None => RateLimit::Unlimited,
-                Some(value) => match self.integer_in(
-                    &format!("{member_key}.connect_rate_limit"),
-                    value,
-                    0,
-                    1_000_000,
-                    "new connections per second (0: unlimited)",
-                ) {
-                    Some(0) | None => RateLimit::Unlimited,
-                    Some(rate) => RateLimit::PerSecond(rate as u32),
-                },
-            };
-            let route = match &raw_member.route {
-                None => None,
-                Some(value) => {
-                    let route = self.route(&format!("{member_key}.route"), value);
-                    if let Some(first) = planned
-                        .iter()
-                        .position(|m| m.route.is_some() && m.route == route)
-                    {
-                        self.report(
-                            &format!("{member_key}.route"),
-                            Some(value.span()),
-                            format!(
-                                "route \"{}\" is also the route of members[{first}]",
-                                value.get_ref()
-                            ),
-                            Some("give each member of a pool its own route".into()),
-                        );
-                    }
-                    route
-                }
-            };
-            let Some(address) = address else { continue };
-            if address.port() == 0 {
-                self.report(
-                    &format!("{member_key}.address"),
-                    Some(raw_member.address.span()),
-                    format!("member {address} has port 0, which nothing can connect to"),
-                    Some("give the port the member listens on".into()),
-                );
-                continue;
+            if let Some(member) = self.member(&member_key, member, &pool_monitor, &planned, file) {
+                planned.push(member);
             }
-            if let Some(first) = planned.iter().position(|m| m.address == address) {
-                self.report(
-                    &format!("{member_key}.address"),
-                    Some(raw_member.address.span()),
-                    format!("member {address} is listed twice (also at members[{first}])"),
-                    Some("remove one of them; a member is identified by its address".into()),
-                );
-                continue;
-            }
-            planned.push(MemberPlan {
-                address,
-                connection_limit,
-                monitor,
-                ratio,
-                priority,
-                admin: raw_member.state.unwrap_or_default(),
-                connect_rate_limit,
-                route,
-            });
         }
         Some(PoolPlan {
             name: name.to_string(),
@@ -257,6 +172,99 @@ impl Checker<'_> {
                 None => Reencrypt::Off,
                 Some(tls) => self.reencrypt(&format!("{key}.tls"), tls),
             },
+        })
+    }
+
+    /// One member of a pool; `before` are the members already planned
+    /// (addresses and routes must be unique in a pool).
+    fn member(
+        &mut self,
+        key: &str,
+        member: &Spanned<RawMember>,
+        pool_monitor: &MonitorRule,
+        before: &[MemberPlan],
+        file: &RawConfig,
+    ) -> Option<MemberPlan> {
+        let raw_member = member.get_ref();
+        let address = self.address(&format!("{key}.address"), &raw_member.address);
+        let connection_limit = self.limit(
+            &format!("{key}.connection_limit"),
+            raw_member.connection_limit.as_ref(),
+        );
+        let monitor = match &raw_member.monitor {
+            None => pool_monitor.clone(),
+            Some(rule) => self.rule(&format!("{key}.monitor"), rule, file),
+        };
+        let ratio = self.integer_or(
+            &format!("{key}.ratio"),
+            raw_member.ratio.as_ref(),
+            (1, 100, "a weight"),
+            1,
+        ) as u32;
+        let priority = self.integer_or(
+            &format!("{key}.priority"),
+            raw_member.priority.as_ref(),
+            (0, 65535, "a priority"),
+            0,
+        ) as i64;
+        let connect_rate_limit = match self.integer_or(
+            &format!("{key}.connect_rate_limit"),
+            raw_member.connect_rate_limit.as_ref(),
+            (0, 1_000_000, "new connections per second (0: unlimited)"),
+            0,
+        ) {
+            0 => RateLimit::Unlimited,
+            rate => RateLimit::PerSecond(rate as u32),
+        };
+        let route = match &raw_member.route {
+            None => None,
+            Some(value) => {
+                let route = self.route(&format!("{key}.route"), value);
+                if let Some(first) = before
+                    .iter()
+                    .position(|m| m.route.is_some() && m.route == route)
+                {
+                    self.report(
+                        &format!("{key}.route"),
+                        Some(value.span()),
+                        format!(
+                            "route \"{}\" is also the route of members[{first}]",
+                            value.get_ref()
+                        ),
+                        Some("give each member of a pool its own route".into()),
+                    );
+                }
+                route
+            }
+        };
+        let address = address?;
+        if address.port() == 0 {
+            self.report(
+                &format!("{key}.address"),
+                Some(raw_member.address.span()),
+                format!("member {address} has port 0, which nothing can connect to"),
+                Some("give the port the member listens on".into()),
+            );
+            return None;
+        }
+        if let Some(first) = before.iter().position(|m| m.address == address) {
+            self.report(
+                &format!("{key}.address"),
+                Some(raw_member.address.span()),
+                format!("member {address} is listed twice (also at members[{first}])"),
+                Some("remove one of them; a member is identified by its address".into()),
+            );
+            return None;
+        }
+        Some(MemberPlan {
+            address,
+            connection_limit,
+            monitor,
+            ratio,
+            priority,
+            admin: raw_member.state.unwrap_or_default(),
+            connect_rate_limit,
+            route,
         })
     }
 
@@ -393,18 +401,23 @@ impl Checker<'_> {
         let idle = self.duration(
             &format!("{key}.idle"),
             raw.idle.as_ref(),
-            Duration::from_secs(60),
+            DEFAULT_KEEPALIVE_IDLE,
         );
         let interval = self.duration(
             &format!("{key}.interval"),
             raw.interval.as_ref(),
-            Duration::from_secs(10),
+            DEFAULT_KEEPALIVE_INTERVAL,
         );
         let probes = match &raw.probes {
-            None => Some(6),
-            // Linux caps TCP_KEEPCNT at 127.
+            None => Some(DEFAULT_KEEPALIVE_PROBES),
             Some(value) => self
-                .integer_in(&format!("{key}.probes"), value, 1, 127, "a probe count")
+                .integer_in(
+                    &format!("{key}.probes"),
+                    value,
+                    1,
+                    MAX_KEEPALIVE_PROBES,
+                    "a probe count",
+                )
                 .map(|n| n as u32),
         };
         Some(Keepalive::On {
@@ -532,6 +545,20 @@ impl Checker<'_> {
             );
             None
         }
+    }
+
+    /// An optional integer within `range` (low, high, what it is); `default`
+    /// when absent or out of range (then reported).
+    pub(super) fn integer_or(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+        (low, high, what): (i64, i64, &str),
+        default: usize,
+    ) -> usize {
+        value
+            .and_then(|value| self.integer_in(key, value, low, high, what))
+            .unwrap_or(default)
     }
 
     /// Two virtuals cannot listen on the same address, and a wildcard

@@ -3,7 +3,7 @@
 //! turned into a vipgate configuration, with a report of what changed and
 //! what was not carried over.
 //!
-//! - [`syntax`]: lexer and parser into statements, with line and column;
+//! - `syntax`: lexer and parser into statements, with line and column;
 //! - `words`: names, addresses, service-name ports, template placeholders,
 //!   and statements split into attributes;
 //! - `model` (with `monitors`, `pools`, `virtuals`, `profiles`): the F5

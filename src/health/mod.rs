@@ -37,6 +37,7 @@ use crate::config::{
     MemberPlan, MonitorPlan, MonitorRule, Plan, Probe, ProbePort, ServiceDownAction,
 };
 use crate::pool::{Health, MemberHealth, MemberRegistry};
+use crate::sync::lock;
 use probe::Prober;
 
 /// One monitor aimed at one address.
@@ -85,10 +86,7 @@ impl ProbeStatus {
     }
 
     fn record(&self) -> ProbeRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.record).clone()
     }
 
     /// The probe's health and the detail of its last attempt.
@@ -99,7 +97,7 @@ impl ProbeStatus {
 
     /// Folds one attempt in; true if the probe's health changed.
     fn update(&self, result: Result<(), String>, timeout: Duration) -> bool {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = lock(&self.record);
         let before = record.health;
         match result {
             Ok(()) => {

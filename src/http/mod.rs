@@ -34,6 +34,7 @@ use crate::dial::Dialer;
 use crate::pool::Pool;
 use crate::stats::VirtualStats;
 use crate::streams::Front;
+use crate::sync::lock;
 use client_io::{ClientIo, Phase, Timeouts};
 use members::MemberConnections;
 use persistence::CookieSeal;
@@ -162,11 +163,7 @@ pub(crate) async fn serve(
     if let Err(error) = result {
         tracing::debug!(target: "vipgate::connection", virtual_server = %connection.http.name, client = %peer, %error, "HTTP connection ended with an error");
     }
-    let tunnel = connection
-        .tunnel
-        .lock()
-        .map(|mut tunnel| tunnel.take())
-        .unwrap_or(None);
+    let tunnel = lock(&connection.tunnel).take();
     if let Some(tunnel) = tunnel {
         tunnel.run(&connection, &close).await;
     }

@@ -185,6 +185,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -291,6 +293,37 @@ mod tests {
             "v1.00.0.00.00",
         ] {
             assert_eq!(seal.open(bad, 0), Err(TokenError::Malformed), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn persistence_parsers_never_panic(text in "\\PC{0,200}", name in "[a-zA-Z]{1,12}") {
+            let _ = url_param_route(&text, &name);
+            let _ = cookie_value(&text, &name);
+            let _ = cookie_value_any_case(&text, &name);
+            let _ = route_of(&text);
+            let seal = CookieSeal::new(b"property test secret");
+            let _ = seal.open(&text, 1);
+        }
+
+        #[test]
+        fn sealed_tokens_open_to_their_member_and_mutations_never_do(
+            member in "[ -~]{0,40}",
+            flip in any::<prop::sample::Index>(),
+            replacement in "[0-9a-f.v]",
+        ) {
+            let seal = CookieSeal::new(b"property test secret");
+            let token = seal.seal(&member, 0);
+            prop_assert_eq!(seal.open(&token, 1).map(|t| t.member), Ok(member.clone()));
+            let at = flip.index(token.len());
+            let mut mutated = token.clone();
+            mutated.replace_range(at..at + 1, &replacement);
+            if mutated != token {
+                prop_assert!(seal.open(&mutated, 1).is_err(), "{} opened", mutated);
+            }
         }
     }
 }

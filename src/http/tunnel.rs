@@ -18,6 +18,7 @@ use super::Connection;
 use crate::dial::DialError;
 use crate::pool::MemberSlot;
 use crate::snat::SourceLease;
+use crate::sync::lock;
 
 /// Both ends of an upgrade, waiting for hyper to let go of them.
 pub(super) struct Tunnel {
@@ -61,14 +62,12 @@ pub(super) async fn send(
         Ok(Ok(mut response)) => {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let member = hyper::upgrade::on(&mut response);
-                if let Ok(mut pending) = connection.tunnel.lock() {
-                    *pending = Some(Tunnel {
-                        client,
-                        member,
-                        _lease: lease,
-                        slot: None,
-                    });
-                }
+                *lock(&connection.tunnel) = Some(Tunnel {
+                    client,
+                    member,
+                    _lease: lease,
+                    slot: None,
+                });
             }
             Sent::Answered(response, sender)
         }
@@ -79,12 +78,12 @@ pub(super) async fn send(
 /// (a member switching protocols unasked is answered 502). Hands the
 /// tunnel the member's request slot.
 pub(super) fn arrange(connection: &Connection, slot: MemberSlot) -> bool {
-    match connection.tunnel.lock().as_deref_mut() {
-        Ok(Some(tunnel)) => {
+    match lock(&connection.tunnel).as_mut() {
+        Some(tunnel) => {
             tunnel.slot = Some(slot);
             true
         }
-        _ => false,
+        None => false,
     }
 }
 

@@ -58,7 +58,7 @@ impl MemberState {
         .expect("constant histogram options are valid");
         MemberState {
             address,
-            admin: AtomicU8::new(0),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),

@@ -8,7 +8,7 @@
 //! members that did not change. Choosing a member reads these atomics and
 //! takes no lock.
 //!
-//! [`selection`] holds the algorithms; this module decides which members
+//! `selection` holds the algorithms; this module decides which members
 //! they may choose from: healthy, enabled, under their limits, in the active
 //! priority group, and not yet tried for this connection.
 
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use member::{ByteCounts, MemberCounts, MemberSlot, MemberState};
 pub use member_health::{ramp_fraction, Health, MemberHealth};
-pub use selection::{Algorithm, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
+pub use selection::{selector, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
@@ -166,7 +166,7 @@ impl Pool {
         priorities.dedup();
         Pool {
             name: plan.name.clone(),
-            selection: plan.algorithm.selector(&ratios),
+            selection: selector(plan.algorithm, &ratios),
             members,
             action_on_service_down: plan.action_on_service_down,
             slow_ramp: plan.slow_ramp,

@@ -1,5 +1,5 @@
 //! Load-balancing algorithms: small pure pieces behind one trait, chosen in
-//! the configuration by [`Algorithm`]. An algorithm only decides *which*
+//! the configuration by [`Algorithm`] and built by [`selector`]. An algorithm only decides *which*
 //! member; whether a member may be used at all (health, limits, priority
 //! group, members already tried for this connection) comes from the
 //! [`PoolView`], and so does how far a recovering member is along its slow
@@ -8,42 +8,15 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde::Deserialize;
+use crate::config::Algorithm;
 
-/// `algorithm = "..."` in a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
-    /// Each new connection goes to the next eligible member in list order.
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round-robin: member `ratio`s set the shares, and the
-    /// turns are interleaved (5:1 gives A A B A A A, not A A A A A B).
-    Ratio,
-    /// The eligible member with the fewest open connections per unit of
-    /// `ratio`. With long-lived connections this is what evens a pool out
-    /// again after a member fails and recovers.
-    LeastConnections,
-}
-
-impl Algorithm {
-    /// A fresh selector for a pool whose members have these `ratios`.
-    pub fn selector(self, ratios: &[u32]) -> Box<dyn Selection> {
-        match self {
-            Algorithm::RoundRobin => Box::new(RoundRobin::new(ratios.len())),
-            Algorithm::Ratio => Box::new(Ratio::new(ratios)),
-            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::RoundRobin => "round-robin",
-            Algorithm::Ratio => "ratio",
-            Algorithm::LeastConnections => "least-connections",
-        })
+/// A fresh selector running `algorithm` for a pool whose members have
+/// these `ratios`.
+pub fn selector(algorithm: Algorithm, ratios: &[u32]) -> Box<dyn Selection> {
+    match algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobin::new(ratios.len())),
+        Algorithm::Ratio => Box::new(Ratio::new(ratios)),
+        Algorithm::LeastConnections => Box::new(LeastConnections::default()),
     }
 }
 

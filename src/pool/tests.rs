@@ -1,7 +1,7 @@
 //! Which members a pool lets its algorithm choose from.
 
 use super::*;
-use crate::config::{AdminState, MemberPlan, MonitorRule};
+use crate::config::{AdminState, Algorithm, MemberPlan, MonitorRule};
 
 fn member(i: usize) -> MemberPlan {
     MemberPlan {

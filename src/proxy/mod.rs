@@ -7,15 +7,14 @@
 //! the whole reply. A reset or error on one side closes both, passing the
 //! reset on to the other side.
 //!
-//! Bytes move through one of two pumps, chosen per virtual: [`splice`]
-//! (Linux zero-copy through a pipe) or [`buffered`] (portable, through a
-//! user-space buffer). Neither holds a pipe or buffer while the connection is
+//! Bytes move through one of two pumps, chosen per virtual: `splice`
+//! (zero-copy through a pipe) or `buffered` (through a user-space buffer,
+//! for `zero_copy = false` and for TLS, which must see the bytes). Neither holds a pipe or buffer while the connection is
 //! idle: both lease one from a per-thread pool only while bytes are in
 //! flight, so ten thousand idle agents cost no buffer memory and no pipe
 //! file descriptors, and a busy connection allocates nothing per read.
 
 mod buffered;
-#[cfg(target_os = "linux")]
 mod splice;
 pub mod stream;
 
@@ -165,22 +164,15 @@ struct Direction {
 }
 
 enum Carried {
-    #[cfg(target_os = "linux")]
     Splice(Transfer<splice::Lease>),
     Buffered(Transfer<buffered::Buffer>),
 }
 
 impl Direction {
     fn new(zero_copy: bool) -> Direction {
-        #[cfg(target_os = "linux")]
         let transfer = if zero_copy {
             Carried::Splice(Transfer::default())
         } else {
-            Carried::Buffered(Transfer::default())
-        };
-        #[cfg(not(target_os = "linux"))]
-        let transfer = {
-            let _ = zero_copy;
             Carried::Buffered(Transfer::default())
         };
         Direction {
@@ -209,7 +201,6 @@ impl Direction {
             last_activity,
         };
         let result = match &mut self.transfer {
-            #[cfg(target_os = "linux")]
             Carried::Splice(transfer) => transfer.poll(cx, source, sink, &mut progress),
             Carried::Buffered(transfer) => transfer.poll(cx, source, sink, &mut progress),
         };

@@ -40,6 +40,10 @@ pub use control::{AdminError, Control};
 pub use reload::{config_hash, ReloadCounts, ReloadError, ReloadReport, ReloadStats};
 pub use snapshot::Snapshot;
 
+/// How often a drain tells the service manager how many connections are
+/// left.
+const DRAIN_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The live snapshot, shared by every accept loop.
 pub type Live = Arc<ArcSwap<Snapshot>>;
 
@@ -220,7 +224,7 @@ async fn drain(live: &Live, lifecycle: &Lifecycle, service: ServiceManager) {
         loop {
             tokio::select! {
                 () = &mut waiting => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                () = tokio::time::sleep(DRAIN_STATUS_INTERVAL) => {
                     let open = live.load().active_connections();
                     service.status(&format!("draining {open} connections"));
                 }

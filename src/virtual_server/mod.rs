@@ -1,6 +1,6 @@
 //! Virtual servers: what one virtual is while it serves (its plan, pool,
 //! SNAT, TLS and HTTP state, counters), its listening socket, and each
-//! client connection from admission to the log line ([`connection`]):
+//! client connection from admission to the log line (`connection`):
 //! plain TCP and TLS are pumped here, HTTP virtuals are handed to
 //! [`crate::http`].
 

@@ -34,6 +34,7 @@ pub struct Vipgate {
     pub admin: Option<SocketAddr>,
     server_addrs: Vec<(String, SocketAddr)>,
     live: Live,
+    reloads: Arc<vipgate::server::ReloadStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -76,6 +77,7 @@ fn run(server: Instance) -> Vipgate {
         })
         .collect();
     let live = server.live();
+    let reloads = server.control().reloads();
     let admin = server.admin_addr();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(server.run(async {
@@ -85,6 +87,7 @@ fn run(server: Instance) -> Vipgate {
         admin,
         server_addrs,
         live,
+        reloads,
         stop: Some(stop),
         task,
     }
@@ -106,6 +109,11 @@ impl Vipgate {
 
     pub fn snapshot(&self) -> Arc<vipgate::server::Snapshot> {
         self.live.load_full()
+    }
+
+    /// The live state as `/status` and `/metrics` read it.
+    pub fn status(&self) -> vipgate::status::Status {
+        vipgate::status::Status::of(&self.live.load(), self.reloads.counts())
     }
 
     pub fn member(&self, address: SocketAddr) -> Arc<MemberState> {

@@ -2,7 +2,7 @@
 //! signals, the environment a service manager gives, log output, exit
 //! status.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,4 +72,45 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port free on the VIP address.
+pub fn free_vip_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.100:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A member on `ip` answering each line `L` with `member L`, on threads.
+pub fn line_member(ip: &str) -> std::net::SocketAddr {
+    let member = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let address = member.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in member.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writer
+                        .write_all(format!("member {line}\n").as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Sends one line through vipgate at 127.0.0.100:`port`; the answer.
+pub fn ask(port: u16) -> Option<String> {
+    let stream = std::net::TcpStream::connect(("127.0.0.100", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    (&stream).write_all(b"hi\n").ok()?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).ok()?;
+    (!answer.is_empty()).then_some(answer)
 }

@@ -94,3 +94,46 @@ pub fn temp_dir(test: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A TLS member: terminates TLS with a certificate for `name` (signed by
+/// `ca`) on `ip`, waiting `delay` before it answers each handshake, and
+/// carries the bytes to the plain `backend` (a tagged echo or a web
+/// member). Returns where it listens.
+pub async fn tls_front(
+    ip: &str,
+    ca: &TestCa,
+    name: &str,
+    delay: std::time::Duration,
+    backend: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    let (chain, key) = ca.issue(name);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    address
+}

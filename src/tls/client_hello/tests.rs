@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use proptest::prelude::*;
+
 use super::*;
 
 /// The bytes a rustls client sends first, asking for `name`.
@@ -101,4 +103,32 @@ fn malformed_and_oversized_hellos_are_refused() {
     let huge = [22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff];
     assert_eq!(inspect(&huge), Err(HelloError::TooLarge));
     assert_eq!(inspect(&vec![22; MAX_HELLO + 1]), Err(HelloError::TooLarge));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_hello_parser_never_panics_on_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = inspect(&bytes);
+        // Random bytes behind a plausible record header reach the deeper
+        // parsing.
+        let mut framed = vec![22, 3, 1, (bytes.len() >> 8) as u8, bytes.len() as u8];
+        framed.extend_from_slice(&bytes);
+        let _ = inspect(&framed);
+    }
+
+    #[test]
+    fn client_hello_parser_never_panics_on_mutated_hellos(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut hello = real_hello("csp.example");
+        for (at, value) in flips {
+            let index = at.index(hello.len());
+            hello[index] = value;
+        }
+        let end = cut.index(hello.len() + 1);
+        let _ = inspect(&hello[..end]);
+    }
 }
