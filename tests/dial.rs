@@ -237,7 +237,10 @@ fn exhaust(target: SocketAddr, padding: SocketAddr, request: &[u8], served: &[u8
         let Ok(mut client) = StdStream::connect(target) else {
             continue;
         };
-        client.write_all(request).unwrap();
+        if client.write_all(request).is_err() {
+            // Accepted and closed at once: refused.
+            return;
+        }
         match look(&mut client, served, b"HTTP/1.1 503") {
             Seen::Refused => return,
             Seen::Served => held.push_back(client),
