@@ -13,7 +13,6 @@ use common::tls_ca::{temp_dir, TestCa};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use vipgate::pool::Health;
 
 /// What the health endpoint answers, and the Host headers it was asked
@@ -33,16 +32,7 @@ impl Endpoint {
 /// An HTTPS health endpoint on `ip` with a certificate for
 /// `health.internal` that `ca` signed.
 async fn https_endpoint(ip: &str, ca: &TestCa, endpoint: Arc<Endpoint>) -> SocketAddr {
-    let (chain, key) = ca.issue("health.internal");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor("health.internal");
     let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -13,32 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::admin::*;
-use common::process::{Running, BINARY};
+use common::process::{line_member, Running, BINARY};
 use common::tls_ca::{temp_dir, TestCa};
 use common::*;
 use vipgate::pool::Health;
-
-/// A member answering each line `L` with `member L`, on threads.
-fn line_member(ip: &str) -> SocketAddr {
-    let member = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    let address = member.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in member.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if writer
-                        .write_all(format!("member {line}\n").as_bytes())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
 
 fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind(format!("{ip}:0"))

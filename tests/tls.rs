@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls_ca::*;
@@ -15,21 +14,12 @@ use common::*;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 /// A member that terminates TLS for `name` and answers each line with
 /// `"{tag} LINE"`.
 async fn tls_member(ip: &str, ca: &TestCa, name: &str, tag: &'static str) -> SocketAddr {
-    let (chain, key) = ca.issue(name);
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor(name);
     let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

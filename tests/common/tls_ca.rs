@@ -33,6 +33,21 @@ impl TestCa {
         )
     }
 
+    /// A TLS acceptor presenting a certificate for `name` that this CA
+    /// signed.
+    pub fn acceptor(&self, name: &str) -> tokio_rustls::TlsAcceptor {
+        let (chain, key) = self.issue(name);
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// The CA's own certificate.
     pub fn ca_der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
@@ -106,16 +121,7 @@ pub async fn tls_front(
     delay: std::time::Duration,
     backend: std::net::SocketAddr,
 ) -> std::net::SocketAddr {
-    let (chain, key) = ca.issue(name);
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor(name);
     let listener = tokio::net::TcpListener::bind(format!("{ip}:0"))
         .await
         .unwrap();
