@@ -71,6 +71,9 @@ impl Collector for Exporter {
         for plan in &snapshot.plan().virtuals {
             if let Some(stats) = snapshot.virtual_stats(&plan.name) {
                 families.histogram(stats.duration_histogram());
+                if matches!(plan.mode, crate::config::Mode::Http(_)) {
+                    families.histogram(stats.request_histogram());
+                }
             }
         }
         let mut members: Vec<_> = snapshot.members().collect();
@@ -233,6 +236,13 @@ fn virtuals(status: &Status, families: &mut Families) {
             ]
         },
     );
+    families.counter_each(
+        "vipgate_tls_warnings_total",
+        "Warnings rustls raised about client connections (a refused renegotiation, an unexpected message), logged at debug with the client.",
+        "virtual",
+        &terminating,
+        |v| v.counts.tls_warnings,
+    );
     let routing: Vec<_> = by_name
         .iter()
         .filter(|(_, v)| v.routes_by_sni)
@@ -280,10 +290,17 @@ fn virtuals(status: &Status, families: &mut Families) {
     );
     families.counter_split(
         "vipgate_http_responses_generated_total",
-        "Answers vipgate gave itself, by status: 408 (slow request head), 502 (member failed), 503 (no member), 504 (member too slow).",
+        "Answers vipgate gave itself, by status: 400 (unparsable request, no Host, malformed body), 408 (slow request head), 431 (request head too large), 502 (member failed), 503 (no member), 504 (member too slow).",
         ["virtual", "status"],
         &http,
-        |c| [("408", c.answered_408), ("502", c.answered_502), ("503", c.answered_503), ("504", c.answered_504)],
+        |c| [("400", c.answered_400), ("408", c.answered_408), ("431", c.answered_431), ("502", c.answered_502), ("503", c.answered_503), ("504", c.answered_504)],
+    );
+    families.counter_each(
+        "vipgate_http2_requests_total",
+        "HTTP requests that came over HTTP/2 (also counted in vipgate_http_requests_total).",
+        "virtual",
+        &http,
+        |c| c.http2_requests,
     );
     families.counter_each(
         "vipgate_http_upgrades_total",

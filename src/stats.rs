@@ -12,6 +12,13 @@ use serde::Serialize;
 use crate::config::ConnectionLimit;
 use crate::throttle::Throttle;
 
+/// Buckets of the request-latency histogram, in seconds: from a
+/// sub-millisecond answer on the same rack to a member at its
+/// idle_timeout.
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Buckets of the connection-duration histogram, in seconds: agent
 /// desktops stay for hours, web requests for milliseconds.
 const DURATION_BUCKETS: [f64; 12] = [
@@ -67,8 +74,14 @@ pub struct VirtualStats {
     pub http: HttpStats,
     /// Limits warnings about refused clients to one a second.
     pub reject_log: Throttle,
+    /// rustls warnings about client connections (`tls::alerts`).
+    tls_warnings: AtomicU64,
+    /// The virtual's name, for log lines that only have the counters.
+    name: Arc<str>,
     /// How long client connections lasted.
     duration_seconds: prometheus::Histogram,
+    /// HTTP virtuals: how long members took to start answering.
+    request_seconds: prometheus::Histogram,
 }
 
 /// ok / rejected (failed) / timed out, for ClientHellos and handshakes.
@@ -131,6 +144,10 @@ pub struct VirtualCounts {
     /// TLS handshakes vipgate terminated (ok, failed, timed out).
     #[serde(skip)]
     pub handshakes: OutcomeCounts,
+    /// rustls warnings about client connections (renegotiation refused,
+    /// unexpected messages).
+    #[serde(skip)]
+    pub tls_warnings: u64,
     #[serde(skip)]
     pub http: HttpCounts,
 }
@@ -148,6 +165,15 @@ impl VirtualStats {
         )
         // Fails only for malformed constant options (names, buckets).
         .expect("constant histogram options are valid");
+        let request_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "vipgate_http_request_seconds",
+                "HTTP virtuals: time from a request's head to the first byte of its member's answer (connecting included).",
+            )
+            .const_label("virtual", name)
+            .buckets(REQUEST_BUCKETS.to_vec()),
+        )
+        .expect("constant histogram options are valid");
         VirtualStats {
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
@@ -157,8 +183,22 @@ impl VirtualStats {
             handshakes: Outcomes::default(),
             http: HttpStats::default(),
             reject_log: Throttle::default(),
+            tls_warnings: AtomicU64::new(0),
+            name: name.into(),
             duration_seconds,
+            request_seconds,
         }
+    }
+
+    /// The virtual's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// rustls warned about a client connection (a refused renegotiation,
+    /// an unexpected message).
+    pub fn count_tls_warning(&self) {
+        self.tls_warnings.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Everything, as one consistent-enough snapshot for the status page
@@ -184,6 +224,7 @@ impl VirtualStats {
             accept_errors: read(&self.accept_errors),
             client_hellos: outcomes(&self.hellos),
             handshakes: outcomes(&self.handshakes),
+            tls_warnings: read(&self.tls_warnings),
             http: self.http.counts(),
         }
     }
@@ -226,6 +267,16 @@ impl VirtualStats {
     /// The connection-duration histogram, for the metrics page.
     pub fn duration_histogram(&self) -> &prometheus::Histogram {
         &self.duration_seconds
+    }
+
+    /// Records how long a member took to start answering a request.
+    pub fn record_request(&self, waited: Duration) {
+        self.request_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// The request-latency histogram (HTTP virtuals), for the metrics page.
+    pub fn request_histogram(&self) -> &prometheus::Histogram {
+        &self.request_seconds
     }
 
     /// Takes a place under `limit` for a new client, released when the
@@ -279,12 +330,19 @@ pub enum HttpEvent {
     /// A 408: request headers not complete within header_timeout.
     RequestTimeout,
     Upgrade,
+    /// A 400: a request hyper could not parse, without `Host`, or with a
+    /// malformed body.
+    BadRequest,
+    /// A 431: a request head over max_header_size.
+    HeaderTooLarge,
+    /// A request that came over HTTP/2.
+    Http2Request,
 }
 
 /// Counters of an HTTP virtual, by [`HttpEvent`].
 #[derive(Debug, Default)]
 pub struct HttpStats {
-    events: [AtomicU64; 10],
+    events: [AtomicU64; 13],
 }
 
 impl HttpStats {
@@ -305,6 +363,9 @@ impl HttpStats {
             answered_504: read(HttpEvent::MemberTimedOut),
             answered_408: read(HttpEvent::RequestTimeout),
             upgrades: read(HttpEvent::Upgrade),
+            answered_400: read(HttpEvent::BadRequest),
+            answered_431: read(HttpEvent::HeaderTooLarge),
+            http2_requests: read(HttpEvent::Http2Request),
         }
     }
 }
@@ -333,6 +394,13 @@ pub struct HttpCounts {
     pub answered_408: u64,
     /// Connections switched to another protocol (WebSocket) and tunnelled.
     pub upgrades: u64,
+    /// 400 answers: a request that could not be parsed, had no `Host`, or
+    /// had a malformed body.
+    pub answered_400: u64,
+    /// 431 answers: a request head over max_header_size.
+    pub answered_431: u64,
+    /// Requests that came over HTTP/2 (also counted in `requests`).
+    pub http2_requests: u64,
 }
 
 #[cfg(test)]

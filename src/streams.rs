@@ -56,6 +56,15 @@ impl Front {
     pub fn is_tls(&self) -> bool {
         matches!(self, Front::Tls(_))
     }
+
+    /// The application protocol agreed by ALPN in the TLS handshake
+    /// (`h2`, `http/1.1`), if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Front::Plain(_) => None,
+            Front::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+        }
+    }
 }
 
 impl Back {

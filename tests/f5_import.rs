@@ -461,16 +461,19 @@ fn the_tmsh_reference_file_carries_every_construct_over() {
     assert_eq!(vs.connection_limit.to_string(), "20000");
     assert!(matches!(&vs.tls, Tls::Terminate(t) if t.certs[0].cert.to_str() == Some("vip.crt")));
     assert_eq!(find("vsRatio").snat, Snat::Automap);
-    assert!(matches!(find("vsGWE").mode, Mode::Http(_)));
+    assert!(
+        matches!(&find("vsGWE").mode, Mode::Http(http) if http.request_headers == [("x-site".to_string(), "paris".to_string())]),
+        "the http profile's header-insert carries over"
+    );
     assert!(
         plan.virtuals.iter().all(|v| v.name != "vsDNS"),
         "UDP is left out"
     );
     let details: Vec<String> = imported.report.details().map(ToString::to_string).collect();
     for expected in [
-        "158:13: virtual vsRatio: iRule redirect is not carried over",
-        "171:9: virtual vsGWE: server-ssl profile gwe-serverssl does not verify the members",
-        "177:1: virtual vsDNS: its protocol is udp and vipgate is TCP only; left out",
+        "159:13: virtual vsRatio: iRule redirect is not carried over",
+        "172:9: virtual vsGWE: server-ssl profile gwe-serverssl does not verify the members",
+        "178:1: virtual vsDNS: its protocol is udp and vipgate is TCP only; left out",
     ] {
         assert!(
             details.iter().any(|d| d.starts_with(expected)),

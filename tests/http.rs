@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,46 +14,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vipgate::http::persistence::CookieSeal;
-
-const SECRET: &[u8] = b"a secret both instances of the pair share";
-
-/// A secret file for one test.
-fn secret_file(test: &str) -> PathBuf {
-    let dir = common::tls_ca::temp_dir(&format!("http-{test}"));
-    let path = dir.join("cookie-secret");
-    std::fs::write(&path, SECRET).unwrap();
-    path
-}
-
-/// One HTTP virtual `web` in front of pool `gwe` with these members and
-/// routes.
-fn http_config(members: &[(SocketAddr, &str)], virtual_extra: &str, secret: &Path) -> String {
-    let members: Vec<String> = members
-        .iter()
-        .map(|(address, route)| format!("{{ address = \"{address}\", route = \"{route}\" }}"))
-        .collect();
-    format!(
-        "[virtuals.web]\nlisten = \"127.0.0.100:0\"\nmode = \"http\"\npool = \"gwe\"\n{virtual_extra}\n\n\
-         [pools.gwe]\nmembers = [ {} ]\n\n[persistence]\nsecret_file = \"{}\"\n",
-        members.join(", "),
-        secret.display()
-    )
-}
-
-/// The HTTP counters of virtual `web`.
-fn counts(vipgate: &Vipgate) -> vipgate::stats::HttpCounts {
-    vipgate.virtual_stats("web").http.counts()
-}
-
-const COOKIE: &str = "persistence = { cookie = \"GWELB\", max_age = \"8h\" }";
-const URL_PARAM: &str = "persistence = { url_param = \"jsessionid\", in_cookie = true }";
-
-async fn two_nodes() -> [(SocketAddr, &'static str); 2] {
-    [
-        (web_member("127.0.0.11", "GWE_Node1").await, "GWE_Node1"),
-        (web_member("127.0.0.12", "GWE_Node2").await, "GWE_Node2"),
-    ]
-}
 
 #[tokio::test]
 async fn cookie_is_set_on_the_first_answer_and_followed_after() {
@@ -67,7 +25,14 @@ async fn cookie_is_set_on_the_first_answer_and_followed_after() {
     assert_eq!(first.status, 200);
     let cookie = first.cookie("GWELB").expect("a persistence cookie");
     let set = first.header("set-cookie");
-    assert!(set.ends_with("; Path=/; HttpOnly; Max-Age=28800"), "{set}");
+    assert!(
+        set.ends_with("; Path=/; Max-Age=28800; HttpOnly; SameSite=Lax"),
+        "{set}"
+    );
+    assert!(
+        !set.contains("7f00") && !set.contains("127.0.0"),
+        "the cookie shows the member: {set}"
+    );
     let member = first.served_by().to_string();
 
     for _ in 0..6 {
@@ -111,11 +76,11 @@ async fn forged_expired_and_unknown_cookies_are_replaced() {
     let last = forged.pop().unwrap();
     forged.push(if last == '0' { '1' } else { '0' });
     let seal = CookieSeal::new(SECRET);
-    let expired = format!("GWELB={}", seal.seal(&nodes[1].0.to_string(), 1_000));
-    let unknown = format!("GWELB={}", seal.seal("127.0.0.13:1", 0));
+    let expired = format!("GWELB={}", seal.seal(nodes[1].0, 1_000));
+    let unknown = format!("GWELB={}", seal.seal("127.0.0.13:1".parse().unwrap(), 0));
     let other_secret = format!(
         "GWELB={}",
-        CookieSeal::new(b"another pair's secret, not ours").seal(&nodes[1].0.to_string(), 0)
+        CookieSeal::new(b"another pair's secret, not ours").seal(nodes[1].0, 0)
     );
     for bad in [
         &forged,
@@ -207,10 +172,7 @@ async fn a_member_that_cannot_answer_is_replaced_and_the_client_cookied_again() 
     let nodes = [(alive, "GWE_Node1"), (dead, "GWE_Node3")];
     let vipgate = start(&http_config(&nodes, COOKIE, &secret_file("down"))).await;
     let vip = vipgate.addr("web");
-    let for_dead = format!(
-        "GWELB={}",
-        CookieSeal::new(SECRET).seal(&dead.to_string(), 0)
-    );
+    let for_dead = format!("GWELB={}", CookieSeal::new(SECRET).seal(dead, 0));
     let reply = get_once(vip, "/", &[("cookie", &for_dead)]).await;
     assert_eq!(reply.served_by(), "GWE_Node1");
     let cookie = reply
@@ -229,10 +191,7 @@ async fn a_disabled_member_keeps_its_sessions_and_a_forced_offline_one_loses_the
     let nodes = two_nodes().await;
     let vipgate = start(&http_config(&nodes, COOKIE, &secret_file("admin"))).await;
     let vip = vipgate.addr("web");
-    let cookie = format!(
-        "GWELB={}",
-        CookieSeal::new(SECRET).seal(&nodes[0].0.to_string(), 0)
-    );
+    let cookie = format!("GWELB={}", CookieSeal::new(SECRET).seal(nodes[0].0, 0));
     let member = vipgate.member(nodes[0].0);
 
     member.set_admin_state(vipgate::config::AdminState::Disabled);

@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls_ca::*;
@@ -452,4 +453,123 @@ async fn bulk_through_a_terminated_connection_arrives_intact() {
 /// ok, failed (or rejected), timed out.
 fn outcomes(counts: vipgate::stats::OutcomeCounts) -> (u64, u64, u64) {
     (counts.ok, counts.failed, counts.timed_out)
+}
+
+/// Whether a client of `connector` resumes its session on a second
+/// connection after `others` other clients (each its own session) made a
+/// full handshake in between: the server keeps 256 sessions by id, so past
+/// that only a ticket (held by the client) resumes.
+async fn resumes_after(
+    vip: SocketAddr,
+    version: &'static rustls::SupportedProtocolVersion,
+    ca: &TestCa,
+    others: usize,
+) -> bool {
+    let connector = |ca: &TestCa| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.ca_der()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    };
+    let handshake = |connector: TlsConnector| async move {
+        let stream = TcpStream::connect(vip).await.unwrap();
+        let name = ServerName::try_from("vip.example").unwrap();
+        let mut tls = connector.connect(name, stream).await.unwrap();
+        // A round trip: TLS 1.3 tickets come after the handshake.
+        tls.write_all(b"hello\n").await.unwrap();
+        let mut answer = String::new();
+        BufReader::new(&mut tls)
+            .read_line(&mut answer)
+            .await
+            .unwrap();
+        tls.get_ref().1.handshake_kind()
+    };
+    let client = connector(ca);
+    assert_eq!(
+        handshake(client.clone()).await,
+        Some(rustls::HandshakeKind::Full)
+    );
+    for _ in 0..others {
+        handshake(connector(ca)).await;
+    }
+    handshake(client).await == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[tokio::test]
+async fn session_tickets_resume_tls_1_2_and_1_3_without_a_shared_secret() {
+    let ca = TestCa::new();
+    let vipgate = terminate_setup(&ca, "tickets-local", "terminate", "").await;
+    let vip = vipgate.addr("vs");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        assert!(
+            resumes_after(vip, version, &ca, 300).await,
+            "{version:?} did not resume"
+        );
+    }
+    // Off: TLS 1.2 resumes only while the server still holds the session.
+    let off = terminate_setup(&ca, "tickets-off", "terminate", ", session_tickets = false").await;
+    let vip = off.addr("vs");
+    assert!(resumes_after(vip, &rustls::version::TLS12, &ca, 0).await);
+    assert!(!resumes_after(vip, &rustls::version::TLS12, &ca, 300).await);
+}
+
+#[test]
+fn a_client_asking_to_renegotiate_is_counted_and_logged_at_debug_with_its_address() {
+    use common::process::{free_vip_port, line_member, Running};
+    use std::io::{Read, Write};
+    let ca = TestCa::new();
+    let dir = temp_dir("renegotiation");
+    let (cert, key) = ca.write_pem(&dir, "vip.example");
+    let member = line_member("127.0.0.11");
+    let port = free_vip_port();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n\
+             [virtuals.vs]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n\
+             tls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n"
+        ),
+    )
+    .unwrap();
+    let running = Running::start(&config, "VIPGATE_LOG=info,vipgate::tls=debug");
+    // OpenSSL's client renegotiates when it reads a line "R".
+    let client = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("(echo R; sleep 1) | timeout 3 openssl s_client -connect 127.0.0.100:{port} -tls1_2 -servername vip.example 2>&1"),
+        ])
+        .output()
+        .expect("openssl runs");
+    let said = String::from_utf8_lossy(&client.stdout);
+    assert!(said.contains("RENEGOTIATING"), "{said}");
+    let line = running
+        .wait_for("TLS warning on a client connection")
+        .expect("a debug line for the refused renegotiation");
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(line.contains("virtual_server=vs"), "{line}");
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+    assert!(line.contains("NoRenegotiation"), "{line}");
+    let mut admin = std::net::TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    admin
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut metrics = String::new();
+    admin.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains("vipgate_tls_warnings_total{virtual=\"vs\"} 1"),
+        "{metrics}"
+    );
+    drop(running);
 }

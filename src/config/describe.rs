@@ -194,6 +194,7 @@ fn describe_termination(f: &mut fmt::Formatter<'_>, terminate: &Terminate) -> fm
     };
     let tickets = match &terminate.tickets {
         SessionTickets::Off => "off".to_string(),
+        SessionTickets::Local => "in-memory keys (this instance only)".to_string(),
         SessionTickets::Shared(secret) => format!("sealed with {}", secret.display()),
     };
     write!(

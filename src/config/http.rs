@@ -23,8 +23,41 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `max_header_size`: 32 KiB of request line and headers.
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
 
+/// Default `max_concurrent_streams`: 100 requests at once on one HTTP/2
+/// connection (what browsers expect; HTTP/2's own advice is at least 100).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
 /// Shortest secret accepted for sealing cookies: 16 bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
+
+/// What an HTTP virtual offers by ALPN when `alpn` is not set.
+pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Header fields `request_headers` and `response_headers` may not set:
+/// the message's framing, hop-by-hop fields, and what vipgate writes
+/// itself.
+const MANAGED_FIELDS: [&str; 12] = [
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "set-cookie",
+    "cookie",
+    "x-forwarded-for",
+];
+
+/// Whether header field `name` is one `request_headers` and
+/// `response_headers` may not set (see [`MANAGED_FIELDS`]).
+pub fn is_managed_header(name: &str) -> bool {
+    MANAGED_FIELDS
+        .iter()
+        .any(|managed| managed.eq_ignore_ascii_case(name))
+}
 
 // What it means: the plan.
 
@@ -38,9 +71,18 @@ pub struct HttpPlan {
     /// A client connection waiting for its next request is closed after
     /// this long. Default 60 s.
     pub keepalive_timeout: Duration,
-    /// Largest request line and headers, in bytes; larger gets 431.
-    /// Default 32 KiB.
+    /// Largest request line and headers, in bytes; larger gets 431 (over
+    /// HTTP/2, the stream is refused). Default 32 KiB.
     pub max_header_size: usize,
+    /// Most requests in flight at once on one HTTP/2 connection. Default
+    /// 100.
+    pub max_concurrent_streams: u32,
+    /// Header fields set on every request to a member (F5's http profile
+    /// `header-insert`), replacing any the client sent of the same name.
+    pub request_headers: Vec<(String, String)>,
+    /// Header fields set on every response to a client
+    /// (`Strict-Transport-Security`, ...), vipgate's own answers included.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// How requests of one session stay on one member.
@@ -58,7 +100,61 @@ pub enum Persistence {
         name: String,
         lifetime: CookieLifetime,
         secret_file: PathBuf,
+        attributes: CookieAttributes,
     },
+}
+
+/// The attributes of an inserted persistence cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttributes {
+    /// `HttpOnly`: scripts in the page cannot read it. Default on.
+    pub http_only: bool,
+    /// `Secure`: sent back over HTTPS only. Default: when the client came
+    /// over TLS.
+    pub secure: CookieSecure,
+    /// `SameSite`. Default `Lax`.
+    pub same_site: SameSite,
+    /// `Domain`, to share the cookie with sibling hosts. Default none
+    /// (this host only).
+    pub domain: Option<String>,
+    /// `Path`. Default `/`.
+    pub path: String,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> CookieAttributes {
+        CookieAttributes {
+            http_only: true,
+            secure: CookieSecure::Auto,
+            same_site: SameSite::Lax,
+            domain: None,
+            path: "/".into(),
+        }
+    }
+}
+
+/// When an inserted cookie carries `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    /// When the client came over TLS (`secure` not set).
+    Auto,
+    /// Always (`secure = true`): for a virtual behind a TLS offloader.
+    Always,
+    /// Never (`secure = false`).
+    Never,
+}
+
+/// The `SameSite` attribute of an inserted cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Lax,
+    Strict,
+    /// Sent with cross-site requests too; browsers require `Secure` with it.
+    None,
+    /// `same_site = "off"`: no attribute (the browser's default applies).
+    #[serde(rename = "off")]
+    Omitted,
 }
 
 /// How long an inserted persistence cookie lives.
@@ -86,21 +182,48 @@ impl std::fmt::Display for HttpPlan {
                 name,
                 lifetime,
                 secret_file,
+                attributes,
             } => {
                 write!(f, "persistence by inserted cookie {name}")?;
                 if let CookieLifetime::MaxAge(max_age) = lifetime {
                     write!(f, " for {}", show(*max_age))?;
                 }
-                write!(f, ", secret {}", secret_file.display())?;
+                write!(f, " (Path={}", attributes.path)?;
+                if let Some(domain) = &attributes.domain {
+                    write!(f, ", Domain={domain}")?;
+                }
+                if attributes.http_only {
+                    f.write_str(", HttpOnly")?;
+                }
+                f.write_str(match attributes.secure {
+                    CookieSecure::Auto => ", Secure over TLS",
+                    CookieSecure::Always => ", Secure",
+                    CookieSecure::Never => "",
+                })?;
+                f.write_str(match attributes.same_site {
+                    SameSite::Lax => ", SameSite=Lax",
+                    SameSite::Strict => ", SameSite=Strict",
+                    SameSite::None => ", SameSite=None",
+                    SameSite::Omitted => "",
+                })?;
+                write!(f, "), secret {}", secret_file.display())?;
             }
         }
         write!(
             f,
-            "; header_timeout {}, keepalive_timeout {}, max_header_size {}",
+            "; header_timeout {}, keepalive_timeout {}, max_header_size {}, HTTP/2 streams {}",
             show(self.header_timeout),
             show(self.keepalive_timeout),
-            self.max_header_size
-        )
+            self.max_header_size,
+            self.max_concurrent_streams,
+        )?;
+        for (name, value) in &self.request_headers {
+            write!(f, "; request {name}: {value}")?;
+        }
+        for (name, value) in &self.response_headers {
+            write!(f, "; response {name}: {value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -115,6 +238,11 @@ pub struct RawPersistence {
     pub in_cookie: Option<bool>,
     pub cookie: Option<Spanned<String>>,
     pub max_age: Option<Spanned<RawDuration>>,
+    pub http_only: Option<Spanned<bool>>,
+    pub secure: Option<Spanned<bool>>,
+    pub same_site: Option<Spanned<SameSite>>,
+    pub domain: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
 }
 
 /// `[persistence]`: what every cookie-persistence virtual shares.
@@ -133,7 +261,7 @@ impl Checker<'_> {
         &mut self,
         key: &str,
         raw_virtual: &Spanned<RawVirtual>,
-        tls: Option<&Tls>,
+        mut tls: Option<&mut Tls>,
         file: &RawConfig,
     ) -> Option<Mode> {
         let virtual_server = raw_virtual.get_ref();
@@ -159,6 +287,21 @@ impl Checker<'_> {
                     "max_header_size",
                     virtual_server.max_header_size.as_ref().map(|p| p.span()),
                 ),
+                (
+                    "max_concurrent_streams",
+                    virtual_server
+                        .max_concurrent_streams
+                        .as_ref()
+                        .map(|p| p.span()),
+                ),
+                (
+                    "request_headers",
+                    virtual_server.request_headers.as_ref().map(|p| p.span()),
+                ),
+                (
+                    "response_headers",
+                    virtual_server.response_headers.as_ref().map(|p| p.span()),
+                ),
             ];
             for (field, span) in http_only {
                 if let Some(span) = span {
@@ -173,7 +316,17 @@ impl Checker<'_> {
             return Some(Mode::Tcp);
         }
         let mode_span = virtual_server.mode.as_ref().map(|m| m.span());
-        if let Some(Tls::Passthrough { .. }) = tls {
+        if let Some(Tls::Terminate(terminate)) = tls.as_deref() {
+            self.http_alpn(key, raw_virtual, &terminate.alpn);
+        }
+        if let Some(Tls::Terminate(terminate)) = tls.as_deref_mut() {
+            // What an HTTP virtual speaks, offered unless the operator
+            // narrowed it.
+            if terminate.alpn.is_empty() {
+                terminate.alpn = HTTP_ALPN.iter().map(|p| p.to_string()).collect();
+            }
+        }
+        if let Some(Tls::Passthrough { .. }) = tls.as_deref() {
             self.report(
                 &format!("{key}.tls.mode"),
                 mode_span.clone(),
@@ -209,16 +362,97 @@ impl Checker<'_> {
                 "a size in bytes",
             ),
         };
+        let max_concurrent_streams = match &virtual_server.max_concurrent_streams {
+            None => Some(DEFAULT_MAX_CONCURRENT_STREAMS),
+            Some(value) => self
+                .integer_in(
+                    &format!("{key}.max_concurrent_streams"),
+                    value,
+                    1,
+                    10_000,
+                    "a number of HTTP/2 streams",
+                )
+                .map(|n| n as u32),
+        };
+        let request_headers = self.header_fields(
+            &format!("{key}.request_headers"),
+            virtual_server.request_headers.as_ref(),
+        );
+        let response_headers = self.header_fields(
+            &format!("{key}.response_headers"),
+            virtual_server.response_headers.as_ref(),
+        );
         let persistence = match &virtual_server.persistence {
             None => Some(Persistence::None),
             Some(raw) => self.persistence(&format!("{key}.persistence"), raw, file),
         };
-        Some(Mode::Http(HttpPlan {
+        Some(Mode::Http(Box::new(HttpPlan {
             persistence: persistence?,
             header_timeout,
             keepalive_timeout,
             max_header_size: max_header_size?,
-        }))
+            max_concurrent_streams: max_concurrent_streams?,
+            request_headers: request_headers?,
+            response_headers: response_headers?,
+        })))
+    }
+
+    /// An HTTP virtual's ALPN list may offer only what it serves.
+    fn http_alpn(&mut self, key: &str, raw_virtual: &Spanned<RawVirtual>, alpn: &[String]) {
+        for protocol in alpn {
+            if !HTTP_ALPN.contains(&protocol.as_str()) && protocol != "http/1.0" {
+                let span = raw_virtual.get_ref().tls.as_ref().map(|t| t.span());
+                self.report(
+                    &format!("{key}.tls.alpn"),
+                    span,
+                    format!("an HTTP virtual cannot serve \"{protocol}\" (it serves h2, http/1.1 and http/1.0)"),
+                    Some("offer alpn = [\"h2\", \"http/1.1\"] (the default for HTTP virtuals), or use mode = \"tcp\" to pass another protocol through".into()),
+                );
+            }
+        }
+    }
+
+    /// `request_headers` / `response_headers`: names and values HTTP
+    /// accepts, none of the fields vipgate manages itself.
+    fn header_fields(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<std::collections::BTreeMap<String, String>>>,
+    ) -> Option<Vec<(String, String)>> {
+        let Some(raw) = raw else {
+            return Some(Vec::new());
+        };
+        let mut fields = Vec::new();
+        let mut valid = true;
+        for (name, value) in raw.get_ref() {
+            let lower = name.to_ascii_lowercase();
+            let problem = if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                Some(format!("\"{name}\" is not a header field name"))
+            } else if http::HeaderValue::from_str(value).is_err() {
+                Some(format!(
+                    "the value of {name} holds characters a header cannot carry"
+                ))
+            } else if is_managed_header(&lower) {
+                Some(format!(
+                    "{name} is managed by vipgate (framing, hop-by-hop or persistence)"
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(problem) => {
+                    valid = false;
+                    self.report(
+                        &format!("{key}.\"{name}\""),
+                        Some(raw.span()),
+                        problem,
+                        Some("use letters, digits and '-' in names, printable text in values; leave framing and persistence fields to vipgate".into()),
+                    );
+                }
+                None => fields.push((lower, value.clone())),
+            }
+        }
+        valid.then_some(fields)
     }
 
     fn persistence(
@@ -239,6 +473,29 @@ impl Checker<'_> {
                 None
             }
             (Some(name), None) => {
+                let cookie_only = [
+                    (
+                        "http_only",
+                        persistence.http_only.as_ref().map(|v| v.span()),
+                    ),
+                    ("secure", persistence.secure.as_ref().map(|v| v.span())),
+                    (
+                        "same_site",
+                        persistence.same_site.as_ref().map(|v| v.span()),
+                    ),
+                    ("domain", persistence.domain.as_ref().map(|v| v.span())),
+                    ("path", persistence.path.as_ref().map(|v| v.span())),
+                ];
+                for (field, span) in cookie_only {
+                    if let Some(span) = span {
+                        self.report(
+                            &format!("{key}.{field}"),
+                            Some(span),
+                            format!("{field} is an attribute of an inserted cookie"),
+                            Some("remove it: the application sets its own session cookie".into()),
+                        );
+                    }
+                }
                 if persistence.max_age.is_some() {
                     self.report(
                         &format!("{key}.max_age"),
@@ -284,13 +541,92 @@ impl Checker<'_> {
                     );
                     return None;
                 };
+                let attributes = self.cookie_attributes(key, persistence);
                 Some(Persistence::Cookie {
                     name: name?,
                     lifetime,
                     secret_file: secret_file.get_ref().into(),
+                    attributes: attributes?,
                 })
             }
         }
+    }
+
+    /// `http_only`, `secure`, `same_site`, `domain` and `path` of an
+    /// inserted cookie.
+    fn cookie_attributes(
+        &mut self,
+        key: &str,
+        persistence: &RawPersistence,
+    ) -> Option<CookieAttributes> {
+        let defaults = CookieAttributes::default();
+        let secure = match persistence.secure.as_ref().map(|s| *s.get_ref()) {
+            None => CookieSecure::Auto,
+            Some(true) => CookieSecure::Always,
+            Some(false) => CookieSecure::Never,
+        };
+        let same_site = persistence
+            .same_site
+            .as_ref()
+            .map_or(defaults.same_site, |s| *s.get_ref());
+        let mut valid = true;
+        if same_site == SameSite::None && secure != CookieSecure::Always {
+            valid = false;
+            self.report(
+                &format!("{key}.same_site"),
+                persistence.same_site.as_ref().map(|s| s.span()),
+                "browsers drop a SameSite=None cookie that is not Secure".into(),
+                Some(
+                    "add secure = true (the site must be HTTPS), or use same_site = \"lax\"".into(),
+                ),
+            );
+        }
+        // Attribute values go into Set-Cookie as written: no `;`, no
+        // spaces or control characters.
+        let attribute = |value: &str| {
+            !value.is_empty()
+                && value.len() <= 255
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        };
+        let domain = persistence.domain.as_ref().map(|d| d.get_ref().clone());
+        if let Some(raw) = &persistence.domain {
+            if !attribute(raw.get_ref()) {
+                valid = false;
+                self.report(
+                    &format!("{key}.domain"),
+                    Some(raw.span()),
+                    format!("\"{}\" is not a cookie domain", raw.get_ref()),
+                    Some("a host name such as \"example.com\"".into()),
+                );
+            }
+        }
+        let path = persistence
+            .path
+            .as_ref()
+            .map_or(defaults.path, |p| p.get_ref().clone());
+        if let Some(raw) = &persistence.path {
+            if !attribute(raw.get_ref()) || !raw.get_ref().starts_with('/') {
+                valid = false;
+                self.report(
+                    &format!("{key}.path"),
+                    Some(raw.span()),
+                    format!("\"{}\" is not a cookie path", raw.get_ref()),
+                    Some("a path from the site's root, such as \"/\" or \"/gwe\"".into()),
+                );
+            }
+        }
+        valid.then_some(CookieAttributes {
+            http_only: persistence
+                .http_only
+                .as_ref()
+                .map_or(defaults.http_only, |h| *h.get_ref()),
+            secure,
+            same_site,
+            domain,
+            path,
+        })
     }
 
     /// A cookie or parameter name: an HTTP token (RFC 9110 `tchar`s).
@@ -368,7 +704,7 @@ impl Checker<'_> {
         }
         let tickets = virtuals
             .iter()
-            .any(|v| matches!(&v.tls, Tls::Terminate(t) if t.tickets != SessionTickets::Off));
+            .any(|v| matches!(&v.tls, Tls::Terminate(t) if matches!(t.tickets, SessionTickets::Shared(_))));
         if !cookies && !tickets && file.persistence.is_some() {
             self.warnings.push(
                 "persistence.secret_file: no virtual uses cookie persistence or terminates TLS"
@@ -404,7 +740,7 @@ members = [ { address = "127.0.0.11:9081", route = "GWE_Node1" }, { address = "1
     fn http_plan(text: &str) -> HttpPlan {
         let plan = parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
         match &plan.virtuals[0].mode {
-            Mode::Http(http) => http.clone(),
+            Mode::Http(http) => (**http).clone(),
             Mode::Tcp => panic!("not an HTTP virtual"),
         }
     }
@@ -450,9 +786,95 @@ members = [ { address = "127.0.0.11:9081", route = "GWE_Node1" }, { address = "1
             Persistence::Cookie {
                 name: "GWELB".into(),
                 lifetime: CookieLifetime::MaxAge(Duration::from_secs(8 * 3600)),
-                secret_file: "/etc/vipgate/cookie-secret".into()
+                secret_file: "/etc/vipgate/cookie-secret".into(),
+                attributes: CookieAttributes::default(),
             }
         );
+        assert_eq!(
+            cookie.max_concurrent_streams,
+            DEFAULT_MAX_CONCURRENT_STREAMS
+        );
+    }
+
+    #[test]
+    fn cookie_attributes_headers_and_streams_are_read() {
+        let plan = http_plan(&with_virtual(
+            "mode = \"http\"\nmax_concurrent_streams = 32\n\
+             persistence = { cookie = \"GWELB\", http_only = false, secure = true, same_site = \"none\", domain = \"example.com\", path = \"/gwe\" }\n\
+             request_headers = { \"X-Site\" = \"paris\" }\n\
+             response_headers = { \"Strict-Transport-Security\" = \"max-age=31536000\" }",
+            "[persistence]\nsecret_file = \"/etc/vipgate/cookie-secret\"\n",
+        ));
+        let Persistence::Cookie { attributes, .. } = &plan.persistence else {
+            panic!("{:?}", plan.persistence)
+        };
+        assert_eq!(
+            attributes,
+            &CookieAttributes {
+                http_only: false,
+                secure: CookieSecure::Always,
+                same_site: SameSite::None,
+                domain: Some("example.com".into()),
+                path: "/gwe".into(),
+            }
+        );
+        assert_eq!(plan.max_concurrent_streams, 32);
+        assert_eq!(
+            plan.request_headers,
+            [("x-site".to_string(), "paris".to_string())]
+        );
+        assert_eq!(
+            plan.response_headers,
+            [(
+                "strict-transport-security".to_string(),
+                "max-age=31536000".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_cookie_attributes_header_fields_and_alpn_are_refused() {
+        let found = problems(&with_virtual(
+            "mode = \"http\"\nmax_concurrent_streams = 0\n\
+             tls = { mode = \"terminate\", certs = [ { cert = \"c.pem\", key = \"k.pem\" } ], alpn = [\"h2\", \"spdy/3\"] }\n\
+             persistence = { cookie = \"GWELB\", same_site = \"none\", path = \"gwe; x\" }\n\
+             request_headers = { \"Content-Length\" = \"5\", \"bad name\" = \"x\" }\n\
+             response_headers = { \"X-Ok\" = \"line\\nbreak\" }",
+            "[persistence]\nsecret_file = \"/etc/vipgate/cookie-secret\"\n",
+        ));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "virtuals.web.max_concurrent_streams",
+            "virtuals.web.tls.alpn",
+            "virtuals.web.persistence.same_site",
+            "virtuals.web.persistence.path",
+            "virtuals.web.request_headers.\"Content-Length\"",
+            "virtuals.web.request_headers.\"bad name\"",
+            "virtuals.web.response_headers.\"X-Ok\"",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+        let alpn = found
+            .iter()
+            .find(|p| p.key == "virtuals.web.tls.alpn")
+            .unwrap();
+        assert!(alpn.message.contains("spdy/3"), "{}", alpn.message);
+    }
+
+    #[test]
+    fn an_http_virtual_offers_h2_and_http_1_1_by_default() {
+        let config = parse(
+            &with_virtual(
+                "mode = \"http\"\ntls = { mode = \"terminate\", certs = [ { cert = \"c.pem\", key = \"k.pem\" } ] }",
+                "",
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let Tls::Terminate(terminate) = &config.virtuals[0].tls else {
+            panic!()
+        };
+        assert_eq!(terminate.alpn, ["h2", "http/1.1"]);
     }
 
     #[test]

@@ -32,9 +32,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use admin::{Admin, AdminAuth, DEFAULT_ADMIN_LISTEN};
+pub use http::is_managed_header;
 pub use http::{
-    CookieLifetime, HttpPlan, Persistence, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_HEADER_SIZE, MIN_SECRET_BYTES,
+    CookieAttributes, CookieLifetime, CookieSecure, HttpPlan, Persistence, SameSite,
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_HEADER_SIZE, HTTP_ALPN, MIN_SECRET_BYTES,
 };
 pub use monitors::{
     MonitorPlan, MonitorRule, MonitorType, NodePlan, Probe, ProbePort, StatusMatch,

@@ -6,7 +6,7 @@
 //! here once, so a new one cannot be forgotten by `check` or `run`.
 
 use super::admin::{Admin, AdminAuth};
-use super::http::{HttpPlan, Persistence};
+use super::http::Persistence;
 use super::monitors::Probe;
 use super::plan::{Mode, Plan};
 use super::tls::{ClientAuth, MemberVerification, Reencrypt, SessionTickets, Tls};
@@ -47,12 +47,10 @@ impl Plan {
                     visit(secret);
                 }
             }
-            if let Mode::Http(HttpPlan {
-                persistence: Persistence::Cookie { secret_file, .. },
-                ..
-            }) = &mut virtual_server.mode
-            {
-                visit(secret_file);
+            if let Mode::Http(http) = &mut virtual_server.mode {
+                if let Persistence::Cookie { secret_file, .. } = &mut http.persistence {
+                    visit(secret_file);
+                }
             }
         }
         if let Admin::On {

@@ -153,7 +153,7 @@ pub enum Mode {
     /// A TCP stream, untouched (F5's standard virtual with a tcp profile).
     Tcp,
     /// HTTP/1.1 requests (F5's http profile), with their own settings.
-    Http(HttpPlan),
+    Http(Box<HttpPlan>),
 }
 
 impl Plan {

@@ -94,6 +94,9 @@ pub struct RawVirtual {
     pub header_timeout: Option<Spanned<RawDuration>>,
     pub keepalive_timeout: Option<Spanned<RawDuration>>,
     pub max_header_size: Option<Spanned<i64>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 /// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.

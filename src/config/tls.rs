@@ -66,8 +66,14 @@ pub struct Terminate {
 /// How a terminating virtual issues session tickets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionTickets {
-    /// None: every client makes a full handshake with another node.
+    /// None (`session_tickets = false`): every reconnecting client makes
+    /// a full handshake (TLS 1.3 clients may still resume from the
+    /// server's session cache).
     Off,
+    /// Sealed with random keys kept in memory and rotated every 6 hours
+    /// (tickets live 12): resumption on this instance only. The default
+    /// without a shared secret.
+    Local,
     /// Sealed with keys derived from the pair's shared secret (this file),
     /// rotated on a schedule every node computes alike, so a client
     /// resumes on either node of a pair.
@@ -234,16 +240,7 @@ impl Checker<'_> {
                 let tickets = match (tls.session_tickets.as_ref(), secret) {
                     (Some(on), _) if !*on.get_ref() => SessionTickets::Off,
                     (_, Some(secret)) => SessionTickets::Shared(secret.get_ref().into()),
-                    (None, None) => SessionTickets::Off,
-                    (Some(on), None) => {
-                        self.report(
-                            &format!("{key}.session_tickets"),
-                            Some(on.span()),
-                            "session tickets are sealed with the pair's shared secret, and none is set".into(),
-                            Some("add [persistence] secret_file = \"/etc/vipgate/shared-secret\" (the same file on both nodes; `head -c 32 /dev/urandom` makes one)".into()),
-                        );
-                        SessionTickets::Off
-                    }
+                    (_, None) => SessionTickets::Local,
                 };
                 Some(Tls::Terminate(Terminate {
                     plain_allowed: tls.mode == TlsMode::Auto,

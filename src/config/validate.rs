@@ -289,7 +289,7 @@ impl Checker<'_> {
                 None
             }
         };
-        let tls = match &virtual_server.tls {
+        let mut tls = match &virtual_server.tls {
             None => Some(Tls::Off),
             Some(tls) => self.tls(&format!("{key}.tls"), tls, raw),
         };
@@ -353,7 +353,7 @@ impl Checker<'_> {
                 )
                 .map(|n| n as u64),
         };
-        let mode = self.mode(&key, raw_virtual, tls.as_ref(), raw);
+        let mode = self.mode(&key, raw_virtual, tls.as_mut(), raw);
         Some(VirtualPlan {
             name: name.to_string(),
             listen: listen?,

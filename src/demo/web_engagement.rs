@@ -13,6 +13,8 @@
 //!   every message;
 //! - `POST /gwe/echo`: the request body back, streamed;
 //! - `GET /gwe/crash`: closes the connection without answering;
+//! - `GET /gwe/headers`: the request's header fields, one `name: value` a
+//!   line;
 //! - anything else: `<route> <method> <target>`.
 //!
 //! Every answer carries `x-served-by` (the route), `x-connection` (which of
@@ -115,6 +117,16 @@ async fn answer(
         "/gwe/ws" => websocket(&mut request),
         "/gwe/echo" => Response::new(request.into_body().boxed()),
         "/gwe/crash" => return Err(io::Error::other("asked to crash")),
+        "/gwe/headers" => {
+            let mut lines = String::new();
+            for (name, value) in request.headers() {
+                lines.push_str(&format!(
+                    "{name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+            text(lines)
+        }
         _ => text(format!("{route} {} {}\n", request.method(), request.uri())),
     };
     let headers = response.headers_mut();

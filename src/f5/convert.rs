@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::model::{find, MemberState, Model, RuleSpec, SnatChoice, Virtual};
 use super::monitors::{Check, Converted};
-use super::profiles::Role;
+use super::profiles::{header_field, Role};
 use super::syntax::Position;
 use super::words::{endpoint, ip, name, Host, Port};
 
@@ -58,6 +58,8 @@ pub(super) struct VirtualOut {
     pub connection_limit: Option<u64>,
     pub idle_timeout: Option<u64>,
     pub http: bool,
+    /// The http profile's `header-insert`, as `(name, value)`.
+    pub request_headers: Vec<(String, String)>,
     pub certificates: Vec<(String, String)>,
     /// Cookie persistence: `(cookie name, max age)`.
     pub cookie: Option<(String, Option<u64>)>,
@@ -267,6 +269,7 @@ impl<'a> Converter<'a> {
             connection_limit: source.connection_limit.filter(|l| *l != 0),
             idle_timeout: None,
             http: false,
+            request_headers: Vec::new(),
             certificates: Vec::new(),
             cookie: None,
         };
@@ -533,7 +536,15 @@ impl<'a> Converter<'a> {
                         self.model.detail(*at, format!("{owner}: profile {}'s indefinite idle timeout becomes 24 h (vipgate always times idle connections out)", name(profile)));
                     }
                 }
-                Role::Http => out.http = true,
+                Role::Http { header_insert } => {
+                    out.http = true;
+                    if let Some(text) = header_insert {
+                        match header_field(&text) {
+                            Some(field) => out.request_headers.push(field),
+                            None => self.model.detail(*at, format!("{owner}: http profile {}'s header-insert {text:?} is not a plain `Name: value` (iRule expressions are evaluated per request on F5, and framing fields are vipgate's own); not carried over", name(profile))),
+                        }
+                    }
+                }
                 Role::ClientSsl(certificates) if certificates.is_empty() => {
                     self.model.detail(
                         *at,

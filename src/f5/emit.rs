@@ -225,6 +225,14 @@ pub(super) fn emit(output: &Output, source: &str) -> (String, Summary) {
         }
         if virtual_server.http {
             let _ = writeln!(out, "mode = \"http\"");
+            if !virtual_server.request_headers.is_empty() {
+                let fields: Vec<String> = virtual_server
+                    .request_headers
+                    .iter()
+                    .map(|(name, value)| format!("{} = {}", quote(name), quote(value)))
+                    .collect();
+                let _ = writeln!(out, "request_headers = {{ {} }}", fields.join(", "));
+            }
         }
         if let Some((cookie, max_age)) = &virtual_server.cookie {
             secret_needed = true;

@@ -13,7 +13,7 @@ const F5_IDLE_TIMEOUT: u64 = 300;
 /// An indefinite idle timeout, carried over as a day.
 const INDEFINITE: u64 = 86_400;
 
-const KEYS: [(&str, Arity); 19] = [
+const KEYS: [(&str, Arity); 20] = [
     ("defaults-from", Arity::One),
     ("idle-timeout", Arity::One),
     ("cert", Arity::One),
@@ -33,6 +33,7 @@ const KEYS: [(&str, Arity); 19] = [
     ("httponly", Arity::One),
     ("secure", Arity::One),
     ("context", Arity::One),
+    ("header-insert", Arity::One),
 ];
 
 /// What a profile does for a virtual.
@@ -40,7 +41,8 @@ const KEYS: [(&str, Arity); 19] = [
 pub(super) enum Role {
     /// tcp or fastL4: the idle timeout in seconds.
     Tcp(u64),
-    Http,
+    /// http: the `header-insert` text (`"Name: value"`), if any.
+    Http { header_insert: Option<String> },
     /// client-ssl: `(cert, key)` files to present.
     ClientSsl(Vec<(String, String)>),
     /// server-ssl: the CA to verify members with (when F5 verifies them)
@@ -133,6 +135,14 @@ impl Model {
                         }
                     }
                 }
+                // A header, not a name: kept as written.
+                "header-insert" => {
+                    let value = attribute.value().to_string();
+                    profile
+                        .settings
+                        .entry("header-insert".into())
+                        .or_insert(value);
+                }
                 key if attribute.known => {
                     let value = name(attribute.value()).to_string();
                     profile.settings.entry(key.to_string()).or_insert(value);
@@ -201,7 +211,9 @@ impl Model {
                 Some(seconds) => seconds.parse().unwrap_or(F5_IDLE_TIMEOUT),
                 None => F5_IDLE_TIMEOUT,
             }),
-            "http" => Role::Http,
+            "http" => Role::Http {
+                header_insert: get("header-insert"),
+            },
             "client-ssl" => Role::ClientSsl(certificates),
             "server-ssl" => Role::ServerSsl {
                 ca: get("ca-file").filter(|_| get("peer-cert-mode").as_deref() == Some("require")),
@@ -256,6 +268,19 @@ pub(super) fn expiration(text: &str) -> Option<u64> {
         })
 }
 
+/// An http profile's `header-insert` (`"X-Site: paris"`) as a field
+/// vipgate can set: a valid name and a value without iRule expressions.
+pub(super) fn header_field(text: &str) -> Option<(String, String)> {
+    let (field, value) = text.split_once(':')?;
+    let (field, value) = (field.trim(), value.trim());
+    let plain = !value.contains('[') && !value.contains('$');
+    // Framing and persistence fields are vipgate's own.
+    let settable = !crate::config::is_managed_header(field);
+    let valid = http::HeaderName::from_bytes(field.as_bytes()).is_ok()
+        && http::HeaderValue::from_str(value).is_ok();
+    (plain && valid && settable).then(|| (field.to_string(), value.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +292,28 @@ mod tests {
         assert_eq!(expiration("0"), Some(0));
         assert_eq!(expiration("soon"), None);
         assert_eq!(expiration("99999999999999999:0:0:0"), None);
+    }
+
+    #[test]
+    fn header_insert_carries_plain_fields_only() {
+        assert_eq!(
+            header_field("X-Site: paris"),
+            Some(("X-Site".into(), "paris".into()))
+        );
+        assert_eq!(
+            header_field(" X-Forwarded-Proto :https "),
+            Some(("X-Forwarded-Proto".into(), "https".into()))
+        );
+        for not_plain in [
+            "X-Forwarded-For: [IP::client_addr]",
+            "X-Vs: $vs",
+            "no colon",
+            "Bad Name: x",
+            "Connection: close",
+            "Content-Length: 5",
+        ] {
+            assert_eq!(header_field(not_plain), None, "{not_plain}");
+        }
     }
 
     #[test]

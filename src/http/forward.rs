@@ -4,22 +4,21 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
-use super::client_io::Phase;
-use super::headers::{add_forwarded, remove_hop_by_hop, wants_upgrade};
+use super::body::{ClientBodyError, RequestBody, ResponseBody};
+use super::client_io::InFlight;
+use super::headers::{add_forwarded, insert_all, remove_hop_by_hop, wants_upgrade};
 use super::members::{Sender, Sent};
 use super::persistence::{
-    cookie_value, cookie_value_any_case, route_of, url_param_route, TokenError,
+    cookie_value_any_case, cookie_values, route_of, set_cookie, url_param_route,
 };
 use super::{tunnel, Connection, HttpVirtual};
 use crate::clock::unix_seconds;
@@ -43,18 +42,27 @@ struct Claim {
 /// Serves one request of `connection`.
 pub(super) async fn handle(
     connection: Arc<Connection>,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    connection.phase.waiting();
+    let in_flight = connection.phase.start();
     let http = &connection.http;
     let stats = &http.stats.http;
     stats.count(HttpEvent::Request);
+    if request.version() == Version::HTTP_2 {
+        stats.count(HttpEvent::Http2Request);
+    }
+    if let Err(problem) = check_host(&request) {
+        return Ok(bad_request(&connection, in_flight, problem));
+    }
     let pool = &http.pool;
     let now = unix_seconds();
     let claim = claim(http, pool, &request, now);
-    let upgrade = wants_upgrade(request.headers());
-    prepare(&mut request, connection.peer, connection.tls, upgrade);
+    // Upgrades are HTTP/1.1's; an h2c upgrade is not one vipgate makes
+    // (the request is served over HTTP/1.1 as if it had not asked).
+    let upgrade = request.version() == Version::HTTP_11 && wants_upgrade(request.headers());
+    let mut request = request.map(RequestBody::from);
+    prepare(http, &mut request, connection.peer, connection.tls, upgrade);
     let method = request.method().clone();
 
     let mut tried = Tried::default();
@@ -74,7 +82,7 @@ pub(super) async fn handle(
             None => pool.reserve_paced(&mut tried, deadline).await,
         };
         let Some((index, slot)) = reserved else {
-            return Ok(refuse(&connection, attempts.exhausted()));
+            return Ok(refuse(&connection, in_flight, attempts.exhausted()));
         };
         let member = &pool.members()[index].state;
         let sent = if upgrade {
@@ -84,8 +92,17 @@ pub(super) async fn handle(
         };
         match sent {
             Sent::Answered(response, sender) => {
+                http.stats.record_request(started.elapsed());
                 count_persistence(http, stats, &claim, index);
-                let response = respond(&connection, response, sender, (index, slot), &claim, now);
+                let response = respond(
+                    &connection,
+                    in_flight,
+                    response,
+                    sender,
+                    (index, slot),
+                    &claim,
+                    now,
+                );
                 log(
                     &connection,
                     &method,
@@ -97,15 +114,19 @@ pub(super) async fn handle(
             }
             Sent::Unreachable(unsent, error) => {
                 if let Some(refusal) = attempts.failed(member, &http.name, &error) {
-                    return Ok(refuse(&connection, refusal));
+                    return Ok(refuse(&connection, in_flight, refusal));
                 }
                 request = unsent;
+            }
+            Sent::Failed(error) if ClientBodyError::caused(&error) => {
+                return Ok(bad_request(&connection, in_flight, error.to_string()));
             }
             Sent::Failed(error) => {
                 stats.count(HttpEvent::MemberFailed);
                 tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), %error, "member failed while answering: 502");
                 return Ok(local(
                     &connection,
+                    in_flight,
                     StatusCode::BAD_GATEWAY,
                     "the member failed to answer\n",
                 ));
@@ -115,6 +136,7 @@ pub(super) async fn handle(
                 tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), "member did not answer within idle_timeout: 504");
                 return Ok(local(
                     &connection,
+                    in_flight,
                     StatusCode::GATEWAY_TIMEOUT,
                     "the member did not answer in time\n",
                 ));
@@ -153,48 +175,89 @@ fn claim(http: &HttpVirtual, pool: &Pool, request: &Request<Incoming>, now: u64)
             }
         }
         Persistence::Cookie { name, lifetime, .. } => {
-            let Some(token) = cookies().find_map(|header| cookie_value(header, name)) else {
+            let Some(seal) = http.seal.as_ref() else {
                 return Claim::default();
             };
-            let opened = http
-                .seal
-                .as_ref()
-                .ok_or(TokenError::Malformed)
-                .and_then(|seal| seal.open(token, now));
-            let member = opened.as_ref().ok().and_then(|token| {
-                let address: SocketAddr = token.member.parse().ok()?;
-                pool.member_by_address(address)
-            });
-            let renew = match (lifetime, &opened) {
-                (CookieLifetime::MaxAge(max_age), Ok(token)) => {
-                    token.expires.saturating_sub(now) < max_age.as_secs() / 2
+            // A browser may hold two cookies of the name (one per path or
+            // domain): any genuine one that names a member counts.
+            let mut present = false;
+            let mut first_genuine = None;
+            for token in cookies().flat_map(|header| cookie_values(header, name)) {
+                present = true;
+                let Ok(opened) = seal.open(token, now) else {
+                    continue;
+                };
+                if let Some(member) = pool.member_by_address(opened.member) {
+                    first_genuine = Some((member, opened));
+                    break;
                 }
-                _ => false,
+            }
+            let Some((member, opened)) = first_genuine else {
+                return Claim {
+                    member: None,
+                    present,
+                    renew: false,
+                };
             };
+            let renew = opened.legacy
+                || match lifetime {
+                    CookieLifetime::MaxAge(max_age) => {
+                        opened.expires.saturating_sub(now) < max_age.as_secs() / 2
+                    }
+                    CookieLifetime::Session => false,
+                };
             Claim {
-                member,
-                present: true,
+                member: Some(member),
+                present,
                 renew,
             }
         }
     }
 }
 
+/// Whether the request names its site as HTTP requires: HTTP/1.1 needs
+/// exactly one `Host` (RFC 9112 3.2), HTTP/2 an `:authority` or a `Host`
+/// (RFC 9113 8.3.1). HTTP/1.0 may go without.
+fn check_host(request: &Request<Incoming>) -> Result<(), String> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(format!("{hosts} Host header fields"));
+    }
+    let named = hosts == 1 || request.uri().authority().is_some();
+    match request.version() {
+        Version::HTTP_09 | Version::HTTP_10 => Ok(()),
+        _ if named => Ok(()),
+        _ => Err("no Host header field".into()),
+    }
+}
+
 /// The request as the member gets it: hop-by-hop fields removed,
-/// `X-Forwarded-*` added, in origin form over HTTP/1.1 (so the member
-/// connection can be kept alive whatever the client speaks).
-fn prepare(request: &mut Request<Incoming>, peer: SocketAddr, tls: bool, upgrade: bool) {
+/// `X-Forwarded-*` and the virtual's own fields added, in origin form over
+/// HTTP/1.1 (so the member connection can be kept alive whatever the
+/// client speaks).
+fn prepare(
+    http: &HttpVirtual,
+    request: &mut Request<RequestBody>,
+    peer: SocketAddr,
+    tls: bool,
+    upgrade: bool,
+) {
     remove_hop_by_hop(request.headers_mut(), upgrade);
-    add_forwarded(request.headers_mut(), peer.ip(), tls);
-    if request.uri().authority().is_some() {
-        // An absolute-form target (`GET http://host/path`): the member
-        // wants the path; Host already names the site.
+    if let Some(authority) = request.uri().authority() {
+        // An absolute-form target (`GET http://host/path`) or an HTTP/2
+        // `:authority`: the site it names is the Host (RFC 9112 3.2.2),
+        // and the member wants the path.
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
         let origin = request
             .uri()
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         *request.uri_mut() = origin;
     }
+    add_forwarded(request.headers_mut(), peer.ip(), tls);
+    insert_all(request.headers_mut(), &http.request_headers);
     *request.version_mut() = Version::HTTP_11;
 }
 
@@ -211,7 +274,11 @@ fn count_persistence(http: &HttpVirtual, stats: &HttpStats, claim: &Claim, index
 
 /// A request no member can take: counted by why (the dial path's verdict,
 /// the same as for a TCP client), answered 503.
-fn refuse(connection: &Connection, refusal: Rejection) -> Response<ResponseBody> {
+fn refuse(
+    connection: &Connection,
+    in_flight: InFlight,
+    refusal: Rejection,
+) -> Response<ResponseBody> {
     let stats = &connection.http.stats;
     stats.count_rejected(refusal);
     stats.http.count(HttpEvent::NoMember);
@@ -219,14 +286,34 @@ fn refuse(connection: &Connection, refusal: Rejection) -> Response<ResponseBody>
         Rejection::NoMember => "no member is available\n",
         _ => "no member can be reached now\n",
     };
-    local(connection, StatusCode::SERVICE_UNAVAILABLE, text)
+    local(connection, in_flight, StatusCode::SERVICE_UNAVAILABLE, text)
+}
+
+/// A request that is the client's mistake (no `Host`, a malformed body):
+/// counted and logged as such, answered 400, no member blamed.
+fn bad_request(
+    connection: &Connection,
+    in_flight: InFlight,
+    problem: String,
+) -> Response<ResponseBody> {
+    let http = &connection.http;
+    http.stats.http.count(HttpEvent::BadRequest);
+    tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, status = 400, error = %problem, "request refused");
+    local(
+        connection,
+        in_flight,
+        StatusCode::BAD_REQUEST,
+        "the request is malformed\n",
+    )
 }
 
 /// The member's response on its way to the client: hop-by-hop fields
-/// removed, the persistence cookie added when due, and the connection
-/// handed back (or turned into a tunnel) when it is done.
+/// removed, the virtual's own fields and the persistence cookie (when due)
+/// added, and the connection handed back (or turned into a tunnel) when it
+/// is done.
 fn respond(
     connection: &Arc<Connection>,
+    in_flight: InFlight,
     response: Response<Incoming>,
     sender: Sender,
     (index, slot): (usize, MemberSlot),
@@ -237,11 +324,10 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(&mut parts.headers, switching);
-    if let Persistence::Cookie { name, lifetime, .. } = &http.plan.persistence {
+    insert_all(&mut parts.headers, &http.response_headers);
+    if let Persistence::Cookie { .. } = &http.plan.persistence {
         if claim.member != Some(index) || claim.renew {
-            if let Some(cookie) =
-                persistence_cookie(connection, name, *lifetime, slot.member().address(), now)
-            {
+            if let Some(cookie) = persistence_cookie(connection, slot.member().address(), now) {
                 parts.headers.append(header::SET_COOKIE, cookie);
                 http.stats.http.count(HttpEvent::CookieSet);
             }
@@ -252,6 +338,7 @@ fn respond(
             http.stats.http.count(HttpEvent::MemberFailed);
             return local(
                 connection,
+                in_flight,
                 StatusCode::BAD_GATEWAY,
                 "the member switched protocols unasked\n",
             );
@@ -261,62 +348,59 @@ fn respond(
         connection.phase.tunnel();
         http.stats.http.count(HttpEvent::Upgrade);
         drop((body, sender));
-        ResponseBody::text(&connection.phase, Bytes::new())
+        ResponseBody::text(in_flight, Bytes::new())
     } else {
-        connection.phase.sending();
-        ResponseBody {
-            content: Content::Member(body),
-            ended: false,
-            phase: Arc::clone(&connection.phase),
-            slot: Some(slot),
-            reuse: Some((Arc::clone(http), index, sender)),
-        }
+        ResponseBody::member(in_flight, body, slot, (Arc::clone(http), index, sender))
     };
     Response::from_parts(parts, body)
 }
 
-/// `NAME=<token>; Path=/; HttpOnly`, with `Secure` for a TLS client and
-/// `Max-Age` when the cookie has one.
+/// The `Set-Cookie` value naming `member`, with the virtual's attributes.
 fn persistence_cookie(
     connection: &Connection,
-    name: &str,
-    lifetime: CookieLifetime,
     member: SocketAddr,
     now: u64,
 ) -> Option<HeaderValue> {
-    let seal = connection.http.seal.as_ref()?;
-    let (expires, max_age) = match lifetime {
-        CookieLifetime::Session => (0, None),
-        CookieLifetime::MaxAge(max_age) => (now + max_age.as_secs(), Some(max_age.as_secs())),
+    let http = &connection.http;
+    let seal = http.seal.as_ref()?;
+    let Persistence::Cookie {
+        name,
+        lifetime,
+        attributes,
+        ..
+    } = &http.plan.persistence
+    else {
+        return None;
     };
-    let mut cookie = format!(
-        "{name}={}; Path=/; HttpOnly",
-        seal.seal(&member.to_string(), expires)
+    let expires = match lifetime {
+        CookieLifetime::Session => 0,
+        CookieLifetime::MaxAge(max_age) => now + max_age.as_secs(),
+    };
+    let cookie = set_cookie(
+        name,
+        &seal.seal(member, expires),
+        *lifetime,
+        attributes,
+        connection.tls,
     );
-    if connection.tls {
-        cookie.push_str("; Secure");
-    }
-    if let Some(max_age) = max_age {
-        cookie.push_str(&format!("; Max-Age={max_age}"));
-    }
     HeaderValue::from_str(&cookie).ok()
 }
 
 /// vipgate's own short answer.
 fn local(
     connection: &Connection,
+    in_flight: InFlight,
     status: StatusCode,
     text: &'static str,
 ) -> Response<ResponseBody> {
-    connection.phase.sending();
     let mut response = Response::new(ResponseBody::text(
-        &connection.phase,
+        in_flight,
         Bytes::from_static(text.as_bytes()),
     ));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    insert_all(headers, &connection.http.response_headers);
     response
 }
 
@@ -337,82 +421,4 @@ fn log(
         duration_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-}
-
-/// A response body: the member's, streamed as it comes, or vipgate's own
-/// text. Dropping it ends the request: the member connection goes back to
-/// its idle queue if the body was read to the end (otherwise it closes),
-/// the member's request slot is freed, and the client connection waits
-/// for its next request.
-pub(super) struct ResponseBody {
-    content: Content,
-    ended: bool,
-    phase: Arc<Phase>,
-    slot: Option<MemberSlot>,
-    reuse: Option<(Arc<HttpVirtual>, usize, Sender)>,
-}
-
-enum Content {
-    Member(Incoming),
-    Text(Option<Bytes>),
-}
-
-impl ResponseBody {
-    fn text(phase: &Arc<Phase>, text: Bytes) -> ResponseBody {
-        ResponseBody {
-            content: Content::Text(Some(text)),
-            ended: false,
-            phase: Arc::clone(phase),
-            slot: None,
-            reuse: None,
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.content {
-            Content::Member(body) => Pin::new(body).poll_frame(cx),
-            Content::Text(text) => Poll::Ready(text.take().map(|text| Ok(Frame::data(text)))),
-        };
-        if let Poll::Ready(None) = polled {
-            this.ended = true;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.content {
-            Content::Member(body) => body.is_end_stream(),
-            Content::Text(text) => text.as_ref().is_none_or(Bytes::is_empty),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.content {
-            Content::Member(body) => body.size_hint(),
-            Content::Text(text) => {
-                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
-            }
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        self.phase.done();
-        if let Some((http, index, sender)) = self.reuse.take() {
-            if self.ended || self.is_end_stream() {
-                http.members.checkin(index, sender);
-            }
-        }
-        self.slot = None;
-    }
 }

@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that describe one connection, never the message: removed in both
 /// directions, with every field the `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -17,12 +17,33 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // Belongs to an h2c upgrade, which is never passed on.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Whether a request asks to switch protocols (WebSocket and the like):
 /// `Connection: upgrade` with an `Upgrade` field.
 pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+    let protocol = headers
+        .get(header::UPGRADE)
+        .and_then(|value| value.to_str().ok());
+    // `Upgrade: h2c` asks to switch this connection to HTTP/2, which
+    // vipgate does not do in mid-connection (a client that wants HTTP/2 in
+    // clear text starts with it): the request is served over HTTP/1.1, as
+    // RFC 9113 3.1 allows, and the header is not passed on.
+    let h2c = protocol.is_some_and(|p| {
+        p.split(',')
+            .any(|offered| offered.trim().eq_ignore_ascii_case("h2c"))
+    });
+    protocol.is_some() && !h2c && connection_lists(headers, "upgrade")
+}
+
+/// Sets each of `fields` (lower-case names, validated by the
+/// configuration), replacing what was there.
+pub(crate) fn insert_all(headers: &mut HeaderMap, fields: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in fields {
+        headers.insert(name.clone(), value.clone());
+    }
 }
 
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {

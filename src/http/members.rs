@@ -18,6 +18,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::body::RequestBody;
 use super::HttpVirtual;
 use crate::dial::{DialError, Dialed};
 use crate::pool::MemberState;
@@ -33,11 +34,11 @@ pub const IDLE_PER_MEMBER: usize = 64;
 pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A connection to a member, ready for a request.
-pub(crate) type Sender = SendRequest<Incoming>;
+pub(crate) type Sender = SendRequest<RequestBody>;
 
 /// A freshly opened member connection: the handle requests go through, the
 /// connection itself (to be driven by a task) and the SNAT source it holds.
-pub(crate) type Opened = (Sender, Connection<TokioIo<Back>, Incoming>, SourceLease);
+pub(crate) type Opened = (Sender, Connection<TokioIo<Back>, RequestBody>, SourceLease);
 
 struct Idle {
     sender: Sender,
@@ -65,7 +66,7 @@ pub(crate) enum Sent {
     Answered(Response<Incoming>, Sender),
     /// No connection could be opened: the request, untouched, for the next
     /// member, and whose fault it was.
-    Unreachable(Request<Incoming>, DialError),
+    Unreachable(Request<RequestBody>, DialError),
     /// The connection failed once the request was on its way.
     Failed(hyper::Error),
     /// No answer within the virtual's idle timeout.
@@ -110,7 +111,7 @@ impl HttpVirtual {
     /// Sends `request` to the member at `index` over an idle connection, or
     /// a new one. A request that a stale idle connection could not take
     /// (closed by the member just before) is sent again on another.
-    pub(crate) async fn send(&self, index: usize, mut request: Request<Incoming>) -> Sent {
+    pub(crate) async fn send(&self, index: usize, mut request: Request<RequestBody>) -> Sent {
         let Some(member) = self.pool.members().get(index) else {
             return Sent::Unreachable(
                 request,

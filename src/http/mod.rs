@@ -2,14 +2,21 @@
 //! one by one (with session persistence by URL parameter or inserted
 //! cookie) and forwarded over kept-alive member connections.
 //!
+//! Clients speak HTTP/1.1 or HTTP/2 (chosen by ALPN over TLS, by the
+//! connection's first bytes otherwise: HTTP/2 in clear text is by prior
+//! knowledge), served by hyper; members always get HTTP/1.1 over
+//! kept-alive connections.
+//!
 //! - [`persistence`]: the pure parsing and sealing the routing relies on;
 //! - `client_io`: the client leg with its keep-alive, header and idle
 //!   timeouts (and the 408);
+//! - `body`: the request and response bodies on their way through;
 //! - `forward`: one request, from its persistence claim to the response;
 //! - `members`: the per-member queues of idle connections;
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*`;
 //! - `tunnel`: what an upgraded connection (WebSocket) becomes.
 
+mod body;
 mod client_io;
 mod forward;
 mod headers;
@@ -17,14 +24,16 @@ mod members;
 pub mod persistence;
 mod tunnel;
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use http::header::{HeaderName, HeaderValue};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
 
 pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
@@ -32,10 +41,10 @@ pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
 use crate::config::{HttpPlan, Persistence, VirtualPlan};
 use crate::dial::Dialer;
 use crate::pool::Pool;
-use crate::stats::VirtualStats;
+use crate::stats::{HttpEvent, VirtualStats};
 use crate::streams::Front;
 use crate::sync::lock;
-use client_io::{ClientIo, Phase, Timeouts};
+use client_io::{ClientIo, Phase, Protocol, Sniffed, Timeouts};
 use members::MemberConnections;
 use persistence::CookieSeal;
 
@@ -54,6 +63,10 @@ pub struct HttpVirtual {
     pub stats: Arc<VirtualStats>,
     /// Set for cookie persistence.
     seal: Option<CookieSeal>,
+    /// `request_headers`, ready to insert.
+    request_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `response_headers`, ready to insert.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
     members: MemberConnections,
 }
 
@@ -81,6 +94,8 @@ impl HttpVirtual {
             Persistence::None | Persistence::UrlParam { .. } => None,
         };
         Ok(HttpVirtual {
+            request_headers: header_fields(&plan.request_headers),
+            response_headers: header_fields(&plan.response_headers),
             plan: plan.clone(),
             name: virtual_plan.name.clone(),
             idle_timeout: virtual_plan.idle_timeout,
@@ -91,6 +106,20 @@ impl HttpVirtual {
             seal,
         })
     }
+}
+
+/// Configured header fields as hyper's types. The configuration checked
+/// each, so none is dropped here.
+fn header_fields(fields: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> {
+    fields
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// One client connection of an HTTP virtual, as its requests see it.
@@ -115,20 +144,43 @@ pub(crate) async fn serve(
     close: CancellationToken,
     draining: CancellationToken,
 ) {
-    let phase = Arc::new(Phase::default());
+    let mut client = client;
     let tls = client.is_tls();
+    // Over TLS, ALPN has usually decided; otherwise the first bytes tell
+    // (the HTTP/2 preface, or a request line).
+    let (protocol, sniffed) = match client.alpn() {
+        Some(b"h2") => (Protocol::Http2, Sniffed::default()),
+        Some(_) => (Protocol::Http1, Sniffed::default()),
+        None => {
+            let sniffing = client_io::sniff(&mut client, http.plan.keepalive_timeout);
+            tokio::select! {
+                sniffed = sniffing => match sniffed {
+                    Some(sniffed) => sniffed,
+                    None => return,
+                },
+                () = close.cancelled() => return,
+                () = draining.cancelled() => return,
+            }
+        }
+    };
+    let phase = Arc::new(Phase::default());
+    if protocol == Protocol::Http2 {
+        phase.multiplexed();
+    }
     let timeouts = Timeouts {
         header: http.plan.header_timeout,
         keepalive: http.plan.keepalive_timeout,
         idle: http.idle_timeout,
     };
-    let io = ClientIo::new(
+    let io = TokioIo::new(ClientIo::new(
         client,
+        sniffed,
         Arc::clone(&phase),
         timeouts,
         Arc::clone(&http.stats),
-    );
+    ));
     let max_header_size = http.plan.max_header_size;
+    let max_concurrent_streams = http.plan.max_concurrent_streams;
     let connection = Arc::new(Connection {
         http,
         peer,
@@ -140,31 +192,89 @@ pub(crate) async fn serve(
         let connection = Arc::clone(&connection);
         service_fn(move |request| forward::handle(Arc::clone(&connection), request))
     };
-    let mut served = pin!(http1::Builder::new()
-        .keep_alive(true)
-        .max_header_size(max_header_size)
-        // Bounds what a client trickling an endless head makes us hold.
-        .max_buf_size(max_header_size.max(64 * 1024))
-        // Ours: see client_io.
-        .header_read_timeout(None)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades());
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        () = draining.cancelled() => {
-            served.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = served.as_mut() => result,
-                () = close.cancelled() => return,
-            }
+    let result = match protocol {
+        Protocol::Http1 => {
+            let served = http1::Builder::new()
+                .keep_alive(true)
+                .max_header_size(max_header_size)
+                // Bounds what a client trickling an endless head makes us
+                // hold.
+                .max_buf_size(max_header_size.max(64 * 1024))
+                // Ours: see client_io.
+                .header_read_timeout(None)
+                .serve_connection(io, service)
+                .with_upgrades();
+            until_closed(served, |c| c.graceful_shutdown(), &close, &draining).await
         }
-        () = close.cancelled() => return,
+        Protocol::Http2 => {
+            let served = http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(max_concurrent_streams)
+                .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+                // A client resetting streams as fast as it opens them (the
+                // "rapid reset" attack) is cut off instead of keeping the
+                // members busy.
+                .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
+                .serve_connection(io, service);
+            until_closed(served, |c| c.graceful_shutdown(), &close, &draining).await
+        }
+    };
+    let Some(result) = result else {
+        return;
     };
     if let Err(error) = result {
-        tracing::debug!(target: "vipgate::connection", virtual_server = %connection.http.name, client = %peer, %error, "HTTP connection ended with an error");
+        connection_error(&connection, &error);
     }
     let tunnel = lock(&connection.tunnel).take();
     if let Some(tunnel) = tunnel {
         tunnel.run(&connection, &close).await;
+    }
+}
+
+/// Drives a served connection to its end; on `draining`, asks it to finish
+/// what is in flight and stop (`shutdown`); on `close`, drops it at once
+/// (`None`).
+async fn until_closed<F: Future<Output = hyper::Result<()>>>(
+    served: F,
+    shutdown: impl FnOnce(Pin<&mut F>),
+    close: &CancellationToken,
+    draining: &CancellationToken,
+) -> Option<hyper::Result<()>> {
+    let mut served = pin!(served);
+    tokio::select! {
+        result = served.as_mut() => Some(result),
+        () = draining.cancelled() => {
+            shutdown(served.as_mut());
+            tokio::select! {
+                result = served.as_mut() => Some(result),
+                () = close.cancelled() => None,
+            }
+        }
+        () = close.cancelled() => None,
+    }
+}
+
+/// Streams a client may reset before vipgate has answered them, at once,
+/// before the connection is closed as abusive.
+const MAX_PENDING_RESET_STREAMS: usize = 20;
+
+/// How a client connection ended with an error. hyper answers a request
+/// it cannot parse itself (400, or 431 for a head over `max_header_size`)
+/// and then ends the connection with that error: those are the client's
+/// mistakes, counted and logged like vipgate's other answers.
+fn connection_error(connection: &Connection, error: &hyper::Error) {
+    let http = &connection.http;
+    match error.is_parse().then_some(error) {
+        Some(parse) => {
+            let (event, status) = if parse.is_parse_too_large() {
+                (HttpEvent::HeaderTooLarge, 431)
+            } else {
+                (HttpEvent::BadRequest, 400)
+            };
+            http.stats.http.count(event);
+            tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, status, error = %parse, "request refused");
+        }
+        None => {
+            tracing::debug!(target: "vipgate::connection", virtual_server = %http.name, client = %connection.peer, %error, "HTTP connection ended with an error");
+        }
     }
 }

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use http::StatusCode;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
+use super::body::RequestBody;
 use super::members::{dial, Sent};
 use super::Connection;
 use crate::dial::DialError;
@@ -35,7 +35,7 @@ pub(super) struct Tunnel {
 pub(super) async fn send(
     connection: &Arc<Connection>,
     index: usize,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
 ) -> Sent {
     let http = &connection.http;
     let Some(member) = http.pool.members().get(index) else {

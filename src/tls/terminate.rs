@@ -96,8 +96,15 @@ fn acceptor(plan: &Terminate) -> Result<TlsAcceptor, TlsError> {
         };
         let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
         config.alpn_protocols = plan.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        if let SessionTickets::Shared(secret) = &plan.tickets {
-            config.ticketer = SharedTickets::new(&crate::secret::read(secret)?);
+        match &plan.tickets {
+            SessionTickets::Shared(secret) => {
+                config.ticketer = SharedTickets::new(&crate::secret::read(secret)?);
+            }
+            SessionTickets::Local => {
+                config.ticketer = rustls::crypto::ring::Ticketer::new()
+                    .map_err(|e| TlsError::Settings(e.to_string()))?;
+            }
+            SessionTickets::Off => {}
         }
         Ok(TlsAcceptor::from(Arc::new(config)))
     }

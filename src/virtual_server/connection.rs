@@ -3,6 +3,7 @@
 //! to the next member when one refuses or does not answer in time, F5's
 //! "reselect"), the pump, and one log line when it ends.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use super::{reset, VirtualServer};
@@ -27,7 +29,37 @@ use crate::tls::client_hello::{self, Hello, HelloError};
 /// the close log line. Every step that fails logs why and closes the
 /// client. Takes everything by value so the spawned task is this future
 /// alone: an idle connection's memory is mostly this state.
-pub(crate) async fn serve(
+pub(crate) fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    virtual_server: Arc<VirtualServer>,
+    close: CancellationToken,
+    draining: CancellationToken,
+    admission: Admission,
+) -> impl Future<Output = ()> {
+    // Not an async fn: its arguments would sit beside the inner future
+    // and grow every idle connection's task.
+    if matches!(virtual_server.plan.tls, Tls::Terminate(_)) {
+        // Boxed: only TLS clients carry what rustls' warnings are
+        // attributed to (see tls::alerts).
+        let stats = Arc::clone(&virtual_server.stats);
+        let serving = serve_client(client, peer, virtual_server, close, draining, admission);
+        Either::Left(Box::pin(crate::tls::alerts::attributed(
+            stats, peer, serving,
+        )))
+    } else {
+        Either::Right(serve_client(
+            client,
+            peer,
+            virtual_server,
+            close,
+            draining,
+            admission,
+        ))
+    }
+}
+
+async fn serve_client(
     client: TcpStream,
     peer: SocketAddr,
     virtual_server: Arc<VirtualServer>,
@@ -47,6 +79,7 @@ pub(crate) async fn serve(
     if let Some(http) = &virtual_server.http {
         let serving = crate::http::serve(client, peer, Arc::clone(http), close, draining);
         Box::pin(serving).await;
+        virtual_server.stats.record_duration(started.elapsed());
         return;
     }
     let Some((pool, hello)) = choose_pool(&client, peer, &virtual_server).await else {
