@@ -15,11 +15,13 @@
 # carrying an inserted persistence cookie or a jvmRoute URL parameter, and
 # with a new client connection per request; HAProxy in `mode http` with
 # `cookie GWELB insert` and `use-server` on the URL parameter's suffix,
-# reusing member connections as vipgate does). Each throughput figure is the
+# reusing member connections as vipgate does), and HTTP/2 over TLS (h2load,
+# 10 streams at once on each connection, with the persistence cookie;
+# HAProxy with `alpn h2,http/1.1`). Each throughput figure is the
 # median of ROUNDS runs, interleaving direct, HAProxy and vipgate so drift
 # hits all alike.
 #
-# Needs: haproxy, iperf3, wrk, nginx (Debian packages; installed if missing
+# Needs: haproxy, iperf3, wrk, nginx, h2load (Debian packages; installed if missing
 # and running as root). Uses 127.0.0.11 for the backends and 127.0.0.100 for
 # the proxies' listeners.
 set -euo pipefail
@@ -39,12 +41,12 @@ HAPROXY_BASE=26000 VIPGATE_BASE=29000
 
 need() {
   local missing=()
-  for tool in haproxy iperf3 wrk nginx curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  for tool in haproxy iperf3 wrk nginx curl h2load; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iperf3 wrk nginx-light curl >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy iperf3 wrk nginx-light curl nghttp2-client >/dev/null
   else
-    echo "missing: ${missing[*]} (install the Debian packages haproxy iperf3 wrk nginx-light)" >&2
+    echo "missing: ${missing[*]} (install the Debian packages haproxy iperf3 wrk nginx-light nghttp2-client)" >&2
     exit 1
   fi
 }
@@ -157,6 +159,17 @@ listen http-url
   use-server GWE_Node2 if { urlp(jsessionid) -m end .GWE_Node2 }
   server GWE_Node1 $BACKEND:$HTTP_PORT
   server GWE_Node2 $BACKEND2:$HTTP_PORT
+listen http2-cookie
+  mode http
+  bind $VIP:$((HAPROXY_BASE + 8)) ssl crt $work/tls-haproxy.pem alpn h2,http/1.1
+  option forwardfor
+  http-reuse safe
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+  balance roundrobin
+  cookie GWELB insert indirect nocache httponly maxlife 8h
+  server GWE_Node1 $BACKEND:$HTTP_PORT cookie GWE_Node1
+  server GWE_Node2 $BACKEND2:$HTTP_PORT cookie GWE_Node2
 EOF
 cat >"$work/vipgate.toml" <<EOF
 [settings]
@@ -197,6 +210,12 @@ listen = "$VIP:$((VIPGATE_BASE + 7))"
 mode = "http"
 pool = "web"
 persistence = { url_param = "jsessionid" }
+[virtuals.http2-cookie]
+listen = "$VIP:$((VIPGATE_BASE + 8))"
+mode = "http"
+pool = "web"
+persistence = { cookie = "GWELB", max_age = "8h" }
+tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
 [persistence]
 secret_file = "$work/cookie-secret"
 EOF
@@ -207,7 +226,7 @@ start_proxies() {
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
   # Connection logs off, as HAProxy has none configured.
   VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
-  for port in 1 2 3 4 5 6 7; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
+  for port in 1 2 3 4 5 6 7 8; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
   for pid in "$haproxy_pid" "$vipgate_pid"; do
     kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
   done
@@ -220,7 +239,8 @@ stop_proxies() {
 start_proxies
 
 # target NAME -> "host port" for service (1 bulk, 2 http, 3 idle, 4 tls,
-# 5 tls idle, 6 http with cookie persistence, 7 http with URL persistence)
+# 5 tls idle, 6 http with cookie persistence, 7 http with URL persistence,
+# 8 HTTP/2 over TLS with cookie persistence)
 endpoint() { # target service
   case $1 in
     direct) case $2 in 1) echo "$BACKEND $IPERF_PORT";; 2|6|7) echo "$BACKEND $HTTP_PORT";; 3) echo "$BACKEND $IDLE_PORT";; esac;;
@@ -246,9 +266,9 @@ wrk_transfer_gbps() {
 }
 
 # The persistence cookie a proxy sets on a first request ("none" direct).
-sticky_cookie() { # target host port
+sticky_cookie() { # target host port [scheme]
   [ "$1" = direct ] && { echo "none=1"; return; }
-  curl -s -D - -o /dev/null "http://$2:$3/" | tr -d '\r' | awk -F'[ ;]' 'tolower($1) == "set-cookie:" { print $2; exit }'
+  curl -sk -D - -o /dev/null "${4:-http}://$2:$3/" | tr -d '\r' | awk -F'[ ;]' 'tolower($1) == "set-cookie:" { print $2; exit }'
 }
 
 targets=(direct haproxy vipgate)
@@ -291,6 +311,15 @@ for round in $(seq "$ROUNDS"); do
     results[$target,tls_cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
     wrk -t1 -c4 -d"${SECONDS_PER_TEST}s" "https://$host:$port/big" >"$work/wrk" 2>&1
     results[$target,tls_bulk]+="$(wrk_transfer_gbps "$work/wrk") "
+
+    # HTTP/2: 50 connections of 10 streams each, kept alive, one session.
+    read -r host port <<<"$(endpoint "$target" 8)"
+    cookie=$(sticky_cookie "$target" "$host" "$port" https)
+    h2load -t1 -c"$WRK_CONNECTIONS" -m10 -D"$SECONDS_PER_TEST" --warm-up-time=1 -H "cookie: $cookie" "https://$host:$port/" >"$work/h2load" 2>&1
+    results[$target,h2_rps]+="$(awk '/^finished in/ { print $4 }' "$work/h2load") "
+    results[$target,h2_mean]+="$(awk '/^time for request:/ { v = $6; u = 1
+        if (v ~ /us$/) u = 1; else if (v ~ /ms$/) u = 1000; else if (v ~ /s$/) u = 1000000
+        sub(/[a-z]+$/, "", v); print v * u }' "$work/h2load") "
   done
 done
 
@@ -357,6 +386,8 @@ tls_row() { # label key decimals
 }
 tls_row "TLS handshakes/s (wrk, close)" tls_cps 0
 tls_row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2
+tls_row "HTTP/2 cookie-sticky requests/s" h2_rps 0
+tls_row "HTTP/2 cookie-sticky mean lat. (us)" h2_mean 0
 idle_row() { # label key
   printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "$1" "-" "${results[haproxy,$2]}" "${results[vipgate,$2]}" "-" "$(ratio "${results[vipgate,$2]}" "${results[haproxy,$2]}")"
 }

@@ -59,8 +59,9 @@ pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError
         snat_share: share,
     };
     runtime(&plan)?.block_on(async {
+        let stop = termination_signal();
         let instance = Instance::bind(plan, Some(source))?;
-        instance.run(termination_signal()).await;
+        instance.run(stop).await;
         Ok(())
     })
 }
@@ -72,10 +73,11 @@ pub fn demo() -> Result<(), crate::demo::DemoError> {
         .build()
         .map_err(crate::demo::DemoError::Runtime)?;
     runtime.block_on(async {
+        let stop = termination_signal();
         let (plan, introduction) = crate::demo::start().await?;
         let instance = Instance::bind(plan, None)?;
         println!("{introduction}");
-        instance.run(termination_signal()).await;
+        instance.run(stop).await;
         Ok(())
     })
 }

@@ -35,9 +35,9 @@
 //! - `streams`: the client and member sides of a connection, plain or TLS;
 //!   `proxy`: the byte pump, splice(2) zero-copy or buffered; half-close,
 //!   resets and the idle timeout.
-//! - [`http`]: HTTP virtuals: requests routed one by one with persistence
-//!   (URL-parameter routes, sealed cookies), kept-alive member
-//!   connections, WebSocket tunnels.
+//! - [`http`]: HTTP virtuals: HTTP/1.1 and HTTP/2 clients, requests routed
+//!   one by one with persistence (URL-parameter routes, encrypted
+//!   cookies), kept-alive HTTP/1.1 member connections, WebSocket tunnels.
 //! - [`stats`]: the counters of each virtual; [`status`]: the live state as
 //!   named views, which [`metrics`] (Prometheus) and [`admin`] (`/status`,
 //!   `/ready`, member actions, `/reload`) both read.

@@ -167,7 +167,8 @@ fn under_journald_text_lines_leave_the_timestamp_to_it() {
         !listening.contains('\u{1b}'),
         "no colours for the journal: {listening:?}"
     );
-    assert!(running.stop().success());
+    let status = running.stop();
+    assert!(status.success(), "{status:?}");
     // Outside journald, each line starts with its time.
     let mut running = Running::spawn(Command::new(BINARY).args(["run", "-c"]).arg(&config));
     let listening = running.wait_for("listening").expect("a listening line");

@@ -19,6 +19,7 @@ mod describe;
 mod http;
 mod monitors;
 mod paths;
+mod persistence;
 mod plan;
 mod raw;
 mod snat;
@@ -32,15 +33,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use admin::{Admin, AdminAuth, DEFAULT_ADMIN_LISTEN};
-pub use http::is_managed_header;
 pub use http::{
-    CookieAttributes, CookieLifetime, CookieSecure, HttpPlan, Persistence, SameSite,
-    DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS,
-    DEFAULT_MAX_HEADER_SIZE, HTTP_ALPN, MIN_SECRET_BYTES,
+    is_managed_header, HttpPlan, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_HEADER_SIZE, HTTP_ALPN,
 };
 pub use monitors::{
     MonitorPlan, MonitorRule, MonitorType, NodePlan, Probe, ProbePort, StatusMatch,
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
+};
+pub use persistence::{
+    CookieAttributes, CookieLifetime, CookieSecure, Persistence, SameSite, MIN_SECRET_BYTES,
 };
 pub use plan::{
     AdminState, Algorithm, ConnectionLimit, Keepalive, MemberPlan, Mode, Plan, PoolPlan, RateLimit,

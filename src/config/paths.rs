@@ -6,8 +6,8 @@
 //! here once, so a new one cannot be forgotten by `check` or `run`.
 
 use super::admin::{Admin, AdminAuth};
-use super::http::Persistence;
 use super::monitors::Probe;
+use super::persistence::Persistence;
 use super::plan::{Mode, Plan};
 use super::tls::{ClientAuth, MemberVerification, Reencrypt, SessionTickets, Tls};
 use std::path::{Path, PathBuf};

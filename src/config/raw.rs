@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::http::{RawPersistence, RawPersistenceSettings};
 use super::monitors::{RawMonitor, RawMonitorRule, RawNode};
+use super::persistence::{RawPersistence, RawPersistenceSettings};
 use super::plan::{AdminState, Algorithm, ServiceDownAction, VirtualMode};
 use super::snat::ProxyProtocol;
 use super::snat::RawSnatPool;

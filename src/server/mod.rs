@@ -242,21 +242,28 @@ async fn drain(live: &Live, lifecycle: &Lifecycle, service: ServiceManager) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination_signal() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called, not when the future is first polled: call it
+/// before binding the listeners, so that a service manager that sees
+/// "listening" and stops vipgate at once gets a drained shutdown rather
+/// than the default action of SIGTERM.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut terminate, mut interrupt) = match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
-        _ => {
-            tracing::error!("cannot install signal handlers; stop vipgate with SIGKILL");
-            return std::future::pending().await;
+    );
+    async move {
+        let (mut terminate, mut interrupt) = match handlers {
+            (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop vipgate with SIGKILL");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
     }
 }

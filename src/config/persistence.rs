@@ -1,0 +1,408 @@
+//! Session persistence in the configuration: by URL parameter (jvmRoute)
+//! or by a cookie vipgate inserts (its lifetime and attributes), the
+//! shared secret that seals it, and the checks that need the pools too.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::plan::{Mode, PoolPlan, VirtualPlan};
+use super::raw::{RawConfig, RawDuration};
+use super::tls::{SessionTickets, Tls};
+use super::validate::Checker;
+
+/// Shortest secret accepted for sealing cookies: 16 bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+// What it means: the plan.
+
+/// How requests of one session stay on one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// Every request is balanced on its own.
+    None,
+    /// The route after the last `.` of this parameter's value (path
+    /// parameter or query) names the member (jvmRoute). With `in_cookie`, a
+    /// cookie of the same name (any case) is read when the URL has none.
+    UrlParam { name: String, in_cookie: bool },
+    /// vipgate inserts a cookie naming the member, sealed with the secret
+    /// in `secret_file`.
+    Cookie {
+        name: String,
+        lifetime: CookieLifetime,
+        secret_file: PathBuf,
+        attributes: CookieAttributes,
+    },
+}
+
+/// The attributes of an inserted persistence cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttributes {
+    /// `HttpOnly`: scripts in the page cannot read it. Default on.
+    pub http_only: bool,
+    /// `Secure`: sent back over HTTPS only. Default: when the client came
+    /// over TLS.
+    pub secure: CookieSecure,
+    /// `SameSite`. Default `Lax`.
+    pub same_site: SameSite,
+    /// `Domain`, to share the cookie with sibling hosts. Default none
+    /// (this host only).
+    pub domain: Option<String>,
+    /// `Path`. Default `/`.
+    pub path: String,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> CookieAttributes {
+        CookieAttributes {
+            http_only: true,
+            secure: CookieSecure::Auto,
+            same_site: SameSite::Lax,
+            domain: None,
+            path: "/".into(),
+        }
+    }
+}
+
+/// When an inserted cookie carries `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    /// When the client came over TLS (`secure` not set).
+    Auto,
+    /// Always (`secure = true`): for a virtual behind a TLS offloader.
+    Always,
+    /// Never (`secure = false`).
+    Never,
+}
+
+/// The `SameSite` attribute of an inserted cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Lax,
+    Strict,
+    /// Sent with cross-site requests too; browsers require `Secure` with it.
+    None,
+    /// `same_site = "off"`: no attribute (the browser's default applies).
+    #[serde(rename = "off")]
+    Omitted,
+}
+
+/// How long an inserted persistence cookie lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieLifetime {
+    /// Until the browser closes; the token itself does not expire.
+    Session,
+    /// `Max-Age`; the token expires with it and is renewed when half of it
+    /// has passed.
+    MaxAge(Duration),
+}
+
+impl std::fmt::Display for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Persistence::None => f.write_str("no persistence"),
+            Persistence::UrlParam { name, in_cookie } => {
+                write!(f, "persistence by URL parameter {name}")?;
+                if *in_cookie {
+                    f.write_str(" or its cookie")?;
+                }
+                Ok(())
+            }
+            Persistence::Cookie {
+                name,
+                lifetime,
+                secret_file,
+                attributes,
+            } => {
+                write!(f, "persistence by inserted cookie {name}")?;
+                if let CookieLifetime::MaxAge(max_age) = lifetime {
+                    write!(f, " for {}", humantime::format_duration(*max_age))?;
+                }
+                write!(f, " (Path={}", attributes.path)?;
+                if let Some(domain) = &attributes.domain {
+                    write!(f, ", Domain={domain}")?;
+                }
+                if attributes.http_only {
+                    f.write_str(", HttpOnly")?;
+                }
+                f.write_str(match attributes.secure {
+                    CookieSecure::Auto => ", Secure over TLS",
+                    CookieSecure::Always => ", Secure",
+                    CookieSecure::Never => "",
+                })?;
+                f.write_str(match attributes.same_site {
+                    SameSite::Lax => ", SameSite=Lax",
+                    SameSite::Strict => ", SameSite=Strict",
+                    SameSite::None => ", SameSite=None",
+                    SameSite::Omitted => "",
+                })?;
+                write!(f, "), secret {}", secret_file.display())
+            }
+        }
+    }
+}
+
+// As written: the raw serde types.
+
+/// `persistence = { url_param = "jsessionid" }` or
+/// `persistence = { cookie = "GWELB", max_age = "8h" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistence {
+    pub url_param: Option<Spanned<String>>,
+    pub in_cookie: Option<bool>,
+    pub cookie: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<RawDuration>>,
+    pub http_only: Option<Spanned<bool>>,
+    pub secure: Option<Spanned<bool>>,
+    pub same_site: Option<Spanned<SameSite>>,
+    pub domain: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+}
+
+/// `[persistence]`: what every cookie-persistence virtual shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersistenceSettings {
+    pub secret_file: Option<Spanned<String>>,
+}
+
+// From one to the other: validation.
+
+impl Checker<'_> {
+    pub(super) fn persistence(
+        &mut self,
+        key: &str,
+        raw: &Spanned<RawPersistence>,
+        file: &RawConfig,
+    ) -> Option<Persistence> {
+        let persistence = raw.get_ref();
+        match (&persistence.url_param, &persistence.cookie) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.report(
+                    key,
+                    Some(raw.span()),
+                    "persistence needs exactly one of `url_param` and `cookie`".into(),
+                    Some("persistence = { url_param = \"jsessionid\" } or persistence = { cookie = \"GWELB\", max_age = \"8h\" }".into()),
+                );
+                None
+            }
+            (Some(name), None) => {
+                let cookie_only = [
+                    (
+                        "http_only",
+                        persistence.http_only.as_ref().map(|v| v.span()),
+                    ),
+                    ("secure", persistence.secure.as_ref().map(|v| v.span())),
+                    (
+                        "same_site",
+                        persistence.same_site.as_ref().map(|v| v.span()),
+                    ),
+                    ("domain", persistence.domain.as_ref().map(|v| v.span())),
+                    ("path", persistence.path.as_ref().map(|v| v.span())),
+                ];
+                for (field, span) in cookie_only {
+                    if let Some(span) = span {
+                        self.report(
+                            &format!("{key}.{field}"),
+                            Some(span),
+                            format!("{field} is an attribute of an inserted cookie"),
+                            Some("remove it: the application sets its own session cookie".into()),
+                        );
+                    }
+                }
+                if persistence.max_age.is_some() {
+                    self.report(
+                        &format!("{key}.max_age"),
+                        Some(raw.span()),
+                        "max_age only applies to an inserted cookie".into(),
+                        Some("remove it: the application owns its session id".into()),
+                    );
+                }
+                let valid = self.token(&format!("{key}.url_param"), name, "parameter");
+                Some(Persistence::UrlParam {
+                    name: valid?,
+                    in_cookie: persistence.in_cookie.unwrap_or(false),
+                })
+            }
+            (None, Some(name)) => {
+                if persistence.in_cookie.is_some() {
+                    self.report(
+                        &format!("{key}.in_cookie"),
+                        Some(raw.span()),
+                        "in_cookie only applies to url_param persistence".into(),
+                        Some("remove it".into()),
+                    );
+                }
+                let name = self.token(&format!("{key}.cookie"), name, "cookie");
+                let lifetime = match &persistence.max_age {
+                    None => CookieLifetime::Session,
+                    Some(value) => CookieLifetime::MaxAge(self.duration(
+                        &format!("{key}.max_age"),
+                        Some(value),
+                        Duration::from_secs(8 * 3600),
+                    )),
+                };
+                let secret_file = file
+                    .persistence
+                    .as_ref()
+                    .and_then(|p| p.get_ref().secret_file.as_ref());
+                let Some(secret_file) = secret_file else {
+                    self.report(
+                        key,
+                        Some(raw.span()),
+                        "an inserted cookie is sealed with a secret, and none is configured".into(),
+                        Some("add [persistence] secret_file = \"/etc/vipgate/cookie-secret\" and create it with `head -c 32 /dev/urandom > /etc/vipgate/cookie-secret`; give every instance of a pair the same file".into()),
+                    );
+                    return None;
+                };
+                let attributes = self.cookie_attributes(key, persistence);
+                Some(Persistence::Cookie {
+                    name: name?,
+                    lifetime,
+                    secret_file: secret_file.get_ref().into(),
+                    attributes: attributes?,
+                })
+            }
+        }
+    }
+
+    /// `http_only`, `secure`, `same_site`, `domain` and `path` of an
+    /// inserted cookie.
+    fn cookie_attributes(
+        &mut self,
+        key: &str,
+        persistence: &RawPersistence,
+    ) -> Option<CookieAttributes> {
+        let defaults = CookieAttributes::default();
+        let secure = match persistence.secure.as_ref().map(|s| *s.get_ref()) {
+            None => CookieSecure::Auto,
+            Some(true) => CookieSecure::Always,
+            Some(false) => CookieSecure::Never,
+        };
+        let same_site = persistence
+            .same_site
+            .as_ref()
+            .map_or(defaults.same_site, |s| *s.get_ref());
+        let mut valid = true;
+        if same_site == SameSite::None && secure != CookieSecure::Always {
+            valid = false;
+            self.report(
+                &format!("{key}.same_site"),
+                persistence.same_site.as_ref().map(|s| s.span()),
+                "browsers drop a SameSite=None cookie that is not Secure".into(),
+                Some(
+                    "add secure = true (the site must be HTTPS), or use same_site = \"lax\"".into(),
+                ),
+            );
+        }
+        // Attribute values go into Set-Cookie as written: no `;`, no
+        // spaces or control characters.
+        let attribute = |value: &str| {
+            !value.is_empty()
+                && value.len() <= 255
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        };
+        let domain = persistence.domain.as_ref().map(|d| d.get_ref().clone());
+        if let Some(raw) = &persistence.domain {
+            if !attribute(raw.get_ref()) {
+                valid = false;
+                self.report(
+                    &format!("{key}.domain"),
+                    Some(raw.span()),
+                    format!("\"{}\" is not a cookie domain", raw.get_ref()),
+                    Some("a host name such as \"example.com\"".into()),
+                );
+            }
+        }
+        let path = persistence
+            .path
+            .as_ref()
+            .map_or(defaults.path, |p| p.get_ref().clone());
+        if let Some(raw) = &persistence.path {
+            if !attribute(raw.get_ref()) || !raw.get_ref().starts_with('/') {
+                valid = false;
+                self.report(
+                    &format!("{key}.path"),
+                    Some(raw.span()),
+                    format!("\"{}\" is not a cookie path", raw.get_ref()),
+                    Some("a path from the site's root, such as \"/\" or \"/gwe\"".into()),
+                );
+            }
+        }
+        valid.then_some(CookieAttributes {
+            http_only: persistence
+                .http_only
+                .as_ref()
+                .map_or(defaults.http_only, |h| *h.get_ref()),
+            secure,
+            same_site,
+            domain,
+            path,
+        })
+    }
+
+    /// A cookie or parameter name: an HTTP token (RFC 9110 `tchar`s).
+    fn token(&mut self, key: &str, value: &Spanned<String>, what: &str) -> Option<String> {
+        let name = value.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if valid {
+            Some(name.clone())
+        } else {
+            self.report(
+                key,
+                Some(value.span()),
+                format!("\"{name}\" is not a usable {what} name"),
+                Some("use letters, digits, '-' and '_' (at most 64)".into()),
+            );
+            None
+        }
+    }
+
+    /// Checks that need the pools and virtuals together: URL persistence
+    /// toward a pool without routes, a secret nobody uses.
+    pub(super) fn persistence_fit(
+        &mut self,
+        virtuals: &[VirtualPlan],
+        pools: &std::collections::BTreeMap<String, PoolPlan>,
+        file: &RawConfig,
+    ) {
+        let mut cookies = false;
+        for virtual_server in virtuals {
+            let Mode::Http(http) = &virtual_server.mode else {
+                continue;
+            };
+            match &http.persistence {
+                Persistence::UrlParam { name, .. } => {
+                    let pool = &pools[&virtual_server.pool];
+                    if pool.members.iter().all(|m| m.route.is_none()) {
+                        self.warnings.push(format!(
+                            "virtuals.{}.persistence: no member of pool {} has a `route`, so the {name} parameter never picks a member",
+                            virtual_server.name, pool.name
+                        ));
+                    }
+                }
+                Persistence::Cookie { .. } => cookies = true,
+                Persistence::None => {}
+            }
+        }
+        let tickets = virtuals
+            .iter()
+            .any(|v| matches!(&v.tls, Tls::Terminate(t) if matches!(t.tickets, SessionTickets::Shared(_))));
+        if !cookies && !tickets && file.persistence.is_some() {
+            self.warnings.push(
+                "persistence.secret_file: no virtual uses cookie persistence or terminates TLS"
+                    .into(),
+            );
+        }
+    }
+}
