@@ -85,14 +85,15 @@ pub(crate) async fn accept_loop(
             virtual_server::reset(&client);
             continue;
         };
-        lifecycle.connections.spawn(virtual_server::serve(
+        virtual_server::spawn(
+            &lifecycle.connections,
             client,
             peer,
             Arc::clone(virtual_server),
             lifecycle.close_connections.clone(),
             lifecycle.stop_accepting.clone(),
             admission,
-        ));
+        );
     }
     tracing::debug!(virtual_server = %name, "stopped accepting");
 }

@@ -28,12 +28,14 @@ struct TlsClient {
 
 /// Runs `serving` (one client connection of a TLS-terminating virtual)
 /// with its virtual and peer known to [`rustls_said`].
-pub(crate) async fn attributed<F: Future>(
+pub(crate) fn attributed<F: Future>(
     stats: Arc<VirtualStats>,
     peer: SocketAddr,
     serving: F,
-) -> F::Output {
-    CLIENT.scope(TlsClient { stats, peer }, serving).await
+) -> impl Future<Output = F::Output> {
+    // Not an async fn: it would keep `serving` twice (as its argument and
+    // inside the scope), a copy of an idle connection's whole state.
+    CLIENT.scope(TlsClient { stats, peer }, serving)
 }
 
 /// A log record from rustls: counted against the client's virtual when it
@@ -58,5 +60,25 @@ pub(crate) fn rustls_said(record: &log::Record<'_>) {
     if known.is_err() {
         // A member or monitor connection: nothing to attribute it to.
         tracing::debug!(target: "vipgate::tls", rustls = %record.args(), "TLS warning");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attribution_does_not_copy_the_connection_state() {
+        let serving = async {
+            let state = [7u8; 1024];
+            tokio::task::yield_now().await;
+            state[1023]
+        };
+        let alone = std::mem::size_of_val(&serving);
+        let stats = std::sync::Arc::new(crate::stats::VirtualStats::new("v"));
+        let attributed = super::attributed(stats, "127.0.0.1:1".parse().unwrap(), serving);
+        let size = std::mem::size_of_val(&attributed);
+        assert!(
+            size <= alone + 128,
+            "{size} bytes for a {alone}-byte connection"
+        );
     }
 }

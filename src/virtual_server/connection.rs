@@ -3,7 +3,6 @@
 //! to the next member when one refuses or does not answer in time, F5's
 //! "reselect"), the pump, and one log line when it ends.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
@@ -24,42 +23,44 @@ use crate::stats::{Admission, Outcome, Rejection};
 use crate::streams::{tune, Back, Front};
 use crate::tls::client_hello::{self, Hello, HelloError};
 
-/// Serves one admitted client to its end: the client side (TLS or not),
-/// the pool (by SNI for passthrough), the member side, then the pump and
-/// the close log line. Every step that fails logs why and closes the
-/// client. Takes everything by value so the spawned task is this future
-/// alone: an idle connection's memory is mostly this state.
-pub(crate) fn serve(
+/// Starts serving one admitted client on a task of its own, tracked by
+/// `tasks` (see [`serve`]).
+pub(crate) fn spawn(
+    tasks: &TaskTracker,
     client: TcpStream,
     peer: SocketAddr,
     virtual_server: Arc<VirtualServer>,
     close: CancellationToken,
     draining: CancellationToken,
     admission: Admission,
-) -> impl Future<Output = ()> {
-    // Not an async fn: its arguments would sit beside the inner future
-    // and grow every idle connection's task.
+) {
     if matches!(virtual_server.plan.tls, Tls::Terminate(_)) {
-        // Boxed: only TLS clients carry what rustls' warnings are
-        // attributed to (see tls::alerts).
+        // TLS clients carry what rustls' warnings are attributed to (see
+        // tls::alerts). Boxed, and spawned apart, so that the task of a
+        // plain connection is not sized for it, nor a TLS one twice.
         let stats = Arc::clone(&virtual_server.stats);
-        let serving = serve_client(client, peer, virtual_server, close, draining, admission);
-        Either::Left(Box::pin(crate::tls::alerts::attributed(
+        let serving = serve(client, peer, virtual_server, close, draining, admission);
+        tasks.spawn(Box::pin(crate::tls::alerts::attributed(
             stats, peer, serving,
-        )))
+        )));
     } else {
-        Either::Right(serve_client(
+        tasks.spawn(serve(
             client,
             peer,
             virtual_server,
             close,
             draining,
             admission,
-        ))
+        ));
     }
 }
 
-async fn serve_client(
+/// Serves one admitted client to its end: the client side (TLS or not),
+/// the pool (by SNI for passthrough), the member side, then the pump and
+/// the close log line. Every step that fails logs why and closes the
+/// client. Takes everything by value so the spawned task is this future
+/// alone: an idle connection's memory is mostly this state.
+async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     virtual_server: Arc<VirtualServer>,

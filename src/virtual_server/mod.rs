@@ -6,7 +6,7 @@
 
 mod connection;
 
-pub(crate) use connection::serve;
+pub(crate) use connection::spawn;
 
 use std::io;
 use std::net::SocketAddr;
