@@ -155,25 +155,25 @@ pub struct VirtualCounts {
 impl VirtualStats {
     /// Fresh counters for virtual `name`.
     pub fn new(name: &str) -> VirtualStats {
-        let duration_seconds = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "vipgate_connection_duration_seconds",
-                "How long client connections lasted, from accept to close.",
+        let histogram = |metric: &str, help: &str, buckets: &[f64]| {
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(metric, help)
+                    .const_label("virtual", name)
+                    .buckets(buckets.to_vec()),
             )
-            .const_label("virtual", name)
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )
-        // Fails only for malformed constant options (names, buckets).
-        .expect("constant histogram options are valid");
-        let request_seconds = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "vipgate_http_request_seconds",
-                "HTTP virtuals: time from a request's head to the first byte of its member's answer (connecting included).",
-            )
-            .const_label("virtual", name)
-            .buckets(REQUEST_BUCKETS.to_vec()),
-        )
-        .expect("constant histogram options are valid");
+            // Fails only for malformed constant options (names, buckets).
+            .expect("constant histogram options are valid")
+        };
+        let duration_seconds = histogram(
+            "vipgate_connection_duration_seconds",
+            "How long client connections lasted, from accept to close.",
+            &DURATION_BUCKETS,
+        );
+        let request_seconds = histogram(
+            "vipgate_http_request_seconds",
+            "HTTP virtuals: time from a request's head to the first byte of its member's answer (connecting included).",
+            &REQUEST_BUCKETS,
+        );
         VirtualStats {
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),

@@ -30,6 +30,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A response, read whole.
+    async fn read(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply, hyper::Error> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            raw: body,
+        })
+    }
+
     /// A header as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
         self.headers
@@ -94,15 +106,7 @@ impl HttpClient {
         let request = request.body(Full::new(body)).unwrap();
         let exchange = async {
             self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok(Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                raw: body,
-            })
+            Reply::read(self.sender.send_request(request).await?).await
         };
         tokio::time::timeout(PATIENCE, exchange)
             .await
@@ -175,15 +179,7 @@ impl Http2Client {
         let request = request.body(Full::new(Bytes::new())).unwrap();
         let exchange = async {
             self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok(Reply {
-                status: parts.status,
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                raw: body,
-            })
+            Reply::read(self.sender.send_request(request).await?).await
         };
         tokio::time::timeout(PATIENCE, exchange)
             .await
