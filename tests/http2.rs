@@ -134,13 +134,7 @@ async fn h2c_by_prior_knowledge_persists_across_two_instances_with_one_secret() 
 
 #[tokio::test]
 async fn a_reset_stream_leaves_the_other_streams_and_frees_its_member() {
-    let node = web_member("127.0.0.11", "GWE_Node1").await;
-    let vipgate = start(&http_config(
-        &[(node, "GWE_Node1")],
-        "",
-        &secret_file("h2-reset"),
-    ))
-    .await;
+    let (node, vipgate) = one_node("h2-reset", "").await;
     let client = Http2Client::connect(vipgate.addr("web")).await;
     let (mut long, mut short) = (client.clone(), client.clone());
     let abandoned = tokio::spawn(async move { long.get("/gwe/cometd?wait=20000", &[]).await });
@@ -166,13 +160,7 @@ async fn a_reset_stream_leaves_the_other_streams_and_frees_its_member() {
 
 #[tokio::test]
 async fn concurrent_streams_are_bounded_per_connection() {
-    let node = web_member("127.0.0.11", "GWE_Node1").await;
-    let vipgate = start(&http_config(
-        &[(node, "GWE_Node1")],
-        "max_concurrent_streams = 2",
-        &secret_file("h2-streams"),
-    ))
-    .await;
+    let (node, vipgate) = one_node("h2-streams", "max_concurrent_streams = 2").await;
     let client = Http2Client::connect(vipgate.addr("web")).await;
     // Let the client learn the server's SETTINGS first.
     assert_eq!(client.clone().get("/", &[]).await.status, 200);
@@ -207,14 +195,8 @@ async fn concurrent_streams_are_bounded_per_connection() {
 
 #[tokio::test]
 async fn answers_limits_and_timeouts_apply_to_each_stream() {
-    let node = web_member("127.0.0.11", "GWE_Node1").await;
     let guards = "keepalive_timeout = \"400ms\"\nmax_header_size = 8192\nidle_timeout = \"1s\"";
-    let vipgate = start(&http_config(
-        &[(node, "GWE_Node1")],
-        guards,
-        &secret_file("h2-limits"),
-    ))
-    .await;
+    let (_, vipgate) = one_node("h2-limits", guards).await;
     let mut client = Http2Client::connect(vipgate.addr("web")).await;
     // A member slower than idle_timeout: 504 on that stream only.
     let slow = client.get("/gwe/cometd?wait=3000", &[]).await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::admin::{admin, ADMIN};
+use common::admin::admin;
 use common::http_client::*;
 use common::*;
 use ring::hmac;
@@ -26,12 +26,6 @@ async fn exchange(vip: SocketAddr, request: &[u8], close_after_sending: bool) ->
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
-}
-
-async fn one_node(test: &str, extra: &str) -> (SocketAddr, Vipgate) {
-    let node = web_member("127.0.0.11", "GWE_Node1").await;
-    let config = http_config(&[(node, "GWE_Node1")], extra, &secret_file(test));
-    (node, start(&format!("{config}{ADMIN}")).await)
 }
 
 #[tokio::test]

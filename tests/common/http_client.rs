@@ -233,3 +233,14 @@ pub async fn two_nodes() -> [(SocketAddr, &'static str); 2] {
         (web_member("127.0.0.12", "GWE_Node2").await, "GWE_Node2"),
     ]
 }
+
+/// One HTTP virtual `web` (with the admin endpoint) in front of one
+/// simulated server, GWE_Node1 on 127.0.0.11; `extra` goes on the virtual.
+pub async fn one_node(test: &str, extra: &str) -> (SocketAddr, super::Vipgate) {
+    let node = web_member("127.0.0.11", "GWE_Node1").await;
+    let config = http_config(&[(node, "GWE_Node1")], extra, &secret_file(test));
+    (
+        node,
+        super::start(&format!("{config}{}", super::admin::ADMIN)).await,
+    )
+}
