@@ -2,8 +2,21 @@
 # vipgate against HAProxy and a direct connection, side by side in one run,
 # all on loopback. Prints one table with ratios.
 #
-#   bash benches/compare.sh            # about 10 minutes on 2 cores
+#   bash benches/compare.sh            # about 13 minutes on 2 cores
 #   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
+#   BEFORE=/tmp/vipgate-old bash benches/compare.sh       # and an older build
+#   LOGS=off bash benches/compare.sh   # neither proxy logs connections
+#
+# With BEFORE set to another vipgate binary, it runs beside the current
+# one on the same listeners (other ports) with the same configuration, so
+# a change is measured before and after in one run.
+#
+# Logging, like with like: by default (LOGS=on) both proxies log every
+# connection and request as they would in production: vipgate at its
+# default level (info: a line per connection, and per request on HTTP
+# virtuals) to a file, HAProxy with `option tcplog` / `option httplog` to
+# `log stdout` into a file. LOGS=off: vipgate at `warn` and HAProxy with
+# no log.
 #
 # Measures: bulk throughput (iperf3), new connections per second and
 # keep-alive requests per second with p50/p99 latency (wrk against nginx
@@ -31,13 +44,15 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_TEST=${SECONDS_PER_TEST:-5}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-8000}
 THREADS=${THREADS:-2}
+LOGS=${LOGS:-on}
+BEFORE=${BEFORE:-}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-50}
 
 BACKEND=127.0.0.11
 BACKEND2=127.0.0.12
 VIP=127.0.0.100
 IPERF_PORT=25201 HTTP_PORT=28080 IDLE_PORT=27000
-HAPROXY_BASE=26000 VIPGATE_BASE=29000
+HAPROXY_BASE=26000 VIPGATE_BASE=29000 BEFORE_BASE=29100
 
 need() {
   local missing=()
@@ -109,13 +124,24 @@ wait_port "$BACKEND2" "$HTTP_PORT"
 head -c 32 /dev/urandom > "$work/cookie-secret"
 
 # --- proxies: the same three listeners on each ------------------------------
+if [ "$LOGS" = on ]; then
+  haproxy_global_log="log stdout format raw local0"
+  haproxy_tcp_log="log global
+  option tcplog"
+  haproxy_http_log="option httplog"
+  vipgate_level=info
+else
+  haproxy_global_log="" haproxy_tcp_log="" haproxy_http_log="" vipgate_level=warn
+fi
 cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread $THREADS
   maxconn 8300
   maxpipes 512
+  $haproxy_global_log
 defaults
   mode tcp
+  $haproxy_tcp_log
   timeout connect 5s
   timeout client 600s
   timeout server 600s
@@ -138,6 +164,7 @@ listen tls-idle
   server s $BACKEND:$IDLE_PORT
 listen http-cookie
   mode http
+  $haproxy_http_log
   bind $VIP:$((HAPROXY_BASE + 6))
   option forwardfor
   http-reuse safe
@@ -149,6 +176,7 @@ listen http-cookie
   server GWE_Node2 $BACKEND2:$HTTP_PORT cookie GWE_Node2
 listen http-url
   mode http
+  $haproxy_http_log
   bind $VIP:$((HAPROXY_BASE + 7))
   option forwardfor
   http-reuse safe
@@ -161,6 +189,7 @@ listen http-url
   server GWE_Node2 $BACKEND2:$HTTP_PORT
 listen http2-cookie
   mode http
+  $haproxy_http_log
   bind $VIP:$((HAPROXY_BASE + 8)) ssl crt $work/tls-haproxy.pem alpn h2,http/1.1
   option forwardfor
   http-reuse safe
@@ -171,7 +200,8 @@ listen http2-cookie
   server GWE_Node1 $BACKEND:$HTTP_PORT cookie GWE_Node1
   server GWE_Node2 $BACKEND2:$HTTP_PORT cookie GWE_Node2
 EOF
-cat >"$work/vipgate.toml" <<EOF
+vipgate_config() { # base
+cat <<EOF
 [settings]
 worker_threads = $THREADS
 drain_timeout = "1s"
@@ -182,36 +212,36 @@ members = [ { address = "$BACKEND:$HTTP_PORT" } ]
 [pools.idle]
 members = [ { address = "$BACKEND:$IDLE_PORT" } ]
 [virtuals.bulk]
-listen = "$VIP:$((VIPGATE_BASE + 1))"
+listen = "$VIP:$(($1 + 1))"
 pool = "bulk"
 [virtuals.http]
-listen = "$VIP:$((VIPGATE_BASE + 2))"
+listen = "$VIP:$(($1 + 2))"
 pool = "http"
 [virtuals.idle]
-listen = "$VIP:$((VIPGATE_BASE + 3))"
+listen = "$VIP:$(($1 + 3))"
 pool = "idle"
 [virtuals.tls]
-listen = "$VIP:$((VIPGATE_BASE + 4))"
+listen = "$VIP:$(($1 + 4))"
 pool = "http"
 tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
 [virtuals.tls-idle]
-listen = "$VIP:$((VIPGATE_BASE + 5))"
+listen = "$VIP:$(($1 + 5))"
 pool = "idle"
 tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls.key" } ] }
 [pools.web]
 members = [ { address = "$BACKEND:$HTTP_PORT", route = "GWE_Node1" }, { address = "$BACKEND2:$HTTP_PORT", route = "GWE_Node2" } ]
 [virtuals.http-cookie]
-listen = "$VIP:$((VIPGATE_BASE + 6))"
+listen = "$VIP:$(($1 + 6))"
 mode = "http"
 pool = "web"
 persistence = { cookie = "GWELB", max_age = "8h" }
 [virtuals.http-url]
-listen = "$VIP:$((VIPGATE_BASE + 7))"
+listen = "$VIP:$(($1 + 7))"
 mode = "http"
 pool = "web"
 persistence = { url_param = "jsessionid" }
 [virtuals.http2-cookie]
-listen = "$VIP:$((VIPGATE_BASE + 8))"
+listen = "$VIP:$(($1 + 8))"
 mode = "http"
 pool = "web"
 persistence = { cookie = "GWELB", max_age = "8h" }
@@ -219,22 +249,32 @@ tls = { mode = "terminate", certs = [ { cert = "$work/tls.pem", key = "$work/tls
 [persistence]
 secret_file = "$work/cookie-secret"
 EOF
+}
+vipgate_config $VIPGATE_BASE >"$work/vipgate.toml"
+vipgate_config $BEFORE_BASE >"$work/before.toml"
 
 haproxy_pid=
 vipgate_pid=
+before_pid=
 start_proxies() {
   haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($!)
-  # Connection logs off, as HAProxy has none configured.
-  VIPGATE_LOG=warn "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
-  for port in 1 2 3 4 5 6 7 8; do wait_port $VIP $((HAPROXY_BASE + port)); wait_port $VIP $((VIPGATE_BASE + port)); done
-  for pid in "$haproxy_pid" "$vipgate_pid"; do
-    kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work/haproxy.log" "$work/vipgate.log" >&2; exit 1; }
+  VIPGATE_LOG=$vipgate_level "$VIPGATE" run -c "$work/vipgate.toml" >"$work/vipgate.log" 2>&1 & vipgate_pid=$!; pids+=($!)
+  local bases="$HAPROXY_BASE $VIPGATE_BASE"
+  if [ -n "$BEFORE" ]; then
+    VIPGATE_LOG=$vipgate_level "$BEFORE" run -c "$work/before.toml" >"$work/before.log" 2>&1 & before_pid=$!; pids+=($!)
+    bases+=" $BEFORE_BASE"
+  fi
+  for port in 1 2 3 4 5 6 7 8; do for base in $bases; do wait_port $VIP $((base + port)); done; done
+  for pid in "$haproxy_pid" "$vipgate_pid" $before_pid; do
+    kill -0 "$pid" 2>/dev/null || { echo "a proxy failed to start:" >&2; cat "$work"/*.log >&2; exit 1; }
   done
 }
 stop_proxies() {
-  kill "$haproxy_pid" "$vipgate_pid" 2>/dev/null || true
-  # Wait until both are gone and their ports are free again.
-  while kill -0 "$haproxy_pid" 2>/dev/null || kill -0 "$vipgate_pid" 2>/dev/null; do sleep 0.1; done
+  kill "$haproxy_pid" "$vipgate_pid" $before_pid 2>/dev/null || true
+  # Wait until all are gone and their ports are free again.
+  for pid in "$haproxy_pid" "$vipgate_pid" $before_pid; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done
 }
 start_proxies
 
@@ -246,6 +286,7 @@ endpoint() { # target service
     direct) case $2 in 1) echo "$BACKEND $IPERF_PORT";; 2|6|7) echo "$BACKEND $HTTP_PORT";; 3) echo "$BACKEND $IDLE_PORT";; esac;;
     haproxy) echo "$VIP $((HAPROXY_BASE + $2))";;
     vipgate) echo "$VIP $((VIPGATE_BASE + $2))";;
+    before) echo "$VIP $((BEFORE_BASE + $2))";;
   esac
 }
 
@@ -272,6 +313,7 @@ sticky_cookie() { # target host port [scheme]
 }
 
 targets=(direct haproxy vipgate)
+[ -n "$BEFORE" ] && targets+=(before)
 declare -A results
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
@@ -349,24 +391,39 @@ idle_cost() { # pid service [CA.pem]
   sleep 1
   echo $(( (after - before) * 1024 / IDLE_CONNECTIONS ))
 }
-for target in haproxy vipgate; do
+for target in "${targets[@]}"; do
+  [ "$target" = direct ] && continue
   pid_var=${target}_pid
-  results[$target,idle]=$(idle_cost "${!pid_var}" 3)
-  results[$target,tls_idle]=$(idle_cost "${!pid_var}" 5 "$work/tls.pem")
+  results[$target,idle]="$(idle_cost "${!pid_var}" 3) "
+  results[$target,tls_idle]="$(idle_cost "${!pid_var}" 5 "$work/tls.pem") "
 done
 
-m() { echo "${results[$1,$2]}" | tr ' ' '\n' | grep -v '^$' | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+m() { echo "${results[$1,$2]:-}" | tr ' ' '\n' | grep -v '^$' | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+number() { # value decimals
+  if [ -z "$1" ] || [ "$1" = - ]; then printf '%10s' -; else printf "%10.${2}f" "$1"; fi
+}
 
 echo
-echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $THREADS threads each, $(nproc) cores, median of $ROUNDS x ${SECONDS_PER_TEST}s"
+echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $THREADS threads each, $(nproc) cores, median of $ROUNDS x ${SECONDS_PER_TEST}s, logs $LOGS"
+[ -n "$BEFORE" ] && echo "before: $BEFORE"
 echo
-printf '| %-36s | %10s | %10s | %10s | %15s | %16s |\n' "measure" "direct" "HAProxy" "vipgate" "vipgate/direct" "vipgate/HAProxy"
-printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..38})" "------------" "------------" "------------" "-----------------" "------------------"
-row() { # label key decimals
-  local d h v
-  d=$(m direct "$2"); h=$(m haproxy "$2"); v=$(m vipgate "$2")
-  printf "| %-36s | %10.${3}f | %10.${3}f | %10.${3}f | %15s | %16s |\n" "$1" "$d" "$h" "$v" "$(ratio "$v" "$d")" "$(ratio "$v" "$h")"
+header="| measure                              |     direct |    HAProxy |    vipgate |  vipgate/direct | vipgate/HAProxy |"
+rule="|--------------------------------------|------------|------------|------------|-----------------|-----------------|"
+if [ -n "$BEFORE" ]; then
+  header+="     before |  before/HAProxy |"
+  rule+="------------|-----------------|"
+fi
+echo "$header"; echo "$rule"
+row() { # label key decimals [no-direct]
+  local d h v b line
+  d=$([ -z "${4:-}" ] && m direct "$2" || echo -); h=$(m haproxy "$2"); v=$(m vipgate "$2")
+  line=$(printf '| %-36s | %s | %s | %s | %15s | %15s |' "$1" "$(number "$d" "$3")" "$(number "$h" "$3")" "$(number "$v" "$3")" "$(ratio "$v" "$d")" "$(ratio "$v" "$h")")
+  if [ -n "$BEFORE" ]; then
+    b=$(m before "$2")
+    line+=$(printf ' %s | %15s |' "$(number "$b" "$3")" "$(ratio "$b" "$h")")
+  fi
+  echo "$line"
 }
 row "bulk throughput (Gbit/s, iperf3)" bulk 1
 row "new connections/s (wrk, close)" cps 0
@@ -379,19 +436,11 @@ row "HTTP cookie-sticky p99 latency (us)" cookie_p99 0
 row "HTTP cookie-sticky, new conn. each/s" cookie_cps 0
 row "HTTP URL-param-sticky requests/s" url_rps 0
 row "HTTP URL-param-sticky p99 (us)" url_p99 0
-tls_row() { # label key decimals
-  local h v
-  h=$(m haproxy "$2"); v=$(m vipgate "$2")
-  printf "| %-36s | %10s | %10.${3}f | %10.${3}f | %15s | %16s |\n" "$1" "-" "$h" "$v" "-" "$(ratio "$v" "$h")"
-}
-tls_row "TLS handshakes/s (wrk, close)" tls_cps 0
-tls_row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2
-tls_row "HTTP/2 cookie-sticky requests/s" h2_rps 0
-tls_row "HTTP/2 cookie-sticky mean lat. (us)" h2_mean 0
-idle_row() { # label key
-  printf "| %-36s | %10s | %10d | %10d | %15s | %16s |\n" "$1" "-" "${results[haproxy,$2]}" "${results[vipgate,$2]}" "-" "$(ratio "${results[vipgate,$2]}" "${results[haproxy,$2]}")"
-}
-idle_row "memory per idle connection (bytes)" idle
-idle_row "memory per idle TLS connection (B)" tls_idle
+row "TLS handshakes/s (wrk, close)" tls_cps 0 -
+row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2 -
+row "HTTP/2 cookie-sticky requests/s" h2_rps 0 -
+row "HTTP/2 cookie-sticky mean lat. (us)" h2_mean 0 -
+row "memory per idle connection (bytes)" idle 0 -
+row "memory per idle TLS connection (B)" tls_idle 0 -
 echo
 echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS)"

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::config::{self, ConfigError, Plan};
+use crate::config::{self, ConfigError};
 use crate::instance::{Instance, LaunchError};
 use crate::server::{termination_signal, ConfigSource, StartError};
 
@@ -58,7 +58,7 @@ pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError
         text,
         snat_share: share,
     };
-    runtime(&plan)?.block_on(async {
+    runtime()?.block_on(async {
         let stop = termination_signal();
         let instance = Instance::bind(plan, Some(source))?;
         instance.run(stop).await;
@@ -82,10 +82,11 @@ pub fn demo() -> Result<(), crate::demo::DemoError> {
     })
 }
 
-fn runtime(plan: &Plan) -> Result<tokio::runtime::Runtime, RunError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.settings.worker_threads)
-        .thread_name("vipgate-worker")
+/// The runtime of everything but the data path (health probes, the admin
+/// endpoint, reloads, signals): one thread. The data path runs on the
+/// server's worker threads, `settings.worker_threads` of them.
+fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(RunError::Runtime)

@@ -1,6 +1,13 @@
-//! Log setup: structured lines on stderr through a bounded, non-blocking
-//! writer, so a slow terminal or journald never stalls the data path (when
-//! the buffer is full, lines are dropped rather than queued without bound).
+//! Log setup: structured lines on stderr, written by a thread of their
+//! own so a slow terminal or journald never stalls the data path.
+//!
+//! A worker thread does not hand over each line (a futex wake-up per
+//! connection, and per request on HTTP virtuals): it gathers its lines in
+//! a buffer of its own and hands the batch over when it has nothing else
+//! to do (its runtime parks) or the batch passes [`BATCH_BYTES`]. Other
+//! threads hand over each line at once. Both are bounded: when
+//! [`QUEUED_BATCHES`] wait for the writer, further ones are dropped and
+//! counted, and the writer says how many lines were lost.
 //!
 //! Two formats: readable text (the default), and one JSON object per line
 //! for log pipelines (`--log-format json` or `VIPGATE_LOG_FORMAT=json`),
@@ -11,8 +18,25 @@
 //! Crates that log through `log` (rustls) are bridged into the same
 //! lines; rustls' remarks about clients go through `tls::alerts` first.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use tracing_subscriber::EnvFilter;
+
+/// A worker hands its lines over once they pass this many bytes (16 KiB,
+/// about a hundred lines), if it has not parked before.
+pub const BATCH_BYTES: usize = 16 * 1024;
+
+/// Batches waiting for the writer thread; beyond this, lines are dropped
+/// (and counted) rather than queued without bound: 1024.
+pub const QUEUED_BATCHES: usize = 1024;
+
+/// How long the guard waits at exit for the writer to finish: 2 s.
+const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Environment variable that overrides the level, with `tracing` filter
 /// syntax such as `info,vipgate::connection=warn`.
@@ -34,17 +58,17 @@ pub enum LogFormat {
 /// Installs the global subscriber. `level` (`error` .. `trace`) applies
 /// unless [`LOG_ENV`] is set; `format` unless [`FORMAT_ENV`] is. Keep the
 /// guard alive until exit: dropping it flushes what is buffered.
-pub fn init(level: &str, format: LogFormat) -> WorkerGuard {
+pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(level));
     let format = match std::env::var(FORMAT_ENV).as_deref() {
         Ok("json") => LogFormat::Json,
         Ok("text") => LogFormat::Text,
         _ => format,
     };
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    start_writer();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(|| BatchWriter);
     // `finish` and not `init`: the `log` bridge is ours (below).
     let installed = match format {
         LogFormat::Json => tracing::subscriber::set_global_default(
@@ -84,7 +108,144 @@ pub fn init(level: &str, format: LogFormat) -> WorkerGuard {
         };
         log::set_max_level(asked);
     }
-    guard
+    LogGuard(())
+}
+
+/// Flushes the log lines still buffered when dropped (at exit).
+#[must_use = "dropping the guard flushes the log; keep it until exit"]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush_thread();
+        if let Some(sink) = SINK.get() {
+            let (done, finished) = mpsc::sync_channel(1);
+            if sink.send(Message::Flush(done)).is_ok() {
+                let _ = finished.recv_timeout(FINAL_FLUSH_WAIT);
+            }
+        }
+    }
+}
+
+enum Message {
+    Lines(Vec<u8>),
+    /// Answered once everything before it is written.
+    Flush(SyncSender<()>),
+}
+
+/// The writer thread's queue, once [`init`] started it.
+static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+/// Lines dropped because the writer fell behind, not yet reported.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { buffered: false, bytes: Vec::new() }) };
+}
+
+/// This thread's lines not yet handed to the writer.
+struct Batch {
+    /// Gather lines until [`flush_thread`] (worker threads), rather than
+    /// handing each over at once.
+    buffered: bool,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    fn hand_over(&mut self) {
+        if self.bytes.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.bytes);
+        let Some(sink) = SINK.get() else { return };
+        match sink.try_send(Message::Lines(lines)) {
+            Ok(()) => {}
+            Err(
+                TrySendError::Full(Message::Lines(lines))
+                | TrySendError::Disconnected(Message::Lines(lines)),
+            ) => {
+                let count = lines.iter().filter(|&&b| b == b'\n').count();
+                DROPPED_LINES.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for Batch {
+    /// A thread that ends hands over what it gathered.
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+/// Makes the calling thread gather its log lines until [`flush_thread`];
+/// for worker threads, whose runtime calls it whenever it parks.
+pub fn buffer_this_thread() {
+    BATCH.with(|batch| batch.borrow_mut().buffered = true);
+}
+
+/// Hands the calling thread's gathered lines to the writer thread.
+pub fn flush_thread() {
+    let _ = BATCH.try_with(|batch| {
+        if let Ok(mut batch) = batch.try_borrow_mut() {
+            batch.hand_over();
+        }
+    });
+}
+
+/// What the formatter writes a line to: this thread's batch.
+struct BatchWriter;
+
+impl Write for BatchWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let _ = BATCH.try_with(|batch| {
+            if let Ok(mut batch) = batch.try_borrow_mut() {
+                batch.bytes.extend_from_slice(line);
+                if !batch.buffered || batch.bytes.len() >= BATCH_BYTES {
+                    batch.hand_over();
+                }
+            }
+        });
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts the thread that writes batches to stderr (once per process).
+fn start_writer() {
+    SINK.get_or_init(|| {
+        let (sink, batches) = mpsc::sync_channel::<Message>(QUEUED_BATCHES);
+        let spawned = std::thread::Builder::new()
+            .name("vipgate-log".into())
+            .spawn(move || {
+                for message in batches {
+                    // Locked per batch: the main thread prints its last
+                    // error to stderr too.
+                    let mut stderr = std::io::stderr().lock();
+                    let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(stderr, "vipgate: {dropped} log lines dropped: the log output (stderr) is slower than the lines come");
+                    }
+                    match message {
+                        Message::Lines(lines) => {
+                            let _ = stderr.write_all(&lines);
+                        }
+                        Message::Flush(done) => {
+                            let _ = stderr.flush();
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            eprintln!("vipgate: cannot start the log writer thread ({error}); logging off");
+        }
+        sink
+    });
 }
 
 /// Records of crates that log through `log`, as `tracing` events.

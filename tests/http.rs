@@ -278,10 +278,11 @@ async fn websocket_echoes_through_a_sticky_virtual() {
 #[tokio::test]
 async fn keep_alive_is_used_on_both_legs() {
     let node = web_member("127.0.0.11", "GWE_Node1").await;
-    let vipgate = start(&http_config(
-        &[(node, "GWE_Node1")],
-        "",
-        &secret_file("keepalive"),
+    // One worker: idle member connections are kept per worker, and which
+    // worker accepts a client is the kernel's choice (SO_REUSEPORT).
+    let vipgate = start(&format!(
+        "[settings]\nworker_threads = 1\n\n{}",
+        http_config(&[(node, "GWE_Node1")], "", &secret_file("keepalive"))
     ))
     .await;
     let vip = vipgate.addr("web");
@@ -307,6 +308,27 @@ async fn keep_alive_is_used_on_both_legs() {
     );
     assert_eq!(counts(&vipgate).requests, 5);
     assert_eq!(vipgate.member(node).total_connections(), 1);
+}
+
+#[tokio::test]
+async fn each_worker_reuses_its_own_member_connections() {
+    let node = web_member("127.0.0.11", "GWE_Node1").await;
+    let vipgate = start(&format!(
+        "[settings]\nworker_threads = 2\n\n{}",
+        http_config(&[(node, "GWE_Node1")], "", &secret_file("per-worker"))
+    ))
+    .await;
+    let vip = vipgate.addr("web");
+    let mut seen = std::collections::HashSet::new();
+    for request in 0..40 {
+        let reply = get_once(vip, &format!("/{request}"), &[]).await;
+        seen.insert(reply.header("x-connection").to_string());
+    }
+    assert_eq!(counts(&vipgate).requests, 40);
+    // Forty clients one after another: at most one member connection per
+    // worker, never one per client.
+    assert!(seen.len() <= 2, "member connections used: {seen:?}");
+    assert!(vipgate.member(node).total_connections() <= 2);
 }
 
 #[tokio::test]

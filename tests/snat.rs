@@ -29,9 +29,14 @@ async fn source_reporting_member(ip: &str) -> SocketAddr {
 }
 
 /// Connects through vipgate and returns the connection and the source the
-/// member saw, or `None` if vipgate closed the connection.
+/// member saw, or `None` if vipgate closed the connection (its reset can
+/// arrive before the connect completes).
 async fn connect_and_read_source(vipgate: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
-    let stream = TcpStream::connect(vipgate).await.unwrap();
+    let stream = match TcpStream::connect(vipgate).await {
+        Ok(stream) => stream,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(error) => panic!("connect: {error}"),
+    };
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     match tokio::time::timeout(PATIENCE, reader.read_line(&mut line))

@@ -1,7 +1,11 @@
 //! Connections to the members of an HTTP virtual's pool, kept open between
-//! requests and shared by every client of the virtual.
+//! requests and shared by the clients of the virtual on the same worker
+//! thread.
 //!
-//! Each member has a bounded lock-free queue of idle connections: a
+//! Per worker, each member has a bounded queue of idle connections. A
+//! member connection is driven by a task on the worker that opened it, so
+//! a request on another worker would wake it across threads: each worker
+//! keeps its own. A
 //! request takes one (or opens one), and its response hands it back once
 //! the body has been read to the end. A full queue drops its oldest
 //! connection; one idle for longer than [`MEMBER_IDLE_TIMEOUT`] is closed
@@ -45,14 +49,19 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections of one virtual, by member index in its pool.
+/// The idle connections of one virtual, by worker, then by member index
+/// in its pool.
 pub(crate) struct MemberConnections {
-    idle: Box<[ArrayQueue<Idle>]>,
+    idle: Box<[Box<[ArrayQueue<Idle>]>]>,
 }
 
 impl std::fmt::Debug for MemberConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle: Vec<usize> = self.idle.iter().map(ArrayQueue::len).collect();
+        let idle: Vec<usize> = self
+            .idle
+            .iter()
+            .map(|worker| worker.iter().map(ArrayQueue::len).sum())
+            .collect();
         f.debug_struct("MemberConnections")
             .field("idle", &idle)
             .finish()
@@ -74,16 +83,25 @@ pub(crate) enum Sent {
 }
 
 impl MemberConnections {
-    pub(crate) fn new(members: usize) -> MemberConnections {
+    pub(crate) fn new(workers: usize, members: usize) -> MemberConnections {
         MemberConnections {
-            idle: (0..members)
-                .map(|_| ArrayQueue::new(IDLE_PER_MEMBER))
+            idle: (0..workers.max(1))
+                .map(|_| {
+                    (0..members)
+                        .map(|_| ArrayQueue::new(IDLE_PER_MEMBER))
+                        .collect()
+                })
                 .collect(),
         }
     }
 
+    /// The idle queue of member `index` on the calling worker.
+    fn queue(&self, index: usize) -> Option<&ArrayQueue<Idle>> {
+        self.idle[crate::workers::current() % self.idle.len()].get(index)
+    }
+
     fn checkout(&self, index: usize) -> Option<Sender> {
-        let queue = self.idle.get(index)?;
+        let queue = self.queue(index)?;
         while let Some(idle) = queue.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < MEMBER_IDLE_TIMEOUT {
                 return Some(idle.sender);
@@ -97,7 +115,7 @@ impl MemberConnections {
         if sender.is_closed() {
             return;
         }
-        if let Some(queue) = self.idle.get(index) {
+        if let Some(queue) = self.queue(index) {
             // A full queue gives up its oldest connection, which closes.
             let _ = queue.force_push(Idle {
                 sender,

@@ -79,13 +79,15 @@ pub enum HttpError {
 
 impl HttpVirtual {
     /// Sets up the HTTP side of virtual `virtual_plan` in front of `pool`,
-    /// reading the shared secret if its persistence needs one.
+    /// reading the shared secret if its persistence needs one. Each of
+    /// `workers` threads keeps its own idle member connections.
     pub fn load(
         plan: &HttpPlan,
         virtual_plan: &VirtualPlan,
         pool: Arc<Pool>,
         dialer: Dialer,
         stats: Arc<VirtualStats>,
+        workers: usize,
     ) -> Result<HttpVirtual, HttpError> {
         let seal = match &plan.persistence {
             Persistence::Cookie { secret_file, .. } => {
@@ -99,7 +101,7 @@ impl HttpVirtual {
             plan: plan.clone(),
             name: virtual_plan.name.clone(),
             idle_timeout: virtual_plan.idle_timeout,
-            members: MemberConnections::new(pool.members().len()),
+            members: MemberConnections::new(workers, pool.members().len()),
             pool,
             dialer,
             stats,

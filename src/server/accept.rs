@@ -11,7 +11,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,14 +35,23 @@ pub(crate) struct Lifecycle {
     pub close_connections: CancellationToken,
 }
 
-/// Accepts clients of virtual `name` until `stop` (this listener removed
-/// by a reload, or the server stopping).
+/// Accepts clients of virtual `name` on one worker's socket until `stop`
+/// (this listener removed by a reload, or the server stopping). Runs on
+/// that worker, and so do the connections it accepts.
 pub(crate) async fn accept_loop(
     name: String,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     lifecycle: Lifecycle,
     stop: CancellationToken,
 ) {
+    // Registered with this worker's reactor, here on the worker.
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(virtual_server = %name, %error, "cannot register a listening socket; this worker will not accept for it");
+            return;
+        }
+    };
     let resource_log = Throttle::default();
     loop {
         let accepted = tokio::select! {

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,6 +15,8 @@ use super::reload::{config_hash, ReloadStats};
 use super::{ConfigSource, Live};
 use crate::config::AdminState;
 use crate::service::ServiceManager;
+use crate::virtual_server::Listener;
+use crate::workers::Workers;
 
 /// Why an admin action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub struct Control {
     pub(super) lifecycle: Lifecycle,
     /// Accept loops, so a shutdown can wait for them all.
     accept_loops: TaskTracker,
+    /// The data path's threads: each runs an accept loop per virtual.
+    pub(super) workers: Workers,
     /// One reload at a time; never held by the data path.
     pub(super) running: tokio::sync::Mutex<Running>,
     pub(super) reloads: Arc<ReloadStats>,
@@ -70,6 +73,7 @@ impl Control {
         source: Option<ConfigSource>,
         lifecycle: Lifecycle,
         service: ServiceManager,
+        workers: Workers,
     ) -> Control {
         let reloads = Arc::new(ReloadStats::default());
         reloads.loaded(
@@ -84,6 +88,7 @@ impl Control {
             source,
             lifecycle,
             accept_loops: TaskTracker::new(),
+            workers,
             running: tokio::sync::Mutex::new(Running {
                 listeners: HashMap::new(),
                 health,
@@ -108,7 +113,7 @@ impl Control {
         &self,
         name: String,
         address: SocketAddr,
-        listener: TcpListener,
+        listener: Listener,
     ) {
         let mut running = self.running.lock().await;
         self.spawn_accept_loop(&mut running, name, address, listener);
@@ -119,18 +124,18 @@ impl Control {
         running: &mut Running,
         name: String,
         address: SocketAddr,
-        listener: TcpListener,
+        listener: Listener,
     ) {
         if let Ok(bound) = listener.local_addr() {
             tracing::info!(virtual_server = %name, address = %bound, "listening");
         }
         let stop = self.lifecycle.stop_accepting.child_token();
-        self.accept_loops.spawn(accept_loop(
-            name.clone(),
-            listener,
-            self.lifecycle.clone(),
-            stop.clone(),
-        ));
+        for (worker, socket) in listener.into_sockets().into_iter().enumerate() {
+            self.accept_loops.spawn_on(
+                accept_loop(name.clone(), socket, self.lifecycle.clone(), stop.clone()),
+                self.workers.handle(worker),
+            );
+        }
         running.listeners.insert(name, Listening { address, stop });
     }
 
@@ -138,6 +143,11 @@ impl Control {
     pub(super) async fn accept_loops_stopped(&self) {
         self.accept_loops.close();
         self.accept_loops.wait().await;
+    }
+
+    /// Stops the worker threads, once the drain is over.
+    pub(super) fn stop_workers(&self) {
+        self.workers.stop();
     }
 
     /// Stops the health checker, at shutdown.

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +32,8 @@ use crate::health::HealthError;
 use crate::http::HttpError;
 use crate::service::ServiceManager;
 use crate::tls::TlsError;
-use crate::virtual_server::{self, BindError};
+use crate::virtual_server::{self, BindError, Listener};
+use crate::workers::Workers;
 use accept::Lifecycle;
 
 pub use control::{AdminError, Control};
@@ -63,6 +63,8 @@ pub struct ConfigSource {
 pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("cannot start the worker threads (settings.worker_threads): {0}")]
+    Workers(std::io::Error),
     #[error("virtuals.{virtual_name}.tls: {error}")]
     Tls {
         virtual_name: String,
@@ -82,7 +84,7 @@ pub enum StartError {
 /// A load balancer with its listeners open, ready to [`run`](Server::run).
 pub struct Server {
     live: Live,
-    listeners: Vec<(String, SocketAddr, TcpListener)>,
+    listeners: Vec<(String, SocketAddr, Listener)>,
     lifecycle: Lifecycle,
     control: Arc<Control>,
     service: ServiceManager,
@@ -95,11 +97,16 @@ impl Server {
     /// `source`, SIGHUP and `POST /reload` read that file again.
     pub fn bind(plan: Plan, source: Option<ConfigSource>) -> Result<Server, StartError> {
         let snapshot = Snapshot::build(plan, None)?;
+        let workers =
+            Workers::start(snapshot.plan().settings.worker_threads).map_err(StartError::Workers)?;
         let listeners = snapshot
             .plan()
             .virtuals
             .iter()
-            .map(|v| Ok((v.name.clone(), v.listen, virtual_server::bind(v)?)))
+            .map(|v| {
+                let listener = virtual_server::bind(v, workers.count())?;
+                Ok((v.name.clone(), v.listen, listener))
+            })
             .collect::<Result<Vec<_>, BindError>>()?;
         let close_connections = snapshot.close_connections.clone();
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -115,6 +122,7 @@ impl Server {
             source,
             lifecycle.clone(),
             service,
+            workers,
         ));
         Ok(Server {
             live,
@@ -178,6 +186,7 @@ impl Server {
         control.accept_loops_stopped().await;
         drain(&live, &lifecycle, service).await;
         control.stop_health().await;
+        control.stop_workers();
         background.abort_all();
         tracing::info!("shut down");
     }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::control::{Control, Running};
@@ -22,7 +21,7 @@ use super::{Snapshot, StartError};
 use crate::config::{self, ConfigError};
 use crate::pool::MemberState;
 use crate::sync::lock;
-use crate::virtual_server;
+use crate::virtual_server::{self, Listener};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -150,9 +149,14 @@ impl Control {
         if plan.admin != current.plan().admin {
             tracing::warn!("the [admin] table changed; that takes effect at the next restart");
         }
+        if plan.settings.worker_threads != current.plan().settings.worker_threads {
+            tracing::warn!(
+                "settings.worker_threads changed; that takes effect at the next restart"
+            );
+        }
         let snapshot = Arc::new(Snapshot::build(plan, Some(&current))?);
         // Everything that can fail is done before anything changes.
-        let bound = bind_new_listeners(&running, &snapshot)?;
+        let bound = bind_new_listeners(&running, &snapshot, self.workers.count())?;
         let retiring = removed_members(&current, &snapshot);
 
         self.live.store(Arc::clone(&snapshot));
@@ -182,7 +186,7 @@ impl Control {
         running: &mut Running,
         current: &Snapshot,
         snapshot: &Snapshot,
-        bound: Vec<(String, SocketAddr, TcpListener)>,
+        bound: Vec<(String, SocketAddr, Listener)>,
     ) -> (Vec<String>, Vec<String>) {
         let keep: HashSet<&str> = snapshot
             .plan()
@@ -241,7 +245,8 @@ impl Control {
 fn bind_new_listeners(
     running: &Running,
     snapshot: &Snapshot,
-) -> Result<Vec<(String, SocketAddr, TcpListener)>, StartError> {
+    workers: usize,
+) -> Result<Vec<(String, SocketAddr, Listener)>, StartError> {
     let mut bound = Vec::new();
     for virtual_plan in &snapshot.plan().virtuals {
         let unchanged = running
@@ -249,7 +254,7 @@ fn bind_new_listeners(
             .get(&virtual_plan.name)
             .is_some_and(|l| l.address == virtual_plan.listen);
         if !unchanged {
-            let listener = virtual_server::bind(virtual_plan)?;
+            let listener = virtual_server::bind(virtual_plan, workers)?;
             bound.push((virtual_plan.name.clone(), virtual_plan.listen, listener));
         }
     }

@@ -245,6 +245,7 @@ fn build_virtual(
                 Arc::clone(&pool),
                 dialer.clone(),
                 Arc::clone(&stats),
+                plan.settings.worker_threads,
             )
             .map_err(|error| StartError::Http {
                 virtual_name: name.clone(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::config::{SniRoute, VirtualPlan};
 use crate::dial::Dialer;
@@ -59,34 +59,81 @@ fn bind_hint(error: &io::Error) -> &'static str {
     }
 }
 
-/// Opens the listening socket of a virtual.
+/// A virtual's listening sockets: one per worker thread, all bound to the
+/// virtual's address with SO_REUSEPORT, so the kernel spreads new clients
+/// across the workers' accept queues.
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<std::net::TcpListener>,
+}
+
+impl Listener {
+    /// The address bound (with the port the system chose for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self.sockets.first() {
+            Some(socket) => socket.local_addr(),
+            None => Err(io::Error::other("no listening socket")),
+        }
+    }
+
+    /// The sockets, one per worker.
+    pub(crate) fn into_sockets(self) -> Vec<std::net::TcpListener> {
+        self.sockets
+    }
+}
+
+/// Opens the listening sockets of a virtual, one for each of `workers`.
 ///
 /// IP_FREEBIND lets a standby instance of a keepalived/VRRP pair listen on a
-/// VIP it does not hold yet.
-pub fn bind(plan: &VirtualPlan) -> Result<TcpListener, BindError> {
-    let open = || -> io::Result<TcpListener> {
-        let socket = Socket::new(
-            Domain::for_address(plan.listen),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        if plan.listen.is_ipv4() {
-            socket.set_freebind_v4(true)?;
-        } else {
-            socket.set_only_v6(true)?;
-            socket.set_freebind_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&plan.listen.into())?;
-        socket.listen(plan.backlog as i32)?;
-        TcpListener::from_std(socket.into())
-    };
-    open().map_err(|error| BindError {
+/// VIP it does not hold yet. The address is first bound once without
+/// SO_REUSEPORT, so that an address another process (or another vipgate)
+/// already listens on is refused, as it would be without SO_REUSEPORT,
+/// rather than silently shared.
+pub fn bind(plan: &VirtualPlan, workers: usize) -> Result<Listener, BindError> {
+    let fail = |error| BindError {
         virtual_name: plan.name.clone(),
         address: plan.listen,
         error,
-    })
+    };
+    let address = {
+        let probe = open_socket(plan, false).map_err(fail)?;
+        probe.bind(&plan.listen.into()).map_err(fail)?;
+        probe
+            .local_addr()
+            .ok()
+            .and_then(|bound| bound.as_socket())
+            .ok_or_else(|| fail(io::Error::other("the bound address is not an IP address")))?
+    };
+    let sockets = (0..workers.max(1))
+        .map(|_| {
+            let socket = open_socket(plan, true)?;
+            socket.bind(&address.into())?;
+            socket.listen(plan.backlog as i32)?;
+            Ok(socket.into())
+        })
+        .collect::<io::Result<Vec<std::net::TcpListener>>>()
+        .map_err(fail)?;
+    Ok(Listener { sockets })
+}
+
+fn open_socket(plan: &VirtualPlan, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(plan.listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if plan.listen.is_ipv4() {
+        socket.set_freebind_v4(true)?;
+    } else {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 impl VirtualServer {
@@ -118,10 +165,18 @@ mod tests {
         )
         .unwrap();
         let mut virtual_plan = plan.virtuals[0].clone();
-        let listener = bind(&virtual_plan).unwrap();
-        assert!(SockRef::from(&listener).freebind_v4().unwrap());
-        virtual_plan.listen = listener.local_addr().unwrap();
-        let error = bind(&virtual_plan).unwrap_err().to_string();
+        let listener = bind(&virtual_plan, 2).unwrap();
+        let address = listener.local_addr().unwrap();
+        let sockets = listener.into_sockets();
+        assert_eq!(sockets.len(), 2);
+        for socket in &sockets {
+            assert!(SockRef::from(socket).freebind_v4().unwrap());
+            assert!(SockRef::from(socket).reuse_port().unwrap());
+            assert_eq!(socket.local_addr().unwrap(), address);
+        }
+        // SO_REUSEPORT does not let a second vipgate share the address.
+        virtual_plan.listen = address;
+        let error = bind(&virtual_plan, 2).unwrap_err().to_string();
         assert!(
             error.starts_with("virtuals.v: cannot listen on 127.0.0.100:"),
             "{error}"

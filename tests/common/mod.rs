@@ -188,6 +188,27 @@ pub struct LineClient {
 }
 
 impl LineClient {
+    /// Whether a client that vipgate refuses (closes or resets at once) is
+    /// refused: the reset can arrive before the connect completes, or on
+    /// the first question.
+    pub async fn is_refused(addr: SocketAddr, question: &str) -> bool {
+        match tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+        {
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+                true
+            }
+            Ok(stream) => {
+                let mut client = LineClient {
+                    reader: BufReader::new(stream),
+                };
+                client.ask(question).await.is_none()
+            }
+        }
+    }
+
     pub async fn connect(addr: SocketAddr) -> LineClient {
         let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
             .await
