@@ -15,6 +15,9 @@
 //! - [`server`]: the live [`server::Snapshot`] (one `ArcSwap`), the accept
 //!   loops, the lifecycle up to a drained shutdown, and
 //!   [`server::Control`]: live reload and member admin state.
+//! - `workers`: one thread per core, each with its own single-threaded
+//!   runtime and its own listening socket per virtual (SO_REUSEPORT): a
+//!   connection lives and dies on the worker that accepted it.
 //! - `virtual_server`: a listener per virtual, admission under connection
 //!   limits, and per connection: choose, dial, pump, log; HTTP virtuals
 //!   are handed to [`http`].

@@ -5,8 +5,10 @@
 //! bytes and given back when they are all written, so an idle connection
 //! holds none and a busy one allocates nothing per read.
 
-use std::io;
+use std::io::{self, Read, Write};
 
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::{Carrier, SparePool};
@@ -74,15 +76,66 @@ impl Carrier for Buffer {
         self.filled - self.written
     }
 
+    fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// A read that leaves room in the buffer took everything the socket
+    /// had, so its read readiness is cleared right away: the next poll
+    /// waits for new bytes instead of paying a system call to hear "would
+    /// block" (tokio's own `poll_read` does the same).
     fn fill(&mut self, source: &TcpStream) -> io::Result<usize> {
-        let read = source.try_read(&mut self.bytes)?;
+        let bytes = &mut self.bytes;
+        let read = short_clears_readiness(source, Interest::READABLE, bytes.len(), || {
+            recv(source, bytes)
+        })?;
         (self.written, self.filled) = (0, read);
         Ok(read)
     }
 
+    /// A short write means the send buffer is full: likewise cleared.
     fn drain(&mut self, sink: &TcpStream) -> io::Result<usize> {
-        let written = sink.try_write(&self.bytes[self.written..self.filled])?;
+        let pending = &self.bytes[self.written..self.filled];
+        let written = short_clears_readiness(sink, Interest::WRITABLE, pending.len(), || {
+            send(sink, pending)
+        })?;
         self.written += written;
         Ok(written)
     }
+}
+
+/// Runs `io` (a read or write of up to `asked` bytes) under the socket's
+/// readiness; when it moves fewer bytes than asked (but some), clears the
+/// readiness it was run under, as a "would block" would.
+///
+/// Done inside `try_io` so that the readiness cleared is the one observed
+/// before the call: an event that arrives meanwhile carries a newer tick
+/// and survives, so no wake-up is lost.
+fn short_clears_readiness(
+    socket: &TcpStream,
+    interest: Interest,
+    asked: usize,
+    mut io: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut short = None;
+    let result = socket.try_io(interest, || {
+        let moved = io()?;
+        if moved > 0 && moved < asked {
+            short = Some(moved);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(moved)
+    });
+    match short {
+        Some(moved) => Ok(moved),
+        None => result,
+    }
+}
+
+fn recv(socket: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    (&*SockRef::from(socket)).read(buffer)
+}
+
+fn send(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    (&*SockRef::from(socket)).write(bytes)
 }

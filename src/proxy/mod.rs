@@ -7,12 +7,16 @@
 //! the whole reply. A reset or error on one side closes both, passing the
 //! reset on to the other side.
 //!
-//! Bytes move through one of two pumps, chosen per virtual: `splice`
-//! (zero-copy through a pipe) or `buffered` (through a user-space buffer,
-//! for `zero_copy = false` and for TLS, which must see the bytes). Neither holds a pipe or buffer while the connection is
-//! idle: both lease one from a per-thread pool only while bytes are in
-//! flight, so ten thousand idle agents cost no buffer memory and no pipe
-//! file descriptors, and a busy connection allocates nothing per read.
+//! Bytes move through one of two carriers: `splice` (zero-copy through a
+//! pipe) or `buffered` (through a user-space buffer). Each direction starts
+//! buffered, which is cheapest for the small messages most connections
+//! carry, and moves to splice for good (unless `zero_copy = false`) once a
+//! read fills the buffer: a bulk stream. TLS streams always go through
+//! buffers, in [`stream`], as TLS must see the bytes. Neither holds a pipe
+//! or buffer while the connection is idle: both lease one from a per-thread
+//! pool only while bytes are in flight, so ten thousand idle agents cost no
+//! buffer memory and no pipe file descriptors, and a busy connection
+//! allocates nothing per read.
 
 mod buffered;
 mod splice;
@@ -170,11 +174,16 @@ enum Carried {
 
 impl Direction {
     fn new(zero_copy: bool) -> Direction {
-        let transfer = if zero_copy {
-            Carried::Splice(Transfer::default())
-        } else {
-            Carried::Buffered(Transfer::default())
-        };
+        // Zero-copy starts with the buffer all the same: a small message
+        // costs a recv and a send, where a pipe costs a splice in, a splice
+        // out and a third that finds nothing (a short splice does not prove
+        // the socket drained). The first read that fills the buffer shows a
+        // bulk stream, which then moves to splice for good.
+        let transfer = Carried::Buffered(Transfer {
+            carrier: None,
+            hand_over_when_full: zero_copy,
+            filled_up: false,
+        });
         Direction {
             transfer,
             bytes: 0,
@@ -200,11 +209,16 @@ impl Direction {
             bytes: &mut self.bytes,
             last_activity,
         };
-        let result = match &mut self.transfer {
-            Carried::Splice(transfer) => transfer.poll(cx, source, sink, &mut progress),
-            Carried::Buffered(transfer) => transfer.poll(cx, source, sink, &mut progress),
-        };
-        ready!(result)?;
+        loop {
+            let result = match &mut self.transfer {
+                Carried::Splice(transfer) => transfer.poll(cx, source, sink, &mut progress),
+                Carried::Buffered(transfer) => transfer.poll(cx, source, sink, &mut progress),
+            };
+            match ready!(result)? {
+                Flow::Ended => break,
+                Flow::Full => self.transfer = Carried::Splice(Transfer::default()),
+            }
+        }
         self.done = true;
         // When the other direction is already over, both sockets close right
         // after this and the close sends the FIN: spare the system call.
@@ -223,6 +237,8 @@ trait Carrier: Sized {
     fn take() -> io::Result<Self>;
     /// Bytes read but not yet written.
     fn pending(&self) -> usize;
+    /// Bytes one fill can take at most.
+    fn capacity(&self) -> usize;
     /// Reads what the source has into the empty carrier; `Ok(0)` when the
     /// source has ended. "Would block" clears the source's read readiness.
     fn fill(&mut self, source: &TcpStream) -> io::Result<usize>;
@@ -234,30 +250,53 @@ trait Carrier: Sized {
 struct Transfer<C> {
     /// `Some` only while bytes are in flight.
     carrier: Option<C>,
+    /// Stop with [`Flow::Full`] once a read that filled the carrier is
+    /// written out.
+    hand_over_when_full: bool,
+    /// The last read filled the carrier (and handing over is wanted).
+    filled_up: bool,
 }
 
 impl<C> Default for Transfer<C> {
     fn default() -> Transfer<C> {
-        Transfer { carrier: None }
+        Transfer {
+            carrier: None,
+            hand_over_when_full: false,
+            filled_up: false,
+        }
     }
 }
 
+/// Why a transfer stopped.
+enum Flow {
+    /// The source ended.
+    Ended,
+    /// A read filled the carrier and all of it is written: the source sends
+    /// in bulk, and another carrier may take over from here.
+    Full,
+}
+
 impl<C: Carrier> Transfer<C> {
-    /// Moves bytes from `source` to `sink` until the source ends
-    /// (`Ready(Ok)`) or either side would block (`Pending`).
+    /// Moves bytes from `source` to `sink` until the source ends or the
+    /// carrier is outgrown (`Ready(Ok)`) or either side would block
+    /// (`Pending`).
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         source: &TcpStream,
         sink: &TcpStream,
         progress: &mut Progress,
-    ) -> Poll<Result<(), PumpError>> {
+    ) -> Poll<Result<Flow, PumpError>> {
         loop {
             if self
                 .carrier
                 .as_ref()
                 .is_none_or(|carrier| carrier.pending() == 0)
             {
+                if self.filled_up {
+                    self.carrier = None;
+                    return Poll::Ready(Ok(Flow::Full));
+                }
                 if source
                     .poll_read_ready(cx)
                     .map_err(PumpError::Read)?
@@ -274,9 +313,11 @@ impl<C: Carrier> Transfer<C> {
                 match carrier.fill(source) {
                     Ok(0) => {
                         self.carrier = None;
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Flow::Ended));
                     }
-                    Ok(_) => {}
+                    Ok(read) => {
+                        self.filled_up = self.hand_over_when_full && read == carrier.capacity();
+                    }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         self.carrier = None;
                         continue;
@@ -382,5 +423,77 @@ impl<T> SparePool<T> {
         if spare.len() < self.max {
             spare.push(item);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// Sends `length` patterned bytes through one direction and checks
+    /// they arrive whole and in order; returns the direction afterwards.
+    async fn carry(zero_copy: bool, length: usize) -> Direction {
+        let (mut writer, source) = connected_pair().await;
+        let (sink, mut reader) = connected_pair().await;
+        let payload: Vec<u8> = (0..length).map(|index| (index % 251) as u8).collect();
+        let expected = payload.clone();
+        let writing = tokio::spawn(async move {
+            writer.write_all(&payload).await.unwrap();
+            writer
+        });
+        let reading = tokio::spawn(async move {
+            let mut received = vec![0; length];
+            reader.read_exact(&mut received).await.unwrap();
+            received
+        });
+        let mut direction = Direction::new(zero_copy);
+        let mut last_activity = Instant::now();
+        let pumping = std::future::poll_fn(|cx| {
+            if let Poll::Ready(Err(error)) =
+                direction.poll(cx, &source, &sink, &mut last_activity, false)
+            {
+                panic!("pump failed: {error:?}");
+            }
+            if direction.bytes == length as u64 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), pumping)
+            .await
+            .expect("all bytes pumped");
+        let _writer = writing.await.unwrap();
+        assert!(reading.await.unwrap() == expected, "bytes arrive in order");
+        direction
+    }
+
+    #[tokio::test]
+    async fn small_messages_stay_in_the_buffer() {
+        let direction = carry(true, 300).await;
+        assert!(matches!(direction.transfer, Carried::Buffered(_)));
+    }
+
+    #[tokio::test]
+    async fn a_bulk_stream_moves_to_splice_without_losing_a_byte() {
+        let direction = carry(true, 8 * 1024 * 1024).await;
+        assert!(matches!(direction.transfer, Carried::Splice(_)));
+    }
+
+    #[tokio::test]
+    async fn without_zero_copy_a_bulk_stream_stays_buffered() {
+        let direction = carry(false, 8 * 1024 * 1024).await;
+        assert!(matches!(direction.transfer, Carried::Buffered(_)));
     }
 }

@@ -48,6 +48,10 @@ impl Carrier for Lease {
         self.pending
     }
 
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Only called with an empty pipe, so "would block" can only mean the
     /// socket has nothing, and letting tokio clear the read readiness is
     /// safe. (With bytes in the pipe it could also mean a full pipe, and a
