@@ -3,8 +3,9 @@
 //!
 //! A worker thread does not hand over each line (a futex wake-up per
 //! connection, and per request on HTTP virtuals): it gathers its lines in
-//! a buffer of its own and hands the batch over when it has nothing else
-//! to do (its runtime parks) or the batch passes [`BATCH_BYTES`]. Other
+//! a buffer of its own and hands the batch over every 100 ms
+//! (`workers::LOG_FLUSH_INTERVAL`) or when the batch passes
+//! [`BATCH_BYTES`]. Other
 //! threads hand over each line at once. Both are bounded: when
 //! [`QUEUED_BATCHES`] wait for the writer, further ones are dropped and
 //! counted, and the writer says how many lines were lost.
@@ -28,7 +29,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// A worker hands its lines over once they pass this many bytes (16 KiB,
-/// about a hundred lines), if it has not parked before.
+/// about a hundred lines), if its flush interval has not come first.
 pub const BATCH_BYTES: usize = 16 * 1024;
 
 /// Batches waiting for the writer thread; beyond this, lines are dropped
@@ -180,7 +181,7 @@ impl Drop for Batch {
 }
 
 /// Makes the calling thread gather its log lines until [`flush_thread`];
-/// for worker threads, whose runtime calls it whenever it parks.
+/// for worker threads, which call it every 100 ms.
 pub fn buffer_this_thread() {
     BATCH.with(|batch| batch.borrow_mut().buffered = true);
 }

@@ -30,6 +30,26 @@ pub(crate) fn current() -> usize {
     INDEX.with(std::cell::Cell::get).unwrap_or(0)
 }
 
+/// How often a worker hands its gathered log lines to the writer: 100 ms.
+pub const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Hands this worker's log lines over every [`LOG_FLUSH_INTERVAL`] (and
+/// whenever a batch fills, see logging).
+///
+/// Not on every park of the runtime, as first tried: a worker below full
+/// load parks several times per connection, and each hand-over wakes the
+/// writer thread. Measured on TLS handshakes (wrk, 50 clients): 3.6
+/// context switches per connection instead of 2.5, and 15% fewer
+/// handshakes per second.
+async fn flush_logs_now_and_then() {
+    let mut ticks = tokio::time::interval(LOG_FLUSH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        crate::logging::flush_thread();
+    }
+}
+
 /// The data path's worker threads; they stop when this is dropped (or
 /// [`Workers::stop`]).
 #[derive(Debug)]
@@ -46,9 +66,6 @@ impl Workers {
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                // Log lines are buffered per thread and written when the
-                // worker has nothing else to do (see logging).
-                .on_thread_park(crate::logging::flush_thread)
                 .build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
@@ -57,7 +74,12 @@ impl Workers {
                 .spawn(move || {
                     INDEX.with(|cell| cell.set(Some(index)));
                     crate::logging::buffer_this_thread();
-                    runtime.block_on(stop.cancelled());
+                    runtime.block_on(async {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = flush_logs_now_and_then() => {}
+                        }
+                    });
                     // Tasks still here (idle member connections) are
                     // dropped with the runtime; the drain is over by now.
                     drop(runtime);

@@ -192,20 +192,27 @@ impl LineClient {
     /// refused: the reset can arrive before the connect completes, or on
     /// the first question.
     pub async fn is_refused(addr: SocketAddr, question: &str) -> bool {
+        match LineClient::try_connect(addr).await {
+            None => true,
+            Some(mut client) => client.ask(question).await.is_none(),
+        }
+    }
+
+    /// Connects, or `None` when vipgate turned the client away (a reset)
+    /// so fast that the reset reached the client before its connect was
+    /// seen to complete.
+    pub async fn try_connect(addr: SocketAddr) -> Option<LineClient> {
         match tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
             .await
             .expect("connect in time")
         {
             Err(error) => {
                 assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
-                true
+                None
             }
-            Ok(stream) => {
-                let mut client = LineClient {
-                    reader: BufReader::new(stream),
-                };
-                client.ask(question).await.is_none()
-            }
+            Ok(stream) => Some(LineClient {
+                reader: BufReader::new(stream),
+            }),
         }
     }
 
@@ -256,7 +263,7 @@ impl LineClient {
 /// Asks one line over a new connection; the tag of the member that
 /// answered, or `None` if vipgate closed the connection.
 pub async fn tag_of_answer(addr: SocketAddr) -> Option<String> {
-    let answer = LineClient::connect(addr).await.ask("hello").await?;
+    let answer = LineClient::try_connect(addr).await?.ask("hello").await?;
     Some(answer.split(' ').next().unwrap_or_default().to_string())
 }
 
