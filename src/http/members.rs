@@ -2,10 +2,9 @@
 //! requests and shared by the clients of the virtual on the same worker
 //! thread.
 //!
-//! Per worker, each member has a bounded queue of idle connections. A
+//! Per worker, each member has a bounded queue of idle connections (a
 //! member connection is driven by a task on the worker that opened it, so
-//! a request on another worker would wake it across threads: each worker
-//! keeps its own. A
+//! a request from another worker would wake it across threads). A
 //! request takes one (or opens one), and its response hands it back once
 //! the body has been read to the end. A full queue drops its oldest
 //! connection; one idle for longer than [`MEMBER_IDLE_TIMEOUT`] is closed
