@@ -60,6 +60,10 @@ async fn a_malformed_chunked_body_is_the_clients_fault() {
         let answer = exchange(vip, request.as_bytes(), false).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{size}: {answer}");
     }
+    eventually("three refusals counted", || {
+        counts(&vipgate).answered_400 == 3
+    })
+    .await;
     let counts = counts(&vipgate);
     assert_eq!(counts.answered_400, 3);
     assert_eq!(counts.answered_502, 0, "the member is not blamed");
@@ -87,8 +91,13 @@ async fn unparsable_and_oversized_heads_are_counted_and_logged() {
     );
     let answer = exchange(vip, large.as_bytes(), false).await;
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-    let counts = counts(&vipgate);
-    assert_eq!((counts.answered_400, counts.answered_431), (1, 1));
+    // The answer can reach the client before its connection (on another
+    // worker) is counted.
+    eventually("both refusals counted", || {
+        let counts = counts(&vipgate);
+        (counts.answered_400, counts.answered_431) == (1, 1)
+    })
+    .await;
     let metrics = admin(&vipgate, "GET", "/metrics", None).await.body;
     for status in ["400", "431"] {
         let line = format!(
