@@ -26,13 +26,14 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// How one connection is pumped.
 #[derive(Debug, Clone, Copy)]
@@ -91,70 +92,108 @@ pub struct Outcome {
     pub error: Option<io::Error>,
 }
 
-/// Pumps bytes between `client` and `member` until the connection ends, then
-/// closes both.
-///
-/// Written as one hand-made poll loop rather than nested futures: an idle
-/// connection is mostly this state, and every byte of it is multiplied by
-/// tens of thousands of agents.
-pub async fn run(
-    client: TcpStream,
-    member: TcpStream,
-    options: PumpOptions,
-    shutdown: &CancellationToken,
-) -> Outcome {
-    let mut up = Direction::new(options.zero_copy);
-    let mut down = Direction::new(options.zero_copy);
-    let mut last_activity = Instant::now();
-    let idle = tokio::time::sleep(options.idle_timeout);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(idle, cancelled);
-    let (reason, error) = std::future::poll_fn(|cx| {
-        if let Poll::Ready(Err(error)) =
-            up.poll(cx, &client, &member, &mut last_activity, down.done)
-        {
-            return Poll::Ready(error.blame(Side::Client, Side::Member));
-        }
-        if let Poll::Ready(Err(error)) =
-            down.poll(cx, &member, &client, &mut last_activity, up.done)
-        {
-            return Poll::Ready(error.blame(Side::Member, Side::Client));
-        }
-        if up.done && down.done {
-            return Poll::Ready((CloseReason::Finished, None));
-        }
-        // The timer is not pushed back on every read (that would cost a
-        // timer-wheel update per read); when it fires it checks, and re-arms
-        // for the rest of the window if bytes moved meanwhile.
-        while idle.as_mut().poll(cx).is_ready() {
-            if last_activity.elapsed() >= options.idle_timeout {
-                return Poll::Ready((CloseReason::IdleTimeout, None));
-            }
-            idle.as_mut().reset(last_activity + options.idle_timeout);
-        }
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready((CloseReason::Shutdown, None));
-        }
-        Poll::Pending
-    })
-    .await;
-    // Pass a reset on: the surviving side sees a reset, not a clean end it
-    // could mistake for a complete answer. A connection cut short by
-    // vipgate (shutdown, member down) is reset on both sides, as F5 does.
-    let reset: &[&TcpStream] = match reason {
-        CloseReason::ClientReset => &[&member],
-        CloseReason::MemberReset => &[&client],
-        CloseReason::Shutdown => &[&client, &member],
-        _ => &[],
-    };
-    for socket in reset {
-        let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
+pin_project_lite::pin_project! {
+    /// Pumps bytes between a client and a member until the connection
+    /// ends, then closes both; resolves to what the connection did.
+    ///
+    /// A named future with one hand-made poll, rather than an async fn: an
+    /// idle connection is mostly this state, every byte of it is multiplied
+    /// by tens of thousands of agents, and an async fn keeps its arguments
+    /// twice (once as given, once as moved into its body).
+    pub struct Pump {
+        // Both sockets; taken (and so closed) as the connection ends.
+        sockets: Option<(TcpStream, TcpStream)>,
+        up: Direction,
+        down: Direction,
+        last_activity: Instant,
+        idle_timeout: Duration,
+        #[pin]
+        idle: tokio::time::Sleep,
+        #[pin]
+        stopped: WaitForCancellationFutureOwned,
     }
-    Outcome {
-        bytes_to_member: up.bytes,
-        bytes_to_client: down.bytes,
-        reason,
-        error,
+}
+
+impl Pump {
+    /// A pump between `client` and `member` that ends when `stop` is
+    /// cancelled (a shutdown's drain ran out, or the member went down).
+    pub fn new(
+        client: TcpStream,
+        member: TcpStream,
+        options: PumpOptions,
+        stop: CancellationToken,
+    ) -> Pump {
+        Pump {
+            sockets: Some((client, member)),
+            up: Direction::new(options.zero_copy),
+            down: Direction::new(options.zero_copy),
+            last_activity: Instant::now(),
+            idle_timeout: options.idle_timeout,
+            idle: tokio::time::sleep(options.idle_timeout),
+            stopped: stop.cancelled_owned(),
+        }
+    }
+}
+
+impl Future for Pump {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        let Some((client, member)) = this.sockets.as_ref() else {
+            panic!("a pump polled after it finished");
+        };
+        let (reason, error) = 'ended: {
+            if let Poll::Ready(Err(error)) =
+                this.up
+                    .poll(cx, client, member, this.last_activity, this.down.done)
+            {
+                break 'ended error.blame(Side::Client, Side::Member);
+            }
+            if let Poll::Ready(Err(error)) =
+                this.down
+                    .poll(cx, member, client, this.last_activity, this.up.done)
+            {
+                break 'ended error.blame(Side::Member, Side::Client);
+            }
+            if this.up.done && this.down.done {
+                break 'ended (CloseReason::Finished, None);
+            }
+            // The timer is not pushed back on every read (that would cost a
+            // timer-wheel update per read); when it fires it checks, and
+            // re-arms for the rest of the window if bytes moved meanwhile.
+            while this.idle.as_mut().poll(cx).is_ready() {
+                if this.last_activity.elapsed() >= *this.idle_timeout {
+                    break 'ended (CloseReason::IdleTimeout, None);
+                }
+                let deadline = *this.last_activity + *this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+            }
+            if this.stopped.as_mut().poll(cx).is_ready() {
+                break 'ended (CloseReason::Shutdown, None);
+            }
+            return Poll::Pending;
+        };
+        // Pass a reset on: the surviving side sees a reset, not a clean end
+        // it could mistake for a complete answer. A connection cut short by
+        // vipgate (shutdown, member down) is reset on both sides, as F5
+        // does.
+        let reset: &[&TcpStream] = match reason {
+            CloseReason::ClientReset => &[member],
+            CloseReason::MemberReset => &[client],
+            CloseReason::Shutdown => &[client, member],
+            _ => &[],
+        };
+        for socket in reset {
+            let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
+        }
+        *this.sockets = None;
+        Poll::Ready(Outcome {
+            bytes_to_member: this.up.bytes,
+            bytes_to_client: this.down.bytes,
+            reason,
+            error,
+        })
     }
 }
 

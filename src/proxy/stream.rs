@@ -24,7 +24,7 @@ pub async fn run<C, M>(
     mut client: C,
     mut member: M,
     idle_timeout: Duration,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
