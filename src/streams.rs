@@ -16,7 +16,7 @@ use crate::config::Keepalive;
 /// vipgate terminates on it.
 pub enum Front {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<crate::tls::ServerStream>),
 }
 
 impl std::fmt::Debug for Front {
@@ -48,7 +48,7 @@ impl Front {
     pub fn socket(&self) -> &TcpStream {
         match self {
             Front::Plain(socket) => socket,
-            Front::Tls(tls) => tls.get_ref().0,
+            Front::Tls(tls) => tls.socket(),
         }
     }
 
@@ -62,7 +62,7 @@ impl Front {
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {
             Front::Plain(_) => None,
-            Front::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+            Front::Tls(tls) => tls.alpn_protocol(),
         }
     }
 }

@@ -440,24 +440,24 @@ impl PumpError {
 /// Keeps at most `max` spare items per thread for reuse, so steady traffic
 /// allocates nothing and idle connections hold nothing. A per-thread list
 /// means no lock is shared between connections.
-struct SparePool<T> {
+pub(crate) struct SparePool<T> {
     spare: std::cell::RefCell<Vec<T>>,
     max: usize,
 }
 
 impl<T> SparePool<T> {
-    const fn new(max: usize) -> SparePool<T> {
+    pub(crate) const fn new(max: usize) -> SparePool<T> {
         SparePool {
             spare: std::cell::RefCell::new(Vec::new()),
             max,
         }
     }
 
-    fn take(&self) -> Option<T> {
+    pub(crate) fn take(&self) -> Option<T> {
         self.spare.borrow_mut().pop()
     }
 
-    fn give_back(&self, item: T) {
+    pub(crate) fn give_back(&self, item: T) {
         let mut spare = self.spare.borrow_mut();
         if spare.len() < self.max {
             spare.push(item);

@@ -10,7 +10,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::TlsAcceptor;
 
 use super::tickets::SharedTickets;
 use crate::config::{ClientAuth, SessionTickets, Terminate};
@@ -30,12 +29,12 @@ pub enum TlsError {
     Tickets(#[from] crate::secret::SecretError),
 }
 
-/// The TLS acceptor of one virtual, replaceable while it serves: a
-/// certificate reload swaps in a new one for new connections, and
+/// The TLS server settings of one virtual, replaceable while it serves: a
+/// certificate reload swaps in new ones for new connections, and
 /// connections already open keep theirs.
 pub struct Terminator {
     plan: Terminate,
-    acceptor: ArcSwap<TlsAcceptor>,
+    config: ArcSwap<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for Terminator {
@@ -49,24 +48,24 @@ impl Terminator {
     pub fn load(plan: &Terminate) -> Result<Terminator, TlsError> {
         Ok(Terminator {
             plan: plan.clone(),
-            acceptor: ArcSwap::from_pointee(acceptor(plan)?),
+            config: ArcSwap::from_pointee(server_config(plan)?),
         })
     }
 
-    /// The acceptor for a new connection.
-    pub fn acceptor(&self) -> Arc<TlsAcceptor> {
-        self.acceptor.load_full()
+    /// The settings for a new connection.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.load_full()
     }
 
     /// Reads the files again. On any error the current certificates stay
     /// and the error says why.
     pub fn reload(&self) -> Result<(), TlsError> {
-        self.acceptor.store(Arc::new(acceptor(&self.plan)?));
+        self.config.store(Arc::new(server_config(&self.plan)?));
         Ok(())
     }
 }
 
-fn acceptor(plan: &Terminate) -> Result<TlsAcceptor, TlsError> {
+fn server_config(plan: &Terminate) -> Result<rustls::ServerConfig, TlsError> {
     {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = plan
@@ -106,7 +105,7 @@ fn acceptor(plan: &Terminate) -> Result<TlsAcceptor, TlsError> {
             }
             SessionTickets::Off => {}
         }
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        Ok(config)
     }
 }
 

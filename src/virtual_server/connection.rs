@@ -399,7 +399,7 @@ async fn accept_tls(
     };
     match tokio::time::timeout(
         terminate.handshake_timeout,
-        terminator.acceptor().accept(client),
+        crate::tls::ServerStream::accept(client, terminator.config()),
     )
     .await
     {

@@ -1,0 +1,505 @@
+//! The client side of a TLS-terminating virtual: a TCP socket and a rustls
+//! server connection, driven through rustls' unbuffered API so that the
+//! record buffers belong to vipgate.
+//!
+//! rustls' buffered connection keeps a 4 KiB read buffer for the life of
+//! every connection; with tens of thousands of agents idle for hours that
+//! was half of what an idle TLS connection cost. Here both record buffers
+//! (bytes read but not yet decrypted, bytes encrypted but not yet sent)
+//! are leased from a per-thread spare list only while bytes wait in them,
+//! as the plain pump does: an idle connection holds none.
+//!
+//! Reads and writes keep to the order rustls asks for: whatever it has to
+//! send (its handshake flight, session tickets, a key-update reply, an
+//! alert) is queued before anything else is written, and sent before the
+//! stream waits for the peer.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::proxy::SparePool;
+
+/// Size of one leased record buffer, 66 KiB: four full TLS records (16 KiB
+/// of plaintext and their overhead, 16,709 bytes at most on the wire), so
+/// that a bulk transfer reads and writes four records per system call.
+const RECORD_BUFFER: usize = 66 * 1024;
+
+/// Plaintext per record: the TLS maximum, 16 KiB.
+const MAX_RECORD: usize = 16 * 1024;
+
+/// A handshake message may span records (a long client certificate
+/// chain); while handshaking, the read buffer may grow to this, above the
+/// 64 KiB rustls' own buffered connection allows.
+const MAX_HANDSHAKE_BUFFER: usize = 2 * RECORD_BUFFER;
+
+/// Plaintext accepted per write: four records.
+const MAX_WRITE: usize = 4 * MAX_RECORD;
+
+/// Spare record buffers kept per worker thread.
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    static SPARE: SparePool<Box<[u8]>> = const { SparePool::new(SPARE_BUFFERS) };
+}
+
+/// Bytes waiting in a buffer leased only while there are any.
+#[derive(Default)]
+struct Records {
+    buffer: Option<Box<[u8]>>,
+    /// Where the bytes not yet consumed start and end.
+    start: usize,
+    end: usize,
+}
+
+impl Records {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn filled_mut(&mut self) -> &mut [u8] {
+        match &mut self.buffer {
+            Some(buffer) => &mut buffer[self.start..self.end],
+            None => &mut [],
+        }
+    }
+
+    /// The free space after the bytes held, leasing a buffer first if
+    /// none is held, and moving the bytes to the front when they sit at
+    /// the end.
+    fn free_mut(&mut self) -> &mut [u8] {
+        let buffer = self.buffer.get_or_insert_with(|| {
+            SPARE
+                .with(SparePool::take)
+                .unwrap_or_else(|| vec![0; RECORD_BUFFER].into_boxed_slice())
+        });
+        if self.start > 0 && self.end == buffer.len() {
+            buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut buffer[self.end..]
+    }
+
+    /// Makes room for `more` bytes after those held (a record or
+    /// handshake message longer than the leased buffer).
+    fn grow_for(&mut self, more: usize) {
+        let held = self.end - self.start;
+        let mut bigger = vec![0; held + more].into_boxed_slice();
+        bigger[..held].copy_from_slice(self.filled_mut());
+        self.start = 0;
+        self.end = held;
+        self.buffer = Some(bigger);
+    }
+
+    fn capacity(&self) -> usize {
+        self.buffer
+            .as_ref()
+            .map_or(RECORD_BUFFER, |buffer| buffer.len())
+    }
+
+    fn added(&mut self, count: usize) {
+        self.end += count;
+    }
+
+    /// Drops `count` bytes from the front; gives the buffer back once it
+    /// is empty.
+    fn consume(&mut self, count: usize) {
+        self.start += count.min(self.end - self.start);
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+            if let Some(buffer) = self.buffer.take() {
+                if buffer.len() == RECORD_BUFFER {
+                    let _ = SPARE.try_with(|spare| spare.give_back(buffer));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        self.start = self.end;
+        self.consume(0);
+    }
+}
+
+/// A TLS connection vipgate ends as the server, over a TCP socket.
+pub struct ServerStream {
+    socket: TcpStream,
+    connection: UnbufferedServerConnection,
+    /// TLS records read from the socket and not yet processed.
+    incoming: Records,
+    /// TLS records to send, in order.
+    outgoing: Records,
+    /// Decrypted bytes the reader has not taken yet (a record larger than
+    /// the reader's buffer); allocated only then.
+    plaintext: Vec<u8>,
+    plaintext_start: usize,
+    /// The peer's stream ended: close_notify, or the socket's end.
+    read_ended: bool,
+    /// A close_notify was queued: nothing more may be written.
+    write_closed: bool,
+}
+
+/// What one turn of rustls' state machine left to do.
+enum Next {
+    /// Turn again: it produced something (records to send).
+    Again,
+    /// It decrypted plaintext (now in `plaintext`).
+    Plaintext,
+    /// It needs bytes from the peer.
+    Input,
+    /// Application data may be written: the turn wrote what it was given.
+    Wrote(usize),
+    /// Both sides sent close_notify: nothing more can be written.
+    Closed,
+}
+
+/// What a turn may write once application data can be written.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    Nothing,
+    Data(&'a [u8]),
+    CloseNotify,
+}
+
+impl ServerStream {
+    /// Runs the handshake on `socket` as the server configured by `config`.
+    pub async fn accept(
+        socket: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<ServerStream> {
+        let connection = UnbufferedServerConnection::new(config).map_err(invalid_data)?;
+        let mut stream = ServerStream {
+            socket,
+            connection,
+            incoming: Records::default(),
+            outgoing: Records::default(),
+            plaintext: Vec::new(),
+            plaintext_start: 0,
+            read_ended: false,
+            write_closed: false,
+        };
+        poll_fn(|cx| stream.poll_handshake(cx)).await?;
+        Ok(stream)
+    }
+
+    /// The TCP socket under the TLS.
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    /// The application protocol agreed by ALPN, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.connection.alpn_protocol()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.turn(Write::Nothing)? {
+                Next::Again | Next::Plaintext => continue,
+                Next::Wrote(_) | Next::Closed if !self.connection.is_handshaking() => {
+                    return self.poll_send(cx);
+                }
+                _ => {
+                    // The peer answers only what it has received.
+                    ready!(self.poll_send(cx))?;
+                    if !ready!(self.poll_receive(cx))? {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the client closed the connection during the handshake",
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One turn of rustls' state machine over the records read so far:
+    /// plaintext goes to `plaintext`, records to send to `outgoing`, and
+    /// once application data may be written, `write` is encrypted.
+    fn turn(&mut self, write: Write<'_>) -> io::Result<Next> {
+        let status = self
+            .connection
+            .process_tls_records(self.incoming.filled_mut());
+        let discard = status.discard;
+        let next = match status.state {
+            Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record.map_err(invalid_data)?;
+                    self.plaintext.extend_from_slice(record.payload);
+                }
+                Next::Plaintext
+            }
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                loop {
+                    match encode.encode(self.outgoing.free_mut()) {
+                        Ok(written) => break self.outgoing.added(written),
+                        Err(EncodeError::InsufficientSize(size)) => {
+                            self.outgoing.grow_for(size.required_size)
+                        }
+                        Err(error) => return Err(invalid_data(error)),
+                    }
+                }
+                Next::Again
+            }
+            // Sent in order with the rest of `outgoing`, before the stream
+            // next waits on the peer.
+            Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                transmit.done();
+                Next::Again
+            }
+            Ok(ConnectionState::BlockedHandshake) => Next::Input,
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => {
+                let mut taken = 0;
+                match write {
+                    Write::Nothing => {}
+                    Write::Data(data) => {
+                        // One record per chunk, as many as the buffer
+                        // holds: one system call sends them all.
+                        for chunk in data.chunks(MAX_RECORD) {
+                            match encrypted(&mut self.outgoing, taken == 0, |free| {
+                                traffic.encrypt(chunk, free)
+                            })? {
+                                true => taken += chunk.len(),
+                                false => break,
+                            }
+                        }
+                    }
+                    Write::CloseNotify => {
+                        encrypted(&mut self.outgoing, true, |free| {
+                            traffic.queue_close_notify(free)
+                        })?;
+                    }
+                }
+                Next::Wrote(taken)
+            }
+            Ok(ConnectionState::PeerClosed) => {
+                self.read_ended = true;
+                Next::Again
+            }
+            Ok(ConnectionState::Closed) => {
+                self.read_ended = true;
+                Next::Closed
+            }
+            Ok(_) => {
+                return Err(invalid_data(
+                    "unexpected TLS state (early data is not accepted)",
+                ));
+            }
+            Err(error) => {
+                self.incoming.consume(discard);
+                self.send_alert();
+                return Err(invalid_data(error));
+            }
+        };
+        self.incoming.consume(discard);
+        Ok(next)
+    }
+
+    /// After a fatal error, sends the alert rustls queued for it if the
+    /// socket takes it now; the connection closes either way.
+    fn send_alert(&mut self) {
+        let status = self.connection.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
+            if let Ok(written) = encode.encode(self.outgoing.free_mut()) {
+                self.outgoing.added(written);
+            }
+        }
+        let _ = self.socket.try_write(self.outgoing.filled_mut());
+    }
+
+    /// Writes out every queued record.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.outgoing.is_empty() {
+            ready!(self.socket.poll_write_ready(cx))?;
+            match self.socket.try_write(self.outgoing.filled_mut()) {
+                Ok(written) => self.outgoing.consume(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads what the socket has into `incoming`: `Ready(Ok(false))` at its
+    /// end. Holds no buffer while it waits.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            ready!(self.socket.poll_read_ready(cx))?;
+            if self.incoming.free_mut().is_empty() {
+                // A handshake message longer than a record; after the
+                // handshake a record always fits.
+                let capacity = self.incoming.capacity();
+                if !self.connection.is_handshaking() || capacity >= MAX_HANDSHAKE_BUFFER {
+                    return Poll::Ready(Err(invalid_data("TLS message too large")));
+                }
+                self.incoming.grow_for(MAX_HANDSHAKE_BUFFER - capacity);
+            }
+            match self.socket.try_read(self.incoming.free_mut()) {
+                Ok(0) => {
+                    self.incoming.consume(0);
+                    return Poll::Ready(Ok(false));
+                }
+                Ok(count) => {
+                    self.incoming.added(count);
+                    return Poll::Ready(Ok(true));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.incoming.consume(0);
+                }
+                Err(error) => {
+                    self.incoming.consume(0);
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Moves waiting plaintext into `buf`; whether there was any.
+    fn take_plaintext(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let waiting = &self.plaintext[self.plaintext_start..];
+        if waiting.is_empty() {
+            return false;
+        }
+        let count = waiting.len().min(buf.remaining());
+        buf.put_slice(&waiting[..count]);
+        self.plaintext_start += count;
+        if self.plaintext_start == self.plaintext.len() {
+            // Give the memory back: an idle connection holds none.
+            self.plaintext = Vec::new();
+            self.plaintext_start = 0;
+        }
+        true
+    }
+
+    /// Turns the state machine until it has written `write`.
+    fn poll_write_traffic(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Write<'_>,
+    ) -> Poll<io::Result<usize>> {
+        // Bounded: at most one batch of records waits to be sent.
+        ready!(self.poll_send(cx))?;
+        loop {
+            match self.turn(write)? {
+                Next::Wrote(taken) => return Poll::Ready(Ok(taken)),
+                Next::Again => continue,
+                // Found while writing: the reader, on this same task, may
+                // be waiting on the socket for it.
+                Next::Plaintext => cx.waker().wake_by_ref(),
+                Next::Input => {
+                    return Poll::Ready(Err(invalid_data("the TLS handshake is not complete")))
+                }
+                Next::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.take_plaintext(buf) || this.read_ended {
+                return Poll::Ready(Ok(()));
+            }
+            match this.turn(Write::Nothing)? {
+                Next::Again | Next::Plaintext => continue,
+                Next::Input | Next::Wrote(_) | Next::Closed => {
+                    // What rustls queued (a key-update reply, tickets) goes
+                    // out before waiting on the peer; a full socket does
+                    // not stop reading, its readiness wakes this task.
+                    if let Poll::Ready(Err(error)) = this.poll_send(cx) {
+                        return Poll::Ready(Err(error));
+                    }
+                    if !ready!(this.poll_receive(cx))? {
+                        // The socket's end without close_notify: most
+                        // clients close that way; the stream ends.
+                        this.read_ended = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let data = &data[..data.len().min(MAX_WRITE)];
+        let taken = ready!(this.poll_write_traffic(cx, Write::Data(data)))?;
+        // Sent now if the socket takes it, otherwise by the next write,
+        // flush or read.
+        if let Poll::Ready(Err(error)) = this.poll_send(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            match ready!(this.poll_write_traffic(cx, Write::CloseNotify)) {
+                // Both sides already closed: no close_notify to send.
+                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+                result => {
+                    result?;
+                }
+            }
+            this.write_closed = true;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.socket).poll_shutdown(cx)
+    }
+}
+
+/// Encrypts with `encrypt` into the free part of `outgoing`: whether it
+/// fit. When it does not and `must` is set, the buffer grows until it does.
+fn encrypted(
+    outgoing: &mut Records,
+    must: bool,
+    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<bool> {
+    loop {
+        match encrypt(outgoing.free_mut()) {
+            Ok(count) => {
+                outgoing.added(count);
+                return Ok(true);
+            }
+            Err(EncryptError::InsufficientSize(size)) if must => {
+                outgoing.grow_for(size.required_size)
+            }
+            Err(EncryptError::InsufficientSize(_)) => return Ok(false),
+            Err(error) => return Err(invalid_data(error)),
+        }
+    }
+}
+
+fn invalid_data(error: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error.to_string())
+}
