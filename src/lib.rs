@@ -32,7 +32,8 @@
 //!   lock-free port accounting); `proxy_protocol`: headers that tell
 //!   members the real client.
 //! - `tls`: terminating TLS (certificates by SNI, client certificates,
-//!   reload, session tickets a pair shares), re-encryption toward members,
+//!   reload, session tickets a pair shares; the stream driven through
+//!   rustls' unbuffered API), re-encryption toward members,
 //!   and the ClientHello parser that routes passthrough connections;
 //!   `secret`: the secret a pair shares and the keys derived from it.
 //! - `streams`: the client and member sides of a connection, plain or TLS;

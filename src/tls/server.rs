@@ -503,3 +503,157 @@ fn encrypted(
 fn invalid_data(error: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server config for `vip.example` (a self-signed, test-only
+    /// certificate) and a client that trusts it.
+    fn configs(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector) {
+        let certified = rcgen::generate_simple_self_signed(vec!["vip.example".into()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            Arc::new(server),
+            tokio_rustls::TlsConnector::from(Arc::new(client)),
+        )
+    }
+
+    /// A handshaken pair: vipgate's side and a tokio-rustls client.
+    async fn pair(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (ServerStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let (server_config, connector) = configs(versions);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let socket = TcpStream::connect(address).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("vip.example").unwrap();
+            connector.connect(name, socket).await.unwrap()
+        });
+        let (socket, _) = listener.accept().await.unwrap();
+        let server = ServerStream::accept(socket, server_config).await.unwrap();
+        (server, client.await.unwrap())
+    }
+
+    fn holds_nothing(stream: &ServerStream) -> bool {
+        stream.incoming.buffer.is_none()
+            && stream.outgoing.buffer.is_none()
+            && stream.plaintext.capacity() == 0
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12]] {
+            let (mut server, mut client) = pair(versions).await;
+            client.write_all(b"hello\n").await.unwrap();
+            let mut line = [0u8; 6];
+            server.read_exact(&mut line).await.unwrap();
+            assert_eq!(&line, b"hello\n");
+            server.write_all(b"world\n").await.unwrap();
+            server.flush().await.unwrap();
+            client.read_exact(&mut line).await.unwrap();
+            assert_eq!(&line, b"world\n");
+            assert!(holds_nothing(&server), "an idle stream holds a buffer");
+        }
+    }
+
+    /// A megabyte each way, read through a small buffer (so decrypted
+    /// records wait for the reader), arrives whole and in order.
+    #[tokio::test]
+    async fn bulk_both_ways_arrives_intact_through_a_small_reader() {
+        let (server, client) = pair(&[&rustls::version::TLS13]).await;
+        let length = 1 << 20;
+        let payload: Vec<u8> = (0..length).map(|index| (index % 251) as u8).collect();
+        let (mut server_read, mut server_write) = tokio::io::split(server);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let sent = payload.clone();
+        let client_sends = tokio::spawn(async move {
+            client_write.write_all(&sent).await.unwrap();
+            client_write.shutdown().await.unwrap();
+        });
+        let sent = payload.clone();
+        let server_sends = tokio::spawn(async move {
+            server_write.write_all(&sent).await.unwrap();
+            server_write.shutdown().await.unwrap();
+        });
+        let mut received = Vec::new();
+        let mut small = [0u8; 100];
+        loop {
+            let count = server_read.read(&mut small).await.unwrap();
+            if count == 0 {
+                break;
+            }
+            received.extend_from_slice(&small[..count]);
+        }
+        assert!(received == payload, "the server received other bytes");
+        let mut received = Vec::new();
+        client_read.read_to_end(&mut received).await.unwrap();
+        assert!(received == payload, "the client received other bytes");
+        client_sends.await.unwrap();
+        server_sends.await.unwrap();
+    }
+
+    /// close_notify from the client ends the server's reading, not its
+    /// writing: the half-close a request-then-shutdown client relies on.
+    #[tokio::test]
+    async fn a_client_close_notify_is_a_half_close() {
+        let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut request = Vec::new();
+        server.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+        server.write_all(b"answer").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_a_hello_fails_the_handshake() {
+        let (server_config, _) = configs(&[&rustls::version::TLS13]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let error = ServerStream::accept(socket, server_config.clone())
+            .await
+            .err()
+            .expect("a handshake with garbage");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        // A client that leaves mid-handshake.
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        drop(client);
+        let error = ServerStream::accept(socket, server_config)
+            .await
+            .err()
+            .expect("a handshake with nobody");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+}
