@@ -310,6 +310,54 @@ async fn keep_alive_is_used_on_both_legs() {
     assert_eq!(vipgate.member(node).total_connections(), 1);
 }
 
+/// A member that answers one request per connection with keep-alive, then
+/// closes the connection shortly after (its keep-alive timeout).
+async fn member_closing_idle_connections(ip: &str) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                let _ = socket.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_member_connection_closed_while_idle_is_not_used_again() {
+    let node = member_closing_idle_connections("127.0.0.12").await;
+    let vipgate = start(&format!(
+        "[settings]\nworker_threads = 1\n\n{}",
+        http_config(&[(node, "GWE_Node1")], "", &secret_file("idle-closed"))
+    ))
+    .await;
+    let vip = vipgate.addr("web");
+    let mut client = HttpClient::connect(vip).await;
+    for path in ["/1", "/2", "/3"] {
+        let reply = client.get(path, &[]).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        assert_eq!(reply.body, "ok");
+        // The member closes its side meanwhile, while no request drives
+        // the idle connection: the next request must not be lost on it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(vipgate.member(node).total_connections(), 3);
+    assert_eq!(counts(&vipgate).requests, 3);
+}
+
 #[tokio::test]
 async fn each_worker_reuses_its_own_member_connections() {
     let node = web_member("127.0.0.11", "GWE_Node1").await;

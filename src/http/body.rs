@@ -13,7 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::client_io::InFlight;
-use super::members::Sender;
+use super::members::MemberLink;
 use super::HttpVirtual;
 use crate::pool::MemberSlot;
 
@@ -94,7 +94,9 @@ pub(crate) struct ResponseBody {
     /// The request on its connection's books; ends when this drops.
     _request: InFlight,
     slot: Option<MemberSlot>,
-    reuse: Option<(Arc<HttpVirtual>, usize, Sender)>,
+    /// The member connection: driven while the body streams, and handed
+    /// back when it is done.
+    reuse: Option<(Arc<HttpVirtual>, usize, MemberLink)>,
 }
 
 enum Content {
@@ -115,13 +117,13 @@ impl ResponseBody {
         }
     }
 
-    /// The member's answer; `sender` goes back to the member's idle queue
-    /// when it was read to the end.
+    /// The member's answer; its connection goes back to the member's idle
+    /// queue when the answer was read to the end.
     pub(crate) fn member(
         mut request: InFlight,
         body: Incoming,
         slot: MemberSlot,
-        reuse: (Arc<HttpVirtual>, usize, Sender),
+        reuse: (Arc<HttpVirtual>, usize, MemberLink),
     ) -> ResponseBody {
         request.sending();
         ResponseBody {
@@ -143,6 +145,11 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        // The member connection moves the body's bytes: driven here, on
+        // the client's task, as the client takes them.
+        if let Some((_, _, link)) = &mut this.reuse {
+            link.drive(cx);
+        }
         let polled = match &mut this.content {
             Content::Member(body) => Pin::new(body).poll_frame(cx),
             Content::Text(text) => Poll::Ready(text.take().map(|text| Ok(Frame::data(text)))),
@@ -172,9 +179,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some((http, index, sender)) = self.reuse.take() {
+        if let Some((http, index, link)) = self.reuse.take() {
             if self.ended || self.is_end_stream() {
-                http.members.checkin(index, sender);
+                http.members.checkin(index, link);
             }
         }
         self.slot = None;

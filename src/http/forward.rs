@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::body::{ClientBodyError, RequestBody, ResponseBody};
 use super::client_io::InFlight;
 use super::headers::{add_forwarded, insert_all, remove_hop_by_hop, wants_upgrade};
-use super::members::{Sender, Sent};
+use super::members::{MemberLink, Sent};
 use super::persistence::{
     cookie_value_any_case, cookie_values, route_of, set_cookie, url_param_route,
 };
@@ -91,14 +91,14 @@ pub(super) async fn handle(
             http.send(index, request).await
         };
         match sent {
-            Sent::Answered(response, sender) => {
+            Sent::Answered(response, link) => {
                 http.stats.record_request(started.elapsed());
                 count_persistence(http, stats, &claim, index);
                 let response = respond(
                     &connection,
                     in_flight,
                     response,
-                    sender,
+                    link,
                     (index, slot),
                     &claim,
                     now,
@@ -315,7 +315,7 @@ fn respond(
     connection: &Arc<Connection>,
     in_flight: InFlight,
     response: Response<Incoming>,
-    sender: Sender,
+    link: MemberLink,
     (index, slot): (usize, MemberSlot),
     claim: &Claim,
     now: u64,
@@ -347,10 +347,10 @@ fn respond(
         // written; the tunnel takes it from there.
         connection.phase.tunnel();
         http.stats.http.count(HttpEvent::Upgrade);
-        drop((body, sender));
+        drop((body, link));
         ResponseBody::text(in_flight, Bytes::new())
     } else {
-        ResponseBody::member(in_flight, body, slot, (Arc::clone(http), index, sender))
+        ResponseBody::member(in_flight, body, slot, (Arc::clone(http), index, link))
     };
     Response::from_parts(parts, body)
 }

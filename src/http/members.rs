@@ -2,16 +2,20 @@
 //! requests and shared by the clients of the virtual on the same worker
 //! thread.
 //!
-//! Per worker, each member has a bounded queue of idle connections (a
-//! member connection is driven by a task on the worker that opened it, so
-//! a request from another worker would wake it across threads). A
+//! A member connection has no task of its own: the client task using it
+//! drives it, while it sends the request, waits for the answer and streams
+//! the body, so a request crosses no task (and no thread) on its way.
+//! Per worker, each member has a bounded queue of idle connections. A
 //! request takes one (or opens one), and its response hands it back once
 //! the body has been read to the end. A full queue drops its oldest
 //! connection; one idle for longer than [`MEMBER_IDLE_TIMEOUT`] is closed
 //! when next seen rather than risked, since the member may be closing it at
 //! that very moment.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -39,12 +43,72 @@ pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A connection to a member, ready for a request.
 pub(crate) type Sender = SendRequest<RequestBody>;
 
+/// The connection itself, which moves the bytes of `Sender`'s requests.
+pub(crate) type MemberConnection = Connection<TokioIo<Back>, RequestBody>;
+
 /// A freshly opened member connection: the handle requests go through, the
-/// connection itself (to be driven by a task) and the SNAT source it holds.
-pub(crate) type Opened = (Sender, Connection<TokioIo<Back>, RequestBody>, SourceLease);
+/// connection itself (to be driven) and the SNAT source it holds.
+pub(crate) type Opened = (Sender, MemberConnection, SourceLease);
+
+/// An open member connection as a request uses it: the handle requests go
+/// through, and the connection, driven by whichever client task holds the
+/// link.
+pub(crate) struct MemberLink {
+    sender: Sender,
+    driver: Driver,
+}
+
+enum Driver {
+    /// Driven by the holder of the link; the SNAT source stays taken as
+    /// long as the connection lives.
+    Here {
+        connection: MemberConnection,
+        _lease: SourceLease,
+    },
+    /// Driven by a task of its own (a connection that may be upgraded).
+    Elsewhere,
+    /// The connection ended.
+    Ended,
+}
+
+impl MemberLink {
+    /// A link whose connection is driven by its holder.
+    pub(crate) fn new((sender, connection, lease): Opened) -> MemberLink {
+        MemberLink {
+            sender,
+            driver: Driver::Here {
+                connection,
+                _lease: lease,
+            },
+        }
+    }
+
+    /// A link to a connection a task of its own drives.
+    pub(crate) fn driven_elsewhere(sender: Sender) -> MemberLink {
+        MemberLink {
+            sender,
+            driver: Driver::Elsewhere,
+        }
+    }
+
+    /// Moves the connection's bytes as far as they go now, registering
+    /// the calling task for more; whether the connection is still open.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Driver::Here { connection, .. } = &mut self.driver {
+            if Pin::new(connection).poll(cx).is_ready() {
+                self.driver = Driver::Ended;
+            }
+        }
+        !matches!(self.driver, Driver::Ended) && !self.sender.is_closed()
+    }
+
+    fn is_open(&self) -> bool {
+        !matches!(self.driver, Driver::Ended) && !self.sender.is_closed()
+    }
+}
 
 struct Idle {
-    sender: Sender,
+    link: MemberLink,
     since: Instant,
 }
 
@@ -71,7 +135,7 @@ impl std::fmt::Debug for MemberConnections {
 pub(crate) enum Sent {
     /// The member answered; the connection goes back to the idle queue
     /// when the body is done.
-    Answered(Response<Incoming>, Sender),
+    Answered(Response<Incoming>, MemberLink),
     /// No connection could be opened: the request, untouched, for the next
     /// member, and whose fault it was.
     Unreachable(Request<RequestBody>, DialError),
@@ -99,25 +163,30 @@ impl MemberConnections {
         self.idle[crate::workers::current() % self.idle.len()].get(index)
     }
 
-    fn checkout(&self, index: usize) -> Option<Sender> {
+    /// An idle connection to member `index` that is still open: driven
+    /// once first, so one the member closed meanwhile is seen closed.
+    async fn checkout(&self, index: usize) -> Option<MemberLink> {
         let queue = self.queue(index)?;
-        while let Some(idle) = queue.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < MEMBER_IDLE_TIMEOUT {
-                return Some(idle.sender);
+        while let Some(mut idle) = queue.pop() {
+            if idle.since.elapsed() >= MEMBER_IDLE_TIMEOUT {
+                continue;
+            }
+            if std::future::poll_fn(|cx| Poll::Ready(idle.link.drive(cx))).await {
+                return Some(idle.link);
             }
         }
         None
     }
 
     /// Takes back a connection whose response was read to the end.
-    pub(crate) fn checkin(&self, index: usize, sender: Sender) {
-        if sender.is_closed() {
+    pub(crate) fn checkin(&self, index: usize, link: MemberLink) {
+        if !link.is_open() {
             return;
         }
         if let Some(queue) = self.queue(index) {
             // A full queue gives up its oldest connection, which closes.
             let _ = queue.force_push(Idle {
-                sender,
+                link,
                 since: Instant::now(),
             });
         }
@@ -136,25 +205,23 @@ impl HttpVirtual {
             );
         };
         loop {
-            let (mut sender, reused) = match self.members.checkout(index) {
-                Some(sender) => (sender, true),
+            let (mut link, reused) = match self.members.checkout(index).await {
+                Some(link) => (link, true),
                 None => match dial(self, &member.state).await {
-                    Ok((sender, connection, lease)) => {
-                        tokio::spawn(async move {
-                            // The source port stays taken while the
-                            // connection lives.
-                            let _lease = lease;
-                            let _ = connection.await;
-                        });
-                        (sender, false)
-                    }
+                    Ok(opened) => (MemberLink::new(opened), false),
                     Err(error) => return Sent::Unreachable(request, error),
                 },
             };
-            let answer = sender.try_send_request(request);
-            match tokio::time::timeout(self.idle_timeout, answer).await {
+            let mut answer = std::pin::pin!(link.sender.try_send_request(request));
+            // The connection is driven here, on the client's task, while
+            // the answer is awaited: the request crosses no task.
+            let answered = std::future::poll_fn(|cx| {
+                link.drive(cx);
+                answer.as_mut().poll(cx)
+            });
+            match tokio::time::timeout(self.idle_timeout, answered).await {
                 Err(_) => return Sent::TimedOut,
-                Ok(Ok(response)) => return Sent::Answered(response, sender),
+                Ok(Ok(response)) => return Sent::Answered(response, link),
                 Ok(Err(mut error)) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     Some(unsent) => {

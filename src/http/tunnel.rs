@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use super::body::RequestBody;
-use super::members::{dial, Sent};
+use super::members::{dial, MemberLink, Sent};
 use super::Connection;
 use crate::dial::DialError;
 use crate::pool::MemberSlot;
@@ -69,7 +69,7 @@ pub(super) async fn send(
                     slot: None,
                 });
             }
-            Sent::Answered(response, sender)
+            Sent::Answered(response, MemberLink::driven_elsewhere(sender))
         }
     }
 }
