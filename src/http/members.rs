@@ -61,8 +61,10 @@ pub(crate) struct MemberLink {
 enum Driver {
     /// Driven by the holder of the link; the SNAT source stays taken as
     /// long as the connection lives.
+    /// (Boxed: hyper's connection state is large, and a link moves from
+    /// the idle queue to a request and back.)
     Here {
-        connection: MemberConnection,
+        connection: Box<MemberConnection>,
         _lease: SourceLease,
     },
     /// Driven by a task of its own (a connection that may be upgraded).
@@ -77,7 +79,7 @@ impl MemberLink {
         MemberLink {
             sender,
             driver: Driver::Here {
-                connection,
+                connection: Box::new(connection),
                 _lease: lease,
             },
         }
@@ -95,7 +97,7 @@ impl MemberLink {
     /// the calling task for more; whether the connection is still open.
     pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if let Driver::Here { connection, .. } = &mut self.driver {
-            if Pin::new(connection).poll(cx).is_ready() {
+            if Pin::new(connection.as_mut()).poll(cx).is_ready() {
                 self.driver = Driver::Ended;
             }
         }
