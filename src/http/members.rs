@@ -101,7 +101,7 @@ impl MemberLink {
                 self.driver = Driver::Ended;
             }
         }
-        !matches!(self.driver, Driver::Ended) && !self.sender.is_closed()
+        self.is_open()
     }
 
     fn is_open(&self) -> bool {

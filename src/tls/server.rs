@@ -140,8 +140,8 @@ pub struct ServerStream {
     incoming: Records,
     /// TLS records to send, in order.
     outgoing: Records,
-    /// Decrypted bytes the reader has not taken yet (a record larger than
-    /// the reader's buffer); allocated only then.
+    /// Decrypted bytes the reader had no room for (a record larger than
+    /// its buffer, or found while writing); allocated only then.
     plaintext: Vec<u8>,
     plaintext_start: usize,
     /// The peer's stream ended: close_notify, or the socket's end.
@@ -154,7 +154,8 @@ pub struct ServerStream {
 enum Next {
     /// Turn again: it produced something (records to send).
     Again,
-    /// It decrypted plaintext (now in `plaintext`).
+    /// It decrypted plaintext (into the reader's buffer, and what did not
+    /// fit into `plaintext`).
     Plaintext,
     /// It needs bytes from the peer.
     Input,
@@ -205,7 +206,7 @@ impl ServerStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            match self.turn(Write::Nothing)? {
+            match self.turn(Write::Nothing, None)? {
                 Next::Again | Next::Plaintext => continue,
                 Next::Wrote(_) | Next::Closed if !self.connection.is_handshaking() => {
                     return self.poll_send(cx);
@@ -225,9 +226,10 @@ impl ServerStream {
     }
 
     /// One turn of rustls' state machine over the records read so far:
-    /// plaintext goes to `plaintext`, records to send to `outgoing`, and
-    /// once application data may be written, `write` is encrypted.
-    fn turn(&mut self, write: Write<'_>) -> io::Result<Next> {
+    /// plaintext goes to `reader` (when given, and while it has room) and
+    /// otherwise to `plaintext`, records to send to `outgoing`, and once
+    /// application data may be written, `write` is encrypted.
+    fn turn(&mut self, write: Write<'_>, mut reader: Option<&mut ReadBuf<'_>>) -> io::Result<Next> {
         let status = self
             .connection
             .process_tls_records(self.incoming.filled_mut());
@@ -235,8 +237,17 @@ impl ServerStream {
         let next = match status.state {
             Ok(ConnectionState::ReadTraffic(mut traffic)) => {
                 while let Some(record) = traffic.next_record() {
-                    let record = record.map_err(invalid_data)?;
-                    self.plaintext.extend_from_slice(record.payload);
+                    let mut payload = record.map_err(invalid_data)?.payload;
+                    // Straight into the reader's buffer: nothing kept, no
+                    // copy in between, unless it has no room left.
+                    if let Some(reader) = reader.as_deref_mut() {
+                        if self.plaintext.is_empty() {
+                            let fits = payload.len().min(reader.remaining());
+                            reader.put_slice(&payload[..fits]);
+                            payload = &payload[fits..];
+                        }
+                    }
+                    self.plaintext.extend_from_slice(payload);
                 }
                 Next::Plaintext
             }
@@ -391,7 +402,7 @@ impl ServerStream {
         // Bounded: at most one batch of records waits to be sent.
         ready!(self.poll_send(cx))?;
         loop {
-            match self.turn(write)? {
+            match self.turn(write, None)? {
                 Next::Wrote(taken) => return Poll::Ready(Ok(taken)),
                 Next::Again => continue,
                 // Found while writing: the reader, on this same task, may
@@ -417,7 +428,10 @@ impl AsyncRead for ServerStream {
             if this.take_plaintext(buf) || this.read_ended {
                 return Poll::Ready(Ok(()));
             }
-            match this.turn(Write::Nothing)? {
+            let filled = buf.filled().len();
+            match this.turn(Write::Nothing, Some(buf))? {
+                // An empty record (TLS allows them) is not the end.
+                Next::Plaintext if buf.filled().len() > filled => return Poll::Ready(Ok(())),
                 Next::Again | Next::Plaintext => continue,
                 Next::Input | Next::Wrote(_) | Next::Closed => {
                     // What rustls queued (a key-update reply, tickets) goes
