@@ -19,7 +19,8 @@ for file in ./usr/bin/vipgate ./usr/lib/systemd/system/vipgate.service \
     ./usr/share/zsh/vendor-completions/_vipgate \
     ./usr/share/fish/vendor_completions.d/vipgate.fish \
     ./usr/share/doc/vipgate/README.md \
-    ./usr/share/doc/vipgate/docs/configuration.md; do
+    ./usr/share/doc/vipgate/docs/configuration.md \
+    ./usr/share/vipgate/grafana/vipgate.json; do
   grep -q " $file\$" <<<"$contents" || fail "$file is missing"
 done
 

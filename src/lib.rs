@@ -43,8 +43,8 @@
 //!   one by one with persistence (URL-parameter routes, encrypted
 //!   cookies), kept-alive HTTP/1.1 member connections, WebSocket tunnels.
 //! - [`stats`]: the counters of each virtual; [`status`]: the live state as
-//!   named views, which [`metrics`] (Prometheus) and [`admin`] (`/status`,
-//!   `/ready`, member actions, `/reload`) both read.
+//!   named views, which [`metrics`] (Prometheus) and [`admin`] (the status
+//!   page, `/status`, `/ready`, member actions, `/reload`) both read.
 //! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
 //! - [`service`]: systemd readiness, reload and stop notifications, the
 //!   watchdog.

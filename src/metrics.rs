@@ -295,6 +295,22 @@ fn virtuals(status: &Status, families: &mut Families) {
         &http,
         |c| [("400", c.answered_400), ("408", c.answered_408), ("431", c.answered_431), ("502", c.answered_502), ("503", c.answered_503), ("504", c.answered_504)],
     );
+    families.counter_split(
+        "vipgate_http_member_responses_total",
+        "Members' answers passed to clients, by status class: 1xx, 2xx, 3xx, 4xx, 5xx (vipgate's own answers are in vipgate_http_responses_generated_total).",
+        ["virtual", "class"],
+        &http,
+        |c| {
+            let answers = c.member_answers;
+            [
+                ("1xx", answers.informational),
+                ("2xx", answers.success),
+                ("3xx", answers.redirection),
+                ("4xx", answers.client_error),
+                ("5xx", answers.server_error),
+            ]
+        },
+    );
     families.counter_each(
         "vipgate_http2_requests_total",
         "HTTP requests that came over HTTP/2 (also counted in vipgate_http_requests_total).",

@@ -337,12 +337,31 @@ pub enum HttpEvent {
     HeaderTooLarge,
     /// A request that came over HTTP/2.
     Http2Request,
+    /// A member's answer, by status class (1xx to 5xx).
+    MemberAnswered1xx,
+    MemberAnswered2xx,
+    MemberAnswered3xx,
+    MemberAnswered4xx,
+    MemberAnswered5xx,
+}
+
+impl HttpEvent {
+    /// The event counting a member's answer with `status`.
+    pub fn member_answered(status: http::StatusCode) -> HttpEvent {
+        match status.as_u16() {
+            100..=199 => HttpEvent::MemberAnswered1xx,
+            200..=299 => HttpEvent::MemberAnswered2xx,
+            300..=399 => HttpEvent::MemberAnswered3xx,
+            400..=499 => HttpEvent::MemberAnswered4xx,
+            _ => HttpEvent::MemberAnswered5xx,
+        }
+    }
 }
 
 /// Counters of an HTTP virtual, by [`HttpEvent`].
 #[derive(Debug, Default)]
 pub struct HttpStats {
-    events: [AtomicU64; 13],
+    events: [AtomicU64; 18],
 }
 
 impl HttpStats {
@@ -366,6 +385,13 @@ impl HttpStats {
             answered_400: read(HttpEvent::BadRequest),
             answered_431: read(HttpEvent::HeaderTooLarge),
             http2_requests: read(HttpEvent::Http2Request),
+            member_answers: MemberAnswers {
+                informational: read(HttpEvent::MemberAnswered1xx),
+                success: read(HttpEvent::MemberAnswered2xx),
+                redirection: read(HttpEvent::MemberAnswered3xx),
+                client_error: read(HttpEvent::MemberAnswered4xx),
+                server_error: read(HttpEvent::MemberAnswered5xx),
+            },
         }
     }
 }
@@ -401,6 +427,23 @@ pub struct HttpCounts {
     pub answered_431: u64,
     /// Requests that came over HTTP/2 (also counted in `requests`).
     pub http2_requests: u64,
+    /// The members' answers by status class.
+    pub member_answers: MemberAnswers,
+}
+
+/// Members' answers passed to clients, by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemberAnswers {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
 }
 
 #[cfg(test)]

@@ -18,6 +18,11 @@ use crate::stats::{HttpCounts, VirtualCounts};
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub version: &'static str,
+    /// Unix seconds when this instance started.
+    pub started_at: u64,
+    pub uptime_seconds: u64,
+    /// What the admin endpoint asks of callers; set by [`crate::admin`].
+    pub admin: AdminStatus,
     pub config: ConfigStatus,
     pub virtuals: Vec<VirtualStatus>,
     pub pools: Vec<PoolStatus>,
@@ -26,6 +31,14 @@ pub struct Status {
     /// member, per virtual.
     #[serde(skip)]
     pub automap: Vec<AutomapUse>,
+}
+
+/// What the admin endpoint asks of callers.
+#[derive(Debug, Default, Serialize)]
+pub struct AdminStatus {
+    /// Whether changes need `Authorization: Bearer <token>`
+    /// (`admin.token_file` is set).
+    pub token_required: bool,
 }
 
 /// The configuration in force and its reloads.
@@ -53,7 +66,6 @@ pub struct VirtualStatus {
     /// `tcp` or `http`.
     pub mode: &'static str,
     /// `off`, `terminate`, `auto` or `passthrough`.
-    #[serde(skip)]
     pub tls: &'static str,
     /// Whether the virtual reads ClientHellos to route by SNI.
     #[serde(skip)]
@@ -77,6 +89,9 @@ pub struct HttpStatus {
 pub struct PoolStatus {
     pub name: String,
     pub algorithm: String,
+    /// The lowest priority group taking new connections, when the pool
+    /// uses priority groups (`min_active_members` > 0).
+    pub priority_in_use: Option<i64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -90,6 +105,10 @@ pub struct MemberStatus {
     pub up: bool,
     /// `enabled`, `disabled` or `forced-offline`.
     pub state: String,
+    /// Its priority group in this pool.
+    pub priority: i64,
+    /// Its share along the slow ramp: 0 just back up, 1 full.
+    pub ramp: f64,
     /// Up and enabled: may take new connections.
     #[serde(skip)]
     pub usable: bool,
@@ -144,6 +163,9 @@ impl Status {
     pub fn of(snapshot: &Snapshot, reloads: ReloadCounts) -> Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
+            started_at: reloads.started_at,
+            uptime_seconds: crate::clock::unix_seconds().saturating_sub(reloads.started_at),
+            admin: AdminStatus::default(),
             config: ConfigStatus {
                 hash: reloads.config_hash,
                 loaded_at: reloads.last_success,
@@ -205,10 +227,12 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
         .map(|pool| PoolStatus {
             name: pool.name().to_string(),
             algorithm: snapshot.plan().pools[pool.name()].algorithm.to_string(),
+            priority_in_use: pool.priority_in_use(),
             members: pool
                 .members()
                 .iter()
-                .map(|member| {
+                .enumerate()
+                .map(|(index, member)| {
                     let address = member.state.address();
                     let health = member.health.health();
                     MemberStatus {
@@ -217,6 +241,9 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
                         health: health.as_str(),
                         up: health == Health::Up,
                         state: member.state.admin_state().to_string(),
+                        priority: member.priority,
+                        // Rounded: the page shows a percentage.
+                        ramp: (pool.ramp(index) * 1000.0).round() / 1000.0,
                         usable: member.usable(),
                         counts: member.state.counts(),
                         monitors: snapshot

@@ -322,6 +322,9 @@ fn respond(
 ) -> Response<ResponseBody> {
     let http = &connection.http;
     let (mut parts, body) = response.into_parts();
+    http.stats
+        .http
+        .count(HttpEvent::member_answered(parts.status));
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(&mut parts.headers, switching);
     insert_all(&mut parts.headers, &http.response_headers);

@@ -195,6 +195,21 @@ impl Pool {
         &self.members
     }
 
+    /// The lowest priority group taking new connections now (F5 priority
+    /// group activation), or `None` when the pool does not use priority
+    /// groups (`min_active_members = 0`).
+    pub fn priority_in_use(&self) -> Option<i64> {
+        (self.min_active_members > 0).then(|| self.active_priority(&Tried::default()))
+    }
+
+    /// How far member `index` is along its slow ramp: 0 just back up, 1 a
+    /// full share.
+    pub fn ramp(&self, index: usize) -> f64 {
+        self.members
+            .get(index)
+            .map_or(1.0, |member| member.health.ramp(self.slow_ramp))
+    }
+
     pub fn action_on_service_down(&self) -> ServiceDownAction {
         self.action_on_service_down
     }

@@ -53,6 +53,8 @@ pub struct ReloadStats {
     failed: AtomicU64,
     /// Unix seconds of the last successful load (the start counts).
     last_success: AtomicU64,
+    /// Unix seconds of the first load: when this instance started.
+    started_at: AtomicU64,
     config_hash: Mutex<String>,
     last_error: Mutex<Option<String>>,
 }
@@ -69,6 +71,8 @@ pub struct ReloadCounts {
     pub config_hash: String,
     /// Why the last reload failed, if it did.
     pub last_error: Option<String>,
+    /// Unix seconds when this instance first loaded its configuration.
+    pub started_at: u64,
 }
 
 impl ReloadStats {
@@ -79,14 +83,19 @@ impl ReloadStats {
             last_success: self.last_success.load(Ordering::Relaxed),
             config_hash: lock(&self.config_hash).clone(),
             last_error: lock(&self.last_error).clone(),
+            started_at: self.started_at.load(Ordering::Relaxed),
         }
     }
 
     pub(super) fn loaded(&self, hash: String) {
         *lock(&self.config_hash) = hash;
         *lock(&self.last_error) = None;
-        self.last_success
-            .store(crate::clock::unix_seconds(), Ordering::Relaxed);
+        let now = crate::clock::unix_seconds();
+        self.last_success.store(now, Ordering::Relaxed);
+        // Only the first load sets it: that is the start.
+        let _ = self
+            .started_at
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn succeeded(&self) {

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod admin;
+pub mod browser;
 pub mod f5;
 pub mod http_client;
 pub mod netns;

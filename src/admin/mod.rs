@@ -1,5 +1,7 @@
 //! The admin endpoint (`[admin] listen`, loopback by default):
 //!
+//! - `GET /`: the status page, one self-contained HTML file (`page.html`)
+//!   that reads `/status` while someone looks at it;
 //! - `GET /metrics`: Prometheus text format ([`crate::metrics`]);
 //! - `GET /status`: the same live state as JSON;
 //! - `GET /ready`: 200 when every virtual listens and has a usable member,
@@ -11,8 +13,9 @@
 //! Errors are JSON `{"error": "..."}` with a fitting status: 404 for an
 //! unknown pool, member or path, 400 for a bad action or a configuration
 //! that does not load, 401 for a change without the token when
-//! `token_file` is set, 405 for a wrong method. Reading never needs the
-//! token.
+//! `token_file` is set, 403 for a change sent by another site's page (its
+//! `Origin` is not this endpoint), 405 for a wrong method. Reading never
+//! needs the token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -148,6 +151,30 @@ pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: Cancellation
 
 type Answer = Response<Full<Bytes>>;
 
+/// The status page: static, built into the binary, so serving it costs a
+/// copy of a pointer.
+const PAGE: &str = include_str!("page.html");
+
+/// Only this page's own inline script and style run, it talks only to this
+/// endpoint, and no other site may frame it (its buttons change members).
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn page() -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> Answer {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -173,15 +200,36 @@ async fn route(
     token: Option<&str>,
 ) -> Answer {
     let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Browsers escape what a path may not hold (the page escapes every
+    // pool and member name it puts in one); the names are matched as typed.
+    let Some(decoded) = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect::<Option<Vec<String>>>()
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{path}: a %-escape is not two hex digits of UTF-8 text"),
+        );
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = request.method().clone();
+    if method == Method::POST {
+        if let Some(refused) = cross_site(&request) {
+            return refused;
+        }
+    }
     match (segments.as_slice(), method == Method::POST) {
+        ([""], false) if method == Method::GET => page(),
         (["metrics"], false) if method == Method::GET => answer(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             crate::metrics::render(registry),
         ),
-        (["status"], false) if method == Method::GET => json_answer(StatusCode::OK, status(control)),
+        (["status"], false) if method == Method::GET => {
+            json_answer(StatusCode::OK, status(control, token.is_some()))
+        }
         (["ready"], false) if method == Method::GET => match control.readiness().await {
             Ok(()) => json_answer(StatusCode::OK, json!({ "ready": true })),
             Err(missing) => json_answer(
@@ -231,15 +279,64 @@ async fn route(
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
-        (["metrics"] | ["status"] | ["ready"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
+        ([""] | ["metrics"] | ["status"] | ["ready"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}: read with GET /metrics and GET /status; change with POST"),
+            format!("{method} is not allowed on {path}: read with GET /, GET /metrics and GET /status; change with POST"),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {path}; try GET /metrics, GET /status, GET /ready, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline"),
+            format!("no such endpoint {path}; try GET / (the status page), GET /metrics, GET /status, GET /ready, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline"),
         ),
     }
+}
+
+/// `segment` with its `%XX` escapes decoded; `None` if an escape is
+/// malformed or the result is not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_string());
+    }
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// `Some(403)` for a change a browser sends from another site's page: its
+/// `Origin` names another host than the one it sent the request to. Without
+/// a token, this is what stops any web page an operator opens from changing
+/// members through their browser; tools like curl send no `Origin`.
+fn cross_site(request: &Request<Incoming>) -> Option<Answer> {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)?
+        .to_str()
+        .unwrap_or("");
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    (host.is_empty() || origin_host != host).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            format!("a change sent by the page of another site ({origin}) is refused; use this endpoint's own page or a tool such as curl"),
+        )
+    })
 }
 
 /// `Some(401)` when a token is set and the request does not carry it.
@@ -266,8 +363,34 @@ fn unauthorized(request: &Request<Incoming>, token: Option<&str>) -> Option<Answ
 }
 
 /// The live state as JSON.
-fn status(control: &Control) -> Value {
-    let status = Status::of(&control.live().load(), control.reloads().counts());
+fn status(control: &Control, token_required: bool) -> Value {
+    let mut status = Status::of(&control.live().load(), control.reloads().counts());
+    status.admin.token_required = token_required;
     // Plain structs of strings and numbers: serializing cannot fail.
     serde_json::to_value(status).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn escapes_in_path_segments_are_decoded_and_bad_ones_refused() {
+        assert_eq!(
+            percent_decode("10.0.0.11:9070").as_deref(),
+            Some("10.0.0.11:9070")
+        );
+        assert_eq!(
+            percent_decode("10.0.0.11%3A9070").as_deref(),
+            Some("10.0.0.11:9070")
+        );
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D%3a9070").as_deref(),
+            Some("[::1]:9070")
+        );
+        assert_eq!(percent_decode("pool%20A").as_deref(), Some("pool A"));
+        for bad in ["%", "%4", "%zz", "a%e9", "%ff%fe"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
 }
