@@ -119,7 +119,7 @@ pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: Cancellation
         control.reloads(),
     ));
     if let Some(address) = endpoint.local_addr() {
-        tracing::info!(%address, "admin endpoint listening: /metrics, /status");
+        tracing::info!(%address, "admin endpoint listening: http://{address}/ (status page), /metrics, /status");
     }
     let token: Option<Arc<str>> = endpoint.token.map(Into::into);
     loop {
