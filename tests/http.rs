@@ -62,6 +62,14 @@ async fn cookie_is_set_on_the_first_answer_and_followed_after() {
     assert_eq!(counts.persistence_hits, 6);
     assert_eq!(counts.persistence_misses, 5);
     assert_eq!(counts.cookies_set, 5);
+    assert_eq!(
+        counts.member_answers,
+        vipgate::stats::MemberAnswers {
+            success: 11,
+            ..Default::default()
+        },
+        "every answer counted once, by class"
+    );
 }
 
 #[tokio::test]

@@ -373,30 +373,23 @@ async fn the_page_is_served_with_a_strict_policy_and_other_sites_cannot_change_m
     // Another site's page posting through the operator's browser: refused.
     let address = vipgate.admin.unwrap();
     let path = format!("/pools/agents/members/{}/offline", member.addr);
-    let mut client = HttpClient::connect(address).await;
-    let refused = client
-        .send(
-            "POST",
-            &path,
-            &[("origin", "http://evil.example")],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let post_from = |origin: &'static str| {
+        let path = path.clone();
+        async move {
+            let mut client = HttpClient::connect(address).await;
+            let headers = [("origin", origin)];
+            client
+                .send("POST", &path, &headers, bytes::Bytes::new())
+                .await
+                .unwrap()
+        }
+    };
+    let refused = post_from("http://evil.example").await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(refused.body.contains("another site"), "{}", refused.body);
     // A page of the host the request went to (the test client sends
     // `Host: gwe.example`): allowed.
-    let mut client = HttpClient::connect(address).await;
-    let allowed = client
-        .send(
-            "POST",
-            &path,
-            &[("origin", "http://gwe.example")],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let allowed = post_from("http://gwe.example").await;
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     let now = status(&vipgate).await;
     assert_eq!(member_state(&now, member.addr), "forced-offline");
