@@ -278,10 +278,7 @@ async fn every_metric_and_label_the_dashboard_queries_is_in_a_real_scrape() {
                     continue;
                 };
                 for label in &grouped {
-                    if label != "le"
-                        && !labels.contains(label)
-                        && !TARGET_LABELS.contains(&label.as_str())
-                    {
+                    if !labels.contains(label) && !TARGET_LABELS.contains(&label.as_str()) {
                         missing.push(format!("label {label} on {metric} (in {query})"));
                     }
                 }

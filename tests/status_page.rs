@@ -78,6 +78,24 @@ fn member_state(status: &Value, member: SocketAddr) -> String {
         .expect("the member is listed")
 }
 
+/// Types `token` into the page as an operator would, waits until `button`
+/// (a JS expression for it) is enabled, and clicks it.
+async fn type_token_and_click(browser: &mut Browser, token: &str, button: &str) {
+    browser
+        .eval(&format!(
+            "document.getElementById('token').value = '{token}'; document.getElementById('token-save').click(); true"
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the button enabled once a token is typed",
+            &format!("{button}.disabled === false"),
+            REFRESH * 2,
+        )
+        .await;
+    browser.eval(&format!("{button}.click(); true")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_a_member_going_down_and_disables_one_with_the_token() {
     let mut first = SwitchablePort::open("127.0.0.11", "one").await;
@@ -167,23 +185,11 @@ async fn the_page_shows_a_member_going_down_and_disables_one_with_the_token() {
     assert!(summary.as_str().unwrap().contains("1 down"), "{summary}");
 
     // A wrong token: vipgate refuses (401) and the page says so.
-    browser
-        .eval("document.getElementById('token').value = 'not-the-token-at-all'; document.getElementById('token-save').click(); true")
-        .await;
     let disable_third = format!(
         "{}.querySelector('button[data-action=\"disable\"]')",
         row(third.addr)
     );
-    browser
-        .wait_for(
-            "the buttons enabled once a token is typed",
-            &format!("{disable_third}.disabled === false"),
-            REFRESH * 2,
-        )
-        .await;
-    browser
-        .eval(&format!("{disable_third}.click(); true"))
-        .await;
+    type_token_and_click(&mut browser, "not-the-token-at-all", &disable_third).await;
     browser
         .wait_for(
             "the refusal",
@@ -205,21 +211,7 @@ async fn the_page_shows_a_member_going_down_and_disables_one_with_the_token() {
             REFRESH * 2,
         )
         .await;
-    browser
-        .eval(&format!(
-            "document.getElementById('token').value = '{TOKEN}'; document.getElementById('token-save').click(); true"
-        ))
-        .await;
-    browser
-        .wait_for(
-            "the buttons enabled with the token",
-            &format!("{disable_third}.disabled === false"),
-            REFRESH * 2,
-        )
-        .await;
-    browser
-        .eval(&format!("{disable_third}.click(); true"))
-        .await;
+    type_token_and_click(&mut browser, TOKEN, &disable_third).await;
     browser
         .wait_for(
             "the member disabled",
