@@ -1,7 +1,8 @@
 //! HTTP/2 towards clients, with real hyper clients: over TLS by ALPN and
 //! in clear text by prior knowledge, cookie persistence across requests
 //! and across two instances sharing the secret, a reset stream that leaves
-//! the others alive, and the bound on concurrent streams.
+//! the others alive, the bound on concurrent streams, and member
+//! connections kept for as many streams as were in flight.
 
 mod common;
 
@@ -191,6 +192,41 @@ async fn concurrent_streams_are_bounded_per_connection() {
         Some(&"fast"),
         "a third stream ran while two were open: {order:?}"
     );
+}
+
+/// Sends `streams` requests at once on `client`, each held by the member
+/// for a moment so that they overlap.
+async fn burst(client: &Http2Client, streams: usize) {
+    let requests: Vec<_> = (0..streams)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.get("/gwe/cometd?wait=100", &[]).await.status })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn member_connections_are_kept_for_every_stream_that_was_in_flight() {
+    let (node, vipgate) = one_node("h2-keep", "max_concurrent_streams = 300").await;
+    let client = Http2Client::connect(vipgate.addr("web")).await;
+    assert_eq!(client.clone().get("/", &[]).await.status, 200);
+    let member = vipgate.member(node);
+    burst(&client, 200).await;
+    let opened = member.total_connections();
+    assert!(opened > 100, "the burst overlapped: {opened} connections");
+    // The same burst again finds the connections the first one opened
+    // waiting: a member behind an HTTP/2 client is not dialled per request.
+    burst(&client, 200).await;
+    burst(&client, 200).await;
+    let reopened = member.total_connections() - opened;
+    assert!(
+        reopened <= 20,
+        "{reopened} connections opened again after {opened}"
+    );
+    assert_eq!(counts(&vipgate).requests, 601);
 }
 
 #[tokio::test]

@@ -6,11 +6,14 @@
 //! drives it, while it sends the request, waits for the answer and streams
 //! the body, so a request crosses no task (and no thread) on its way.
 //! Per worker, each member has a bounded queue of idle connections. A
-//! request takes one (or opens one), and its response hands it back once
-//! the body has been read to the end. A full queue drops its oldest
-//! connection; one idle for longer than [`MEMBER_IDLE_TIMEOUT`] is closed
-//! when next seen rather than risked, since the member may be closing it at
-//! that very moment.
+//! request takes the one used last (or opens one), and its response hands
+//! it back once the body has been read to the end. The queue holds as
+//! many as the worker needed at once (an HTTP/2 client alone may have
+//! hundreds of requests in flight), up to [`IDLE_PER_MEMBER`]; a full
+//! queue drops its oldest connection. One idle for longer than
+//! [`MEMBER_IDLE_TIMEOUT`] is closed rather than risked, since the member
+//! may be closing it at that very moment: taking the last used first lets
+//! the ones a burst opened age out from the other end.
 
 use std::future::Future;
 use std::io;
@@ -18,7 +21,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::{Request, Response};
@@ -31,9 +36,11 @@ use crate::dial::{DialError, Dialed};
 use crate::pool::MemberState;
 use crate::snat::SourceLease;
 use crate::streams::Back;
+use crate::sync::lock;
 
-/// Idle connections kept per member: 64.
-pub const IDLE_PER_MEMBER: usize = 64;
+/// Idle connections kept per member and worker thread: at most 1024. The
+/// queue grows only as far as the requests in flight at once took it.
+pub const IDLE_PER_MEMBER: usize = 1024;
 
 /// An idle member connection older than this is closed instead of used:
 /// 15 s, below the keep-alive timeout of common application servers
@@ -109,15 +116,64 @@ impl MemberLink {
     }
 }
 
-struct Idle {
-    link: MemberLink,
+struct Idle<T> {
+    link: T,
     since: Instant,
+}
+
+/// The idle connections to one member on one worker, oldest first.
+///
+/// Only that worker's thread ever takes the lock (the virtual is shared
+/// between workers, hence a lock at all), so it is never contended and
+/// closing a connection while holding it delays nobody.
+struct IdleQueue<T>(Mutex<VecDeque<Idle<T>>>);
+
+impl<T> Default for IdleQueue<T> {
+    fn default() -> Self {
+        IdleQueue(Mutex::new(VecDeque::new()))
+    }
+}
+
+impl<T> IdleQueue<T> {
+    /// The connection handed back last, closing every one too old to
+    /// risk.
+    fn take(&self) -> Option<T> {
+        let mut idle = lock(&self.0);
+        let newest = idle.pop_back()?;
+        if newest.since.elapsed() >= MEMBER_IDLE_TIMEOUT {
+            // Handed back in order: the rest are older still.
+            idle.clear();
+            return None;
+        }
+        Some(newest.link)
+    }
+
+    /// Keeps `link`, closing the connections too old to risk and, when
+    /// full, the oldest.
+    fn put(&self, link: T) {
+        let now = Instant::now();
+        let mut idle = lock(&self.0);
+        while idle
+            .front()
+            .is_some_and(|oldest| now - oldest.since >= MEMBER_IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() >= IDLE_PER_MEMBER {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { link, since: now });
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
 }
 
 /// The idle connections of one virtual, by worker, then by member index
 /// in its pool.
 pub(crate) struct MemberConnections {
-    idle: Box<[Box<[ArrayQueue<Idle>]>]>,
+    idle: Box<[Box<[IdleQueue<MemberLink>]>]>,
 }
 
 impl std::fmt::Debug for MemberConnections {
@@ -125,7 +181,7 @@ impl std::fmt::Debug for MemberConnections {
         let idle: Vec<usize> = self
             .idle
             .iter()
-            .map(|worker| worker.iter().map(ArrayQueue::len).sum())
+            .map(|worker| worker.iter().map(IdleQueue::len).sum())
             .collect();
         f.debug_struct("MemberConnections")
             .field("idle", &idle)
@@ -151,17 +207,13 @@ impl MemberConnections {
     pub(crate) fn new(workers: usize, members: usize) -> MemberConnections {
         MemberConnections {
             idle: (0..workers.max(1))
-                .map(|_| {
-                    (0..members)
-                        .map(|_| ArrayQueue::new(IDLE_PER_MEMBER))
-                        .collect()
-                })
+                .map(|_| (0..members).map(|_| IdleQueue::default()).collect())
                 .collect(),
         }
     }
 
     /// The idle queue of member `index` on the calling worker.
-    fn queue(&self, index: usize) -> Option<&ArrayQueue<Idle>> {
+    fn queue(&self, index: usize) -> Option<&IdleQueue<MemberLink>> {
         self.idle[crate::workers::current() % self.idle.len()].get(index)
     }
 
@@ -169,12 +221,9 @@ impl MemberConnections {
     /// once first, so one the member closed meanwhile is seen closed.
     async fn checkout(&self, index: usize) -> Option<MemberLink> {
         let queue = self.queue(index)?;
-        while let Some(mut idle) = queue.pop() {
-            if idle.since.elapsed() >= MEMBER_IDLE_TIMEOUT {
-                continue;
-            }
-            if std::future::poll_fn(|cx| Poll::Ready(idle.link.drive(cx))).await {
-                return Some(idle.link);
+        while let Some(mut link) = queue.take() {
+            if std::future::poll_fn(|cx| Poll::Ready(link.drive(cx))).await {
+                return Some(link);
             }
         }
         None
@@ -186,11 +235,7 @@ impl MemberConnections {
             return;
         }
         if let Some(queue) = self.queue(index) {
-            // A full queue gives up its oldest connection, which closes.
-            let _ = queue.force_push(Idle {
-                link,
-                since: Instant::now(),
-            });
+            queue.put(link);
         }
     }
 }
@@ -249,4 +294,41 @@ pub(crate) async fn dial(http: &HttpVirtual, member: &MemberState) -> Result<Ope
         // Setting up a client connection does no I/O yet.
         .map_err(|error| DialError::Member(io::Error::other(error)))?;
     Ok((sender, connection, lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_handed_back_is_taken_first_and_old_ones_are_closed() {
+        let queue = IdleQueue::default();
+        queue.put(1);
+        tokio::time::advance(MEMBER_IDLE_TIMEOUT / 2).await;
+        queue.put(2);
+        queue.put(3);
+        assert_eq!(queue.take(), Some(3));
+        // 1 has now been idle too long: handing 3 back closes it.
+        tokio::time::advance(MEMBER_IDLE_TIMEOUT / 2).await;
+        queue.put(3);
+        assert_eq!(queue.len(), 2);
+        tokio::time::advance(MEMBER_IDLE_TIMEOUT).await;
+        assert_eq!(queue.take(), None, "all too old");
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_closes_its_oldest() {
+        let queue = IdleQueue::default();
+        for link in 0..IDLE_PER_MEMBER + 2 {
+            queue.put(link);
+        }
+        assert_eq!(queue.len(), IDLE_PER_MEMBER);
+        let mut taken = Vec::new();
+        while let Some(link) = queue.take() {
+            taken.push(link);
+        }
+        assert_eq!(taken.last(), Some(&2), "0 and 1 were closed");
+        assert_eq!(taken.first(), Some(&(IDLE_PER_MEMBER + 1)));
+    }
 }
