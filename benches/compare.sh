@@ -20,8 +20,8 @@
 #
 # Measures: bulk throughput (iperf3), new connections per second and
 # keep-alive requests per second with p50/p99 latency (wrk against nginx
-# through the L4 path), TLS termination (handshakes per second, and
-# throughput of 1 MiB responses over kept-alive TLS connections; HAProxy
+# through the L4 path), TLS termination (handshakes per second with the
+# CPU time each cost the proxy and wrk, and throughput of 1 MiB responses over kept-alive TLS connections; HAProxy
 # terminating with `bind ... ssl`), and resident memory per idle proxied
 # connection with IDLE_CONNECTIONS held, and HTTP mode with session
 # persistence (requests/s and latency over kept-alive client connections
@@ -290,6 +290,9 @@ endpoint() { # target service
   esac
 }
 
+# CPU time the process has used so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # wrk's latency lines read like "50%  123.00us"; print microseconds.
@@ -349,8 +352,17 @@ for round in $(seq "$ROUNDS"); do
 
     [ "$target" = direct ] && continue
     read -r host port <<<"$(endpoint "$target" 4)"
-    wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" "https://$host:$port/" >"$work/wrk" 2>&1
+    # Handshakes are CPU work on both ends: what each handshake cost the
+    # proxy and the client (wrk is one thread: at a whole core it, not the
+    # proxy, sets the rate).
+    pid_var=${target}_pid
+    cpu_before=$(cpu_ticks "${!pid_var}")
+    { TIMEFORMAT='%U %S'; time wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" "https://$host:$port/" >"$work/wrk" 2>&1; } 2>"$work/wrk-time"
+    cpu_after=$(cpu_ticks "${!pid_var}")
+    handshakes=$(awk '/requests in/ { print $1 }' "$work/wrk")
     results[$target,tls_cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
+    results[$target,tls_proxy_cpu]+="$(awk -v t="$(getconf CLK_TCK)" -v n="$handshakes" -v a="$cpu_before" -v b="$cpu_after" 'BEGIN { if (n > 0) print (b - a) / t * 1e6 / n }') "
+    results[$target,tls_client_cpu]+="$(awk -v n="$handshakes" '{ if (n > 0) print ($1 + $2) * 1e6 / n }' "$work/wrk-time") "
     wrk -t1 -c4 -d"${SECONDS_PER_TEST}s" "https://$host:$port/big" >"$work/wrk" 2>&1
     results[$target,tls_bulk]+="$(wrk_transfer_gbps "$work/wrk") "
 
@@ -437,10 +449,14 @@ row "HTTP cookie-sticky, new conn. each/s" cookie_cps 0
 row "HTTP URL-param-sticky requests/s" url_rps 0
 row "HTTP URL-param-sticky p99 (us)" url_p99 0
 row "TLS handshakes/s (wrk, close)" tls_cps 0 -
+row "TLS handshake: proxy CPU (us each)" tls_proxy_cpu 0 -
+row "TLS handshake: wrk CPU (us each)" tls_client_cpu 0 -
 row "TLS throughput (Gbit/s, 1 MiB GETs)" tls_bulk 2 -
 row "HTTP/2 cookie-sticky requests/s" h2_rps 0 -
 row "HTTP/2 cookie-sticky mean lat. (us)" h2_mean 0 -
 row "memory per idle connection (bytes)" idle 0 -
 row "memory per idle TLS connection (B)" tls_idle 0 -
 echo
-echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS)"
+echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS;"
+echo " TLS handshake CPU: user + system time over the run, divided by the handshakes; wrk is one thread,"
+echo " so handshakes/s x its CPU each near 1,000,000 us means the client, not the proxy, set the rate)"
