@@ -200,7 +200,7 @@ async fn burst(client: &Http2Client, streams: usize) {
     let requests: Vec<_> = (0..streams)
         .map(|_| {
             let mut client = client.clone();
-            tokio::spawn(async move { client.get("/gwe/cometd?wait=100", &[]).await.status })
+            tokio::spawn(async move { client.get("/gwe/cometd?wait=300", &[]).await.status })
         })
         .collect();
     for request in requests {

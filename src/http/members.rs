@@ -13,7 +13,8 @@
 //! queue drops its oldest connection. One idle for longer than
 //! [`MEMBER_IDLE_TIMEOUT`] is closed rather than risked, since the member
 //! may be closing it at that very moment: taking the last used first lets
-//! the ones a burst opened age out from the other end.
+//! the ones a burst opened age out from the other end, and once a second
+//! a worker sweeps the queues of members it no longer sends requests to.
 
 use std::future::Future;
 use std::io;
@@ -148,21 +149,20 @@ impl<T> IdleQueue<T> {
         Some(newest.link)
     }
 
-    /// Keeps `link`, closing the connections too old to risk and, when
-    /// full, the oldest.
-    fn put(&self, link: T) {
-        let now = Instant::now();
+    /// Keeps `link` (handed back at `now`), closing the connections too
+    /// old to risk and, when full, the oldest.
+    fn put(&self, link: T, now: Instant) {
         let mut idle = lock(&self.0);
-        while idle
-            .front()
-            .is_some_and(|oldest| now - oldest.since >= MEMBER_IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
+        drop_expired(&mut idle, now);
         if idle.len() >= IDLE_PER_MEMBER {
             idle.pop_front();
         }
         idle.push_back(Idle { link, since: now });
+    }
+
+    /// Closes the connections too old to risk at `now`.
+    fn sweep(&self, now: Instant) {
+        drop_expired(&mut lock(&self.0), now);
     }
 
     fn len(&self) -> usize {
@@ -170,10 +170,61 @@ impl<T> IdleQueue<T> {
     }
 }
 
+fn drop_expired<T>(idle: &mut VecDeque<Idle<T>>, now: Instant) {
+    while idle
+        .front()
+        .is_some_and(|oldest| now - oldest.since >= MEMBER_IDLE_TIMEOUT)
+    {
+        idle.pop_front();
+    }
+}
+
+/// How often a worker closes the expired idle connections of every member,
+/// not only of those it sends requests to: 1 s.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One worker's idle connections to each member of the pool, by index.
+struct WorkerIdle<T> {
+    members: Box<[IdleQueue<T>]>,
+    /// When the queues were last swept: a member that gets no more
+    /// requests (persistence sends them all elsewhere, say) would
+    /// otherwise keep what a burst opened, each holding a descriptor
+    /// even after the member closed its side.
+    swept: Mutex<Instant>,
+}
+
+impl<T> WorkerIdle<T> {
+    fn new(members: usize) -> WorkerIdle<T> {
+        WorkerIdle {
+            members: (0..members).map(|_| IdleQueue::default()).collect(),
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Keeps `link` for member `index`, and now and then sweeps every
+    /// member's queue.
+    fn put(&self, index: usize, link: T) {
+        let now = Instant::now();
+        if let Some(queue) = self.members.get(index) {
+            queue.put(link, now);
+        }
+        {
+            let mut swept = lock(&self.swept);
+            if now - *swept < SWEEP_INTERVAL {
+                return;
+            }
+            *swept = now;
+        }
+        for queue in &self.members {
+            queue.sweep(now);
+        }
+    }
+}
+
 /// The idle connections of one virtual, by worker, then by member index
 /// in its pool.
 pub(crate) struct MemberConnections {
-    idle: Box<[Box<[IdleQueue<MemberLink>]>]>,
+    idle: Box<[WorkerIdle<MemberLink>]>,
 }
 
 impl std::fmt::Debug for MemberConnections {
@@ -181,7 +232,7 @@ impl std::fmt::Debug for MemberConnections {
         let idle: Vec<usize> = self
             .idle
             .iter()
-            .map(|worker| worker.iter().map(IdleQueue::len).sum())
+            .map(|worker| worker.members.iter().map(IdleQueue::len).sum())
             .collect();
         f.debug_struct("MemberConnections")
             .field("idle", &idle)
@@ -207,20 +258,20 @@ impl MemberConnections {
     pub(crate) fn new(workers: usize, members: usize) -> MemberConnections {
         MemberConnections {
             idle: (0..workers.max(1))
-                .map(|_| (0..members).map(|_| IdleQueue::default()).collect())
+                .map(|_| WorkerIdle::new(members))
                 .collect(),
         }
     }
 
-    /// The idle queue of member `index` on the calling worker.
-    fn queue(&self, index: usize) -> Option<&IdleQueue<MemberLink>> {
-        self.idle[crate::workers::current() % self.idle.len()].get(index)
+    /// The calling worker's idle connections.
+    fn worker(&self) -> &WorkerIdle<MemberLink> {
+        &self.idle[crate::workers::current() % self.idle.len()]
     }
 
     /// An idle connection to member `index` that is still open: driven
     /// once first, so one the member closed meanwhile is seen closed.
     async fn checkout(&self, index: usize) -> Option<MemberLink> {
-        let queue = self.queue(index)?;
+        let queue = self.worker().members.get(index)?;
         while let Some(mut link) = queue.take() {
             if std::future::poll_fn(|cx| Poll::Ready(link.drive(cx))).await {
                 return Some(link);
@@ -234,9 +285,7 @@ impl MemberConnections {
         if !link.is_open() {
             return;
         }
-        if let Some(queue) = self.queue(index) {
-            queue.put(link);
-        }
+        self.worker().put(index, link);
     }
 }
 
@@ -303,14 +352,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_last_handed_back_is_taken_first_and_old_ones_are_closed() {
         let queue = IdleQueue::default();
-        queue.put(1);
+        queue.put(1, Instant::now());
         tokio::time::advance(MEMBER_IDLE_TIMEOUT / 2).await;
-        queue.put(2);
-        queue.put(3);
+        queue.put(2, Instant::now());
+        queue.put(3, Instant::now());
         assert_eq!(queue.take(), Some(3));
         // 1 has now been idle too long: handing 3 back closes it.
         tokio::time::advance(MEMBER_IDLE_TIMEOUT / 2).await;
-        queue.put(3);
+        queue.put(3, Instant::now());
         assert_eq!(queue.len(), 2);
         tokio::time::advance(MEMBER_IDLE_TIMEOUT).await;
         assert_eq!(queue.take(), None, "all too old");
@@ -321,7 +370,7 @@ mod tests {
     async fn a_full_queue_closes_its_oldest() {
         let queue = IdleQueue::default();
         for link in 0..IDLE_PER_MEMBER + 2 {
-            queue.put(link);
+            queue.put(link, Instant::now());
         }
         assert_eq!(queue.len(), IDLE_PER_MEMBER);
         let mut taken = Vec::new();
@@ -330,5 +379,24 @@ mod tests {
         }
         assert_eq!(taken.last(), Some(&2), "0 and 1 were closed");
         assert_eq!(taken.first(), Some(&(IDLE_PER_MEMBER + 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_gets_no_more_requests_has_its_old_connections_closed() {
+        let worker = WorkerIdle::new(2);
+        for link in 0..10 {
+            worker.put(1, link);
+        }
+        tokio::time::advance(MEMBER_IDLE_TIMEOUT).await;
+        // Requests now go only to member 0; its next hand-back sweeps
+        // member 1's queue too.
+        worker.put(0, 100);
+        assert_eq!(worker.members[1].len(), 0);
+        assert_eq!(worker.members[0].len(), 1);
+        // And again once its interval has passed.
+        worker.put(1, 7);
+        tokio::time::advance(MEMBER_IDLE_TIMEOUT).await;
+        worker.put(0, 101);
+        assert_eq!(worker.members[1].len(), 0);
     }
 }
