@@ -16,14 +16,13 @@
 //! the ones a burst opened age out from the other end, and once a second
 //! a worker sweeps the queues of members it no longer sends requests to.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::collections::VecDeque;
-use std::sync::Mutex;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
