@@ -21,8 +21,9 @@
 # Measures: bulk throughput (iperf3), new connections per second and
 # keep-alive requests per second with p50/p99 latency (wrk against nginx
 # through the L4 path), TLS termination (handshakes per second with the
-# CPU time each cost the proxy and wrk, and throughput of 1 MiB responses over kept-alive TLS connections; HAProxy
-# terminating with `bind ... ssl`), and resident memory per idle proxied
+# CPU time each cost the proxy and wrk, and throughput of 1 MiB responses
+# over kept-alive TLS connections; HAProxy terminating with
+# `bind ... ssl`), and resident memory per idle proxied
 # connection with IDLE_CONNECTIONS held, and HTTP mode with session
 # persistence (requests/s and latency over kept-alive client connections
 # carrying an inserted persistence cookie or a jvmRoute URL parameter, and

@@ -139,13 +139,8 @@ impl<T> IdleQueue<T> {
     /// risk.
     fn take(&self) -> Option<T> {
         let mut idle = lock(&self.0);
-        let newest = idle.pop_back()?;
-        if newest.since.elapsed() >= MEMBER_IDLE_TIMEOUT {
-            // Handed back in order: the rest are older still.
-            idle.clear();
-            return None;
-        }
-        Some(newest.link)
+        drop_expired(&mut idle, Instant::now());
+        idle.pop_back().map(|newest| newest.link)
     }
 
     /// Keeps `link` (handed back at `now`), closing the connections too
