@@ -134,9 +134,17 @@ if [ "$LOGS" = on ]; then
 else
   haproxy_global_log="" haproxy_tcp_log="" haproxy_http_log="" vipgate_level=warn
 fi
+# Both pin one thread per core when there is one per core: vipgate by
+# default (settings.cpu_affinity = "auto"), HAProxy with cpu-map. Unpinned,
+# either sometimes runs two threads on one core while the other idles.
+haproxy_cpu_map=
+if [ "$THREADS" = "$(nproc)" ]; then
+  haproxy_cpu_map="cpu-map auto:1/1-$THREADS 0-$((THREADS - 1))"
+fi
 cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread $THREADS
+  $haproxy_cpu_map
   maxconn 8300
   maxpipes 512
   $haproxy_global_log
@@ -420,6 +428,7 @@ number() { # value decimals
 echo
 echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $THREADS threads each, $(nproc) cores, median of $ROUNDS x ${SECONDS_PER_TEST}s, logs $LOGS"
 [ -n "$BEFORE" ] && echo "before: $BEFORE"
+echo "threads pinned one per core: ${haproxy_cpu_map:+yes (HAProxy $haproxy_cpu_map; vipgate cpu_affinity auto)}${haproxy_cpu_map:-no (fewer or more threads than cores)}"
 echo
 header="| measure                              |     direct |    HAProxy |    vipgate |  vipgate/direct | vipgate/HAProxy |"
 rule="|--------------------------------------|------------|------------|------------|-----------------|-----------------|"

@@ -81,4 +81,4 @@ pub(crate) mod sync;
 pub(crate) mod throttle;
 pub(crate) mod tls;
 pub(crate) mod virtual_server;
-pub(crate) mod workers;
+pub mod workers;

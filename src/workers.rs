@@ -11,10 +11,17 @@
 //! connection on one thread. What workers share is read-mostly: the live
 //! snapshot (one `ArcSwap`) and counters (atomics).
 //!
+//! With `settings.cpu_affinity` (default `auto`: one worker per CPU, each
+//! pinned to its own) two workers never share a core while another stands
+//! idle; see `config::settings` for why.
+//!
 //! Everything else (health probes, the admin endpoint, reloads, signals)
 //! runs on the runtime that started the server.
 
 use std::io;
+use std::os::unix::thread::JoinHandleExt;
+
+use crate::config::CpuAffinity;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +57,40 @@ async fn flush_logs_now_and_then() {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask: what `taskset`,
+/// a cgroup cpuset or systemd's `CPUAffinity=` left it), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it, and CPU_ISSET reads within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}
+
+/// Lets the thread `thread` run on `cpu` only.
+fn pin(thread: &std::thread::JoinHandle<()>, cpu: usize) -> io::Result<()> {
+    // SAFETY: as above; the pthread_t is alive, its JoinHandle is borrowed.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::pthread_setaffinity_np(
+            thread.as_pthread_t(),
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        )
+    };
+    match result {
+        0 => Ok(()),
+        error => Err(io::Error::from_raw_os_error(error)),
+    }
+}
+
 /// The data path's worker threads; they stop when this is dropped (or
 /// [`Workers::stop`]).
 #[derive(Debug)]
@@ -59,24 +100,30 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` worker threads (at least one).
-    pub(crate) fn start(count: usize) -> io::Result<Workers> {
+    /// Starts `count` worker threads (at least one), placed on CPUs as
+    /// `affinity` says. Fails if a thread cannot be started or pinned.
+    pub(crate) fn start(count: usize, affinity: &CpuAffinity) -> io::Result<Workers> {
+        let count = count.max(1);
+        let allowed = allowed_cpus()?;
         let stop = CancellationToken::new();
-        let mut handles = Vec::with_capacity(count.max(1));
-        for index in 0..count.max(1) {
+        let mut handles = Vec::with_capacity(count);
+        let mut placement = Vec::with_capacity(count);
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("vipgate-worker-{index}"))
+            let worker_stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                // Linux keeps 15 bytes of a thread's name: this one keeps
+                // its index up to 9999 in `top -H` and /proc.
+                .name(format!("vg-worker-{index}"))
                 .spawn(move || {
                     INDEX.with(|cell| cell.set(Some(index)));
                     crate::logging::buffer_this_thread();
                     runtime.block_on(async {
                         tokio::select! {
-                            () = stop.cancelled() => {}
+                            () = worker_stop.cancelled() => {}
                             () = flush_logs_now_and_then() => {}
                         }
                     });
@@ -85,7 +132,25 @@ impl Workers {
                     drop(runtime);
                     crate::logging::flush_thread();
                 })?;
+            match affinity.cpu_of(index, count, &allowed) {
+                Some(cpu) => {
+                    pin(&thread, cpu).map_err(|error| {
+                        stop.cancel();
+                        io::Error::new(
+                            error.kind(),
+                            format!("settings.cpu_affinity: cannot pin worker {index} to CPU {cpu}: {error}"),
+                        )
+                    })?;
+                    placement.push(cpu.to_string());
+                }
+                None => placement.push("any".to_string()),
+            }
         }
+        tracing::info!(
+            "{count} worker threads on CPUs [{}] (settings.cpu_affinity = {affinity}; this process may use {} CPUs)",
+            placement.join(", "),
+            allowed.len()
+        );
         Ok(Workers { handles, stop })
     }
 
@@ -117,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_worker_runs_its_tasks_on_its_own_thread() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, &CpuAffinity::Off).unwrap();
         assert_eq!(workers.count(), 2);
         let tasks = tokio_util::task::TaskTracker::new();
         let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
@@ -144,5 +209,56 @@ mod tests {
         assert_eq!(seen, vec![(0, 0, 0), (1, 1, 1)]);
         assert_eq!(current(), 0, "not a worker: index 0");
         workers.stop();
+    }
+
+    /// The CPUs each worker may run on, as the kernel sees it from inside.
+    async fn cpus_of_each(workers: &Workers) -> Vec<Vec<usize>> {
+        let mut seen = Vec::new();
+        for index in 0..workers.count() {
+            let task = workers
+                .handle(index)
+                .spawn(async { allowed_cpus().unwrap() });
+            seen.push(task.await.unwrap());
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn workers_run_on_the_cpus_the_affinity_names() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        let last = *allowed.last().unwrap();
+
+        let workers = Workers::start(2, &CpuAffinity::Cpus(vec![last])).unwrap();
+        assert_eq!(cpus_of_each(&workers).await, vec![vec![last], vec![last]]);
+        workers.stop();
+
+        // auto with one worker per CPU: each its own.
+        let workers = Workers::start(allowed.len(), &CpuAffinity::Auto).unwrap();
+        let each: Vec<Vec<usize>> = allowed.iter().map(|&cpu| vec![cpu]).collect();
+        assert_eq!(cpus_of_each(&workers).await, each);
+        workers.stop();
+
+        // auto with more workers than CPUs, and off: the kernel places them.
+        for (count, affinity) in [
+            (allowed.len() + 1, CpuAffinity::Auto),
+            (2, CpuAffinity::Off),
+        ] {
+            let workers = Workers::start(count, &affinity).unwrap();
+            assert_eq!(cpus_of_each(&workers).await, vec![allowed.clone(); count]);
+            workers.stop();
+        }
+        // The calling thread is never pinned.
+        assert_eq!(allowed_cpus().unwrap(), allowed);
+    }
+
+    #[tokio::test]
+    async fn a_cpu_that_cannot_be_used_is_an_error_naming_the_setting() {
+        let error = Workers::start(1, &CpuAffinity::Cpus(vec![1023])).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("settings.cpu_affinity: cannot pin worker 0 to CPU 1023: "),
+            "{text}"
+        );
     }
 }

@@ -22,9 +22,10 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "settings: drain_timeout {}, {} worker threads",
+            "settings: drain_timeout {}, {} worker threads, cpu_affinity {}",
             show(self.settings.drain_timeout),
-            self.settings.worker_threads
+            self.settings.worker_threads,
+            self.settings.cpu_affinity
         )?;
         for virtual_server in &self.virtuals {
             self.describe_virtual(f, virtual_server)?;

@@ -9,10 +9,11 @@
 //! Layout: the core (settings, pools, members, virtuals) is split into
 //! `raw` (the whole file as written), `plan` and `validate` (the
 //! `Checker` that collects problems, and the order of the pass). Each
-//! other concern, `admin`, `http`, `monitors`, `snat` and `tls`, is one
-//! file in the same shape: its plan types, its raw types, then its part of
-//! the validation. `describe` prints a plan for `vipgate check`; `paths`
-//! resolves file names against the configuration's folder.
+//! other concern, `admin`, `http`, `monitors`, `persistence`, `settings`
+//! (CPU affinity), `snat` and `tls`, is one file in the same shape: its
+//! plan types, its raw types, then its part of the validation. `describe`
+//! prints a plan for `vipgate check`; `paths` resolves file names against
+//! the configuration's folder.
 
 mod admin;
 mod describe;
@@ -22,6 +23,7 @@ mod paths;
 mod persistence;
 mod plan;
 mod raw;
+mod settings;
 mod snat;
 mod tls;
 mod validate;
@@ -49,6 +51,7 @@ pub use plan::{
     ServiceDownAction, Settings, VirtualMode, VirtualPlan, DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
+pub use settings::CpuAffinity;
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
 pub use tls::{
     CertFiles, ClientAuth, MemberVerification, Reencrypt, SessionTickets, SniRoute, Terminate, Tls,

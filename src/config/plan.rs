@@ -61,6 +61,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Threads that carry connections. Default: one per CPU core.
     pub worker_threads: usize,
+    /// Which CPU each worker runs on. Default: auto.
+    pub cpu_affinity: super::settings::CpuAffinity,
 }
 
 /// A pool: the members a virtual spreads connections over.

@@ -44,6 +44,7 @@ pub struct RawConfig {
 pub struct RawSettings {
     pub drain_timeout: Option<Spanned<RawDuration>>,
     pub worker_threads: Option<Spanned<i64>>,
+    pub cpu_affinity: Option<Spanned<super::settings::RawCpuAffinity>>,
 }
 
 /// `[pools.NAME]`.

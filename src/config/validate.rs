@@ -119,9 +119,12 @@ impl Checker<'_> {
                 .integer_in("settings.worker_threads", value, 1, 1024, "a thread count")
                 .unwrap_or(cores),
         };
+        let allowed = crate::workers::allowed_cpus().unwrap_or_default();
+        let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_ref(), &allowed);
         Settings {
             drain_timeout,
             worker_threads,
+            cpu_affinity,
         }
     }
 

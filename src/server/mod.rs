@@ -63,7 +63,7 @@ pub struct ConfigSource {
 pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("cannot start the worker threads (settings.worker_threads): {0}")]
+    #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
     #[error("virtuals.{virtual_name}.tls: {error}")]
     Tls {
@@ -97,8 +97,9 @@ impl Server {
     /// `source`, SIGHUP and `POST /reload` read that file again.
     pub fn bind(plan: Plan, source: Option<ConfigSource>) -> Result<Server, StartError> {
         let snapshot = Snapshot::build(plan, None)?;
-        let workers =
-            Workers::start(snapshot.plan().settings.worker_threads).map_err(StartError::Workers)?;
+        let settings = &snapshot.plan().settings;
+        let workers = Workers::start(settings.worker_threads, &settings.cpu_affinity)
+            .map_err(StartError::Workers)?;
         let listeners = snapshot
             .plan()
             .virtuals

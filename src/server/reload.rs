@@ -163,6 +163,9 @@ impl Control {
                 "settings.worker_threads changed; that takes effect at the next restart"
             );
         }
+        if plan.settings.cpu_affinity != current.plan().settings.cpu_affinity {
+            tracing::warn!("settings.cpu_affinity changed; that takes effect at the next restart");
+        }
         let snapshot = Arc::new(Snapshot::build(plan, Some(&current))?);
         // Everything that can fail is done before anything changes.
         let bound = bind_new_listeners(&running, &snapshot, self.workers.count())?;
