@@ -6,6 +6,7 @@
 #   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
 #   BEFORE=/tmp/vipgate-old bash benches/compare.sh       # and an older build
 #   LOGS=off bash benches/compare.sh   # neither proxy logs connections
+#   PIN=1 bash benches/compare.sh      # both pin one thread per core
 #
 # With BEFORE set to another vipgate binary, it runs beside the current
 # one on the same listeners (other ports) with the same configuration, so
@@ -134,12 +135,13 @@ if [ "$LOGS" = on ]; then
 else
   haproxy_global_log="" haproxy_tcp_log="" haproxy_http_log="" vipgate_level=warn
 fi
-# Both pin one thread per core when there is one per core: vipgate by
-# default (settings.cpu_affinity = "auto"), HAProxy with cpu-map. Unpinned,
-# either sometimes runs two threads on one core while the other idles.
-haproxy_cpu_map=
-if [ "$THREADS" = "$(nproc)" ]; then
+# PIN=1: both pin one thread per core (vipgate settings.cpu_affinity =
+# "auto", HAProxy cpu-map); by default neither does, as both ship.
+haproxy_cpu_map= vipgate_cpu_affinity=
+if [ "${PIN:-0}" = 1 ]; then
+  [ "$THREADS" = "$(nproc)" ] || { echo "PIN=1 needs THREADS = $(nproc), one thread per core" >&2; exit 1; }
   haproxy_cpu_map="cpu-map auto:1/1-$THREADS 0-$((THREADS - 1))"
+  vipgate_cpu_affinity='cpu_affinity = "auto"'
 fi
 cat >"$work/haproxy.cfg" <<EOF
 global
@@ -213,6 +215,7 @@ vipgate_config() { # base
 cat <<EOF
 [settings]
 worker_threads = $THREADS
+$vipgate_cpu_affinity
 drain_timeout = "1s"
 [pools.bulk]
 members = [ { address = "$BACKEND:$IPERF_PORT" } ]
@@ -428,7 +431,11 @@ number() { # value decimals
 echo
 echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $THREADS threads each, $(nproc) cores, median of $ROUNDS x ${SECONDS_PER_TEST}s, logs $LOGS"
 [ -n "$BEFORE" ] && echo "before: $BEFORE"
-echo "threads pinned one per core: ${haproxy_cpu_map:+yes (HAProxy $haproxy_cpu_map; vipgate cpu_affinity auto)}${haproxy_cpu_map:-no (fewer or more threads than cores)}"
+if [ -n "$haproxy_cpu_map" ]; then
+  echo "threads pinned one per core (PIN=1): HAProxy $haproxy_cpu_map, vipgate $vipgate_cpu_affinity"
+else
+  echo "threads not pinned (as both ship; PIN=1 pins both)"
+fi
 echo
 header="| measure                              |     direct |    HAProxy |    vipgate |  vipgate/direct | vipgate/HAProxy |"
 rule="|--------------------------------------|------------|------------|------------|-----------------|-----------------|"

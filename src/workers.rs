@@ -11,9 +11,9 @@
 //! connection on one thread. What workers share is read-mostly: the live
 //! snapshot (one `ArcSwap`) and counters (atomics).
 //!
-//! With `settings.cpu_affinity` (default `auto`: one worker per CPU, each
-//! pinned to its own) two workers never share a core while another stands
-//! idle; see `config::settings` for why.
+//! With `settings.cpu_affinity = "auto"` (one worker per CPU, each pinned
+//! to its own) two workers never share a core while another stands idle;
+//! see `config::settings` for why that is not the default.
 //!
 //! Everything else (health probes, the admin endpoint, reloads, signals)
 //! runs on the runtime that started the server.

@@ -77,8 +77,11 @@ async fn workers_run_where_the_configuration_says() {
     vipgate.begin_shutdown().await.unwrap();
     workers_cpus_of(0).await;
 
-    // The default with the default thread count: each worker on its own CPU.
-    let mut vipgate = start(&pool_and_virtual).await;
+    // auto with the default thread count: each worker on its own CPU.
+    let mut vipgate = start(&format!(
+        "[settings]\ncpu_affinity = \"auto\"\n{pool_and_virtual}"
+    ))
+    .await;
     let expected: Vec<(String, String)> = allowed
         .iter()
         .enumerate()
@@ -94,7 +97,7 @@ async fn workers_run_where_the_configuration_says() {
     vipgate.begin_shutdown().await.unwrap();
     workers_cpus_of(0).await;
 
-    // off: the kernel places them anywhere this process may run.
+    // off, the default: the kernel places them anywhere this process may run.
     let all = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -103,7 +106,7 @@ async fn workers_run_where_the_configuration_says() {
         .trim()
         .to_string();
     let mut vipgate = start(&format!(
-        "[settings]\nworker_threads = 2\ncpu_affinity = \"off\"\n{pool_and_virtual}"
+        "[settings]\nworker_threads = 2\n{pool_and_virtual}"
     ))
     .await;
     assert_eq!(

@@ -61,7 +61,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Threads that carry connections. Default: one per CPU core.
     pub worker_threads: usize,
-    /// Which CPU each worker runs on. Default: auto.
+    /// Which CPU each worker runs on. Default: off (the kernel places them).
     pub cpu_affinity: super::settings::CpuAffinity,
 }
 

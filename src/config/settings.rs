@@ -1,11 +1,14 @@
 //! `settings.cpu_affinity`: which CPU each worker thread runs on. Its plan
 //! type, its raw type, then its part of the validation.
 //!
-//! Why pin at all: with two workers, a client generator and a member on
-//! two cores (the benchmark), the kernel sometimes leaves both workers on
-//! one core for seconds; each then waits a scheduler slice for the other,
-//! and p99 latency of an HTTP virtual went from 1.2 ms to 3-4.5 ms. One
-//! worker per core, each pinned, never does (docs/performance.md).
+//! Why pin: with two workers, a client generator and a member on two cores
+//! (the benchmark), the kernel sometimes leaves both workers on one core
+//! for seconds; each then waits a scheduler slice for the other, and p99
+//! latency of an HTTP virtual went from 1.2 ms to 3-4.5 ms. One worker per
+//! core, each pinned, never does. Why not by default: pinned workers
+//! cannot move away from other busy threads on their core, which cost the
+//! benchmark's TLS handshake and bulk rows 19-33% (docs/performance.md);
+//! HAProxy and nginx leave it off by default for the same reason.
 
 use std::fmt;
 use std::ops::Range;
@@ -21,13 +24,13 @@ pub const MAX_CPU: usize = 1023;
 /// Which CPU each worker thread runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CpuAffinity {
-    /// The default: when there is exactly one worker per CPU this process
-    /// may use (the default `worker_threads`), worker i runs only on the
-    /// i-th of those CPUs. With fewer or more workers than CPUs, as on a
-    /// host vipgate shares, the kernel places them.
-    #[default]
+    /// When there is exactly one worker per CPU this process may use (the
+    /// default `worker_threads`), worker i runs only on the i-th of those
+    /// CPUs. With fewer or more workers than CPUs, as on a host vipgate
+    /// shares, the kernel places them.
     Auto,
-    /// The kernel places the workers.
+    /// The default: the kernel places the workers.
+    #[default]
     Off,
     /// Worker i runs only on CPU `cpus[i % cpus.len()]`; never empty.
     Cpus(Vec<usize>),
@@ -106,7 +109,7 @@ impl Checker<'_> {
     ) -> CpuAffinity {
         const KEY: &str = "settings.cpu_affinity";
         let Some(raw) = raw else {
-            return CpuAffinity::Auto;
+            return CpuAffinity::Off;
         };
         let span: Range<usize> = raw.span();
         match raw.get_ref() {
@@ -208,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn the_three_forms_parse_and_auto_is_the_default() {
+    fn the_three_forms_parse_and_off_is_the_default() {
         let plan = |value: &str| parse(&with_affinity(value), "t").unwrap().settings;
         assert_eq!(plan("\"auto\"").cpu_affinity, CpuAffinity::Auto);
         assert_eq!(plan("\"off\"").cpu_affinity, CpuAffinity::Off);
@@ -220,7 +223,7 @@ mod tests {
         let without = with_affinity("\"off\"").replace("cpu_affinity = \"off\"\n", "");
         assert_eq!(
             parse(&without, "t").unwrap().settings.cpu_affinity,
-            CpuAffinity::Auto
+            CpuAffinity::Off
         );
         assert_eq!(CpuAffinity::Cpus(vec![3, 1]).to_string(), "[3, 1]");
     }
