@@ -21,10 +21,10 @@
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
 
-use crate::config::CpuAffinity;
-
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::CpuAffinity;
 
 thread_local! {
     /// This thread's worker index, if it is a worker.

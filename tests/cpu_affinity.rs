@@ -8,30 +8,43 @@ mod common;
 
 use common::{config, start, tagged_member, LineClient, PATIENCE};
 
-/// For each thread named `vg-worker-*` of this process: its name and
-/// the CPUs it may run on (`Cpus_allowed_list`, e.g. "0-1" or "3").
+/// The CPUs the task or process whose `status` file is at `path` may run
+/// on (`Cpus_allowed_list`, e.g. "0-1" or "3").
+fn cpus_allowed(path: &std::path::Path) -> Option<String> {
+    let status = std::fs::read_to_string(path).ok()?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    Some(list.trim().to_string())
+}
+
+/// For each thread named `vg-worker-N` of this process, by N: its name and
+/// the CPUs it may run on.
 fn workers_cpus() -> Vec<(String, String)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
             continue;
         };
-        if !name.starts_with("vg-worker-") {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+        let Some(index) = name.trim().strip_prefix("vg-worker-") else {
             continue;
         };
-        let cpus = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_string();
-        found.push((name.trim().to_string(), cpus));
+        let index: usize = index.parse().unwrap();
+        if let Some(cpus) = cpus_allowed(&task.path().join("status")) {
+            found.push((index, name.trim().to_string(), cpus));
+        }
     }
     found.sort();
     found
+        .into_iter()
+        .map(|(_, name, cpus)| (name, cpus))
+        .collect()
+}
+
+/// What `workers_cpus` says when worker i runs on `cpus[i]`.
+fn placed(cpus: &[String]) -> Vec<(String, String)> {
+    let names = (0..).map(|index| format!("vg-worker-{index}"));
+    names.zip(cpus.iter().cloned()).collect()
 }
 
 /// `workers_cpus` once `count` workers are there: a thread takes its name
@@ -65,10 +78,7 @@ async fn workers_run_where_the_configuration_says() {
     .await;
     assert_eq!(
         workers_cpus_of(2).await,
-        vec![
-            ("vg-worker-0".to_string(), last.to_string()),
-            ("vg-worker-1".to_string(), last.to_string()),
-        ]
+        placed(&[last.to_string(), last.to_string()])
     );
     for _ in 0..4 {
         let mut client = LineClient::connect(vipgate.addr("vs")).await;
@@ -82,15 +92,8 @@ async fn workers_run_where_the_configuration_says() {
         "[settings]\ncpu_affinity = \"auto\"\n{pool_and_virtual}"
     ))
     .await;
-    let expected: Vec<(String, String)> = allowed
-        .iter()
-        .enumerate()
-        .map(|(index, cpu)| (format!("vg-worker-{index}"), cpu.to_string()))
-        .collect();
-    let mut found = workers_cpus_of(allowed.len()).await;
-    // "vg-worker-10" sorts before "vg-worker-2".
-    found.sort_by_key(|(name, _)| name["vg-worker-".len()..].parse::<usize>().unwrap());
-    assert_eq!(found, expected);
+    let each: Vec<String> = allowed.iter().map(usize::to_string).collect();
+    assert_eq!(workers_cpus_of(allowed.len()).await, placed(&each));
     let mut client = LineClient::connect(vipgate.addr("vs")).await;
     assert_eq!(client.ask("hello").await.as_deref(), Some("csp1 hello"));
     drop(client);
@@ -98,23 +101,11 @@ async fn workers_run_where_the_configuration_says() {
     workers_cpus_of(0).await;
 
     // off, the default: the kernel places them anywhere this process may run.
-    let all = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let all = cpus_allowed("/proc/self/status".as_ref()).unwrap();
     let mut vipgate = start(&format!(
         "[settings]\nworker_threads = 2\n{pool_and_virtual}"
     ))
     .await;
-    assert_eq!(
-        workers_cpus_of(2).await,
-        vec![
-            ("vg-worker-0".to_string(), all.clone()),
-            ("vg-worker-1".to_string(), all),
-        ]
-    );
+    assert_eq!(workers_cpus_of(2).await, placed(&[all.clone(), all]));
     vipgate.begin_shutdown().await.unwrap();
 }

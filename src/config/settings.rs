@@ -122,7 +122,7 @@ impl Checker<'_> {
                     format!("unknown value {word:?}"),
                     Some("\"auto\", \"off\" or a list of CPU numbers such as [0, 1]".into()),
                 );
-                CpuAffinity::Auto
+                CpuAffinity::Off
             }
             RawCpuAffinity::Cpus(numbers) => {
                 let mut cpus = Vec::with_capacity(numbers.len());
@@ -156,7 +156,7 @@ impl Checker<'_> {
                         describe_cpus(allowed)
                     )),
                 );
-                CpuAffinity::Auto
+                CpuAffinity::Off
             }
         }
     }
