@@ -49,8 +49,9 @@
 //! - [`service`]: systemd readiness, reload and stop notifications, the
 //!   watchdog.
 //! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
-//! - `throttle`, `clock`, `sync`: one warning a second instead of a flood,
-//!   a cheap clock, one way to take a lock.
+//! - `throttle`, `clock`, `sync`, `stop_signal`: one warning a second
+//!   instead of a flood, a cheap clock, one way to take a lock, and a
+//!   connection's lock-free watch on a shutdown or member-down signal.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("vipgate runs on Linux only: it relies on splice(2), IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT and TCP_USER_TIMEOUT");
@@ -76,6 +77,7 @@ pub mod service;
 pub(crate) mod snat;
 pub mod stats;
 pub mod status;
+pub(crate) mod stop_signal;
 pub(crate) mod streams;
 pub(crate) mod sync;
 pub(crate) mod throttle;

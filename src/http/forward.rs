@@ -69,8 +69,9 @@ pub(super) async fn handle(
     let mut attempts = Attempts::default();
     let mut persistent = claim.member;
     // As for TCP virtuals: a member held back by its connect rate is
-    // waited for, up to the connect timeout.
-    let deadline = Instant::now() + http.dialer.connect_timeout;
+    // waited for, up to the connect timeout (from the request's start: a
+    // clock read fewer per request).
+    let deadline = started + http.dialer.connect_timeout;
     loop {
         let reserved = match persistent.take() {
             Some(index) => match pool.reserve_persistent(index, &mut tried) {

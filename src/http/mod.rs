@@ -42,6 +42,7 @@ use crate::config::{HttpPlan, Persistence, VirtualPlan};
 use crate::dial::Dialer;
 use crate::pool::Pool;
 use crate::stats::{HttpEvent, VirtualStats};
+use crate::stop_signal::StopSignal;
 use crate::streams::Front;
 use crate::sync::lock;
 use client_io::{ClientIo, Phase, Protocol, Sniffed, Timeouts};
@@ -160,8 +161,8 @@ pub(crate) async fn serve(
                     Some(sniffed) => sniffed,
                     None => return,
                 },
-                () = close.cancelled() => return,
-                () = draining.cancelled() => return,
+                () = StopSignal::new(close.clone()) => return,
+                () = StopSignal::new(draining.clone()) => return,
             }
         }
     };
@@ -242,16 +243,19 @@ async fn until_closed<F: Future<Output = hyper::Result<()>>>(
     draining: &CancellationToken,
 ) -> Option<hyper::Result<()>> {
     let mut served = pin!(served);
+    // Polled on every wake of the connection: watches, not
+    // `token.cancelled()` (see stop_signal).
+    let mut closing = pin!(StopSignal::new(close.clone()));
     tokio::select! {
         result = served.as_mut() => Some(result),
-        () = draining.cancelled() => {
+        () = StopSignal::new(draining.clone()) => {
             shutdown(served.as_mut());
             tokio::select! {
                 result = served.as_mut() => Some(result),
-                () = close.cancelled() => None,
+                () = closing.as_mut() => None,
             }
         }
-        () = close.cancelled() => None,
+        () = closing.as_mut() => None,
     }
 }
 

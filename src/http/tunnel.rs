@@ -18,6 +18,7 @@ use super::Connection;
 use crate::dial::DialError;
 use crate::pool::MemberSlot;
 use crate::snat::SourceLease;
+use crate::stop_signal::StopSignal;
 use crate::sync::lock;
 
 /// Both ends of an upgrade, waiting for hyper to let go of them.
@@ -101,7 +102,7 @@ impl Tunnel {
         };
         let carried = tokio::select! {
             carried = tokio::io::copy_bidirectional(&mut client, &mut member) => carried,
-            () = close.cancelled() => return,
+            () = StopSignal::new(close.clone()) => return,
         };
         let member_address = self.slot.as_ref().map(|slot| slot.member().address());
         match carried {

@@ -33,7 +33,9 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
+
+use crate::stop_signal::StopSignal;
 
 /// How one connection is pumped.
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +112,7 @@ pin_project_lite::pin_project! {
         #[pin]
         idle: tokio::time::Sleep,
         #[pin]
-        stopped: WaitForCancellationFutureOwned,
+        stopped: StopSignal,
     }
 }
 
@@ -130,7 +132,7 @@ impl Pump {
             last_activity: Instant::now(),
             idle_timeout: options.idle_timeout,
             idle: tokio::time::sleep(options.idle_timeout),
-            stopped: stop.cancelled_owned(),
+            stopped: StopSignal::new(stop),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffered::Leased;
 use super::{CloseReason, Outcome, PumpError, Side};
+use crate::stop_signal::StopSignal;
 
 /// Pumps bytes between `client` and `member` until the connection ends.
 pub async fn run<C, M>(
@@ -34,7 +35,7 @@ where
     let mut down = Direction::default();
     let mut last_activity = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
-    let cancelled = shutdown.cancelled();
+    let cancelled = StopSignal::new(shutdown);
     tokio::pin!(idle, cancelled);
     let (reason, error) = std::future::poll_fn(|cx| {
         if let Poll::Ready(Err(error)) = up.poll(cx, &mut client, &mut member, &mut last_activity) {

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Live;
 use crate::stats::Rejection;
+use crate::stop_signal::StopSignal;
 use crate::throttle::Throttle;
 use crate::virtual_server;
 
@@ -53,10 +54,13 @@ pub(crate) async fn accept_loop(
         }
     };
     let resource_log = Throttle::default();
+    // One watch for the loop's life: `stop.cancelled()` made anew for each
+    // accept would take the token's locks twice per client.
+    let mut stopped = std::pin::pin!(StopSignal::new(stop));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stop.cancelled() => break,
+            () = stopped.as_mut() => break,
         };
         let snapshot = lifecycle.live.load();
         let Some(virtual_server) = snapshot.virtual_server(&name) else {

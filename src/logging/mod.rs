@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+mod text;
+
 /// A worker hands its lines over once they pass this many bytes (16 KiB,
 /// about a hundred lines), if its flush interval has not come first.
 pub const BATCH_BYTES: usize = 16 * 1024;
@@ -80,22 +82,22 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
                 .with_span_list(false)
                 .finish(),
         ),
-        // journald stamps every line itself.
-        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
-            tracing::subscriber::set_global_default(
-                builder
-                    .with_target(false)
-                    .with_ansi(false)
-                    .without_time()
-                    .finish(),
-            )
+        LogFormat::Text => {
+            // journald stamps every line itself.
+            let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+            if !journald && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                // Colours, for a person at a terminal: speed does not matter.
+                tracing::subscriber::set_global_default(
+                    builder.with_target(false).with_ansi(true).finish(),
+                )
+            } else {
+                tracing::subscriber::set_global_default(
+                    builder
+                        .event_format(text::TextLine::new(!journald))
+                        .finish(),
+                )
+            }
         }
-        LogFormat::Text => tracing::subscriber::set_global_default(
-            builder
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .finish(),
-        ),
     };
     // Set once per process; a second call (tests) keeps the first.
     if installed.is_ok() && log::set_logger(&LogBridge).is_ok() {
