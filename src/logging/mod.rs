@@ -10,7 +10,8 @@
 //! [`QUEUED_BATCHES`] wait for the writer, further ones are dropped and
 //! counted, and the writer says how many lines were lost.
 //!
-//! Two formats: readable text (the default), and one JSON object per line
+//! Two formats: readable text (the default; formatted by hand in `text`,
+//! coloured by the library on a terminal), and one JSON object per line
 //! for log pipelines (`--log-format json` or `VIPGATE_LOG_FORMAT=json`),
 //! with the timestamp, level, target and every field of the event. Under
 //! systemd (`JOURNAL_STREAM` set), text lines leave the timestamp to

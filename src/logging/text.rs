@@ -112,12 +112,13 @@ thread_local! {
 
 /// `2026-12-05T16:35:45.927272Z`: UTC, microseconds.
 fn write_timestamp(writer: &mut impl Write, now: SystemTime) -> fmt::Result {
+    // Before 1970 or after 9999 (a clock this wrong is rare), or while
+    // the thread ends: the library's text, of the clock's time.
     let Ok(since_epoch) = now.duration_since(UNIX_EPOCH) else {
-        // Before 1970: a clock this wrong is rare; the library's text.
         return LibraryTime.format_time(&mut Writer::new(writer));
     };
     let seconds = since_epoch.as_secs();
-    let cached = SECOND.try_with(|second| {
+    let written = SECOND.try_with(|second| {
         let mut second = second.try_borrow_mut().ok()?;
         if second.0 != seconds {
             second.1.clear();
@@ -126,7 +127,7 @@ fn write_timestamp(writer: &mut impl Write, now: SystemTime) -> fmt::Result {
         }
         writer.write_str(&second.1).ok()
     });
-    if cached.ok().flatten().is_none() {
+    if written.ok().flatten().is_none() {
         return LibraryTime.format_time(&mut Writer::new(writer));
     }
     writer.write_char('.')?;

@@ -139,14 +139,21 @@ fn timestamps_are_utc_with_microseconds() {
 
 #[test]
 fn the_timestamp_agrees_with_the_library() {
-    let mut ours = String::new();
-    write_timestamp(&mut ours, SystemTime::now()).unwrap();
-    let mut library = String::new();
-    LibraryTime
-        .format_time(&mut Writer::new(&mut library))
-        .unwrap();
-    // Taken microseconds apart: the same length and the same minute (a
-    // minute boundary in between is one chance in millions).
+    let pair = || {
+        let mut ours = String::new();
+        write_timestamp(&mut ours, SystemTime::now()).unwrap();
+        let mut library = String::new();
+        LibraryTime
+            .format_time(&mut Writer::new(&mut library))
+            .unwrap();
+        (ours, library)
+    };
+    // Taken microseconds apart: the same length and the same minute; a
+    // second try if a minute turned in between.
+    let (mut ours, mut library) = pair();
+    if ours[..16] != library[..16] {
+        (ours, library) = pair();
+    }
     assert_eq!(ours.len(), library.len(), "{ours} / {library}");
     assert_eq!(ours[..16], library[..16], "{ours} / {library}");
 }
