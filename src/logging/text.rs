@@ -34,8 +34,8 @@ use tracing_subscriber::registry::LookupSpan;
 /// The text format without colours; `timestamps: false` under journald,
 /// which stamps lines itself.
 pub(super) struct TextLine {
-    timestamps: bool,
-    /// For the lines this one leaves to the library, configured alike.
+    /// For the lines this one leaves to the library, configured alike;
+    /// whether it stamps them says whether this one does.
     library: Library,
 }
 
@@ -52,10 +52,7 @@ impl TextLine {
         } else {
             Library::Unstamped(format.without_time())
         };
-        TextLine {
-            timestamps,
-            library,
-        }
+        TextLine { library }
     }
 }
 
@@ -76,7 +73,7 @@ where
                 Library::Unstamped(format) => format.format_event(context, writer, event),
             };
         }
-        if self.timestamps {
+        if matches!(self.library, Library::Stamped(_)) {
             write_timestamp(&mut writer, SystemTime::now())?;
             writer.write_char(' ')?;
         }
