@@ -70,16 +70,16 @@ impl Collector for Exporter {
         // a view can copy.
         for plan in &snapshot.plan().virtuals {
             if let Some(stats) = snapshot.virtual_stats(&plan.name) {
-                families.histogram(stats.duration_histogram());
+                families.histogram(stats.duration_histogram().collect());
                 if matches!(plan.mode, crate::config::Mode::Http(_)) {
-                    families.histogram(stats.request_histogram());
+                    families.histogram(stats.request_histogram().collect());
                 }
             }
         }
         let mut members: Vec<_> = snapshot.members().collect();
         members.sort_by_key(|member| member.address());
         for member in members {
-            families.histogram(member.connect_histogram());
+            families.histogram(member.connect_histogram().collect());
         }
         families.0
     }
@@ -162,8 +162,8 @@ impl Families {
         });
     }
 
-    fn histogram(&mut self, histogram: &prometheus::Histogram) {
-        self.0.extend(histogram.collect());
+    fn histogram(&mut self, families: Vec<MetricFamily>) {
+        self.0.extend(families);
     }
 }
 

@@ -37,6 +37,13 @@ pub(crate) fn current() -> usize {
     INDEX.with(std::cell::Cell::get).unwrap_or(0)
 }
 
+/// Makes the calling thread count as worker `index`, as a test of
+/// per-worker state needs.
+#[cfg(test)]
+pub(crate) fn set_current_for_test(index: usize) {
+    INDEX.with(|cell| cell.set(Some(index)));
+}
+
 /// How often a worker hands its gathered log lines to the writer: 100 ms.
 pub const LOG_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 

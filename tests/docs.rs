@@ -24,7 +24,7 @@ fn metric_names(source: &str) -> BTreeSet<String> {
 fn every_exported_metric_is_documented() {
     let names: BTreeSet<String> = [
         include_str!("../src/metrics.rs"),
-        include_str!("../src/stats.rs"),
+        include_str!("../src/stats/mod.rs"),
         include_str!("../src/pool/member.rs"),
     ]
     .into_iter()
@@ -43,7 +43,7 @@ fn every_exported_metric_is_documented() {
 
 #[test]
 fn every_rejection_reason_is_documented() {
-    let stats = include_str!("../src/stats.rs");
+    let stats = include_str!("../src/stats/mod.rs");
     let reasons: Vec<&str> = stats
         .split("Rejection::")
         .skip(1)

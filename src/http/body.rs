@@ -14,7 +14,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::client_io::InFlight;
 use super::members::MemberLink;
-use super::HttpVirtual;
+use super::Connection;
 use crate::pool::MemberSlot;
 
 /// A request's body as the member gets it: the client's, streamed.
@@ -95,8 +95,11 @@ pub(crate) struct ResponseBody {
     _request: InFlight,
     slot: Option<MemberSlot>,
     /// The member connection: driven while the body streams, and handed
-    /// back when it is done.
-    reuse: Option<(Arc<HttpVirtual>, usize, MemberLink)>,
+    /// back when it is done (to the idle queue of the virtual the client
+    /// connection belongs to: held through the client connection, whose
+    /// count only its own worker touches, not the virtual's, which every
+    /// worker's requests would).
+    reuse: Option<(Arc<Connection>, usize, MemberLink)>,
 }
 
 enum Content {
@@ -123,7 +126,7 @@ impl ResponseBody {
         mut request: InFlight,
         body: Incoming,
         slot: MemberSlot,
-        reuse: (Arc<HttpVirtual>, usize, MemberLink),
+        reuse: (Arc<Connection>, usize, MemberLink),
     ) -> ResponseBody {
         request.sending();
         ResponseBody {
@@ -179,9 +182,9 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some((http, index, link)) = self.reuse.take() {
+        if let Some((connection, index, link)) = self.reuse.take() {
             if self.ended || self.is_end_stream() {
-                http.members.checkin(index, link);
+                connection.http.members.checkin(index, link);
             }
         }
         self.slot = None;

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -24,6 +25,7 @@ use super::{tunnel, Connection, HttpVirtual};
 use crate::clock::unix_seconds;
 use crate::config::{CookieLifetime, Persistence};
 use crate::dial::Attempts;
+use crate::logging::Address;
 use crate::pool::{MemberSlot, Pool, Tried};
 use crate::stats::{HttpEvent, HttpStats, Rejection};
 
@@ -62,7 +64,13 @@ pub(super) async fn handle(
     // (the request is served over HTTP/1.1 as if it had not asked).
     let upgrade = request.version() == Version::HTTP_11 && wants_upgrade(request.headers());
     let mut request = request.map(RequestBody::from);
-    prepare(http, &mut request, connection.peer, connection.tls, upgrade);
+    prepare(
+        http,
+        &mut request,
+        &connection.forwarded_for,
+        connection.tls,
+        upgrade,
+    );
     let method = request.method().clone();
 
     let mut tried = Tried::default();
@@ -93,7 +101,8 @@ pub(super) async fn handle(
         };
         match sent {
             Sent::Answered(response, link) => {
-                http.stats.record_request(started.elapsed());
+                let duration = started.elapsed();
+                http.stats.record_request(duration);
                 count_persistence(http, stats, &claim, index);
                 let response = respond(
                     &connection,
@@ -109,7 +118,7 @@ pub(super) async fn handle(
                     &method,
                     member.address(),
                     response.status(),
-                    started,
+                    duration,
                 );
                 return Ok(response);
             }
@@ -124,7 +133,7 @@ pub(super) async fn handle(
             }
             Sent::Failed(error) => {
                 stats.count(HttpEvent::MemberFailed);
-                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), %error, "member failed while answering: 502");
+                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %Address(connection.peer), member = %Address(member.address()), %error, "member failed while answering: 502");
                 return Ok(local(
                     &connection,
                     in_flight,
@@ -134,7 +143,7 @@ pub(super) async fn handle(
             }
             Sent::TimedOut => {
                 stats.count(HttpEvent::MemberTimedOut);
-                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, member = %member.address(), "member did not answer within idle_timeout: 504");
+                tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %Address(connection.peer), member = %Address(member.address()), "member did not answer within idle_timeout: 504");
                 return Ok(local(
                     &connection,
                     in_flight,
@@ -239,7 +248,7 @@ fn check_host(request: &Request<Incoming>) -> Result<(), String> {
 fn prepare(
     http: &HttpVirtual,
     request: &mut Request<RequestBody>,
-    peer: SocketAddr,
+    forwarded_for: &HeaderValue,
     tls: bool,
     upgrade: bool,
 ) {
@@ -257,7 +266,7 @@ fn prepare(
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         *request.uri_mut() = origin;
     }
-    add_forwarded(request.headers_mut(), peer.ip(), tls);
+    add_forwarded(request.headers_mut(), forwarded_for, tls);
     insert_all(request.headers_mut(), &http.request_headers);
     *request.version_mut() = Version::HTTP_11;
 }
@@ -299,7 +308,7 @@ fn bad_request(
 ) -> Response<ResponseBody> {
     let http = &connection.http;
     http.stats.http.count(HttpEvent::BadRequest);
-    tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, status = 400, error = %problem, "request refused");
+    tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %Address(connection.peer), status = 400, error = %problem, "request refused");
     local(
         connection,
         in_flight,
@@ -354,7 +363,7 @@ fn respond(
         drop((body, link));
         ResponseBody::text(in_flight, Bytes::new())
     } else {
-        ResponseBody::member(in_flight, body, slot, (Arc::clone(http), index, link))
+        ResponseBody::member(in_flight, body, slot, (Arc::clone(connection), index, link))
     };
     Response::from_parts(parts, body)
 }
@@ -413,16 +422,16 @@ fn log(
     method: &Method,
     member: SocketAddr,
     status: StatusCode,
-    started: Instant,
+    duration: Duration,
 ) {
     tracing::info!(
         target: "vipgate::request",
         virtual_server = %connection.http.name,
-        client = %connection.peer,
-        member = %member,
+        client = %Address(connection.peer),
+        member = %Address(member),
         method = %method,
         status = status.as_u16(),
-        duration_ms = started.elapsed().as_millis() as u64,
+        duration_ms = duration.as_millis() as u64,
         "request"
     );
 }

@@ -2,7 +2,6 @@
 //! section 7.6.1), and members learn who the client is from
 //! `X-Forwarded-For`, `-Proto` and `-Host`.
 
-use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -91,10 +90,19 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Adds the client's address to `X-Forwarded-For` (after any the request
-/// already carries, as each proxy on the way does), and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` to what the client used.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
+/// The client's address as the value `X-Forwarded-For` ends with, made
+/// once per client connection: every request of the connection then adds
+/// it without formatting or allocating.
+pub(crate) fn client_address_value(client: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Adds the client's address (`client`, from [`client_address_value`]) to
+/// `X-Forwarded-For` (after any the request already carries, as each
+/// proxy on the way does), and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` to what the client used.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
     const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -110,8 +118,14 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) 
             }
         }
     }
-    let _ = write!(chain, "{client}");
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    let forwarded_for = if chain.is_empty() {
+        // Most requests: the connection's own value, shared.
+        Some(client.clone())
+    } else {
+        chain.push_str(client.to_str().unwrap_or_default());
+        HeaderValue::from_str(&chain).ok()
+    };
+    if let Some(value) = forwarded_for {
         headers.insert(FORWARDED_FOR, value);
     }
     headers.insert(
@@ -185,7 +199,11 @@ mod tests {
             ("host", "gwe.example:8080"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut map, "127.0.0.5".parse().unwrap(), false);
+        add_forwarded(
+            &mut map,
+            &client_address_value("127.0.0.5".parse().unwrap()),
+            false,
+        );
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 10.1.1.1, 127.0.0.5");
         assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
@@ -195,7 +213,11 @@ mod tests {
         assert_eq!(map["x-forwarded-host"], "gwe.example:8080");
 
         let mut bare = headers(&[("x-forwarded-host", "spoofed")]);
-        add_forwarded(&mut bare, "::1".parse().unwrap(), true);
+        add_forwarded(
+            &mut bare,
+            &client_address_value("::1".parse().unwrap()),
+            true,
+        );
         assert_eq!(bare["x-forwarded-for"], "::1");
         assert_eq!(bare["x-forwarded-proto"], "https");
         assert!(!bare.contains_key("x-forwarded-host"));

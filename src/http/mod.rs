@@ -40,6 +40,7 @@ pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
 
 use crate::config::{HttpPlan, Persistence, VirtualPlan};
 use crate::dial::Dialer;
+use crate::logging::Address;
 use crate::pool::Pool;
 use crate::stats::{HttpEvent, VirtualStats};
 use crate::stop_signal::StopSignal;
@@ -129,6 +130,8 @@ fn header_fields(fields: &[(String, String)]) -> Vec<(HeaderName, HeaderValue)> 
 struct Connection {
     http: Arc<HttpVirtual>,
     peer: SocketAddr,
+    /// The client's address as `X-Forwarded-For` ends with.
+    forwarded_for: HeaderValue,
     /// The client came over TLS: X-Forwarded-Proto and Secure cookies.
     tls: bool,
     phase: Arc<Phase>,
@@ -187,6 +190,7 @@ pub(crate) async fn serve(
     let connection = Arc::new(Connection {
         http,
         peer,
+        forwarded_for: headers::client_address_value(peer.ip()),
         tls,
         phase,
         tunnel: Mutex::new(None),
@@ -277,10 +281,10 @@ fn connection_error(connection: &Connection, error: &hyper::Error) {
                 (HttpEvent::BadRequest, 400)
             };
             http.stats.http.count(event);
-            tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %connection.peer, status, error = %parse, "request refused");
+            tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %Address(connection.peer), status, error = %parse, "request refused");
         }
         None => {
-            tracing::debug!(target: "vipgate::connection", virtual_server = %http.name, client = %connection.peer, %error, "HTTP connection ended with an error");
+            tracing::debug!(target: "vipgate::connection", virtual_server = %http.name, client = %Address(connection.peer), %error, "HTTP connection ended with an error");
         }
     }
 }

@@ -29,7 +29,10 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+mod address;
 mod text;
+
+pub use address::Address;
 
 /// A worker hands its lines over once they pass this many bytes (16 KiB,
 /// about a hundred lines), if its flush interval has not come first.

@@ -202,7 +202,7 @@ fn build_virtual(
 ) -> Result<VirtualServer, StartError> {
     let name = &virtual_plan.name;
     let stats = previous.and_then(|p| p.virtuals.get(name)).map_or_else(
-        || Arc::new(VirtualStats::new(name)),
+        || Arc::new(VirtualStats::new(name, plan.settings.worker_threads)),
         |v| Arc::clone(&v.stats),
     );
     let pool = Arc::clone(&pools[&virtual_plan.pool]);

@@ -73,7 +73,7 @@ mod tests {
             state[1023]
         };
         let alone = std::mem::size_of_val(&serving);
-        let stats = std::sync::Arc::new(crate::stats::VirtualStats::new("v"));
+        let stats = std::sync::Arc::new(crate::stats::VirtualStats::new("v", 1));
         let attributed = super::attributed(stats, "127.0.0.1:1".parse().unwrap(), serving);
         let size = std::mem::size_of_val(&attributed);
         assert!(

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
 use crate::dial::{Attempts, Dialed};
+use crate::logging::Address;
 use crate::pool::{MemberSlot, Pool, Tried};
 use crate::proxy::{self, CloseReason, Outcome as PumpOutcome, Pump, PumpOptions};
 use crate::proxy_protocol;
@@ -159,18 +160,17 @@ impl Ending {
         }
         let state = self.slot.member();
         state.record_bytes(outcome.bytes_to_member, outcome.bytes_to_client);
-        self.virtual_server
-            .stats
-            .record_duration(self.started.elapsed());
+        let duration = self.started.elapsed();
+        self.virtual_server.stats.record_duration(duration);
         tracing::info!(
             target: "vipgate::connection",
             virtual_server = %self.virtual_server.plan.name,
-            client = %self.peer,
-            member = %state.address(),
-            source = self.source.map(tracing::field::display),
+            client = %Address(self.peer),
+            member = %Address(state.address()),
+            source = self.source.map(|source| tracing::field::display(Address(source))),
             bytes_to_member = outcome.bytes_to_member,
             bytes_to_client = outcome.bytes_to_client,
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             reason = %outcome.reason,
             error = outcome.error.as_ref().map(tracing::field::display),
             "connection closed"

@@ -12,6 +12,10 @@ use serde::Serialize;
 use crate::config::ConnectionLimit;
 use crate::throttle::Throttle;
 
+mod per_worker;
+
+pub use per_worker::{WorkerCounters, WorkerHistogram};
+
 /// Buckets of the request-latency histogram, in seconds: from a
 /// sub-millisecond answer on the same rack to a member at its
 /// idle_timeout.
@@ -79,9 +83,9 @@ pub struct VirtualStats {
     /// The virtual's name, for log lines that only have the counters.
     name: Arc<str>,
     /// How long client connections lasted.
-    duration_seconds: prometheus::Histogram,
+    duration_seconds: WorkerHistogram,
     /// HTTP virtuals: how long members took to start answering.
-    request_seconds: prometheus::Histogram,
+    request_seconds: WorkerHistogram,
 }
 
 /// ok / rejected (failed) / timed out, for ClientHellos and handshakes.
@@ -153,13 +157,15 @@ pub struct VirtualCounts {
 }
 
 impl VirtualStats {
-    /// Fresh counters for virtual `name`.
-    pub fn new(name: &str) -> VirtualStats {
+    /// Fresh counters for virtual `name`, with a share for each of
+    /// `workers` worker threads where every request counts.
+    pub fn new(name: &str, workers: usize) -> VirtualStats {
         let histogram = |metric: &str, help: &str, buckets: &[f64]| {
-            prometheus::Histogram::with_opts(
+            WorkerHistogram::new(
                 prometheus::HistogramOpts::new(metric, help)
                     .const_label("virtual", name)
                     .buckets(buckets.to_vec()),
+                workers,
             )
             // Fails only for malformed constant options (names, buckets).
             .expect("constant histogram options are valid")
@@ -181,7 +187,7 @@ impl VirtualStats {
             accept_errors: AtomicU64::new(0),
             hellos: Outcomes::default(),
             handshakes: Outcomes::default(),
-            http: HttpStats::default(),
+            http: HttpStats::new(workers),
             reject_log: Throttle::default(),
             tls_warnings: AtomicU64::new(0),
             name: name.into(),
@@ -265,7 +271,7 @@ impl VirtualStats {
     }
 
     /// The connection-duration histogram, for the metrics page.
-    pub fn duration_histogram(&self) -> &prometheus::Histogram {
+    pub fn duration_histogram(&self) -> &WorkerHistogram {
         &self.duration_seconds
     }
 
@@ -275,7 +281,7 @@ impl VirtualStats {
     }
 
     /// The request-latency histogram (HTTP virtuals), for the metrics page.
-    pub fn request_histogram(&self) -> &prometheus::Histogram {
+    pub fn request_histogram(&self) -> &WorkerHistogram {
         &self.request_seconds
     }
 
@@ -358,19 +364,27 @@ impl HttpEvent {
     }
 }
 
-/// Counters of an HTTP virtual, by [`HttpEvent`].
-#[derive(Debug, Default)]
+/// Counters of an HTTP virtual, by [`HttpEvent`]: bumped on every
+/// request, so kept per worker.
+#[derive(Debug)]
 pub struct HttpStats {
-    events: [AtomicU64; 18],
+    events: WorkerCounters<18>,
 }
 
 impl HttpStats {
+    /// Counters for `workers` worker threads.
+    pub fn new(workers: usize) -> HttpStats {
+        HttpStats {
+            events: WorkerCounters::new(workers),
+        }
+    }
+
     pub fn count(&self, event: HttpEvent) {
-        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.events.add(event as usize, 1);
     }
 
     pub fn counts(&self) -> HttpCounts {
-        let read = |event: HttpEvent| self.events[event as usize].load(Ordering::Relaxed);
+        let read = |event: HttpEvent| self.events.sum(event as usize);
         HttpCounts {
             requests: read(HttpEvent::Request),
             persistence_hits: read(HttpEvent::PersistenceHit),
@@ -452,7 +466,7 @@ mod tests {
 
     #[test]
     fn counts_read_back_what_was_counted_by_name() {
-        let stats = Arc::new(VirtualStats::new("v"));
+        let stats = Arc::new(VirtualStats::new("v", 2));
         stats.count_rejected(Rejection::SnatExhausted);
         stats.count_rejected(Rejection::LocalResources);
         stats.count_rejected(Rejection::LocalResources);
