@@ -1,7 +1,8 @@
 //! The counters of one virtual server, kept across configuration changes:
 //! atomics the data path bumps, read as named snapshots ([`VirtualCounts`])
 //! by `/status` and `/metrics`, so a new counter is added here and shows in
-//! both.
+//! both. What every HTTP request bumps keeps a share per worker
+//! (`per_worker`), added up when read.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
