@@ -8,8 +8,10 @@
 //! of a request line cost more than the rest of the line's fields
 //! together. [`Address`] writes the same text in one piece.
 
-use std::fmt;
+use std::fmt::{self, Write};
 use std::net::SocketAddr;
+
+use super::text::write_integer;
 
 /// A socket address for a log field (`client = %Address(peer)`): the same
 /// text as `SocketAddr`'s `Display` (`192.0.2.7:40123`,
@@ -29,12 +31,12 @@ impl fmt::Display for Address {
         let mut text = Text::default();
         for (index, octet) in address.ip().octets().into_iter().enumerate() {
             if index > 0 {
-                text.push(b'.');
+                text.write_char('.')?;
             }
-            text.number(u32::from(octet));
+            write_integer(&mut text, false, u64::from(octet))?;
         }
-        text.push(b':');
-        text.number(u32::from(address.port()));
+        text.write_char(':')?;
+        write_integer(&mut text, false, u64::from(address.port()))?;
         formatter.write_str(text.as_str())
     }
 }
@@ -46,30 +48,21 @@ struct Text {
     length: usize,
 }
 
+impl Write for Text {
+    fn write_str(&mut self, piece: &str) -> fmt::Result {
+        // The longest address fits by construction; a mistake is an
+        // error, not a panic.
+        let end = self.length + piece.len();
+        let slot = self.bytes.get_mut(self.length..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(piece.as_bytes());
+        self.length = end;
+        Ok(())
+    }
+}
+
 impl Text {
-    fn push(&mut self, byte: u8) {
-        // The longest address fits by construction; `get_mut` keeps a
-        // mistake from panicking.
-        if let Some(slot) = self.bytes.get_mut(self.length) {
-            *slot = byte;
-            self.length += 1;
-        }
-    }
-
-    /// A number below 100,000 in decimal (octets and ports).
-    fn number(&mut self, value: u32) {
-        let mut started = false;
-        for divisor in [10_000, 1_000, 100, 10, 1] {
-            let digit = value / divisor % 10;
-            started |= digit != 0 || divisor == 1;
-            if started {
-                self.push(b'0' + digit as u8);
-            }
-        }
-    }
-
     fn as_str(&self) -> &str {
-        // Only ASCII digits, dots and a colon were pushed.
+        // Only ASCII digits, dots and a colon were written.
         std::str::from_utf8(&self.bytes[..self.length]).unwrap_or("")
     }
 }

@@ -273,7 +273,11 @@ impl fmt::Display for Sources<'_> {
     }
 }
 
-fn write_integer(writer: &mut impl Write, negative: bool, mut value: u64) -> fmt::Result {
+pub(super) fn write_integer(
+    writer: &mut impl Write,
+    negative: bool,
+    mut value: u64,
+) -> fmt::Result {
     let mut digits = [0u8; 21];
     let mut start = digits.len();
     loop {
