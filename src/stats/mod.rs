@@ -15,7 +15,8 @@ use crate::throttle::Throttle;
 
 mod per_worker;
 
-pub use per_worker::{WorkerCounters, WorkerHistogram};
+use per_worker::WorkerCounters;
+pub use per_worker::WorkerHistogram;
 
 /// Buckets of the request-latency histogram, in seconds: from a
 /// sub-millisecond answer on the same rack to a member at its

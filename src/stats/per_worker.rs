@@ -125,14 +125,6 @@ impl WorkerHistogram {
         metric.set_histogram(merged);
         families
     }
-
-    /// Samples recorded over every worker.
-    pub fn sample_count(&self) -> u64 {
-        self.shares
-            .iter()
-            .map(prometheus::Histogram::get_sample_count)
-            .sum()
-    }
 }
 
 #[cfg(test)]
@@ -173,7 +165,6 @@ mod tests {
             histogram.observe(0.5);
             histogram.observe(5.0);
         });
-        assert_eq!(histogram.sample_count(), 3);
         let families = histogram.collect();
         assert_eq!(families.len(), 1);
         let metrics = families[0].get_metric();
