@@ -47,6 +47,11 @@ async fn cookie_is_set_on_the_first_answer_and_followed_after() {
             None,
             "a valid cookie is not set again"
         );
+        assert_eq!(
+            again.header("x-seen-cookie"),
+            "a=1",
+            "the member gets the client's cookies but not vipgate's own"
+        );
     }
     // Without the cookie, new sessions are balanced and each gets one.
     let mut seen = std::collections::BTreeSet::new();

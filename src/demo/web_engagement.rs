@@ -18,8 +18,9 @@
 //! - anything else: `<route> <method> <target>`.
 //!
 //! Every answer carries `x-served-by` (the route), `x-connection` (which of
-//! this server's connections carried it: 1, 2, ...) and `x-seen-forwarded-*`
-//! (the `X-Forwarded-For`, `-Proto` and `-Host` it received).
+//! this server's connections carried it: 1, 2, ...), `x-seen-forwarded-*`
+//! (the `X-Forwarded-For`, `-Proto` and `-Host` it received) and
+//! `x-seen-cookie` (its `Cookie` field).
 
 use std::convert::Infallible;
 use std::io;
@@ -89,6 +90,7 @@ async fn answer(
         ("x-seen-forwarded-for", "x-forwarded-for"),
         ("x-seen-forwarded-proto", "x-forwarded-proto"),
         ("x-seen-forwarded-host", "x-forwarded-host"),
+        ("x-seen-cookie", "cookie"),
     ]
     .map(|(seen, name)| (seen, request.headers().get(name).cloned()));
     let mut response = match path.as_str() {

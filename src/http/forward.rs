@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::body::{ClientBodyError, RequestBody, ResponseBody};
 use super::client_io::InFlight;
-use super::headers::{add_forwarded, insert_all, remove_hop_by_hop, wants_upgrade};
+use super::headers::{add_forwarded, insert_all, remove_cookie, remove_hop_by_hop, wants_upgrade};
 use super::members::{MemberLink, Sent};
 use super::persistence::{
     cookie_value_any_case, cookie_values, route_of, set_cookie, url_param_route,
@@ -71,6 +71,9 @@ pub(super) async fn handle(
         connection.tls,
         upgrade,
     );
+    if let (true, Persistence::Cookie { name, .. }) = (claim.present, &http.plan.persistence) {
+        remove_cookie(request.headers_mut(), name);
+    }
     let method = request.method().clone();
 
     let mut tried = Tried::default();

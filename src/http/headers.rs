@@ -1,10 +1,14 @@
 //! Header rules at the proxy: hop-by-hop fields end at each hop (RFC 9110
 //! section 7.6.1), and members learn who the client is from
-//! `X-Forwarded-For`, `-Proto` and `-Host`.
+//! `X-Forwarded-For`, `-Proto` and `-Host`; vipgate's own persistence
+//! cookie stays between the client and vipgate.
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+
+use super::persistence::without_cookie;
 
 /// Fields that describe one connection, never the message: removed in both
 /// directions, with every field the `Connection` header names.
@@ -142,6 +146,43 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: 
     }
 }
 
+/// Takes the cookies named `name` out of the request's `Cookie` fields,
+/// dropping a field that had nothing else (an HTTP/2 client may send one
+/// field per cookie). Fields that are not text pass as they are.
+pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let Entry::Occupied(mut fields) = headers.entry(header::COOKIE) else {
+        return;
+    };
+    let mut emptied = false;
+    for value in fields.iter_mut() {
+        let Some(rest) = value
+            .to_str()
+            .ok()
+            .and_then(|text| without_cookie(text, name))
+        else {
+            continue;
+        };
+        emptied |= rest.is_empty();
+        // What is left of a valid field is valid: this only fails if
+        // that stops being true, and then the field passes as it was.
+        if let Ok(rest) = HeaderValue::from_maybe_shared(Bytes::from(rest)) {
+            *value = rest;
+        }
+    }
+    if emptied {
+        // Collecting nothing allocates nothing: the usual request carries
+        // one field holding only the persistence cookie.
+        let kept: Vec<HeaderValue> = fields
+            .remove_entry_mult()
+            .1
+            .filter(|value| !value.is_empty())
+            .collect();
+        for value in kept {
+            headers.append(header::COOKIE, value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +262,23 @@ mod tests {
         assert_eq!(bare["x-forwarded-for"], "::1");
         assert_eq!(bare["x-forwarded-proto"], "https");
         assert!(!bare.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn the_persistence_cookie_is_removed_from_every_cookie_field() {
+        let mut map = headers(&[("cookie", "a=1; GWELB=x"), ("cookie", "GWELB=y")]);
+        remove_cookie(&mut map, "GWELB");
+        let left: Vec<_> = map.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1"]);
+
+        let mut map = headers(&[("cookie", "GWELB=only"), ("x-other", "1")]);
+        remove_cookie(&mut map, "GWELB");
+        assert!(map.get(header::COOKIE).is_none());
+        assert_eq!(map.len(), 1);
+
+        let mut map = headers(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        remove_cookie(&mut map, "GWELB");
+        let left: Vec<_> = map.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1", "b=2"], "untouched");
     }
 }

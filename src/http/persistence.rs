@@ -76,6 +76,34 @@ pub fn cookie_value_any_case<'a>(header: &'a str, name: &str) -> Option<&'a str>
     cookies(header).find_map(|(key, value)| key.eq_ignore_ascii_case(name).then_some(value))
 }
 
+/// The `Cookie:` header without the cookies named `name`: `None` when it
+/// has none of them (the header stays as it is), else what is left, in
+/// order and joined as browsers join them (`a=1; b=2`), empty when
+/// nothing is.
+///
+/// vipgate takes its own persistence cookie out of requests before they
+/// reach a member: the member cannot read a sealed token, and need not
+/// parse or log it (HAProxy's `cookie ... insert indirect` does the same).
+pub fn without_cookie(header: &str, name: &str) -> Option<String> {
+    // Most requests carry it alone or not at all: look before building.
+    cookie_values(header, name).next()?;
+    let mut rest = String::new();
+    for pair in header.split(';') {
+        let named = pair
+            .split_once('=')
+            .is_some_and(|(key, _)| key.trim() == name);
+        let pair = pair.trim();
+        if named || pair.is_empty() {
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.push_str("; ");
+        }
+        rest.push_str(pair);
+    }
+    Some(rest)
+}
+
 fn cookies(header: &str) -> impl Iterator<Item = (&str, &str)> {
     header.split(';').filter_map(|pair| {
         let (key, value) = pair.split_once('=')?;
@@ -565,6 +593,22 @@ mod tests {
     }
 
     #[test]
+    fn the_persistence_cookie_is_taken_out_and_the_others_stay() {
+        assert_eq!(without_cookie("a=1; b=2", "GWELB"), None);
+        assert_eq!(without_cookie("GWELB=v2.abc", "GWELB"), Some(String::new()));
+        assert_eq!(
+            without_cookie("a=1; GWELB=x;b=\"q=r\" ; GWELB=y", "GWELB"),
+            Some("a=1; b=\"q=r\"".into())
+        );
+        // Names are case-sensitive, as the cookie's lookup is; a valueless
+        // pair or one that only ends in the name stays.
+        assert_eq!(
+            without_cookie("gwelb=1; XGWELB=2; flag; GWELB=3", "GWELB"),
+            Some("gwelb=1; XGWELB=2; flag".into())
+        );
+    }
+
+    #[test]
     fn every_cookie_of_a_name_is_found() {
         let values: Vec<_> = cookie_values("GWELB=a; x=1; GWELB=b", "GWELB").collect();
         assert_eq!(values, ["a", "b"]);
@@ -579,6 +623,11 @@ mod tests {
             let _ = cookie_value(&text, &name);
             let _ = cookie_value_any_case(&text, &name);
             let _ = route_of(&text);
+            if let Some(rest) = without_cookie(&text, &name) {
+                let others = cookies(&text).filter(|(key, _)| *key != name);
+                prop_assert!(cookies(&rest).eq(others));
+                prop_assert_eq!(cookie_value(&rest, &name), None);
+            }
             let seal = CookieSeal::new(b"property test secret");
             let _ = seal.open(&text, 1);
         }
