@@ -13,9 +13,13 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::client_io::InFlight;
-use super::members::MemberLink;
+use super::wire::{BoxError, WireBody};
 use super::Connection;
 use crate::pool::MemberSlot;
+
+/// The hyper client handle of an upgrade request's connection, kept while
+/// its answer's body streams.
+pub(crate) type UpgradeSender = hyper::client::conn::http1::SendRequest<RequestBody>;
 
 /// A request's body as the member gets it: the client's, streamed.
 #[derive(Debug)]
@@ -83,27 +87,39 @@ impl Body for RequestBody {
     }
 }
 
-/// A response body: the member's, streamed as it comes, or vipgate's own
-/// text. Dropping it ends the request: the member connection goes back to
-/// its idle queue if the body was read to the end (otherwise it closes),
-/// the member's request slot is freed, and the client connection waits
-/// for its next request.
+/// A member's answer body: read by vipgate's own HTTP/1.1 from the
+/// connection that carries it, or, for an upgrade request the member did
+/// not switch, through hyper's client (which holds the connection open
+/// while the body streams).
+pub(crate) enum AnswerBody {
+    Wire(WireBody),
+    Upgrade {
+        body: Incoming,
+        /// Keeps hyper's connection open until the body is done.
+        _sender: UpgradeSender,
+    },
+}
+
+/// A member response body: the member's, streamed as it comes, or
+/// vipgate's own text. Dropping it ends the request: the member connection
+/// goes back to its idle queue if the body was read to the end (otherwise
+/// it closes), the member's request slot is freed, and the client
+/// connection waits for its next request.
 pub(crate) struct ResponseBody {
     content: Content,
-    ended: bool,
     /// The request on its connection's books; ends when this drops.
     _request: InFlight,
     slot: Option<MemberSlot>,
-    /// The member connection: driven while the body streams, and handed
-    /// back when it is done (to the idle queue of the virtual the client
-    /// connection belongs to: held through the client connection, whose
-    /// count only its own worker touches, not the virtual's, which every
-    /// worker's requests would).
-    reuse: Option<(Arc<Connection>, usize, MemberLink)>,
+    /// Where the member connection goes back when the body is done: the
+    /// idle queue of the virtual the client connection belongs to (held
+    /// through the client connection, whose count only its own worker
+    /// touches, not the virtual's, which every worker's requests would),
+    /// and the member's index.
+    reuse: Option<(Arc<Connection>, usize)>,
 }
 
 enum Content {
-    Member(Incoming),
+    Member(AnswerBody),
     Text(Option<Bytes>),
 }
 
@@ -113,25 +129,22 @@ impl ResponseBody {
         request.sending();
         ResponseBody {
             content: Content::Text(Some(text)),
-            ended: false,
             _request: request,
             slot: None,
             reuse: None,
         }
     }
 
-    /// The member's answer; its connection goes back to the member's idle
-    /// queue when the answer was read to the end.
+    /// The member's body, holding the member's request slot until done.
     pub(crate) fn member(
         mut request: InFlight,
-        body: Incoming,
+        body: AnswerBody,
         slot: MemberSlot,
-        reuse: (Arc<Connection>, usize, MemberLink),
+        reuse: (Arc<Connection>, usize),
     ) -> ResponseBody {
         request.sending();
         ResponseBody {
             content: Content::Member(body),
-            ended: false,
             _request: request,
             slot: Some(slot),
             reuse: Some(reuse),
@@ -141,38 +154,33 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        // The member connection moves the body's bytes: driven here, on
-        // the client's task, as the client takes them.
-        if let Some((_, _, link)) = &mut this.reuse {
-            link.drive(cx);
-        }
-        let polled = match &mut this.content {
-            Content::Member(body) => Pin::new(body).poll_frame(cx),
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().content {
+            Content::Member(AnswerBody::Wire(body)) => Pin::new(body).poll_frame(cx),
+            Content::Member(AnswerBody::Upgrade { body, .. }) => {
+                Pin::new(body).poll_frame(cx).map_err(Into::into)
+            }
             Content::Text(text) => Poll::Ready(text.take().map(|text| Ok(Frame::data(text)))),
-        };
-        if let Poll::Ready(None) = polled {
-            this.ended = true;
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.content {
-            Content::Member(body) => body.is_end_stream(),
+            Content::Member(AnswerBody::Wire(body)) => body.is_end_stream(),
+            Content::Member(AnswerBody::Upgrade { body, .. }) => body.is_end_stream(),
             Content::Text(text) => text.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.content {
-            Content::Member(body) => body.size_hint(),
+            Content::Member(AnswerBody::Wire(body)) => body.size_hint(),
+            Content::Member(AnswerBody::Upgrade { body, .. }) => body.size_hint(),
             Content::Text(text) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
@@ -182,9 +190,12 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some((connection, index, link)) = self.reuse.take() {
-            if self.ended || self.is_end_stream() {
-                connection.http.members.checkin(index, link);
+        let content = std::mem::replace(&mut self.content, Content::Text(None));
+        if let (Some((connection, index)), Content::Member(AnswerBody::Wire(body))) =
+            (self.reuse.take(), content)
+        {
+            if let Some(member_connection) = body.into_reusable() {
+                connection.http.members.checkin(index, member_connection);
             }
         }
         self.slot = None;

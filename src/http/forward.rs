@@ -14,10 +14,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
-use super::body::{ClientBodyError, RequestBody, ResponseBody};
+use super::body::{AnswerBody, ClientBodyError, RequestBody, ResponseBody};
 use super::client_io::InFlight;
 use super::headers::{add_forwarded, insert_all, remove_cookie, remove_hop_by_hop, wants_upgrade};
-use super::members::{MemberLink, Sent};
+use super::members::Sent;
 use super::persistence::{
     cookie_value_any_case, cookie_values, route_of, set_cookie, url_param_route,
 };
@@ -103,19 +103,12 @@ pub(super) async fn handle(
             http.send(index, request).await
         };
         match sent {
-            Sent::Answered(response, link) => {
+            Sent::Answered(response) => {
                 let duration = started.elapsed();
                 http.stats.record_request(duration);
                 count_persistence(http, stats, &claim, index);
-                let response = respond(
-                    &connection,
-                    in_flight,
-                    response,
-                    link,
-                    (index, slot),
-                    &claim,
-                    now,
-                );
+                let response =
+                    respond(&connection, in_flight, response, (index, slot), &claim, now);
                 log(
                     &connection,
                     &method,
@@ -131,7 +124,7 @@ pub(super) async fn handle(
                 }
                 request = unsent;
             }
-            Sent::Failed(error) if ClientBodyError::caused(&error) => {
+            Sent::Failed(error) if ClientBodyError::caused(&*error) => {
                 return Ok(bad_request(&connection, in_flight, error.to_string()));
             }
             Sent::Failed(error) => {
@@ -327,8 +320,7 @@ fn bad_request(
 fn respond(
     connection: &Arc<Connection>,
     in_flight: InFlight,
-    response: Response<Incoming>,
-    link: MemberLink,
+    response: Response<AnswerBody>,
     (index, slot): (usize, MemberSlot),
     claim: &Claim,
     now: u64,
@@ -363,10 +355,10 @@ fn respond(
         // written; the tunnel takes it from there.
         connection.phase.tunnel();
         http.stats.http.count(HttpEvent::Upgrade);
-        drop((body, link));
+        drop(body);
         ResponseBody::text(in_flight, Bytes::new())
     } else {
-        ResponseBody::member(in_flight, body, slot, (Arc::clone(connection), index, link))
+        ResponseBody::member(in_flight, body, slot, (Arc::clone(connection), index))
     };
     Response::from_parts(parts, body)
 }

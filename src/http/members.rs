@@ -17,25 +17,19 @@
 //! a worker sweeps the queues of members it no longer sends requests to.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::RequestBody;
+use super::body::{AnswerBody, RequestBody};
+use super::wire::{BoxError, Failure, MemberConnection};
 use super::HttpVirtual;
 use crate::dial::{DialError, Dialed};
 use crate::pool::MemberState;
-use crate::snat::SourceLease;
-use crate::streams::Back;
 use crate::sync::lock;
 
 /// Idle connections kept per member and worker thread: at most 1024. The
@@ -46,75 +40,6 @@ pub const IDLE_PER_MEMBER: usize = 1024;
 /// 15 s, below the keep-alive timeout of common application servers
 /// (Tomcat's default is 20 s), so vipgate is the one that lets go.
 pub const MEMBER_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A connection to a member, ready for a request.
-pub(crate) type Sender = SendRequest<RequestBody>;
-
-/// The connection itself, which moves the bytes of `Sender`'s requests.
-pub(crate) type MemberConnection = Connection<TokioIo<Back>, RequestBody>;
-
-/// A freshly opened member connection: the handle requests go through, the
-/// connection itself (to be driven) and the SNAT source it holds.
-pub(crate) type Opened = (Sender, MemberConnection, SourceLease);
-
-/// An open member connection as a request uses it: the handle requests go
-/// through, and the connection, driven by whichever client task holds the
-/// link.
-pub(crate) struct MemberLink {
-    sender: Sender,
-    driver: Driver,
-}
-
-enum Driver {
-    /// Driven by the holder of the link; the SNAT source stays taken as
-    /// long as the connection lives.
-    /// (Boxed: hyper's connection state is large, and a link moves from
-    /// the idle queue to a request and back.)
-    Here {
-        connection: Box<MemberConnection>,
-        _lease: SourceLease,
-    },
-    /// Driven by a task of its own (a connection that may be upgraded).
-    Elsewhere,
-    /// The connection ended.
-    Ended,
-}
-
-impl MemberLink {
-    /// A link whose connection is driven by its holder.
-    pub(crate) fn new((sender, connection, lease): Opened) -> MemberLink {
-        MemberLink {
-            sender,
-            driver: Driver::Here {
-                connection: Box::new(connection),
-                _lease: lease,
-            },
-        }
-    }
-
-    /// A link to a connection a task of its own drives.
-    pub(crate) fn driven_elsewhere(sender: Sender) -> MemberLink {
-        MemberLink {
-            sender,
-            driver: Driver::Elsewhere,
-        }
-    }
-
-    /// Moves the connection's bytes as far as they go now, registering
-    /// the calling task for more; whether the connection is still open.
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Driver::Here { connection, .. } = &mut self.driver {
-            if Pin::new(connection.as_mut()).poll(cx).is_ready() {
-                self.driver = Driver::Ended;
-            }
-        }
-        self.is_open()
-    }
-
-    fn is_open(&self) -> bool {
-        !matches!(self.driver, Driver::Ended) && !self.sender.is_closed()
-    }
-}
 
 struct Idle<T> {
     link: T,
@@ -218,7 +143,7 @@ impl<T> WorkerIdle<T> {
 /// The idle connections of one virtual, by worker, then by member index
 /// in its pool.
 pub(crate) struct MemberConnections {
-    idle: Box<[WorkerIdle<MemberLink>]>,
+    idle: Box<[WorkerIdle<MemberConnection>]>,
 }
 
 impl std::fmt::Debug for MemberConnections {
@@ -236,14 +161,15 @@ impl std::fmt::Debug for MemberConnections {
 
 /// What became of a request sent to one member.
 pub(crate) enum Sent {
-    /// The member answered; the connection goes back to the idle queue
+    /// The member answered; its connection goes back to the idle queue
     /// when the body is done.
-    Answered(Response<Incoming>, MemberLink),
+    Answered(Response<AnswerBody>),
     /// No connection could be opened: the request, untouched, for the next
     /// member, and whose fault it was.
     Unreachable(Request<RequestBody>, DialError),
-    /// The connection failed once the request was on its way.
-    Failed(hyper::Error),
+    /// The connection failed once the request was on its way (or the
+    /// client's body did: see `ClientBodyError`).
+    Failed(BoxError),
     /// No answer within the virtual's idle timeout.
     TimedOut,
 }
@@ -258,28 +184,25 @@ impl MemberConnections {
     }
 
     /// The calling worker's idle connections.
-    fn worker(&self) -> &WorkerIdle<MemberLink> {
+    fn worker(&self) -> &WorkerIdle<MemberConnection> {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
 
-    /// An idle connection to member `index` that is still open: driven
-    /// once first, so one the member closed meanwhile is seen closed.
-    async fn checkout(&self, index: usize) -> Option<MemberLink> {
+    /// An idle connection to member `index` that is still open: looked
+    /// at first, so one the member closed meanwhile is seen closed.
+    async fn checkout(&self, index: usize) -> Option<MemberConnection> {
         let queue = self.worker().members.get(index)?;
-        while let Some(mut link) = queue.take() {
-            if std::future::poll_fn(|cx| Poll::Ready(link.drive(cx))).await {
-                return Some(link);
+        while let Some(mut connection) = queue.take() {
+            if std::future::poll_fn(|cx| Poll::Ready(connection.poll_idle_open(cx))).await {
+                return Some(connection);
             }
         }
         None
     }
 
     /// Takes back a connection whose response was read to the end.
-    pub(crate) fn checkin(&self, index: usize, link: MemberLink) {
-        if !link.is_open() {
-            return;
-        }
-        self.worker().put(index, link);
+    pub(crate) fn checkin(&self, index: usize, connection: MemberConnection) {
+        self.worker().put(index, connection);
     }
 }
 
@@ -295,33 +218,26 @@ impl HttpVirtual {
             );
         };
         loop {
-            let (mut link, reused) = match self.members.checkout(index).await {
-                Some(link) => (link, true),
+            let (connection, reused) = match self.members.checkout(index).await {
+                Some(connection) => (connection, true),
                 None => match dial(self, &member.state).await {
-                    Ok(opened) => (MemberLink::new(opened), false),
+                    Ok(connection) => (connection, false),
                     Err(error) => return Sent::Unreachable(request, error),
                 },
             };
-            let mut answer = std::pin::pin!(link.sender.try_send_request(request));
-            // The connection is driven here, on the client's task, while
-            // the answer is awaited: the request crosses no task.
-            let answered = std::future::poll_fn(|cx| {
-                link.drive(cx);
-                answer.as_mut().poll(cx)
-            });
-            match tokio::time::timeout(self.idle_timeout, answered).await {
+            // The exchange runs here, on the client's task: the request
+            // crosses no task on its way.
+            let exchange = connection.exchange(request, reused);
+            match tokio::time::timeout(self.idle_timeout, exchange).await {
                 Err(_) => return Sent::TimedOut,
-                Ok(Ok(response)) => return Sent::Answered(response, link),
-                Ok(Err(mut error)) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    Some(unsent) => {
-                        return Sent::Unreachable(
-                            unsent,
-                            DialError::Member(io::Error::other(error.into_error())),
-                        )
-                    }
-                    None => return Sent::Failed(error.into_error()),
-                },
+                Ok(Ok(response)) => return Sent::Answered(response.map(AnswerBody::Wire)),
+                // A kept connection the member had just closed: again, on
+                // another.
+                Ok(Err(Failure::Unsent(unsent, _))) if reused => request = *unsent,
+                Ok(Err(Failure::Unsent(unsent, error))) => {
+                    return Sent::Unreachable(*unsent, DialError::Member(error))
+                }
+                Ok(Err(Failure::Failed(error))) => return Sent::Failed(error),
             }
         }
     }
@@ -329,14 +245,9 @@ impl HttpVirtual {
 
 /// Opens a connection to `member` the way the virtual opens any (the
 /// dial path: its SNAT, connect timeout, its pool's TLS), ready for HTTP.
-pub(crate) async fn dial(http: &HttpVirtual, member: &MemberState) -> Result<Opened, DialError> {
+async fn dial(http: &HttpVirtual, member: &MemberState) -> Result<MemberConnection, DialError> {
     let Dialed { stream, lease } = http.dialer.dial(&http.pool, member, None).await?;
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        // Setting up a client connection does no I/O yet.
-        .map_err(|error| DialError::Member(io::Error::other(error)))?;
-    Ok((sender, connection, lease))
+    Ok(MemberConnection::new(stream, lease))
 }
 
 #[cfg(test)]

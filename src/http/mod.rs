@@ -5,7 +5,7 @@
 //! Clients speak HTTP/1.1 or HTTP/2 (chosen by ALPN over TLS, by the
 //! connection's first bytes otherwise: HTTP/2 in clear text is by prior
 //! knowledge), served by hyper; members always get HTTP/1.1 over
-//! kept-alive connections.
+//! kept-alive connections, spoken by vipgate itself.
 //!
 //! - [`persistence`]: the pure parsing and sealing the routing relies on;
 //! - `client_io`: the client leg with its keep-alive, header and idle
@@ -13,6 +13,7 @@
 //! - `body`: the request and response bodies on their way through;
 //! - `forward`: one request, from its persistence claim to the response;
 //! - `members`: the per-member queues of idle connections;
+//! - `wire`: HTTP/1.1 toward members (heads, framing, chunked coding);
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*`;
 //! - `tunnel`: what an upgraded connection (WebSocket) becomes.
 
@@ -23,6 +24,7 @@ mod headers;
 mod members;
 pub mod persistence;
 mod tunnel;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,18 +7,20 @@
 use std::sync::Arc;
 
 use http::StatusCode;
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use super::body::RequestBody;
-use super::members::{dial, MemberLink, Sent};
-use super::Connection;
-use crate::dial::DialError;
-use crate::pool::MemberSlot;
+use super::body::{AnswerBody, RequestBody, UpgradeSender};
+use super::members::Sent;
+use super::{Connection, HttpVirtual};
+use crate::dial::{DialError, Dialed};
+use crate::pool::{MemberSlot, MemberState};
 use crate::snat::SourceLease;
 use crate::stop_signal::StopSignal;
+use crate::streams::Back;
 use crate::sync::lock;
 
 /// Both ends of an upgrade, waiting for hyper to let go of them.
@@ -59,7 +61,7 @@ pub(super) async fn send(
     let answer = sender.send_request(request);
     match tokio::time::timeout(http.idle_timeout, answer).await {
         Err(_) => Sent::TimedOut,
-        Ok(Err(error)) => Sent::Failed(error),
+        Ok(Err(error)) => Sent::Failed(Box::new(error)),
         Ok(Ok(mut response)) => {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let member = hyper::upgrade::on(&mut response);
@@ -70,9 +72,31 @@ pub(super) async fn send(
                     slot: None,
                 });
             }
-            Sent::Answered(response, MemberLink::driven_elsewhere(sender))
+            Sent::Answered(response.map(|body| AnswerBody::Upgrade {
+                body,
+                _sender: sender,
+            }))
         }
     }
+}
+
+/// A member connection for an upgrade: hyper's client, which hands the
+/// connection over on `101`.
+type UpgradeConnection = http1::Connection<TokioIo<Back>, RequestBody>;
+
+/// Opens a connection to `member` the way the virtual opens any (its
+/// SNAT, connect timeout, its pool's TLS).
+async fn dial(
+    http: &HttpVirtual,
+    member: &MemberState,
+) -> Result<(UpgradeSender, UpgradeConnection, SourceLease), DialError> {
+    let Dialed { stream, lease } = http.dialer.dial(&http.pool, member, None).await?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        // Setting up a client connection does no I/O yet.
+        .map_err(|error| DialError::Member(std::io::Error::other(error)))?;
+    Ok((sender, connection, lease))
 }
 
 /// Whether a `101` answer belongs to an upgrade this connection asked for
