@@ -37,7 +37,7 @@ async fn scripted_member(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 
 async fn answer_requests(mut socket: TcpStream) {
     socket.set_nodelay(true).unwrap();
-    loop {
+    for served in 0.. {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -48,6 +48,11 @@ async fn answer_requests(mut socket: TcpStream) {
         }
         let head = String::from_utf8_lossy(&head).into_owned();
         let path = head.split(' ').nth(1).unwrap_or("");
+        if path == "/once" && served > 0 {
+            // A connection it meant to close anyway: closed without a
+            // word, as a server timing out its keep-alive does.
+            return;
+        }
         let (answer, then_close): (&[u8], bool) = match path {
             "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n", false),
             "/interim" => (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
@@ -56,6 +61,7 @@ async fn answer_requests(mut socket: TcpStream) {
             "/no-content" => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
             "/garbage" => (b"NOT HTTP AT ALL\r\n\r\n", true),
             "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+            "/once" => (b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce", false),
             _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
         };
         for piece in answer.chunks(7) {
@@ -175,4 +181,24 @@ async fn a_request_body_of_unknown_length_goes_chunked_and_an_early_answer_is_pa
     assert!(seen.starts_with("HTTP/1.1 200 OK"), "{seen}");
     assert!(seen.contains(" world"), "{seen}");
     assert_eq!(vipgate.member(node).total_connections(), 1);
+}
+
+#[tokio::test]
+async fn only_a_request_the_member_cannot_have_acted_on_is_sent_again() {
+    let (vipgate, _, accepted) = behind_vipgate("replay").await;
+    let mut client = HttpClient::connect(vipgate.addr("web")).await;
+    assert_eq!(client.get("/once", &[]).await.body, "once");
+    // The kept connection takes the next request and closes without an
+    // answer: a GET is sent again, on a new connection.
+    let again = client.get("/once", &[]).await;
+    assert_eq!((again.status.as_u16(), again.body.as_str()), (200, "once"));
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    // A POST that reached the member is never sent twice.
+    let posted = client
+        .send("POST", "/once", &[], Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(posted.status, 502);
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    assert_eq!(counts(&vipgate).answered_502, 1);
 }

@@ -130,7 +130,7 @@ impl MemberConnection {
         request: Request<RequestBody>,
         reused: bool,
     ) -> Result<Response<WireBody>, Failure> {
-        let (parts, body) = request.into_parts();
+        let (parts, mut body) = request.into_parts();
         let has_body = !body.is_end_stream();
         let mut sending = Sending {
             framing: request_framing(&parts, has_body),
@@ -142,7 +142,6 @@ impl MemberConnection {
         };
         self.write.clear();
         encode_request(&parts, sending.framing, &mut self.write);
-        let mut body = Some(body);
         let mut scanned = 0;
         let answered = poll_fn(|cx| {
             self.poll_exchange(cx, &mut body, &mut sending, &mut scanned, &parts.method)
@@ -155,12 +154,8 @@ impl MemberConnection {
         // A member may answer before the whole request reached it (an
         // echo, an early refusal): the rest goes on while the answer
         // streams.
-        let upload = match body {
-            Some(body) if !sending.body_done || !self.write.is_empty() => {
-                Some(Upload { body, sending })
-            }
-            _ => None,
-        };
+        let upload =
+            (!sending.body_done || !self.write.is_empty()).then_some(Upload { body, sending });
         let mut response = Response::new(WireBody::new(self, head.framing, head.reusable, upload));
         *response.status_mut() = head.status;
         // The member's version is its hop's business: to the client
@@ -175,15 +170,13 @@ impl MemberConnection {
     fn poll_exchange(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut Option<RequestBody>,
+        body: &mut RequestBody,
         sending: &mut Sending,
         scanned: &mut usize,
         method: &Method,
     ) -> Poll<Result<head::ResponseHead, Problem>> {
-        if let Some(request_body) = body.as_mut() {
-            if let Err(problem) = self.poll_upload(cx, request_body, sending) {
-                return Poll::Ready(Err(problem));
-            }
+        if let Err(problem) = self.poll_upload(cx, body, sending) {
+            return Poll::Ready(Err(problem));
         }
         self.poll_head(cx, scanned, method)
     }
@@ -337,7 +330,7 @@ fn failure(
     sending: &Sending,
     reused: bool,
     parts: Parts,
-    body: Option<RequestBody>,
+    body: RequestBody,
 ) -> Failure {
     let (error, answered) = match problem {
         Problem::Io { error, answered } => (error, answered),
@@ -357,11 +350,10 @@ fn failure(
     // after the request went out is the member failing to answer).
     let replayable =
         !sending.wrote_any || (reused && !sending.took_body && parts.method.is_idempotent());
-    match body {
-        Some(body) if replayable && !answered => {
-            Failure::Unsent(Box::new(Request::from_parts(parts, body)), error)
-        }
-        _ => Failure::Failed(Box::new(error)),
+    if replayable && !answered {
+        Failure::Unsent(Box::new(Request::from_parts(parts, body)), error)
+    } else {
+        Failure::Failed(Box::new(error))
     }
 }
 
