@@ -38,15 +38,9 @@ async fn scripted_member(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
 async fn answer_requests(mut socket: TcpStream) {
     socket.set_nodelay(true).unwrap();
     for served in 0.. {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
+        let Some(head) = read_request_head(&mut socket).await else {
+            return;
+        };
         let path = head.split(' ').nth(1).unwrap_or("");
         if path == "/once" && served > 0 {
             // A connection it meant to close anyway: closed without a

@@ -49,7 +49,8 @@ pub(crate) fn insert_all(headers: &mut HeaderMap, fields: &[(HeaderName, HeaderV
     }
 }
 
-fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+/// Whether the `Connection` fields list `token` (any case).
+pub(crate) fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

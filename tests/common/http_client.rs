@@ -244,3 +244,19 @@ pub async fn one_node(test: &str, extra: &str) -> (SocketAddr, super::Vipgate) {
         super::start(&format!("{config}{}", super::admin::ADMIN)).await,
     )
 }
+
+/// A member's side: reads one request head (up to its empty line) from
+/// `socket`, byte by byte so nothing after it is taken; `None` at the end
+/// of the connection.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}

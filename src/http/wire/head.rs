@@ -10,6 +10,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Version};
 
+use crate::http::headers::connection_lists;
+
 /// The most header fields a member's response head may have: 100.
 pub(crate) const MAX_HEADERS: usize = 100;
 
@@ -137,7 +139,7 @@ pub(crate) fn parse_response(head: &Bytes, method: &Method) -> Result<ResponseHe
         headers.append(name, value);
     }
     let (framing, delimited) = framing(&headers, status, method)?;
-    let reusable = delimited && version == Version::HTTP_11 && !has_token(&headers, "close");
+    let reusable = delimited && version == Version::HTTP_11 && !connection_lists(&headers, "close");
     Ok(ResponseHead {
         status,
         headers,
@@ -201,16 +203,6 @@ fn framing(
         Some(length) => (Framing::Length(length), true),
         None => (Framing::UntilClose, false),
     })
-}
-
-/// Whether the `Connection` fields name `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|named| named.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]

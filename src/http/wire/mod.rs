@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use self::chunked::{encode_size, Chunked, Step, LAST_CHUNK};
-pub(crate) use self::head::RequestFraming;
+use self::head::RequestFraming;
 use self::head::{encode_request, head_end, parse_response, request_framing, Framing, HeadError};
 use super::body::RequestBody;
 use crate::snat::SourceLease;
@@ -41,7 +41,7 @@ use crate::streams::Back;
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The longest response head accepted from a member: 64 KiB.
-pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Room made in the read buffer before a read of a head or of a body of
 /// unknown length: 8 KiB (what one idle connection keeps).
