@@ -13,7 +13,7 @@ use http::{Method, StatusCode, Version};
 use crate::http::headers::connection_lists;
 
 /// The most header fields a member's response head may have: 100.
-pub(crate) const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = 100;
 
 /// How a request body goes to the member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

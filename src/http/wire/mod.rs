@@ -291,12 +291,7 @@ impl MemberConnection {
                     "over 64 KiB without an end".into(),
                 ))));
             }
-            self.read.reserve(READ_ROOM);
-            match ready!(poll_read_buf(
-                Pin::new(&mut self.stream),
-                cx,
-                &mut self.read
-            )) {
+            match ready!(self.poll_fill(cx, READ_ROOM)) {
                 Ok(0) => {
                     return Poll::Ready(Err(Problem::Closed {
                         answered: answered || !self.read.is_empty(),
@@ -311,6 +306,13 @@ impl MemberConnection {
                 }
             }
         }
+    }
+
+    /// Reads what the member sent into the buffer, with at least `room`
+    /// free for it: `Ok(0)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
+        self.read.reserve(room);
+        poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
 
     /// Gives back memory a large message grew, before idling.
@@ -419,6 +421,12 @@ impl WireBody {
         })
     }
 
+    /// The body cannot go on: it ends here, and its connection with it.
+    fn give_up(&mut self) {
+        self.remaining = Remaining::Done;
+        self.reusable = false;
+    }
+
     /// Hands on what the buffer holds of the body; `None` when more must
     /// be read first.
     fn next_frame(&mut self) -> Option<Result<Option<Bytes>, BoxError>> {
@@ -488,8 +496,7 @@ impl Body for WireBody {
                 Some(Ok(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Some(Ok(None)) => return Poll::Ready(None),
                 Some(Err(error)) => {
-                    this.remaining = Remaining::Done;
-                    this.reusable = false;
+                    this.give_up();
                     return Poll::Ready(Some(Err(error)));
                 }
                 None => {}
@@ -499,17 +506,10 @@ impl Body for WireBody {
                     .map_or(BODY_READ_ROOM, |left| left.clamp(READ_ROOM, BODY_READ_ROOM)),
                 _ => READ_ROOM,
             };
-            let connection = &mut this.connection;
-            connection.read.reserve(room);
-            match ready!(poll_read_buf(
-                Pin::new(&mut connection.stream),
-                cx,
-                &mut connection.read
-            )) {
+            match ready!(this.connection.poll_fill(cx, room)) {
                 Ok(0) => {
                     let complete = matches!(this.remaining, Remaining::UntilClose);
-                    this.remaining = Remaining::Done;
-                    this.reusable = false;
+                    this.give_up();
                     if !complete {
                         return Poll::Ready(Some(Err(Box::new(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -519,8 +519,7 @@ impl Body for WireBody {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    this.remaining = Remaining::Done;
-                    this.reusable = false;
+                    this.give_up();
                     return Poll::Ready(Some(Err(Box::new(error))));
                 }
             }
