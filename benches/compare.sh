@@ -136,7 +136,9 @@ else
   haproxy_global_log="" haproxy_tcp_log="" haproxy_http_log="" vipgate_level=warn
 fi
 # PIN=1: both pin one thread per core (vipgate settings.cpu_affinity =
-# "auto", HAProxy cpu-map); by default neither does, as both ship.
+# "auto", HAProxy cpu-map); by default neither does, as both ship (vipgate's
+# default, "spread", moves a worker off a full CPU it shares with another,
+# but never pins).
 haproxy_cpu_map= vipgate_cpu_affinity=
 if [ "${PIN:-0}" = 1 ]; then
   [ "$THREADS" = "$(nproc)" ] || { echo "PIN=1 needs THREADS = $(nproc), one thread per core" >&2; exit 1; }
@@ -434,7 +436,7 @@ echo "vipgate $("$VIPGATE" --version | awk '{print $2}') vs HAProxy $(haproxy -v
 if [ -n "$haproxy_cpu_map" ]; then
   echo "threads pinned one per core (PIN=1): HAProxy $haproxy_cpu_map, vipgate $vipgate_cpu_affinity"
 else
-  echo "threads not pinned (as both ship; PIN=1 pins both)"
+  echo "threads not pinned (as both ship: HAProxy's default, vipgate's cpu_affinity \"spread\"; PIN=1 pins both)"
 fi
 echo
 header="| measure                              |     direct |    HAProxy |    vipgate |  vipgate/direct | vipgate/HAProxy |"

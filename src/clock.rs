@@ -1,5 +1,6 @@
-//! A process-wide monotonic clock in milliseconds, for timestamps that live
-//! in atomics (when a member came up, when a warning may be logged again).
+//! A process-wide monotonic clock in milliseconds (or microseconds), for
+//! timestamps that live in atomics (when a member came up, when a warning
+//! may be logged again, where a worker was last seen).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -13,8 +14,19 @@ pub fn unix_seconds() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// The moment [`millis`] and [`micros`] count from: their first call.
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// Milliseconds since the first call in this process.
 pub fn millis() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    start().elapsed().as_millis() as u64
+}
+
+/// Microseconds since the first call in this process (of this or
+/// [`millis`]).
+pub fn micros() -> u64 {
+    start().elapsed().as_micros() as u64
 }

@@ -8,6 +8,7 @@
 //! client address appears in any label.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
@@ -22,22 +23,28 @@ use crate::status::{MemberStatus, Status, VirtualStatus};
 pub struct Exporter {
     live: Live,
     reloads: Arc<ReloadStats>,
+    /// Times a worker moved itself to a free CPU (`cpu_affinity = "spread"`).
+    cpu_moves: Arc<AtomicU64>,
 }
 
 impl Exporter {
-    pub fn new(live: Live, reloads: Arc<ReloadStats>) -> Exporter {
-        Exporter { live, reloads }
+    pub fn new(live: Live, reloads: Arc<ReloadStats>, cpu_moves: Arc<AtomicU64>) -> Exporter {
+        Exporter {
+            live,
+            reloads,
+            cpu_moves,
+        }
     }
 }
 
 /// A registry holding the vipgate exporter and the process collector
 /// (`process_open_fds`, `process_max_fds`, `process_resident_memory_bytes`,
 /// `process_cpu_seconds_total`, `process_start_time_seconds`).
-pub fn registry(live: Live, reloads: Arc<ReloadStats>) -> Registry {
+pub fn registry(live: Live, reloads: Arc<ReloadStats>, cpu_moves: Arc<AtomicU64>) -> Registry {
     let registry = Registry::new();
     // The exporter has no fixed descriptors, and the process collector's
     // are its own, so registering them into a new registry cannot collide.
-    let _ = registry.register(Box::new(Exporter::new(live, reloads)));
+    let _ = registry.register(Box::new(Exporter::new(live, reloads, cpu_moves)));
     let _ = registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -66,6 +73,12 @@ impl Collector for Exporter {
         members(&status, &mut families);
         snat(&status, &mut families);
         config(&status, &mut families);
+        families.counter(
+            "vipgate_worker_cpu_moves_total",
+            "Times a worker thread moved itself off a CPU it shared with another busy worker to one where none was busy (settings.cpu_affinity = \"spread\").",
+            &[],
+            |vec| add(vec, &[], self.cpu_moves.load(Ordering::Relaxed)),
+        );
         // Histograms are kept by the data path itself; they are not counts
         // a view can copy.
         for plan in &snapshot.plan().virtuals {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::admin::{Scrape, ADMIN};
 use common::{config, start, tagged_member, LineClient, PATIENCE};
 
 /// The CPUs the task or process whose `status` file is at `path` may run
@@ -100,12 +101,55 @@ async fn workers_run_where_the_configuration_says() {
     vipgate.begin_shutdown().await.unwrap();
     workers_cpus_of(0).await;
 
-    // off, the default: the kernel places them anywhere this process may run.
+    // off: the kernel places them anywhere this process may run.
     let all = cpus_allowed("/proc/self/status".as_ref()).unwrap();
     let mut vipgate = start(&format!(
-        "[settings]\nworker_threads = 2\n{pool_and_virtual}"
+        "[settings]\nworker_threads = 2\ncpu_affinity = \"off\"\n{pool_and_virtual}{ADMIN}"
     ))
     .await;
+    assert_eq!(
+        workers_cpus_of(2).await,
+        placed(&[all.clone(), all.clone()])
+    );
+    let scrape = Scrape::of(&vipgate).await;
+    assert_eq!(scrape.get("vipgate_worker_cpu_moves_total", &[]), 0.0);
+    vipgate.begin_shutdown().await.unwrap();
+    workers_cpus_of(0).await;
+
+    // spread, the default: the same, and still the same after busy work
+    // on both workers (a worker that moves itself to a free CPU is given
+    // the whole set back at once); the moves are exported. (Whether one
+    // happens is the kernel's doing; the move itself is tested in
+    // workers::spread.)
+    let mut vipgate = start(&format!(
+        "[settings]\nworker_threads = 2\n{pool_and_virtual}{ADMIN}"
+    ))
+    .await;
+    assert_eq!(
+        workers_cpus_of(2).await,
+        placed(&[all.clone(), all.clone()])
+    );
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(LineClient::connect(vipgate.addr("vs")).await);
+    }
+    for round in 0..200 {
+        for client in &mut clients {
+            let line = format!("ping {round}");
+            assert_eq!(
+                client.ask(&line).await.as_deref(),
+                Some(format!("csp1 {line}").as_str())
+            );
+        }
+    }
     assert_eq!(workers_cpus_of(2).await, placed(&[all.clone(), all]));
+    let scrape = Scrape::of(&vipgate).await;
+    assert!(
+        scrape
+            .value("vipgate_worker_cpu_moves_total", &[])
+            .is_some(),
+        "the moves counter is exported"
+    );
+    drop(clients);
     vipgate.begin_shutdown().await.unwrap();
 }

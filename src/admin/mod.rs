@@ -117,6 +117,7 @@ pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: Cancellation
     let registry = Arc::new(crate::metrics::registry(
         Arc::clone(control.live()),
         control.reloads(),
+        control.worker_cpu_moves(),
     ));
     if let Some(address) = endpoint.local_addr() {
         tracing::info!(%address, "admin endpoint listening: http://{address}/ (status page), /metrics, /status");

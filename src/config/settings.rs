@@ -1,14 +1,17 @@
 //! `settings.cpu_affinity`: which CPU each worker thread runs on. Its plan
 //! type, its raw type, then its part of the validation.
 //!
-//! Why pin: with two workers, a client generator and a member on two cores
+//! Why: with two workers, a client generator and a member on two cores
 //! (the benchmark), the kernel sometimes leaves both workers on one core
-//! for seconds; each then waits a scheduler slice for the other, and p99
-//! latency of an HTTP virtual went from 1.2 ms to 3-4.5 ms. One worker per
-//! core, each pinned, never does. Why not by default: pinned workers
-//! cannot move away from other busy threads on their core, which cost the
-//! benchmark's TLS handshake and bulk rows 19-33% (docs/performance.md);
-//! HAProxy and nginx leave it off by default for the same reason.
+//! for seconds while the other core has idle time; each worker then waits
+//! a scheduler slice (about 4.5 ms here) for the other, and p99 latency of
+//! an HTTP virtual went from 1.1 ms to 3-4.5 ms. Pinned workers never
+//! share a core, but cannot move away from other busy threads either,
+//! which cost the benchmark's TLS handshake and bulk rows 19-33%
+//! (docs/performance.md). The default, `"spread"`, leaves placement to the
+//! kernel and only undoes that one case: a worker that finds another busy
+//! worker on its core, and that core full, moves itself to an allowed core
+//! with none (`workers::spread`).
 
 use std::fmt;
 use std::ops::Range;
@@ -29,8 +32,14 @@ pub enum CpuAffinity {
     /// CPUs. With fewer or more workers than CPUs, as on a host vipgate
     /// shares, the kernel places them.
     Auto,
-    /// The default: the kernel places the workers.
+    /// The default: the kernel places the workers, except that a busy
+    /// worker sharing a CPU with another busy worker, that CPU idle less
+    /// than 10% of the time, moves itself to an allowed CPU where no
+    /// worker is busy (checked at most every millisecond, a move at most
+    /// every 10 ms per worker).
     #[default]
+    Spread,
+    /// The kernel alone places the workers.
     Off,
     /// Worker i runs only on CPU `cpus[i % cpus.len()]`; never empty.
     Cpus(Vec<usize>),
@@ -41,7 +50,7 @@ impl CpuAffinity {
     /// process may use (ascending); `None`: the kernel chooses.
     pub fn cpu_of(&self, index: usize, workers: usize, allowed: &[usize]) -> Option<usize> {
         match self {
-            CpuAffinity::Off => None,
+            CpuAffinity::Spread | CpuAffinity::Off => None,
             CpuAffinity::Auto if workers == allowed.len() => allowed.get(index).copied(),
             CpuAffinity::Auto => None,
             CpuAffinity::Cpus(cpus) => cpus.get(index % cpus.len().max(1)).copied(),
@@ -50,9 +59,10 @@ impl CpuAffinity {
 }
 
 impl fmt::Display for CpuAffinity {
-    /// As it is written in the file: `"auto"`, `"off"`, `[0, 1]`.
+    /// As it is written in the file: `"spread"`, `"auto"`, `"off"`, `[0, 1]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            CpuAffinity::Spread => f.write_str("\"spread\""),
             CpuAffinity::Auto => f.write_str("\"auto\""),
             CpuAffinity::Off => f.write_str("\"off\""),
             CpuAffinity::Cpus(cpus) => {
@@ -63,7 +73,8 @@ impl fmt::Display for CpuAffinity {
     }
 }
 
-/// `cpu_affinity` as written: `"auto"`, `"off"` or a list of CPU numbers.
+/// `cpu_affinity` as written: `"spread"`, `"auto"`, `"off"` or a list of
+/// CPU numbers.
 #[derive(Debug)]
 pub enum RawCpuAffinity {
     Word(String),
@@ -78,7 +89,7 @@ impl<'de> Deserialize<'de> for RawCpuAffinity {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = RawCpuAffinity;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"auto\", \"off\" or a list of CPU numbers such as [0, 1]")
+                f.write_str("\"spread\", \"auto\", \"off\" or a list of CPU numbers such as [0, 1]")
             }
             fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<RawCpuAffinity, E> {
                 Ok(RawCpuAffinity::Word(word.to_string()))
@@ -109,10 +120,11 @@ impl Checker<'_> {
     ) -> CpuAffinity {
         const KEY: &str = "settings.cpu_affinity";
         let Some(raw) = raw else {
-            return CpuAffinity::Off;
+            return CpuAffinity::default();
         };
         let span: Range<usize> = raw.span();
         match raw.get_ref() {
+            RawCpuAffinity::Word(word) if word == "spread" => CpuAffinity::Spread,
             RawCpuAffinity::Word(word) if word == "auto" => CpuAffinity::Auto,
             RawCpuAffinity::Word(word) if word == "off" => CpuAffinity::Off,
             RawCpuAffinity::Word(word) => {
@@ -120,9 +132,12 @@ impl Checker<'_> {
                     KEY,
                     Some(span),
                     format!("unknown value {word:?}"),
-                    Some("\"auto\", \"off\" or a list of CPU numbers such as [0, 1]".into()),
+                    Some(
+                        "\"spread\", \"auto\", \"off\" or a list of CPU numbers such as [0, 1]"
+                            .into(),
+                    ),
                 );
-                CpuAffinity::Off
+                CpuAffinity::default()
             }
             RawCpuAffinity::Cpus(numbers) => {
                 let mut cpus = Vec::with_capacity(numbers.len());
@@ -211,8 +226,9 @@ mod tests {
     }
 
     #[test]
-    fn the_three_forms_parse_and_off_is_the_default() {
+    fn the_four_forms_parse_and_spread_is_the_default() {
         let plan = |value: &str| parse(&with_affinity(value), "t").unwrap().settings;
+        assert_eq!(plan("\"spread\"").cpu_affinity, CpuAffinity::Spread);
         assert_eq!(plan("\"auto\"").cpu_affinity, CpuAffinity::Auto);
         assert_eq!(plan("\"off\"").cpu_affinity, CpuAffinity::Off);
         let first = allowed_here()[0];
@@ -223,8 +239,9 @@ mod tests {
         let without = with_affinity("\"off\"").replace("cpu_affinity = \"off\"\n", "");
         assert_eq!(
             parse(&without, "t").unwrap().settings.cpu_affinity,
-            CpuAffinity::Off
+            CpuAffinity::Spread
         );
+        assert_eq!(CpuAffinity::Spread.to_string(), "\"spread\"");
         assert_eq!(CpuAffinity::Cpus(vec![3, 1]).to_string(), "[3, 1]");
     }
 
@@ -237,7 +254,10 @@ mod tests {
         let problem = problem_of("\"sometimes\"");
         assert_eq!(problem.key, "settings.cpu_affinity");
         assert_eq!(problem.message, "unknown value \"sometimes\"");
-        assert!(problem.hint.unwrap().contains("\"auto\", \"off\""));
+        assert!(problem
+            .hint
+            .unwrap()
+            .contains("\"spread\", \"auto\", \"off\""));
 
         let problem = problem_of("[]");
         assert_eq!(problem.message, "the list is empty");
@@ -263,7 +283,9 @@ mod tests {
 
         let error = parse(&with_affinity("2"), "t").unwrap_err().to_string();
         assert!(
-            error.contains("expected \"auto\", \"off\" or a list of CPU numbers such as [0, 1]"),
+            error.contains(
+                "expected \"spread\", \"auto\", \"off\" or a list of CPU numbers such as [0, 1]"
+            ),
             "{error}"
         );
     }

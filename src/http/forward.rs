@@ -47,6 +47,7 @@ pub(super) async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    crate::workers::check_placement();
     let in_flight = connection.phase.start();
     let http = &connection.http;
     let stats = &http.stats.http;

@@ -83,6 +83,7 @@ pub(crate) async fn accept_loop(
             }
         };
         stats.count_accepted();
+        crate::workers::check_placement();
         let Some(admission) = stats.try_admit(virtual_server.plan.connection_limit) else {
             stats.count_rejected(Rejection::ConnectionLimit);
             if let Some(suppressed) = stats.reject_log.allow() {

@@ -108,6 +108,12 @@ impl Control {
         Arc::clone(&self.reloads)
     }
 
+    /// How often a worker has moved itself to a free CPU
+    /// (`settings.cpu_affinity = "spread"`).
+    pub fn worker_cpu_moves(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.workers.cpu_moves()
+    }
+
     /// Starts accepting on `listener` for virtual `name`.
     pub(super) async fn start_listener(
         &self,

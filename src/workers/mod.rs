@@ -11,15 +11,22 @@
 //! connection on one thread. What workers share is read-mostly: the live
 //! snapshot (one `ArcSwap`) and counters (atomics).
 //!
-//! With `settings.cpu_affinity = "auto"` (one worker per CPU, each pinned
-//! to its own) two workers never share a core while another stands idle;
-//! see `config::settings` for why that is not the default.
+//! Where they run: by default (`settings.cpu_affinity = "spread"`) the
+//! kernel places them and a busy worker that finds another busy worker on
+//! its CPU moves itself to a free one ([`spread`]); `"auto"` pins one per
+//! CPU, a list pins them to those CPUs, `"off"` leaves it all to the
+//! kernel. See `config::settings` for what each costs.
 //!
 //! Everything else (health probes, the admin endpoint, reloads, signals)
 //! runs on the runtime that started the server.
 
+mod cpu_idle;
+mod spread;
+
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +36,27 @@ use crate::config::CpuAffinity;
 thread_local! {
     /// This thread's worker index, if it is a worker.
     static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+thread_local! {
+    /// This worker's part in spreading, if it spreads (`"spread"` with
+    /// more than one worker).
+    static SPREAD: std::cell::OnceCell<(Arc<spread::Spread>, usize)> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// Lets a spreading worker report where it runs and move if it shares a
+/// CPU with another busy worker (see [`spread`]). Called after each wait
+/// for events, per new connection, per HTTP request and at each log flush:
+/// a busy worker may not wait for events for a long time, having always
+/// more ready work. Costs one clock read when it reported within the last
+/// millisecond; nothing on other threads.
+pub(crate) fn check_placement() {
+    SPREAD.with(|cell| {
+        if let Some((spread, index)) = cell.get() {
+            spread.check(*index);
+        }
+    });
 }
 
 /// The worker the calling thread is, or 0 on any other thread (a test's
@@ -61,6 +89,7 @@ async fn flush_logs_now_and_then() {
     loop {
         ticks.tick().await;
         crate::logging::flush_thread();
+        check_placement();
     }
 }
 
@@ -104,6 +133,8 @@ fn pin(thread: &std::thread::JoinHandle<()>, cpu: usize) -> io::Result<()> {
 pub(crate) struct Workers {
     handles: Vec<Handle>,
     stop: CancellationToken,
+    /// How often a worker moved itself to a free CPU (`"spread"`).
+    cpu_moves: Arc<AtomicU64>,
 }
 
 impl Workers {
@@ -113,12 +144,18 @@ impl Workers {
         let count = count.max(1);
         let allowed = allowed_cpus()?;
         let stop = CancellationToken::new();
+        let cpu_moves = Arc::new(AtomicU64::new(0));
+        // One worker has nobody to share a CPU with.
+        let spread = (*affinity == CpuAffinity::Spread && count > 1)
+            .then(|| Arc::new(spread::Spread::new(count, Arc::clone(&cpu_moves))));
         let mut handles = Vec::with_capacity(count);
         let mut placement = Vec::with_capacity(count);
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_unpark(check_placement)
                 .build()?;
+            let worker_spread = spread.clone();
             handles.push(runtime.handle().clone());
             let worker_stop = stop.clone();
             let thread = std::thread::Builder::new()
@@ -127,6 +164,11 @@ impl Workers {
                 .name(format!("vg-worker-{index}"))
                 .spawn(move || {
                     INDEX.with(|cell| cell.set(Some(index)));
+                    if let Some(spread) = worker_spread {
+                        SPREAD.with(|cell| {
+                            let _ = cell.set((spread, index));
+                        });
+                    }
                     crate::logging::buffer_this_thread();
                     runtime.block_on(async {
                         tokio::select! {
@@ -158,7 +200,17 @@ impl Workers {
             placement.join(", "),
             allowed.len()
         );
-        Ok(Workers { handles, stop })
+        Ok(Workers {
+            handles,
+            stop,
+            cpu_moves,
+        })
+    }
+
+    /// How often a worker has moved itself to a free CPU so far (see
+    /// [`spread`]); a counter the metrics read.
+    pub(crate) fn cpu_moves(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.cpu_moves)
     }
 
     /// How many workers there are.
@@ -246,10 +298,12 @@ mod tests {
         assert_eq!(cpus_of_each(&workers).await, each);
         workers.stop();
 
-        // auto with more workers than CPUs, and off: the kernel places them.
+        // auto with more workers than CPUs, off and spread: the kernel
+        // places them (spread moves a worker, but never pins it).
         for (count, affinity) in [
             (allowed.len() + 1, CpuAffinity::Auto),
             (2, CpuAffinity::Off),
+            (2, CpuAffinity::Spread),
         ] {
             let workers = Workers::start(count, &affinity).unwrap();
             assert_eq!(cpus_of_each(&workers).await, vec![allowed.clone(); count]);
