@@ -36,9 +36,6 @@ use crate::config::CpuAffinity;
 thread_local! {
     /// This thread's worker index, if it is a worker.
     static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-thread_local! {
     /// This worker's part in spreading, if it spreads (`"spread"` with
     /// more than one worker).
     static SPREAD: std::cell::OnceCell<(Arc<spread::Spread>, usize)> =

@@ -15,22 +15,25 @@
 //! cost the benchmark's TLS handshake and bulk rows 19-33%.
 //!
 //! So the kernel places the workers, and this undoes only that one case.
-//! Each worker reports the CPU it runs on when its runtime wakes from
-//! waiting for events (and at each log flush), at most once a millisecond;
-//! a worker reported within the last 2 ms is busy there. A worker that
-//! finds another busy worker on its own CPU, and that CPU idle less than
-//! 10% of the time lately (measured over 10 ms or more, 200 ms where only
-//! `/proc/stat` tells; see [`super::cpu_idle`]), moves itself to an allowed CPU with no busy
+//! Each worker reports the CPU it runs on (when its runtime wakes from
+//! waiting for events, per new connection, per HTTP request and at each
+//! log flush), at most once a millisecond; a worker reported within the
+//! last 2 ms is busy there. A worker that finds another busy worker on its
+//! own CPU, and that CPU idle less than 10% of the time lately (measured
+//! over 10 ms or more, 200 ms where only `/proc/stat` tells; see
+//! [`super::cpu_idle`]), moves itself to an allowed CPU with no busy
 //! worker: its affinity becomes that CPU alone, which makes the kernel
 //! migrate it before the call returns, and at once the whole allowed set
 //! again, so the kernel stays free to place it from then on. A worker
 //! looks at most once per 10 ms, so should the kernel keep moving it back,
-//! the two trade places no faster than that.
+//! the two trade places no faster than that. What it costs: a clock read
+//! per report attempt, and while busy a reading of its CPU's idle time
+//! every 10 ms (a few small files, about 10 us).
 //!
 //! Why the idle test: two workers on one CPU only wait for each other if
 //! that CPU is full. In the benchmark's TLS handshake row, wrk (one
 //! thread) kept one core busy and both workers shared the other with 20%
-//! of it idle; moving a worker onto wrk's core there cost 12-14% of the
+//! of it idle; moving a worker onto wrk's core there cost 12-15% of the
 //! handshakes. In the slow HTTP case the workers' core was never idle.
 
 use std::io;
@@ -69,8 +72,9 @@ struct Report {
     seen: AtomicU64,
     /// When this worker last looked for a CPU to move to; 0 never.
     looked: AtomicU64,
-    /// Its readings of each CPU's idle time, by CPU number. Only its own
-    /// thread takes the lock, at most once per 10 ms.
+    /// Its readings of each CPU's idle time, by CPU number (one every
+    /// 10 ms while busy). Only its own thread takes the lock, at most once
+    /// a millisecond.
     readings: Mutex<Vec<Reading>>,
 }
 
@@ -100,8 +104,8 @@ impl Spread {
     }
 
     /// Called on worker `index`'s own thread: reports where it runs and,
-    /// if another busy worker shares that CPU while an allowed CPU has
-    /// none and room to spare, moves there. Returns the CPU it moved to.
+    /// if another busy worker shares that CPU and it is full, moves to an
+    /// allowed CPU where no worker is busy. Returns the CPU it moved to.
     pub(crate) fn check(&self, index: usize) -> Option<usize> {
         // Never 0, which means "no report yet".
         let now = crate::clock::micros().max(1);
@@ -148,9 +152,6 @@ impl Spread {
             return None;
         }
         mine.looked.store(now, Relaxed);
-        // Read now rather than at start: an operator may have narrowed the
-        // set since (taskset, a cgroup), and the move must not widen it.
-        let allowed = super::allowed_cpus().ok()?;
         let idle = idle_of(cpu)?;
         let full = {
             let mut readings = mine.readings.lock().ok()?;
@@ -159,6 +160,9 @@ impl Spread {
         if !full {
             return None;
         }
+        // Read now rather than at start: an operator may have narrowed the
+        // set since (taskset, a cgroup), and the move must not widen it.
+        let allowed = super::allowed_cpus().ok()?;
         let target = free_cpus(cpu, others, now, &allowed).next()?;
         match move_to(target, &allowed) {
             Ok(()) => {
