@@ -16,10 +16,15 @@ pub(super) enum IdleClock {
 }
 
 impl IdleClock {
-    /// The finer source this machine has.
-    pub(super) fn detect() -> IdleClock {
+    /// The finer source this machine has; `None` if neither can be read
+    /// (no cpuidle driver, and `/proc/stat` hidden, as systemd's
+    /// `ProcSubset=pid` does).
+    pub(super) fn detect() -> Option<IdleClock> {
         if fs::read_to_string("/sys/devices/system/cpu/cpu0/cpuidle/state0/time").is_ok() {
-            return IdleClock::CpuIdle;
+            return Some(IdleClock::CpuIdle);
+        }
+        if !fs::read_to_string("/proc/stat").is_ok_and(|text| idle_ticks(&text, 0).is_some()) {
+            return None;
         }
         // SAFETY: sysconf has no memory effects.
         let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -27,7 +32,7 @@ impl IdleClock {
             .ok()
             .filter(|&ticks| ticks > 0)
             .map_or(10_000, |ticks| 1_000_000 / ticks);
-        IdleClock::ProcStat { tick_micros }
+        Some(IdleClock::ProcStat { tick_micros })
     }
 
     /// Microseconds `cpu` has been idle since boot; `None` if it cannot be
@@ -105,7 +110,7 @@ mod tests {
 
     #[test]
     fn this_machine_reports_idle_time_that_grows() {
-        let clock = IdleClock::detect();
+        let clock = IdleClock::detect().expect("cpuidle or /proc/stat readable here");
         let cpu = crate::workers::allowed_cpus().unwrap()[0];
         let first = clock.idle_micros(cpu).expect("idle time readable");
         // Idle time never goes back (it may stand still on a busy CPU).
