@@ -7,7 +7,7 @@
 mod common;
 
 use common::admin::{Scrape, ADMIN};
-use common::{config, start, tagged_member, LineClient, PATIENCE};
+use common::{config, start, tagged_member, LineClient, Vipgate, PATIENCE};
 
 /// The CPUs the task or process whose `status` file is at `path` may run
 /// on (`Cpus_allowed_list`, e.g. "0-1" or "3").
@@ -65,70 +65,72 @@ async fn workers_cpus_of(count: usize) -> Vec<(String, String)> {
     }
 }
 
+/// Starts vipgate with `settings` (lines of `[settings]`) before `rest`,
+/// and checks its workers may run on `cpus` (one entry per worker).
+async fn start_placed(settings: &str, rest: &str, cpus: &[String]) -> Vipgate {
+    let vipgate = start(&format!("[settings]\n{settings}{rest}")).await;
+    assert_eq!(
+        workers_cpus_of(cpus.len()).await,
+        placed(cpus),
+        "{settings}"
+    );
+    vipgate
+}
+
+/// Stops `vipgate` and waits until its workers are gone.
+async fn stop(mut vipgate: Vipgate) {
+    vipgate.begin_shutdown().await.unwrap();
+    workers_cpus_of(0).await;
+}
+
 #[tokio::test]
 async fn workers_run_where_the_configuration_says() {
     let allowed = vipgate::workers::allowed_cpus().unwrap();
-    let last = *allowed.last().unwrap();
+    let last = allowed.last().unwrap().to_string();
+    let all = cpus_allowed("/proc/self/status".as_ref()).unwrap();
     let member = tagged_member("127.0.0.11", "csp1").await;
     let pool_and_virtual = config(&[member], "");
+    let with_admin = format!("{pool_and_virtual}{ADMIN}");
 
     // Both workers on one named CPU, and connections are carried.
-    let mut vipgate = start(&format!(
-        "[settings]\nworker_threads = 2\ncpu_affinity = [{last}]\n{pool_and_virtual}"
-    ))
+    let vipgate = start_placed(
+        &format!("worker_threads = 2\ncpu_affinity = [{last}]\n"),
+        &pool_and_virtual,
+        &[last.clone(), last],
+    )
     .await;
-    assert_eq!(
-        workers_cpus_of(2).await,
-        placed(&[last.to_string(), last.to_string()])
-    );
     for _ in 0..4 {
         let mut client = LineClient::connect(vipgate.addr("vs")).await;
         assert_eq!(client.ask("hello").await.as_deref(), Some("csp1 hello"));
     }
-    vipgate.begin_shutdown().await.unwrap();
-    workers_cpus_of(0).await;
+    stop(vipgate).await;
 
     // auto with the default thread count: each worker on its own CPU.
-    let mut vipgate = start(&format!(
-        "[settings]\ncpu_affinity = \"auto\"\n{pool_and_virtual}"
-    ))
-    .await;
     let each: Vec<String> = allowed.iter().map(usize::to_string).collect();
-    assert_eq!(workers_cpus_of(allowed.len()).await, placed(&each));
+    let vipgate = start_placed("cpu_affinity = \"auto\"\n", &pool_and_virtual, &each).await;
     let mut client = LineClient::connect(vipgate.addr("vs")).await;
     assert_eq!(client.ask("hello").await.as_deref(), Some("csp1 hello"));
     drop(client);
-    vipgate.begin_shutdown().await.unwrap();
-    workers_cpus_of(0).await;
+    stop(vipgate).await;
 
     // off: the kernel places them anywhere this process may run.
-    let all = cpus_allowed("/proc/self/status".as_ref()).unwrap();
-    let mut vipgate = start(&format!(
-        "[settings]\nworker_threads = 2\ncpu_affinity = \"off\"\n{pool_and_virtual}{ADMIN}"
-    ))
+    let both_anywhere = [all.clone(), all.clone()];
+    let vipgate = start_placed(
+        "worker_threads = 2\ncpu_affinity = \"off\"\n",
+        &with_admin,
+        &both_anywhere,
+    )
     .await;
-    assert_eq!(
-        workers_cpus_of(2).await,
-        placed(&[all.clone(), all.clone()])
-    );
     let scrape = Scrape::of(&vipgate).await;
     assert_eq!(scrape.get("vipgate_worker_cpu_moves_total", &[]), 0.0);
-    vipgate.begin_shutdown().await.unwrap();
-    workers_cpus_of(0).await;
+    stop(vipgate).await;
 
     // spread, the default: the same, and still the same after busy work
     // on both workers (a worker that moves itself to a free CPU is given
     // the whole set back at once); the moves are exported. (Whether one
     // happens is the kernel's doing; the move itself is tested in
     // workers::spread.)
-    let mut vipgate = start(&format!(
-        "[settings]\nworker_threads = 2\n{pool_and_virtual}{ADMIN}"
-    ))
-    .await;
-    assert_eq!(
-        workers_cpus_of(2).await,
-        placed(&[all.clone(), all.clone()])
-    );
+    let vipgate = start_placed("worker_threads = 2\n", &with_admin, &both_anywhere).await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(LineClient::connect(vipgate.addr("vs")).await);
@@ -142,7 +144,7 @@ async fn workers_run_where_the_configuration_says() {
             );
         }
     }
-    assert_eq!(workers_cpus_of(2).await, placed(&[all.clone(), all]));
+    assert_eq!(workers_cpus_of(2).await, placed(&both_anywhere));
     let scrape = Scrape::of(&vipgate).await;
     assert!(
         scrape
@@ -151,5 +153,5 @@ async fn workers_run_where_the_configuration_says() {
         "the moves counter is exported"
     );
     drop(clients);
-    vipgate.begin_shutdown().await.unwrap();
+    stop(vipgate).await;
 }

@@ -148,10 +148,14 @@ impl Workers {
         let mut handles = Vec::with_capacity(count);
         let mut placement = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .on_thread_unpark(check_placement)
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all();
+            if spread.is_some() {
+                // After each wait for events; without spreading, no hook
+                // at all rather than one that finds nothing to do.
+                builder.on_thread_unpark(check_placement);
+            }
+            let runtime = builder.build()?;
             let worker_spread = spread.clone();
             handles.push(runtime.handle().clone());
             let worker_stop = stop.clone();
