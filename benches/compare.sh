@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # vipgate against HAProxy and a direct connection, side by side in one run,
-# all on loopback. Prints one table with ratios.
+# all on loopback. Prints a table with ratios, then where the CPU time of
+# the rows with a speed goal went: how busy both cores were, the whole
+# machine's CPU time per unit, the proxy's own and the rest (clients,
+# members, the kernel outside the proxy), which bound what any proxy
+# could reach on this machine (docs/performance.md, "Where each goal
+# stands").
 #
 #   bash benches/compare.sh            # about 13 minutes on 2 cores
 #   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
@@ -307,6 +312,29 @@ endpoint() { # target service
 # CPU time the process has used so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
+# Where a measurement's CPU time went, for the second table: both cores
+# (busy and all clock ticks of the machine, /proc/stat: clients, members,
+# proxy and the kernel's work outside any process) and the proxy's own.
+machine_ticks() { awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat; }
+proxy_ticks() { # target
+  local pid_var=${1}_pid
+  if [ "$1" = direct ]; then echo 0; else cpu_ticks "${!pid_var}"; fi
+}
+account_start() { # target
+  read -r machine_busy0 machine_total0 < <(machine_ticks)
+  proxy0=$(proxy_ticks "$1")
+}
+account_end() { # target key units (requests, connections, Gbit)
+  local busy total proxy1
+  read -r busy total < <(machine_ticks)
+  proxy1=$(proxy_ticks "$1")
+  results[$1,${2}_busy]+="$(awk -v b0="$machine_busy0" -v t0="$machine_total0" -v b="$busy" -v t="$total" 'BEGIN { print 100 * (b - b0) / (t - t0) }') "
+  results[$1,${2}_machine]+="$(awk -v k="$(getconf CLK_TCK)" -v n="$3" -v b0="$machine_busy0" -v b="$busy" 'BEGIN { if (n > 0) print (b - b0) / k * 1e6 / n }') "
+  [ "$1" = direct ] && return
+  results[$1,${2}_proxy]+="$(awk -v k="$(getconf CLK_TCK)" -v n="$3" -v p0="$proxy0" -v p="$proxy1" 'BEGIN { if (n > 0) print (p - p0) / k * 1e6 / n }') "
+}
+wrk_requests() { awk '/requests in/ { print $1 }' "$1"; }
+
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # wrk's latency lines read like "50%  123.00us"; print microseconds.
@@ -336,14 +364,21 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   for target in "${targets[@]}"; do
     read -r host port <<<"$(endpoint "$target" 1)"
-    gbps=$(iperf3 -c "$host" -p "$port" -t "$SECONDS_PER_TEST" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)')
+    account_start "$target"
+    iperf3 -c "$host" -p "$port" -t "$SECONDS_PER_TEST" -J >"$work/iperf3"
+    read -r gbps gbits < <(python3 -c 'import json,sys; end = json.load(sys.stdin)["end"]["sum_received"]; print(end["bits_per_second"] / 1e9, end["bytes"] * 8 / 1e9)' <"$work/iperf3")
+    account_end "$target" bulk "$gbits"
     results[$target,bulk]+="$gbps "
 
     read -r host port <<<"$(endpoint "$target" 2)"
+    account_start "$target"
     wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" -H "Connection: close" "http://$host:$port/" >"$work/wrk" 2>&1
+    account_end "$target" cps "$(wrk_requests "$work/wrk")"
     results[$target,cps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
 
+    account_start "$target"
     wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" --latency "http://$host:$port/" >"$work/wrk" 2>&1
+    account_end "$target" rps "$(wrk_requests "$work/wrk")"
     results[$target,rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
     results[$target,p50]+="$(wrk_percentile "$work/wrk" 50) "
     results[$target,p99]+="$(wrk_percentile "$work/wrk" 99) "
@@ -353,7 +388,9 @@ for round in $(seq "$ROUNDS"); do
     # Direct: nginx itself, for reference.
     read -r host port <<<"$(endpoint "$target" 6)"
     cookie=$(sticky_cookie "$target" "$host" "$port")
+    account_start "$target"
     wrk -t1 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_TEST}s" --latency -H "Cookie: $cookie" "http://$host:$port/" >"$work/wrk" 2>&1
+    account_end "$target" cookie_rps "$(wrk_requests "$work/wrk")"
     results[$target,cookie_rps]+="$(awk '/^Requests\/sec/ { print $2 }' "$work/wrk") "
     results[$target,cookie_p50]+="$(wrk_percentile "$work/wrk" 50) "
     results[$target,cookie_p99]+="$(wrk_percentile "$work/wrk" 99) "
@@ -424,7 +461,7 @@ for target in "${targets[@]}"; do
   results[$target,tls_idle]="$(idle_cost "${!pid_var}" 5 "$work/tls.pem") "
 done
 
-m() { echo "${results[$1,$2]:-}" | tr ' ' '\n' | grep -v '^$' | median; }
+m() { echo "${results[$1,$2]:-}" | tr ' ' '\n' | { grep -v '^$' || true; } | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 number() { # value decimals
   if [ -z "$1" ] || [ "$1" = - ]; then printf '%10s' -; else printf "%10.${2}f" "$1"; fi
@@ -479,3 +516,36 @@ echo
 echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS;"
 echo " TLS handshake CPU: user + system time over the run, divided by the handshakes; wrk is one thread,"
 echo " so handshakes/s x its CPU each near 1,000,000 us means the client, not the proxy, set the rate)"
+
+# Where the CPU time of the goal rows went: a proxy can only be as much
+# faster as the machine has time to spare for it.
+echo
+echo "Where the CPU went (medians): both cores busy, CPU time of the whole machine per unit (clients, members,"
+echo "proxy and the kernel's work outside any process; /proc/stat), the proxy's own (/proc/PID/stat), and the rest"
+echo
+echo "| measure                   | target   |     rate | machine busy | machine CPU/unit | proxy CPU/unit | rest/unit |"
+echo "|---------------------------|----------|----------|--------------|------------------|----------------|-----------|"
+cpu_row() { # label key rate-decimals unit scale (us divided by it)
+  local target rate busy machine proxy
+  for target in "${targets[@]}"; do
+    machine=$(m "$target" "${2}_machine")
+    [ -z "$machine" ] && continue
+    rate=$(m "$target" "$2"); busy=$(m "$target" "${2}_busy"); proxy=
+    [ -n "${results[$target,${2}_proxy]:-}" ] && proxy=$(m "$target" "${2}_proxy")
+    awk -v label="$1" -v target="$target" -v rate="$rate" -v decimals="$3" -v unit="$4" -v scale="$5" \
+      -v busy="$busy" -v machine="$machine" -v proxy="$proxy" 'BEGIN {
+        m = machine / scale
+        p = proxy == "" ? "-" : sprintf("%.1f %s", proxy / scale, unit)
+        r = proxy == "" ? "-" : sprintf("%.1f %s", m - proxy / scale, unit)
+        printf "| %-25s | %-8s | %8s | %11.1f%% | %13.1f %s | %14s | %9s |\n", label, target, sprintf("%." decimals "f", rate), busy, m, unit, p, r
+      }'
+  done
+}
+cpu_row "bulk (Gbit/s)" bulk 1 ms 1000
+cpu_row "new connections/s" cps 0 us 1
+cpu_row "keep-alive requests/s" rps 0 us 1
+cpu_row "HTTP cookie-sticky req/s" cookie_rps 0 us 1
+echo
+echo "(per unit: per Gbit for bulk, per connection or request for the rest; rest = machine - proxy: what the"
+echo " clients, members and the kernel outside the proxy's own time cost. At machine busy 100% a proxy path"
+echo " cannot exceed (cores x 1 s) / machine CPU per unit; see docs/performance.md)"
