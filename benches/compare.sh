@@ -517,8 +517,8 @@ echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held 
 echo " TLS handshake CPU: user + system time over the run, divided by the handshakes; wrk is one thread,"
 echo " so handshakes/s x its CPU each near 1,000,000 us means the client, not the proxy, set the rate)"
 
-# Where the CPU time of the goal rows went: a proxy can only be as much
-# faster as the machine has time to spare for it.
+# Where the CPU time of the goal rows went: no proxy path runs faster than
+# the machine's two cores can pay for it, whatever the proxy's own share.
 echo
 echo "Where the CPU went (medians): both cores busy, CPU time of the whole machine per unit (clients, members,"
 echo "proxy and the kernel's work outside any process; /proc/stat), the proxy's own (/proc/PID/stat), and the rest"
