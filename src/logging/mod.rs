@@ -167,9 +167,10 @@ impl Batch {
         }
         // A worker's next batch starts at its full size rather than
         // growing to it through a dozen reallocations.
-        let next = match self.buffered {
-            true => Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4),
-            false => Vec::new(),
+        let next = if self.buffered {
+            Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4)
+        } else {
+            Vec::new()
         };
         let lines = std::mem::replace(&mut self.bytes, next);
         let Some(sink) = SINK.get() else { return };
