@@ -37,7 +37,7 @@ thread_local! {
     /// This thread's worker index, if it is a worker.
     static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
     /// This worker's part in spreading, if it spreads (`"spread"` with
-    /// more than one worker).
+    /// more than one worker, where CPU idle time can be read).
     static SPREAD: std::cell::OnceCell<(Arc<spread::Spread>, usize)> =
         const { std::cell::OnceCell::new() };
 }
@@ -144,7 +144,9 @@ impl Workers {
         let cpu_moves = Arc::new(AtomicU64::new(0));
         // One worker has nobody to share a CPU with.
         let spread = (*affinity == CpuAffinity::Spread && count > 1)
-            .then(|| Arc::new(spread::Spread::new(count, Arc::clone(&cpu_moves))));
+            .then(|| spread::Spread::new(count, Arc::clone(&cpu_moves)))
+            .flatten()
+            .map(Arc::new);
         let mut handles = Vec::with_capacity(count);
         let mut placement = Vec::with_capacity(count);
         for index in 0..count {

@@ -90,22 +90,24 @@ struct Reading {
 pub(crate) struct Spread {
     reports: Box<[Report]>,
     moves: Arc<AtomicU64>,
-    /// `None`: idle time cannot be read here, and nobody moves.
-    idle: Option<IdleClock>,
+    idle: IdleClock,
 }
 
 impl Spread {
-    /// For `workers` workers; every move adds one to `moves`.
-    pub(crate) fn new(workers: usize, moves: Arc<AtomicU64>) -> Spread {
-        let idle = IdleClock::detect();
-        if idle.is_none() {
+    /// For `workers` workers; every move adds one to `moves`. `None`
+    /// (said once in the log) where no CPU's idle time can be read: then
+    /// nothing could tell a full CPU, and the workers need not report at
+    /// all.
+    pub(crate) fn new(workers: usize, moves: Arc<AtomicU64>) -> Option<Spread> {
+        let Some(idle) = IdleClock::detect() else {
             tracing::info!("settings.cpu_affinity = \"spread\": no CPU idle time can be read here (no cpuidle driver in /sys, /proc/stat hidden, as by systemd's ProcSubset=pid), so workers will not move; the kernel alone places them");
-        }
-        Spread {
+            return None;
+        };
+        Some(Spread {
             reports: (0..workers).map(|_| Report::default()).collect(),
             moves,
             idle,
-        }
+        })
     }
 
     /// Called on worker `index`'s own thread: reports where it runs and,
@@ -114,9 +116,7 @@ impl Spread {
     pub(crate) fn check(&self, index: usize) -> Option<usize> {
         // Never 0, which means "no report yet".
         let now = crate::clock::micros().max(1);
-        self.check_at(index, now, current_cpu, |cpu| {
-            self.idle.as_ref()?.idle_micros(cpu)
-        })
+        self.check_at(index, now, current_cpu, |cpu| self.idle.idle_micros(cpu))
     }
 
     /// [`Spread::check`] at time `now`, on the CPU `cpu` says, with the
@@ -142,7 +142,7 @@ impl Spread {
             .enumerate()
             .filter(move |&(other, _)| other != index)
             .filter_map(|(_, report)| unpack(report.seen.load(Relaxed)));
-        let min_window = self.idle.as_ref()?.min_window_micros();
+        let min_window = self.idle.min_window_micros();
         if !crowded(cpu, others.clone(), now) {
             // Keep a recent reading of this CPU's idle time, so that once
             // it is crowded, whether it is full can be told at once.
@@ -408,13 +408,8 @@ mod tests {
             );
             let (first, second) = (allowed[0], allowed[1]);
             let moves = Arc::new(AtomicU64::new(0));
-            let spread = Spread::new(2, Arc::clone(&moves));
-            let step = spread
-                .idle
-                .as_ref()
-                .expect("idle time readable here")
-                .min_window_micros()
-                .max(MOVE_INTERVAL_MICROS);
+            let spread = Spread::new(2, Arc::clone(&moves)).expect("idle time readable here");
+            let step = spread.idle.min_window_micros().max(MOVE_INTERVAL_MICROS);
             let on_first = || Some(first);
             // The first CPU is never idle.
             let never_idle = |_cpu: usize| Some(0);
