@@ -67,29 +67,41 @@ async fn members_see_the_snat_addresses_and_load_is_spread_over_them() {
         "",
     ))
     .await;
+    let first: IpAddr = "127.0.0.21".parse().unwrap();
+    let second: IpAddr = "127.0.0.22".parse().unwrap();
+
+    // All held: each lease goes to the address with more free ports (ties
+    // take turns), so twenty split evenly whatever the timing.
+    let mut held = Vec::new();
     let mut by_address: BTreeMap<IpAddr, usize> = BTreeMap::new();
     for _ in 0..20 {
-        let (_stream, source) = connect_and_read_source(vipgate.addr("vs")).await.unwrap();
+        let (stream, source) = connect_and_read_source(vipgate.addr("vs")).await.unwrap();
         assert!((61000..=61999).contains(&source.port()), "{source}");
         *by_address.entry(source.ip()).or_insert(0) += 1;
+        held.push((stream, source));
     }
-    let expected: BTreeMap<IpAddr, usize> = [
-        ("127.0.0.21".parse().unwrap(), 10),
-        ("127.0.0.22".parse().unwrap(), 10),
-    ]
-    .into();
-    assert_eq!(by_address, expected);
+    assert_eq!(by_address, [(first, 10), (second, 10)].into());
 
-    // Held connections go to the address with the most free ports.
-    let mut held = Vec::new();
-    for _ in 0..6 {
-        held.push(connect_and_read_source(vipgate.addr("vs")).await.unwrap());
-    }
-    let on_first = held
+    // Free the ports on the first address only: the next ten all go there,
+    // where plain turn-taking would send half of them to the second.
+    held.retain(|(_, source)| source.ip() != first);
+    let snapshot = vipgate.snapshot();
+    let pool = snapshot.snat_pools().next().unwrap();
+    let on_first = pool
+        .addresses()
         .iter()
-        .filter(|(_, s)| s.ip().to_string() == "127.0.0.21")
-        .count();
-    assert_eq!(on_first, 3);
+        .find(|a| a.address == first)
+        .unwrap();
+    let (_, ports_on_first) = on_first.usage().next().unwrap();
+    eventually("the first address's ports are free again", || {
+        ports_on_first.in_use() == 0
+    })
+    .await;
+    for _ in 0..10 {
+        let (stream, source) = connect_and_read_source(vipgate.addr("vs")).await.unwrap();
+        assert_eq!(source.ip(), first, "the address with the most free ports");
+        held.push((stream, source));
+    }
 }
 
 #[tokio::test]
