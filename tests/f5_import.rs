@@ -204,18 +204,25 @@ async fn the_converted_tmsh_export_serves_as_the_f5_did() {
         BTreeSet::from(["127.0.0.31:9070", "127.0.0.33:8080"]),
         "{tags:?}"
     );
-    // Through the SNAT pool.
+    // Through the SNAT pool: once the connections above have given their
+    // ports back, a held one takes exactly one.
+    let snat_ports_in_use = || -> usize {
+        vipgate
+            .status()
+            .snat_pools
+            .iter()
+            .flat_map(|pool| &pool.addresses)
+            .flat_map(|address| &address.members)
+            .map(|ports| ports.in_use)
+            .sum()
+    };
+    eventually("the served connections' SNAT ports are free", || {
+        snat_ports_in_use() == 0
+    })
+    .await;
     let mut held = LineClient::connect(vipgate.addr("vs_csp")).await;
     assert!(held.ask("hi").await.is_some());
-    let status = vipgate.status();
-    let in_use: usize = status
-        .snat_pools
-        .iter()
-        .flat_map(|pool| &pool.addresses)
-        .flat_map(|address| &address.members)
-        .map(|ports| ports.in_use)
-        .sum();
-    assert_eq!(in_use, 1, "one port of the SNAT pool is taken");
+    assert_eq!(snat_ports_in_use(), 1, "one port of the SNAT pool is taken");
 
     // `min 2 of` three monitors: one failing leaves csp1 up, two take it
     // down; so the HTTP monitor really asks with the right Host.
