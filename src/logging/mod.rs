@@ -165,26 +165,40 @@ impl Batch {
         if self.bytes.is_empty() {
             return;
         }
-        // A worker's next batch starts at its full size rather than
-        // growing to it through a dozen reallocations.
-        let next = if self.buffered {
-            Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4)
-        } else {
-            Vec::new()
+        let lines = std::mem::take(&mut self.bytes);
+        let dropped = match SINK.get() {
+            // No writer started (tests of the library alone): nowhere to go.
+            None => Some(lines),
+            Some(sink) => match sink.try_send(Message::Lines(lines)) {
+                // The writer is behind: these lines are dropped and counted.
+                Err(
+                    TrySendError::Full(Message::Lines(lines))
+                    | TrySendError::Disconnected(Message::Lines(lines)),
+                ) => {
+                    let count = lines.iter().filter(|&&b| b == b'\n').count();
+                    DROPPED_LINES.fetch_add(count as u64, Ordering::Relaxed);
+                    Some(lines)
+                }
+                _ => None,
+            },
         };
-        let lines = std::mem::replace(&mut self.bytes, next);
-        let Some(sink) = SINK.get() else { return };
-        match sink.try_send(Message::Lines(lines)) {
-            Ok(()) => {}
-            Err(
-                TrySendError::Full(Message::Lines(lines))
-                | TrySendError::Disconnected(Message::Lines(lines)),
-            ) => {
-                let count = lines.iter().filter(|&&b| b == b'\n').count();
-                DROPPED_LINES.fetch_add(count as u64, Ordering::Relaxed);
-            }
-            Err(_) => {}
+        self.bytes = next_batch(self.buffered, dropped);
+    }
+}
+
+/// The buffer a thread gathers its next lines in, after handing over a
+/// batch (`dropped`: the batch, if it was not taken). A worker's starts at
+/// its full size (a line may end past it) rather than growing to it through
+/// a dozen reallocations, reusing a dropped batch's; other threads keep
+/// none.
+fn next_batch(buffered: bool, dropped: Option<Vec<u8>>) -> Vec<u8> {
+    match (buffered, dropped) {
+        (false, _) => Vec::new(),
+        (true, Some(mut lines)) => {
+            lines.clear();
+            lines
         }
+        (true, None) => Vec::with_capacity(BATCH_BYTES + BATCH_BYTES / 4),
     }
 }
 
@@ -322,6 +336,19 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_worker_gathers_next_in_a_full_size_buffer_and_reuses_a_dropped_one() {
+        let fresh = next_batch(true, None);
+        assert!(fresh.is_empty() && fresh.capacity() > BATCH_BYTES);
+        let dropped = vec![b'x'; 300];
+        let at = dropped.as_ptr();
+        let reused = next_batch(true, Some(dropped));
+        assert!(reused.is_empty());
+        assert_eq!(reused.as_ptr(), at, "the dropped batch's buffer");
+        assert_eq!(next_batch(false, None).capacity(), 0);
+        assert_eq!(next_batch(false, Some(vec![b'x'; 300])).capacity(), 0);
     }
 
     #[test]
