@@ -29,6 +29,9 @@ pub enum CheckError {
     /// Valid, but the admin token file is missing or too short.
     #[error(transparent)]
     Admin(#[from] crate::admin::EndpointError),
+    /// Valid, but it names CPUs this host does not let vipgate run on.
+    #[error(transparent)]
+    Host(#[from] crate::workers::AffinityError),
 }
 
 /// `vipgate check`: validates the file, loads the certificates it names,
@@ -39,6 +42,7 @@ pub fn check(path: &Path, share: Option<config::SnatShare>) -> Result<String, Ch
     // the admin token.
     crate::server::Snapshot::build(plan.clone(), None)?;
     crate::admin::token(&plan.admin)?;
+    crate::workers::check_affinity(&plan.settings.cpu_affinity)?;
     let mut report = format!("{} is valid.\n\n{plan}", path.display());
     for warning in &plan.warnings {
         report.push_str(&format!("warning: {warning}\n"));

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
+#[cfg(feature = "assets")]
+use clap::CommandFactory;
+use clap::{Parser, Subcommand};
 use vipgate::logging::LogFormat;
 
 /// A Layer-4 load balancer for long-lived TCP connections.
@@ -69,12 +71,14 @@ enum Command {
         file: PathBuf,
     },
     /// Print the shell completion script for bash, zsh, fish, elvish or
-    /// powershell.
+    /// powershell (built with `--features assets`, as the package is).
+    #[cfg(feature = "assets")]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), as packaged in vipgate.1.
+    #[cfg(feature = "assets")]
     #[command(hide = true)]
     Man,
 }
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             let _logs = vipgate::logging::init(&cli.log_level, cli.log_format);
             vipgate::commands::demo().map_err(anyhow::Error::from)
         }
+        #[cfg(feature = "assets")]
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
+        #[cfg(feature = "assets")]
         Command::Man => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(anyhow::Error::from),

@@ -26,6 +26,20 @@ use std::task::{Context, Poll, Wake, Waker};
 use atomic_waker::AtomicWaker;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// The two steps of a shutdown, as the accept loops and every connection
+/// see them; one name for each everywhere. Cloning costs two reference
+/// counts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Shutdown {
+    /// The first step: accept no more clients; an HTTP connection finishes
+    /// the request in flight, then closes; TCP connections go on.
+    pub draining: CancellationToken,
+    /// The second: the drain is over (`settings.drain_timeout`), every
+    /// connection closes now. Also the parent of each member's retirement
+    /// and reset signals.
+    pub closing: CancellationToken,
+}
+
 pin_project_lite::pin_project! {
     /// Resolves once `token` is cancelled (at once if it already is).
     ///

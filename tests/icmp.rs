@@ -48,6 +48,7 @@ fn namespace() -> Namespace {
 }
 
 #[test]
+#[ignore = "needs root and iproute2 (network namespaces)"]
 fn icmp_monitors_mark_answering_addresses_up_and_silent_ones_down() {
     if netns::inside().is_some() {
         return tokio::runtime::Runtime::new()
@@ -136,6 +137,7 @@ async fn in_namespace() {
 }
 
 #[test]
+#[ignore = "needs root, iproute2 and setpriv (network namespaces)"]
 fn without_ping_sockets_or_cap_net_raw_check_says_what_to_change() {
     if netns::inside().is_some() {
         return;

@@ -520,6 +520,7 @@ async fn session_tickets_resume_tls_1_2_and_1_3_without_a_shared_secret() {
 }
 
 #[test]
+#[ignore = "needs openssl: apt-get install openssl"]
 fn a_client_asking_to_renegotiate_is_counted_and_logged_at_debug_with_its_address() {
     use common::process::{free_vip_port, line_member, Running};
     use std::io::{Read, Write};

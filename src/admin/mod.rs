@@ -302,7 +302,13 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+            // Two hex digits exactly: from_str_radix alone would take a
+            // sign ("%+1").
+            let digits = bytes.get(index + 1..index + 3)?;
+            if !digits.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(digits).ok()?;
             decoded.push(u8::from_str_radix(hex, 16).ok()?);
             index += 3;
         } else {
@@ -349,8 +355,9 @@ fn unauthorized(request: &Request<Incoming>, token: Option<&str>) -> Option<Answ
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or("");
-    let matches =
-        crate::http::persistence::constant_time_eq(presented.as_bytes(), token.as_bytes());
+    // The same time whatever bytes differ (the length is not hidden).
+    let matches: bool =
+        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.as_bytes()).into();
     (!matches).then(|| {
         let mut refused = error(
             StatusCode::UNAUTHORIZED,
@@ -390,7 +397,7 @@ mod tests {
             Some("[::1]:9070")
         );
         assert_eq!(percent_decode("pool%20A").as_deref(), Some("pool A"));
-        for bad in ["%", "%4", "%zz", "a%e9", "%ff%fe"] {
+        for bad in ["%", "%4", "%zz", "a%e9", "%ff%fe", "%+1", "%-1", "a%+fb"] {
             assert_eq!(percent_decode(bad), None, "{bad}");
         }
     }

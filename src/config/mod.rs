@@ -51,7 +51,7 @@ pub use plan::{
     ServiceDownAction, Settings, VirtualMode, VirtualPlan, DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
-pub use settings::CpuAffinity;
+pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
 pub use tls::{
     CertFiles, ClientAuth, MemberVerification, Reencrypt, SessionTickets, SniRoute, Terminate, Tls,

@@ -110,14 +110,11 @@ impl<'de> Deserialize<'de> for RawCpuAffinity {
 }
 
 impl Checker<'_> {
-    /// `settings.cpu_affinity`; CPU numbers must be ones this process may
-    /// run on (`allowed`, ascending; empty when that cannot be read, and
-    /// then not checked).
-    pub(super) fn cpu_affinity(
-        &mut self,
-        raw: Option<&Spanned<RawCpuAffinity>>,
-        allowed: &[usize],
-    ) -> CpuAffinity {
+    /// `settings.cpu_affinity` as the file says it: a known word, or CPU
+    /// numbers each listed once. Whether this host has those CPUs is the
+    /// workers' question at start (`workers::check_affinity`), so a file
+    /// gets the same verdict wherever it is checked.
+    pub(super) fn cpu_affinity(&mut self, raw: Option<&Spanned<RawCpuAffinity>>) -> CpuAffinity {
         const KEY: &str = "settings.cpu_affinity";
         let Some(raw) = raw else {
             return CpuAffinity::default();
@@ -148,11 +145,6 @@ impl Checker<'_> {
                         Some(cpu) if cpus.contains(&cpu) => {
                             problems.push(format!("CPU {cpu} is listed twice"))
                         }
-                        Some(cpu) if !allowed.is_empty() && !allowed.contains(&cpu) => problems
-                            .push(format!(
-                                "CPU {cpu} is not one this process may run on ({})",
-                                describe_cpus(allowed)
-                            )),
                         Some(cpu) => cpus.push(cpu),
                     }
                 }
@@ -167,41 +159,12 @@ impl Checker<'_> {
                     Some(span),
                     problems.join("; "),
                     Some(format!(
-                        "list CPUs from {}, each once, or say \"auto\"",
-                        describe_cpus(allowed)
+                        "list CPU numbers from 0 to {MAX_CPU}, each once, or say \"auto\""
                     )),
                 );
                 CpuAffinity::Off
             }
         }
-    }
-}
-
-/// "CPUs 0-3, 6" for a hint.
-fn describe_cpus(cpus: &[usize]) -> String {
-    if cpus.is_empty() {
-        return format!("0 to {MAX_CPU}");
-    }
-    let mut ranges: Vec<String> = Vec::new();
-    let mut start = cpus[0];
-    let mut end = start;
-    for &cpu in &cpus[1..] {
-        if cpu == end + 1 {
-            end = cpu;
-            continue;
-        }
-        ranges.push(range_text(start, end));
-        (start, end) = (cpu, cpu);
-    }
-    ranges.push(range_text(start, end));
-    format!("CPUs {}", ranges.join(", "))
-}
-
-fn range_text(start: usize, end: usize) -> String {
-    if start == end {
-        start.to_string()
-    } else {
-        format!("{start}-{end}")
     }
 }
 
@@ -231,11 +194,7 @@ mod tests {
         assert_eq!(plan("\"spread\"").cpu_affinity, CpuAffinity::Spread);
         assert_eq!(plan("\"auto\"").cpu_affinity, CpuAffinity::Auto);
         assert_eq!(plan("\"off\"").cpu_affinity, CpuAffinity::Off);
-        let first = allowed_here()[0];
-        assert_eq!(
-            plan(&format!("[{first}]")).cpu_affinity,
-            CpuAffinity::Cpus(vec![first])
-        );
+        assert_eq!(plan("[1, 0]").cpu_affinity, CpuAffinity::Cpus(vec![1, 0]));
         let without = with_affinity("\"off\"").replace("cpu_affinity = \"off\"\n", "");
         assert_eq!(
             parse(&without, "t").unwrap().settings.cpu_affinity,
@@ -243,10 +202,6 @@ mod tests {
         );
         assert_eq!(CpuAffinity::Spread.to_string(), "\"spread\"");
         assert_eq!(CpuAffinity::Cpus(vec![3, 1]).to_string(), "[3, 1]");
-    }
-
-    fn allowed_here() -> Vec<usize> {
-        crate::workers::allowed_cpus().unwrap()
     }
 
     #[test]
@@ -262,23 +217,24 @@ mod tests {
         let problem = problem_of("[]");
         assert_eq!(problem.message, "the list is empty");
 
-        let first = allowed_here()[0];
-        let problem = problem_of(&format!("[{first}, -1, {first}, 1024]"));
+        let problem = problem_of("[0, -1, 0, 1024]");
         assert_eq!(
             problem.message,
-            format!(
-                "CPU -1 is out of range; CPU {first} is listed twice; CPU 1024 is out of range"
-            )
+            "CPU -1 is out of range; CPU 0 is listed twice; CPU 1024 is out of range"
         );
-        assert!(problem.hint.unwrap().starts_with("list CPUs from CPUs "));
+        assert!(problem
+            .hint
+            .unwrap()
+            .starts_with("list CPU numbers from 0 to 1023"));
 
-        // A CPU the process may not use (this machine has far fewer than 1023).
-        let problem = problem_of("[1023]");
-        assert!(
-            problem
-                .message
-                .starts_with("CPU 1023 is not one this process may run on (CPUs "),
-            "{problem}"
+        // Whether this host has the CPU is not the file's question: the
+        // same file passes here and on a host with 1024 CPUs.
+        assert_eq!(
+            parse(&with_affinity("[1023]"), "t")
+                .unwrap()
+                .settings
+                .cpu_affinity,
+            CpuAffinity::Cpus(vec![1023])
         );
 
         let error = parse(&with_affinity("2"), "t").unwrap_err().to_string();
@@ -306,12 +262,5 @@ mod tests {
         let list = CpuAffinity::Cpus(vec![1, 0]);
         let pinned: Vec<_> = (0..5).map(|i| list.cpu_of(i, 5, &[0, 1])).collect();
         assert_eq!(pinned, vec![Some(1), Some(0), Some(1), Some(0), Some(1)]);
-    }
-
-    #[test]
-    fn cpu_sets_are_described_as_ranges() {
-        assert_eq!(describe_cpus(&[0, 1, 2, 3, 6, 8, 9]), "CPUs 0-3, 6, 8-9");
-        assert_eq!(describe_cpus(&[4]), "CPUs 4");
-        assert_eq!(describe_cpus(&[]), "0 to 1023");
     }
 }

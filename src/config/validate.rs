@@ -119,8 +119,7 @@ impl Checker<'_> {
                 .integer_in("settings.worker_threads", value, 1, 1024, "a thread count")
                 .unwrap_or(cores),
         };
-        let allowed = crate::workers::allowed_cpus().unwrap_or_default();
-        let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_ref(), &allowed);
+        let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_ref());
         Settings {
             drain_timeout,
             worker_threads,

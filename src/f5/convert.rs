@@ -11,11 +11,7 @@ use super::model::{find, MemberState, Model, RuleSpec, SnatChoice, Virtual};
 use super::monitors::{Check, Converted};
 use super::profiles::{header_field, Role};
 use super::syntax::Position;
-use super::words::{endpoint, ip, name, Host, Port};
-
-/// The longest duration written, in seconds (a year): F5 allows more than
-/// TOML's integers hold, and nothing needs it.
-pub(super) const MAX_SECONDS: u64 = 365 * 86_400;
+use super::words::{endpoint, ip, name, Host, Port, MAX_SECONDS};
 
 /// A monitor rule as vipgate writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 use super::model::{Model, Monitor};
 use super::report::NoteKind;
 use super::syntax::{Position, Statement};
-use super::words::{attributes, name, Arity};
+use super::words::{attributes, name, Arity, MAX_SECONDS};
 
 /// F5's default timing for its built-in monitors: every 5 s, down after
 /// 16 s.
@@ -235,14 +235,8 @@ impl Model {
                     .filter(|port| *port != 0)
             }
         };
-        let interval = merged
-            .interval
-            .unwrap_or(F5_INTERVAL)
-            .clamp(1, super::convert::MAX_SECONDS);
-        let mut timeout = merged
-            .timeout
-            .unwrap_or(F5_TIMEOUT)
-            .min(super::convert::MAX_SECONDS * 4);
+        let interval = merged.interval.unwrap_or(F5_INTERVAL).clamp(1, MAX_SECONDS);
+        let mut timeout = merged.timeout.unwrap_or(F5_TIMEOUT).min(MAX_SECONDS * 4);
         if timeout < interval {
             details.push(format!("timeout {timeout} is shorter than interval {interval}; F5's rule 3 x interval + 1 = {} is used", 3 * interval + 1));
             timeout = 3 * interval + 1;

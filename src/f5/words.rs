@@ -10,6 +10,10 @@ use std::sync::OnceLock;
 
 use super::syntax::{Position, Statement, Word};
 
+/// The longest duration written, in seconds (a year): F5 allows more than
+/// TOML's integers hold, and nothing needs it.
+pub(super) const MAX_SECONDS: u64 = 365 * 86_400;
+
 /// The name without its partition and folder (`/Common/app.app/pool1` ->
 /// `pool1`).
 pub(super) fn name(text: &str) -> &str {

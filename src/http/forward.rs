@@ -14,19 +14,20 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
-use super::body::{AnswerBody, ClientBodyError, RequestBody, ResponseBody};
 use super::client_io::InFlight;
 use super::headers::{add_forwarded, insert_all, remove_cookie, remove_hop_by_hop, wants_upgrade};
 use super::members::Sent;
 use super::persistence::{
     cookie_value_any_case, cookie_values, route_of, set_cookie, url_param_route,
 };
+use super::request_body::{ClientBodyError, RequestBody};
+use super::response_body::{AnswerBody, ResponseBody};
 use super::{tunnel, Connection, HttpVirtual};
 use crate::clock::unix_seconds;
 use crate::config::{CookieLifetime, Persistence};
 use crate::dial::Attempts;
 use crate::logging::Address;
-use crate::pool::{MemberSlot, Pool, Tried};
+use crate::pool::{Pool, Reservation, Tried};
 use crate::stats::{HttpEvent, HttpStats, Rejection};
 
 /// What the request's persistence information names.
@@ -87,16 +88,17 @@ pub(super) async fn handle(
     loop {
         let reserved = match persistent.take() {
             Some(index) => match pool.reserve_persistent(index, &mut tried) {
-                Some(slot) => Some((index, slot)),
+                Some(slot) => Some(Reservation { index, slot }),
                 // Down, forced offline or full: it counts as tried, and the
                 // request is balanced over the others.
                 None => continue,
             },
             None => pool.reserve_paced(&mut tried, deadline).await,
         };
-        let Some((index, slot)) = reserved else {
+        let Some(reserved) = reserved else {
             return Ok(refuse(&connection, in_flight, attempts.exhausted()));
         };
+        let index = reserved.index;
         let member = &pool.members()[index].state;
         let sent = if upgrade {
             tunnel::send(&connection, index, request).await
@@ -108,8 +110,7 @@ pub(super) async fn handle(
                 let duration = started.elapsed();
                 http.stats.record_request(duration);
                 count_persistence(http, stats, &claim, index);
-                let response =
-                    respond(&connection, in_flight, response, (index, slot), &claim, now);
+                let response = respond(&connection, in_flight, response, reserved, &claim, now);
                 log(
                     &connection,
                     &method,
@@ -322,7 +323,7 @@ fn respond(
     connection: &Arc<Connection>,
     in_flight: InFlight,
     response: Response<AnswerBody>,
-    (index, slot): (usize, MemberSlot),
+    Reservation { index, slot }: Reservation,
     claim: &Claim,
     now: u64,
 ) -> Response<ResponseBody> {

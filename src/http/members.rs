@@ -25,7 +25,8 @@ use std::time::Duration;
 use hyper::{Request, Response};
 use tokio::time::Instant;
 
-use super::body::{AnswerBody, RequestBody};
+use super::request_body::RequestBody;
+use super::response_body::AnswerBody;
 use super::wire::{BoxError, Failure, MemberConnection};
 use super::HttpVirtual;
 use crate::dial::{DialError, Dialed};

@@ -10,19 +10,22 @@
 //! - [`persistence`]: the pure parsing and sealing the routing relies on;
 //! - `client_io`: the client leg with its keep-alive, header and idle
 //!   timeouts (and the 408);
-//! - `body`: the request and response bodies on their way through;
+//! - `request_body`: the client's body on its way to the member (its
+//!   errors blamed on the client); `response_body`: the answer on its way
+//!   back, which ends the request when dropped;
 //! - `forward`: one request, from its persistence claim to the response;
 //! - `members`: the per-member queues of idle connections;
 //! - `wire`: HTTP/1.1 toward members (heads, framing, chunked coding);
 //! - `headers`: hop-by-hop removal and `X-Forwarded-*`;
 //! - `tunnel`: what an upgraded connection (WebSocket) becomes.
 
-mod body;
 mod client_io;
 mod forward;
 mod headers;
 mod members;
 pub mod persistence;
+mod request_body;
+mod response_body;
 mod tunnel;
 mod wire;
 
@@ -36,7 +39,6 @@ use http::header::{HeaderName, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio_util::sync::CancellationToken;
 
 pub use members::{IDLE_PER_MEMBER, MEMBER_IDLE_TIMEOUT};
 
@@ -45,7 +47,7 @@ use crate::dial::Dialer;
 use crate::logging::Address;
 use crate::pool::Pool;
 use crate::stats::{HttpEvent, VirtualStats};
-use crate::stop_signal::StopSignal;
+use crate::stop_signal::{Shutdown, StopSignal};
 use crate::streams::Front;
 use crate::sync::lock;
 use client_io::{ClientIo, Phase, Protocol, Sniffed, Timeouts};
@@ -143,14 +145,13 @@ struct Connection {
 }
 
 /// Serves the requests of one client connection until it closes, is idle
-/// too long, or the server drains (`draining`: finish the request in
-/// flight, then close) or closes (`close`: at once).
+/// too long, or the server drains (`shutdown.draining`: finish the request
+/// in flight, then close) or closes (`shutdown.closing`: at once).
 pub(crate) async fn serve(
     client: Front,
     peer: SocketAddr,
     http: Arc<HttpVirtual>,
-    close: CancellationToken,
-    draining: CancellationToken,
+    shutdown: Shutdown,
 ) {
     let mut client = client;
     let tls = client.is_tls();
@@ -166,8 +167,8 @@ pub(crate) async fn serve(
                     Some(sniffed) => sniffed,
                     None => return,
                 },
-                () = StopSignal::new(close.clone()) => return,
-                () = StopSignal::new(draining.clone()) => return,
+                () = StopSignal::new(shutdown.closing.clone()) => return,
+                () = StopSignal::new(shutdown.draining.clone()) => return,
             }
         }
     };
@@ -213,7 +214,7 @@ pub(crate) async fn serve(
                 .header_read_timeout(None)
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_closed(served, |c| c.graceful_shutdown(), &close, &draining).await
+            until_closed(served, |c| c.graceful_shutdown(), &shutdown).await
         }
         Protocol::Http2 => {
             let served = http2::Builder::new(TokioExecutor::new())
@@ -224,7 +225,7 @@ pub(crate) async fn serve(
                 // members busy.
                 .max_pending_accept_reset_streams(MAX_PENDING_RESET_STREAMS)
                 .serve_connection(io, service);
-            until_closed(served, |c| c.graceful_shutdown(), &close, &draining).await
+            until_closed(served, |c| c.graceful_shutdown(), &shutdown).await
         }
     };
     let Some(result) = result else {
@@ -235,27 +236,26 @@ pub(crate) async fn serve(
     }
     let tunnel = lock(&connection.tunnel).take();
     if let Some(tunnel) = tunnel {
-        tunnel.run(&connection, &close).await;
+        tunnel.run(&connection, &shutdown.closing).await;
     }
 }
 
-/// Drives a served connection to its end; on `draining`, asks it to finish
-/// what is in flight and stop (`shutdown`); on `close`, drops it at once
-/// (`None`).
+/// Drives a served connection to its end; on `shutdown.draining`, asks it
+/// to finish what is in flight and stop (`finish`); on `shutdown.closing`,
+/// drops it at once (`None`).
 async fn until_closed<F: Future<Output = hyper::Result<()>>>(
     served: F,
-    shutdown: impl FnOnce(Pin<&mut F>),
-    close: &CancellationToken,
-    draining: &CancellationToken,
+    finish: impl FnOnce(Pin<&mut F>),
+    shutdown: &Shutdown,
 ) -> Option<hyper::Result<()>> {
     let mut served = pin!(served);
     // Polled on every wake of the connection: watches, not
     // `token.cancelled()` (see stop_signal).
-    let mut closing = pin!(StopSignal::new(close.clone()));
+    let mut closing = pin!(StopSignal::new(shutdown.closing.clone()));
     tokio::select! {
         result = served.as_mut() => Some(result),
-        () = StopSignal::new(draining.clone()) => {
-            shutdown(served.as_mut());
+        () = StopSignal::new(shutdown.draining.clone()) => {
+            finish(served.as_mut());
             tokio::select! {
                 result = served.as_mut() => Some(result),
                 () = closing.as_mut() => None,

@@ -365,12 +365,6 @@ fn decode(plain: &[u8]) -> Option<(SocketAddr, u64)> {
     Some((SocketAddr::new(ip, port), expires))
 }
 
-/// Whether `a` and `b` are equal, taking the same time whatever bytes
-/// differ (for secrets; the length is not hidden).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
-
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);

@@ -13,8 +13,9 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{AnswerBody, RequestBody, UpgradeSender};
 use super::members::Sent;
+use super::request_body::RequestBody;
+use super::response_body::{AnswerBody, UpgradeSender};
 use super::{Connection, HttpVirtual};
 use crate::dial::{DialError, Dialed};
 use crate::pool::{MemberSlot, MemberState};

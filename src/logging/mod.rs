@@ -18,7 +18,9 @@
 //! journald.
 //!
 //! Crates that log through `log` (rustls) are bridged into the same
-//! lines; rustls' remarks about clients go through `tls::alerts` first.
+//! lines. A module above may claim one crate's records first
+//! ([`claim_log_records`]): `tls` takes rustls' remarks about clients, to
+//! count them and name the client.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -107,7 +109,7 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     };
     // Set once per process; a second call (tests) keeps the first.
     if installed.is_ok() && log::set_logger(&LogBridge).is_ok() {
-        // rustls' warnings always (they are counted); below that, only
+        // Warnings always (a claimed crate's are counted); below that, only
         // what the filter lets through, so its per-handshake tracing
         // costs nothing unless asked for.
         let asked = match tracing::level_filters::LevelFilter::current() {
@@ -278,13 +280,35 @@ fn start_writer() {
     });
 }
 
+/// A crate's `log` records, claimed by a module above this one.
+struct Claim {
+    /// The records' target prefix, e.g. `"rustls"`.
+    target: &'static str,
+    take: fn(&log::Record<'_>),
+}
+
+/// Set once; read (without a lock) for every record a `log` crate sends.
+static CLAIM: OnceLock<Claim> = OnceLock::new();
+
+/// Sends the `log` records whose target starts with `target` to `take`
+/// instead of the log, whatever the level (warnings at least, see [`init`]:
+/// a claimed crate's warnings are counted even when not logged). One claim
+/// per process; `false` if another target was claimed already (the same
+/// one again is fine).
+pub fn claim_log_records(target: &'static str, take: fn(&log::Record<'_>)) -> bool {
+    CLAIM.get_or_init(|| Claim { target, take }).target == target
+}
+
+fn claim_of(target: &str) -> Option<&'static Claim> {
+    CLAIM.get().filter(|claim| target.starts_with(claim.target))
+}
+
 /// Records of crates that log through `log`, as `tracing` events.
 struct LogBridge;
 
 impl log::Log for LogBridge {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        // rustls' warnings are counted whatever the level.
-        metadata.target().starts_with("rustls")
+        claim_of(metadata.target()).is_some()
             || tracing_log::AsTrace::as_trace(&metadata.level())
                 <= tracing::level_filters::LevelFilter::current()
     }
@@ -293,10 +317,11 @@ impl log::Log for LogBridge {
         if !self.enabled(record.metadata()) {
             return;
         }
-        if record.target().starts_with("rustls") {
-            crate::tls::alerts::rustls_said(record);
-        } else {
-            let _ = tracing_log::format_trace(record);
+        match claim_of(record.target()) {
+            Some(claim) => (claim.take)(record),
+            None => {
+                let _ = tracing_log::format_trace(record);
+            }
         }
     }
 

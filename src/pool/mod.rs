@@ -117,6 +117,15 @@ impl Member {
     }
 }
 
+/// A connection slot reserved on one member of a pool: which member (its
+/// index in [`Pool::members`], what persistence and per-member signals are
+/// keyed by) and the slot itself, which frees itself when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    pub index: usize,
+    pub slot: MemberSlot,
+}
+
 /// A pool ready for the data path.
 #[derive(Debug)]
 pub struct Pool {
@@ -217,12 +226,12 @@ impl Pool {
     /// Chooses a member not in `tried` and reserves a connection slot on it.
     /// `None` when no member can take the connection.
     pub fn reserve(&self, tried: &mut Tried) -> Option<MemberSlot> {
-        self.reserve_indexed(tried).map(|(_, slot)| slot)
+        self.reserve_indexed(tried).map(|reserved| reserved.slot)
     }
 
     /// [`reserve`](Self::reserve), also telling which member (its index in
     /// [`members`](Self::members)).
-    pub fn reserve_indexed(&self, tried: &mut Tried) -> Option<(usize, MemberSlot)> {
+    pub fn reserve_indexed(&self, tried: &mut Tried) -> Option<Reservation> {
         // A slot can be taken by another connection between the check and
         // the reservation; such a member counts as tried, so this loop ends
         // after at most one pass over the pool.
@@ -243,7 +252,7 @@ impl Pool {
                 .state
                 .try_reserve(member.connection_limit, member.connect_rate_limit)
             {
-                return Some((index, slot));
+                return Some(Reservation { index, slot });
             }
         }
     }
@@ -257,7 +266,7 @@ impl Pool {
         &self,
         tried: &mut Tried,
         deadline: tokio::time::Instant,
-    ) -> Option<(usize, MemberSlot)> {
+    ) -> Option<Reservation> {
         loop {
             if let Some(reserved) = self.reserve_indexed(tried) {
                 return Some(reserved);

@@ -192,13 +192,16 @@ fn a_priority_group_that_failed_this_connection_hands_over_to_the_next() {
     pool_plan.min_active_members = 1;
     let pool = build(&pool_plan, &mut MemberRegistry::default());
     let mut tried = Tried::default();
-    let (first, slot) = pool.reserve_indexed(&mut tried).unwrap();
+    let Reservation { index: first, slot } = pool.reserve_indexed(&mut tried).unwrap();
     assert_eq!(first, 0, "the higher group first");
     drop(slot);
     // The member refused: the next try of the same connection may use the
     // lower group, though no monitor has marked the first down.
-    let (second, _) = pool.reserve_indexed(&mut tried).unwrap();
+    let second = pool.reserve_indexed(&mut tried).unwrap().index;
     assert_eq!(second, 1);
     assert!(pool.reserve_indexed(&mut tried).is_none());
-    assert_eq!(pool.reserve_indexed(&mut Tried::default()).unwrap().0, 0);
+    assert_eq!(
+        pool.reserve_indexed(&mut Tried::default()).unwrap().index,
+        0
+    );
 }

@@ -86,7 +86,7 @@ impl fmt::Display for CloseReason {
 
 /// What a finished connection did.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct PumpOutcome {
     pub bytes_to_member: u64,
     pub bytes_to_client: u64,
     pub reason: CloseReason,
@@ -138,9 +138,9 @@ impl Pump {
 }
 
 impl Future for Pump {
-    type Output = Outcome;
+    type Output = PumpOutcome;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PumpOutcome> {
         let mut this = self.project();
         let Some((client, member)) = this.sockets.as_ref() else {
             panic!("a pump polled after it finished");
@@ -190,7 +190,7 @@ impl Future for Pump {
             let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
         }
         *this.sockets = None;
-        Poll::Ready(Outcome {
+        Poll::Ready(PumpOutcome {
             bytes_to_member: this.up.bytes,
             bytes_to_client: this.down.bytes,
             reason,

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::buffered::Leased;
-use super::{CloseReason, Outcome, PumpError, Side};
+use super::{CloseReason, PumpError, PumpOutcome, Side};
 use crate::stop_signal::StopSignal;
 
 /// Pumps bytes between `client` and `member` until the connection ends.
@@ -26,7 +26,7 @@ pub async fn run<C, M>(
     mut member: M,
     idle_timeout: Duration,
     shutdown: CancellationToken,
-) -> Outcome
+) -> PumpOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     M: AsyncRead + AsyncWrite + Unpin,
@@ -60,7 +60,7 @@ where
         Poll::Pending
     })
     .await;
-    Outcome {
+    PumpOutcome {
         bytes_to_member: up.bytes,
         bytes_to_client: down.bytes,
         reason,

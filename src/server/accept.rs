@@ -16,9 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use super::Live;
 use crate::stats::Rejection;
-use crate::stop_signal::StopSignal;
+use crate::stop_signal::{Shutdown, StopSignal};
 use crate::throttle::Throttle;
-use crate::virtual_server;
+use crate::virtual_server::{self, Admitted};
 
 /// Pause after an accept error that will not clear by itself at once
 /// (out of file descriptors or memory), so the loop does not spin.
@@ -30,10 +30,8 @@ pub(crate) struct Lifecycle {
     pub live: Live,
     /// Spawns and counts connection tasks, so shutdown can wait for them.
     pub connections: TaskTracker,
-    /// Cancelled when the server stops accepting.
-    pub stop_accepting: CancellationToken,
-    /// Cancelled when open connections must close (drain timeout over).
-    pub close_connections: CancellationToken,
+    /// Draining (stop accepting), then closing every connection.
+    pub shutdown: Shutdown,
 }
 
 /// Accepts clients of virtual `name` on one worker's socket until `stop`
@@ -98,15 +96,14 @@ pub(crate) async fn accept_loop(
             virtual_server::reset(&client);
             continue;
         };
-        virtual_server::spawn(
-            &lifecycle.connections,
+        let admitted = Admitted {
             client,
             peer,
-            Arc::clone(virtual_server),
-            lifecycle.close_connections.clone(),
-            lifecycle.stop_accepting.clone(),
+            virtual_server: Arc::clone(virtual_server),
+            shutdown: lifecycle.shutdown.clone(),
             admission,
-        );
+        };
+        virtual_server::spawn(&lifecycle.connections, admitted);
     }
     tracing::debug!(virtual_server = %name, "stopped accepting");
 }

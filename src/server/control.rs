@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{accept_loop, Lifecycle};
-use super::reload::{config_hash, ReloadStats};
+use super::reload_history::{config_hash, ReloadStats};
 use super::{ConfigSource, Live};
 use crate::config::AdminState;
 use crate::service::ServiceManager;
@@ -135,7 +135,7 @@ impl Control {
         if let Ok(bound) = listener.local_addr() {
             tracing::info!(virtual_server = %name, address = %bound, "listening");
         }
-        let stop = self.lifecycle.stop_accepting.child_token();
+        let stop = self.lifecycle.shutdown.draining.child_token();
         for (worker, socket) in listener.into_sockets().into_iter().enumerate() {
             self.accept_loops.spawn_on(
                 accept_loop(name.clone(), socket, self.lifecycle.clone(), stop.clone()),
@@ -145,7 +145,7 @@ impl Control {
         running.listeners.insert(name, Listening { address, stop });
     }
 
-    /// Waits for every accept loop to end (after `stop_accepting`).
+    /// Waits for every accept loop to end (after `shutdown.draining`).
     pub(super) async fn accept_loops_stopped(&self) {
         self.accept_loops.close();
         self.accept_loops.wait().await;

@@ -14,6 +14,7 @@
 mod accept;
 mod control;
 mod reload;
+mod reload_history;
 mod snapshot;
 
 use std::future::Future;
@@ -31,13 +32,15 @@ use crate::config::{Plan, SnatShare};
 use crate::health::HealthError;
 use crate::http::HttpError;
 use crate::service::ServiceManager;
+use crate::stop_signal::Shutdown;
 use crate::tls::TlsError;
 use crate::virtual_server::{self, BindError, Listener};
 use crate::workers::Workers;
 use accept::Lifecycle;
 
 pub use control::{AdminError, Control};
-pub use reload::{config_hash, ReloadCounts, ReloadError, ReloadReport, ReloadStats};
+pub use reload::{ReloadError, ReloadReport};
+pub use reload_history::{config_hash, ReloadCounts, ReloadStats};
 pub use snapshot::Snapshot;
 
 /// How often a drain tells the service manager how many connections are
@@ -109,13 +112,15 @@ impl Server {
                 Ok((v.name.clone(), v.listen, listener))
             })
             .collect::<Result<Vec<_>, BindError>>()?;
-        let close_connections = snapshot.close_connections.clone();
+        let shutdown = Shutdown {
+            draining: CancellationToken::new(),
+            closing: snapshot.closing.clone(),
+        };
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
         let lifecycle = Lifecycle {
             live: Arc::clone(&live),
             connections: TaskTracker::new(),
-            stop_accepting: CancellationToken::new(),
-            close_connections,
+            shutdown,
         };
         let service = ServiceManager::from_environment();
         let control = Arc::new(Control::new(
@@ -155,7 +160,7 @@ impl Server {
     /// Cancelled when the server stops accepting: services beside it stop
     /// with it.
     pub fn stopping(&self) -> CancellationToken {
-        self.lifecycle.stop_accepting.clone()
+        self.lifecycle.shutdown.draining.clone()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets open
@@ -183,7 +188,7 @@ impl Server {
         background.spawn(service.keep_alive(move || watched.load().status_line()));
 
         shutdown.await;
-        lifecycle.stop_accepting.cancel();
+        lifecycle.shutdown.draining.cancel();
         control.accept_loops_stopped().await;
         drain(&live, &lifecycle, service).await;
         control.stop_health().await;
@@ -247,7 +252,7 @@ async fn drain(live: &Live, lifecycle: &Lifecycle, service: ServiceManager) {
             open,
             "drain timeout reached, closing the remaining connections"
         );
-        lifecycle.close_connections.cancel();
+        lifecycle.shutdown.closing.cancel();
         lifecycle.connections.wait().await;
     }
 }

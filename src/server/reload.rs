@@ -10,17 +10,16 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::control::{Control, Running};
+use super::reload_history::config_hash;
 use super::{Snapshot, StartError};
 use crate::config::{self, ConfigError};
 use crate::pool::MemberState;
-use crate::sync::lock;
 use crate::virtual_server::{self, Listener};
 
 /// Why a reload changed nothing.
@@ -44,74 +43,6 @@ pub struct ReloadReport {
     /// Members no longer in any pool: their connections close after
     /// `drain_timeout`.
     pub members_removed: Vec<SocketAddr>,
-}
-
-/// Reload counters and the configuration in force.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    /// Unix seconds of the last successful load (the start counts).
-    last_success: AtomicU64,
-    /// Unix seconds of the first load: when this instance started.
-    started_at: AtomicU64,
-    config_hash: Mutex<String>,
-    last_error: Mutex<Option<String>>,
-}
-
-/// A snapshot of [`ReloadStats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReloadCounts {
-    pub succeeded: u64,
-    pub failed: u64,
-    /// Unix seconds of the last successful load (the start counts).
-    pub last_success: u64,
-    /// SHA-256 of the configuration file in force ("" when not started
-    /// from a file).
-    pub config_hash: String,
-    /// Why the last reload failed, if it did.
-    pub last_error: Option<String>,
-    /// Unix seconds when this instance first loaded its configuration.
-    pub started_at: u64,
-}
-
-impl ReloadStats {
-    pub fn counts(&self) -> ReloadCounts {
-        ReloadCounts {
-            succeeded: self.succeeded.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            last_success: self.last_success.load(Ordering::Relaxed),
-            config_hash: lock(&self.config_hash).clone(),
-            last_error: lock(&self.last_error).clone(),
-            started_at: self.started_at.load(Ordering::Relaxed),
-        }
-    }
-
-    pub(super) fn loaded(&self, hash: String) {
-        *lock(&self.config_hash) = hash;
-        *lock(&self.last_error) = None;
-        let now = crate::clock::unix_seconds();
-        self.last_success.store(now, Ordering::Relaxed);
-        // Only the first load sets it: that is the start.
-        let _ = self
-            .started_at
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    fn succeeded(&self) {
-        self.succeeded.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn failed(&self, why: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_error) = Some(why);
-    }
-}
-
-/// SHA-256 of a configuration text, hex.
-pub fn config_hash(text: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Control {
@@ -235,7 +166,7 @@ impl Control {
         if retiring.is_empty() {
             return;
         }
-        let close: CancellationToken = self.lifecycle.close_connections.clone();
+        let close: CancellationToken = self.lifecycle.shutdown.closing.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(drain_timeout) => {}

@@ -29,18 +29,18 @@ pub struct Snapshot {
     members: MemberRegistry,
     health: HealthPlan,
     snat_pools: BTreeMap<String, Arc<SnatPool>>,
-    /// Cancelled when open connections must close (the drain timeout of a
-    /// shutdown ran out). The same token across snapshots.
-    pub(super) close_connections: CancellationToken,
+    /// `Shutdown::closing`: cancelled when open connections must close (the
+    /// drain timeout of a shutdown ran out). The same token across
+    /// snapshots.
+    pub(super) closing: CancellationToken,
 }
 
 impl Snapshot {
     /// Builds the runtime view of `plan`, reusing the state of members and
     /// virtuals that `previous` already had.
     pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Result<Snapshot, StartError> {
-        let close_connections =
-            previous.map_or_else(CancellationToken::new, |p| p.close_connections.clone());
-        let (pools, members) = build_pools(&plan, previous, &close_connections)?;
+        let closing = previous.map_or_else(CancellationToken::new, |p| p.closing.clone());
+        let (pools, members) = build_pools(&plan, previous, &closing)?;
         let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
         let snat_pools = build_snat_pools(&plan, previous);
         let virtuals = plan
@@ -58,7 +58,7 @@ impl Snapshot {
             members,
             health,
             snat_pools,
-            close_connections,
+            closing,
         })
     }
 
@@ -159,7 +159,7 @@ impl Snapshot {
 fn build_pools(
     plan: &Plan,
     previous: Option<&Snapshot>,
-    close_connections: &CancellationToken,
+    closing: &CancellationToken,
 ) -> Result<(BTreeMap<String, Arc<Pool>>, MemberRegistry), StartError> {
     let mut members = MemberRegistry::default();
     let previous_members = previous.map(|p| &p.members);
@@ -174,7 +174,7 @@ fn build_pools(
             pool_plan,
             &mut members,
             previous_members,
-            close_connections,
+            closing,
             monitored,
         )
         .with_member_tls(member_tls);

@@ -38,6 +38,13 @@ pub(crate) fn attributed<F: Future>(
     CLIENT.scope(TlsClient { stats, peer }, serving)
 }
 
+/// Has [`rustls_said`] take rustls' `log` records (see
+/// `logging::claim_log_records`); idempotent.
+pub(crate) fn claim_rustls_records() {
+    let claimed = crate::logging::claim_log_records("rustls", rustls_said);
+    debug_assert!(claimed, "another crate's log records were claimed first");
+}
+
 /// A log record from rustls: counted against the client's virtual when it
 /// is a warning or an error and comes from a client connection, and
 /// logged at DEBUG with the virtual and the client when known.

@@ -42,6 +42,9 @@ impl MemberTls {
         else {
             return Ok(None);
         };
+        // rustls' remarks about member connections: debug lines, not bare
+        // warnings (`alerts`).
+        super::alerts::claim_rustls_records();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])

@@ -46,6 +46,9 @@ impl std::fmt::Debug for Terminator {
 impl Terminator {
     /// Reads every certificate, key and CA file of `plan`.
     pub fn load(plan: &Terminate) -> Result<Terminator, TlsError> {
+        // From the first terminating virtual on, rustls' remarks about
+        // clients are counted and attributed (`alerts`), not logged bare.
+        super::alerts::claim_rustls_records();
         Ok(Terminator {
             plan: plan.clone(),
             config: ArcSwap::from_pointee(server_config(plan)?),

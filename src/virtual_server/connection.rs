@@ -20,38 +20,35 @@ use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
 use crate::dial::{Attempts, Dialed};
 use crate::logging::Address;
-use crate::pool::{MemberSlot, Pool, Tried};
-use crate::proxy::{self, CloseReason, Outcome as PumpOutcome, Pump, PumpOptions};
+use crate::pool::{MemberSlot, Pool, Reservation, Tried};
+use crate::proxy::{self, CloseReason, Pump, PumpOptions, PumpOutcome};
 use crate::proxy_protocol;
 use crate::stats::{Admission, Outcome, Rejection};
+use crate::stop_signal::Shutdown;
 use crate::streams::{tune, Back, Front};
 use crate::tls::client_hello::{self, Hello, HelloError};
 
+/// A client the accept loop let in, with what serving it needs.
+pub(crate) struct Admitted {
+    pub client: TcpStream,
+    pub peer: SocketAddr,
+    pub virtual_server: Arc<VirtualServer>,
+    pub shutdown: Shutdown,
+    /// Its place under the virtual's connection limit, freed on drop.
+    pub admission: Admission,
+}
+
 /// Starts serving one admitted client on a task of its own, tracked by
 /// `tasks`.
-pub(crate) fn spawn(
-    tasks: &TaskTracker,
-    client: TcpStream,
-    peer: SocketAddr,
-    virtual_server: Arc<VirtualServer>,
-    close: CancellationToken,
-    draining: CancellationToken,
-    admission: Admission,
-) {
+pub(crate) fn spawn(tasks: &TaskTracker, admitted: Admitted) {
     // TLS clients carry what rustls' warnings are attributed to (see
     // tls::alerts); spawned apart, so the task of a plain connection is not
     // sized for it.
-    let attributed_to = matches!(virtual_server.plan.tls, Tls::Terminate(_))
-        .then(|| Arc::clone(&virtual_server.stats));
+    let peer = admitted.peer;
+    let attributed_to = matches!(admitted.virtual_server.plan.tls, Tls::Terminate(_))
+        .then(|| Arc::clone(&admitted.virtual_server.stats));
     let connection = Connection::Establishing {
-        establishing: Box::pin(establish(
-            client,
-            peer,
-            virtual_server,
-            close,
-            draining,
-            admission,
-        )),
+        establishing: Box::pin(establish(admitted)),
     };
     match attributed_to {
         Some(stats) => tasks.spawn(crate::tls::alerts::attributed(stats, peer, connection)),
@@ -132,7 +129,9 @@ struct Ending {
     /// The member's source address, for the log line (when it is on).
     source: Option<SocketAddr>,
     started: Instant,
-    close: CancellationToken,
+    /// The shutdown's last step: a stop signal that fired without it was
+    /// the member going down.
+    closing: CancellationToken,
     slot: MemberSlot,
     _lease: crate::snat::SourceLease,
     _admission: Admission,
@@ -155,7 +154,7 @@ impl Future for Session {
 impl Ending {
     /// Counts and logs how the connection ended.
     fn record(&self, mut outcome: PumpOutcome) {
-        if outcome.reason == CloseReason::Shutdown && !self.close.is_cancelled() {
+        if outcome.reason == CloseReason::Shutdown && !self.closing.is_cancelled() {
             outcome.reason = CloseReason::MemberDown;
         }
         let state = self.slot.member();
@@ -182,14 +181,14 @@ impl Ending {
 /// not), the pool (by SNI for passthrough), the member side. Every step
 /// that fails logs why, closes the client and answers `None`. HTTP
 /// virtuals are served here to their end (and answer `None` too).
-async fn establish(
-    client: TcpStream,
-    peer: SocketAddr,
-    virtual_server: Arc<VirtualServer>,
-    close: CancellationToken,
-    draining: CancellationToken,
-    admission: Admission,
-) -> Option<Session> {
+async fn establish(admitted: Admitted) -> Option<Session> {
+    let Admitted {
+        client,
+        peer,
+        virtual_server,
+        shutdown,
+        admission,
+    } = admitted;
     let started = Instant::now();
     let plan = &virtual_server.plan;
     tune(&client, plan.tcp_keepalive);
@@ -198,7 +197,7 @@ async fn establish(
     let destination = (plan.proxy_protocol != ProxyProtocol::Off).then(|| client.local_addr());
     let client = client_side(client, peer, &virtual_server).await?;
     if let Some(http) = &virtual_server.http {
-        let serving = crate::http::serve(client, peer, Arc::clone(http), close, draining);
+        let serving = crate::http::serve(client, peer, Arc::clone(http), shutdown);
         Box::pin(serving).await;
         virtual_server.stats.record_duration(started.elapsed());
         return None;
@@ -207,7 +206,7 @@ async fn establish(
         reset(client.socket());
         return None;
     };
-    let Some((member, (index, slot), lease)) =
+    let Some((member, Reservation { index, slot }, lease)) =
         member_side(&virtual_server, pool, peer, destination, &hello).await
     else {
         reset(client.socket());
@@ -254,7 +253,7 @@ async fn establish(
             peer,
             source,
             started,
-            close,
+            closing: shutdown.closing,
             slot,
             _lease: lease,
             _admission: admission,
@@ -322,7 +321,7 @@ async fn member_side(
     peer: SocketAddr,
     destination: Option<io::Result<SocketAddr>>,
     hello: &[u8],
-) -> Option<(Back, (usize, MemberSlot), crate::snat::SourceLease)> {
+) -> Option<(Back, Reservation, crate::snat::SourceLease)> {
     let plan = &virtual_server.plan;
     // The PROXY protocol header goes before any TLS, to whichever member.
     let preamble = match destination {
@@ -358,7 +357,7 @@ async fn member_side(
     } = dialed;
     if !hello.is_empty() {
         if let Err(error) = member.write_all(hello).await {
-            let address = reserved.1.member().address();
+            let address = reserved.slot.member().address();
             tracing::info!(target: "vipgate::connection", virtual_server = %plan.name, client = %peer, member = %address, %error, "cannot forward the ClientHello, closing the client");
             return None;
         }
@@ -463,22 +462,19 @@ async fn connect(
     virtual_server: &VirtualServer,
     pool: &Pool,
     preamble: Option<&[u8]>,
-) -> Result<(Dialed, (usize, MemberSlot)), Rejection> {
+) -> Result<(Dialed, Reservation), Rejection> {
     let plan = &virtual_server.plan;
     let mut tried = Tried::default();
     let mut attempts = Attempts::default();
     // Members held back only by their connect rate are waited for, up to
     // the connect timeout: a reconnect storm is paced, not refused.
     let deadline = tokio::time::Instant::now() + plan.connect_timeout;
-    while let Some((index, slot)) = pool.reserve_paced(&mut tried, deadline).await {
-        match virtual_server
-            .dialer
-            .dial(pool, slot.member(), preamble)
-            .await
-        {
-            Ok(dialed) => return Ok((dialed, (index, slot))),
+    while let Some(reserved) = pool.reserve_paced(&mut tried, deadline).await {
+        let member = reserved.slot.member();
+        match virtual_server.dialer.dial(pool, member, preamble).await {
+            Ok(dialed) => return Ok((dialed, reserved)),
             Err(error) => {
-                if let Some(refusal) = attempts.failed(slot.member(), &plan.name, &error) {
+                if let Some(refusal) = attempts.failed(member, &plan.name, &error) {
                     return Err(refusal);
                 }
             }

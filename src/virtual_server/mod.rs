@@ -6,7 +6,7 @@
 
 mod connection;
 
-pub(crate) use connection::spawn;
+pub(crate) use connection::{spawn, Admitted};
 
 use std::io;
 use std::net::SocketAddr;

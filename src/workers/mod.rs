@@ -106,6 +106,68 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     }
 }
 
+/// A `settings.cpu_affinity` list that names CPUs this process may not
+/// run on (a host fact, so `config` does not check it).
+#[derive(Debug, thiserror::Error)]
+#[error("settings.cpu_affinity: {problems} (hint: list CPUs from {allowed}, each once, or say \"auto\")")]
+pub struct AffinityError {
+    problems: String,
+    allowed: String,
+}
+
+/// Checks that every CPU `affinity` names is one this process may run on;
+/// `vipgate run` refuses to start otherwise, and `vipgate check` says the
+/// same. Where the allowed set cannot be read, nothing is refused.
+pub fn check_affinity(affinity: &CpuAffinity) -> Result<(), AffinityError> {
+    let CpuAffinity::Cpus(cpus) = affinity else {
+        return Ok(());
+    };
+    let Ok(allowed) = allowed_cpus() else {
+        return Ok(());
+    };
+    let allowed_text = describe_cpus(&allowed);
+    let problems: Vec<String> = cpus
+        .iter()
+        .filter(|cpu| !allowed.contains(cpu))
+        .map(|cpu| format!("CPU {cpu} is not one this process may run on ({allowed_text})"))
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(AffinityError {
+        problems: problems.join("; "),
+        allowed: allowed_text,
+    })
+}
+
+/// "CPUs 0-3, 6", for messages that say which CPUs a process may use.
+pub fn describe_cpus(cpus: &[usize]) -> String {
+    if cpus.is_empty() {
+        return format!("0 to {}", crate::config::MAX_CPU);
+    }
+    let mut ranges: Vec<String> = Vec::new();
+    let mut start = cpus[0];
+    let mut end = start;
+    for &cpu in &cpus[1..] {
+        if cpu == end + 1 {
+            end = cpu;
+            continue;
+        }
+        ranges.push(range_text(start, end));
+        (start, end) = (cpu, cpu);
+    }
+    ranges.push(range_text(start, end));
+    format!("CPUs {}", ranges.join(", "))
+}
+
+fn range_text(start: usize, end: usize) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
 /// Lets the thread `thread` run on `cpu` only.
 fn pin(thread: &std::thread::JoinHandle<()>, cpu: usize) -> io::Result<()> {
     // SAFETY: as above; the pthread_t is alive, its JoinHandle is borrowed.
@@ -139,6 +201,8 @@ impl Workers {
     /// `affinity` says. Fails if a thread cannot be started or pinned.
     pub(crate) fn start(count: usize, affinity: &CpuAffinity) -> io::Result<Workers> {
         let count = count.max(1);
+        check_affinity(affinity)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
         let allowed = allowed_cpus()?;
         let stop = CancellationToken::new();
         let cpu_moves = Arc::new(AtomicU64::new(0));
@@ -318,11 +382,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_cpu_that_cannot_be_used_is_an_error_naming_the_setting() {
+        // This machine has far fewer than 1024 CPUs.
         let error = Workers::start(1, &CpuAffinity::Cpus(vec![1023])).unwrap_err();
         let text = error.to_string();
-        assert!(
-            text.starts_with("settings.cpu_affinity: cannot pin worker 0 to CPU 1023: "),
-            "{text}"
+        let allowed = describe_cpus(&allowed_cpus().unwrap());
+        assert_eq!(
+            text,
+            format!(
+                "settings.cpu_affinity: CPU 1023 is not one this process may run on ({allowed}) \
+                 (hint: list CPUs from {allowed}, each once, or say \"auto\")"
+            )
         );
+        assert_eq!(
+            check_affinity(&CpuAffinity::Cpus(vec![1023]))
+                .unwrap_err()
+                .to_string(),
+            text
+        );
+        let first = allowed_cpus().unwrap()[0];
+        assert!(check_affinity(&CpuAffinity::Cpus(vec![first])).is_ok());
+        assert!(check_affinity(&CpuAffinity::Spread).is_ok());
+    }
+
+    #[test]
+    fn cpu_sets_are_described_as_ranges() {
+        assert_eq!(describe_cpus(&[0, 1, 2, 3, 6, 8, 9]), "CPUs 0-3, 6, 8-9");
+        assert_eq!(describe_cpus(&[4]), "CPUs 4");
+        assert_eq!(describe_cpus(&[]), "0 to 1023");
     }
 }

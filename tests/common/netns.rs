@@ -86,7 +86,14 @@ impl Namespace {
         let output = Command::new("ip")
             .args(["netns", "exec", &self.name])
             .arg(binary)
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            // The test is #[ignore]d (it needs root): run it all the same.
+            .args([
+                test,
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(INSIDE, &self.name)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ip netns exec: {e}"));
@@ -130,24 +137,27 @@ fn remove_orphans() {
     }
 }
 
-/// Whether this machine lets a test build namespaces (root, iproute2);
-/// `Err` says why not.
-pub fn available() -> Result<(), String> {
+/// Fails the test, saying why, unless this machine lets it build
+/// namespaces (root, iproute2). Tests that call it are `#[ignore]`d with
+/// that need, so only `--include-ignored` runs them.
+pub fn require() {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("not root".into());
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "tests with network namespaces need root"
+    );
     let name = format!("vg-probe-{}", std::process::id());
     match Command::new("ip").args(["netns", "add", &name]).output() {
         Ok(output) if output.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            Ok(())
         }
-        Ok(output) => Err(format!(
-            "ip netns add failed: {}",
+        Ok(output) => panic!(
+            "tests with network namespaces: ip netns add failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(error) => Err(format!("no ip command (iproute2): {error}")),
+        ),
+        Err(error) => {
+            panic!("tests with network namespaces need iproute2 (the ip command): {error}")
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use tokio_util::io::poll_read_buf;
 use self::chunked::{encode_size, Chunked, Step, LAST_CHUNK};
 use self::head::RequestFraming;
 use self::head::{encode_request, head_end, parse_response, request_framing, Framing, HeadError};
-use super::body::RequestBody;
+use super::request_body::RequestBody;
 use crate::snat::SourceLease;
 use crate::streams::Back;
 

@@ -1,10 +1,8 @@
-//! The bodies vipgate passes on: the client's request body on its way to
-//! the member (marking its own errors, so a malformed chunked body is
-//! blamed on the client and not on the member), and the response body on
-//! its way back (ending the request when it is dropped).
+//! The response body on its way back to the client: the member's answer
+//! (read by `wire`, or by hyper's client for an upgrade the member did not
+//! switch) or vipgate's own text, ending the request when it is dropped.
+//! (The request body on its way to the member is `request_body`.)
 
-use std::error::Error as StdError;
-use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,6 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::client_io::InFlight;
+use super::request_body::RequestBody;
 use super::wire::{BoxError, WireBody};
 use super::Connection;
 use crate::pool::MemberSlot;
@@ -20,72 +19,6 @@ use crate::pool::MemberSlot;
 /// The hyper client handle of an upgrade request's connection, kept while
 /// its answer's body streams.
 pub(crate) type UpgradeSender = hyper::client::conn::http1::SendRequest<RequestBody>;
-
-/// A request's body as the member gets it: the client's, streamed.
-#[derive(Debug)]
-pub(crate) struct RequestBody(Incoming);
-
-impl From<Incoming> for RequestBody {
-    fn from(body: Incoming) -> RequestBody {
-        RequestBody(body)
-    }
-}
-
-/// The client's request body could not be read: cut short or malformed
-/// (a chunk size such as `zz`). Its own type so that when the member
-/// connection fails because of it, the client is blamed (400) and not the
-/// member (502).
-#[derive(Debug)]
-pub(crate) struct ClientBodyError(hyper::Error);
-
-impl fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the client's request body: {}", self.0)
-    }
-}
-
-impl StdError for ClientBodyError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.0)
-    }
-}
-
-impl ClientBodyError {
-    /// Whether `error`, or any error it was caused by, is the client's
-    /// body.
-    pub(crate) fn caused(error: &(dyn StdError + 'static)) -> bool {
-        let mut cause = Some(error);
-        while let Some(error) = cause {
-            if error.is::<ClientBodyError>() {
-                return true;
-            }
-            cause = error.source();
-        }
-        false
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        Pin::new(&mut self.get_mut().0)
-            .poll_frame(cx)
-            .map_err(ClientBodyError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
-    }
-}
 
 /// A member's answer body: read by vipgate's own HTTP/1.1 from the
 /// connection that carries it, or, for an upgrade request the member did
