@@ -37,6 +37,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 #[tokio::test]
+#[ignore = "needs root: the converted F5 monitors ping (CAP_NET_RAW, or ping sockets in net.ipv4.ping_group_range)"]
 async fn the_loopback_sample_converts_and_runs_like_the_f5_pool() {
     let imported = import(LOOPBACK, "bigip-csp-loopback.conf");
     assert!(imported
@@ -152,6 +153,7 @@ fn the_deployment_guide_sample_names_each_placeholder() {
 }
 
 #[tokio::test]
+#[ignore = "needs root: the converted F5 monitors ping (CAP_NET_RAW, or ping sockets in net.ipv4.ping_group_range)"]
 async fn bigpipe_v9_members_on_lines_of_their_own() {
     let imported = import(V9, "bigpipe-v9.conf");
     assert!(imported.report.notes.is_empty(), "{}", imported.report);
@@ -232,6 +234,7 @@ async fn bigpipe_v4_virtuals_named_by_their_address() {
 }
 
 #[tokio::test]
+#[ignore = "needs root: the F5 file puts members on port 80"]
 async fn a_missing_brace_is_assumed_reported_and_the_rest_converts() {
     let imported = import(MISSING_BRACE, "bigpipe-missing-brace.conf");
     let details: Vec<String> = imported.report.details().map(ToString::to_string).collect();
