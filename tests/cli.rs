@@ -5,9 +5,9 @@ mod common;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::process::{ask, free_vip_port, line_member, Running, BINARY};
+use common::{eventually_blocking, PATIENCE};
 
 /// Writes `text` to a fresh file under the system temp directory.
 fn config_file(name: &str, text: &str) -> PathBuf {
@@ -161,17 +161,7 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
     drop(held);
     // The accept loop is still there: once descriptors are free again, new
     // clients are served.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let served = loop {
-        if let Some(answer) = ask(port) {
-            break answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vipgate stopped serving after EMFILE"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let served = eventually_blocking("vipgate serves again after EMFILE", PATIENCE, || ask(port));
     assert_eq!(served, "member hi\n");
     assert!(running.stop().success());
 }

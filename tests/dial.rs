@@ -261,23 +261,15 @@ fn exhaust(target: SocketAddr, padding: SocketAddr, request: &[u8], served: &[u8
 /// GET `path` from the admin endpoint at `address`, as JSON, once vipgate
 /// has descriptors again.
 fn admin_json(address: SocketAddr, path: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    loop {
-        let attempt = (|| {
-            let mut stream = StdStream::connect(address).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            write!(stream, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).ok()?;
-            let (_, body) = text.split_once("\r\n\r\n")?;
-            serde_json::from_str(body).ok()
-        })();
-        if let Some(json) = attempt {
-            return json;
-        }
-        assert!(std::time::Instant::now() < deadline, "admin answers again");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_blocking("admin answers again", PATIENCE, || {
+        let mut stream = StdStream::connect(address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    })
 }
 
 #[test]

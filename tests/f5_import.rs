@@ -228,7 +228,9 @@ async fn the_converted_tmsh_export_serves_as_the_f5_did() {
     // `min 2 of` three monitors: one failing leaves csp1 up, two take it
     // down; so the HTTP monitor really asks with the right Host.
     banner_31.abort();
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let banner: std::net::SocketAddr = "127.0.0.31:9075".parse().unwrap();
+    wait_probe_health(&vipgate, banner, Health::Down).await;
+    probe_rounds(&vipgate, banner.ip(), 2).await;
     assert_eq!(vipgate.health(csp1), Health::Up);
     http_31.abort();
     wait_health(&vipgate, csp1, Health::Down).await;

@@ -233,13 +233,7 @@ impl Drop for Keepalived {
 /// Waits for `condition`, up to [`LAB_PATIENCE`]; how long it took.
 fn wait(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < LAB_PATIENCE,
-            "timed out waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_blocking(what, LAB_PATIENCE, || condition().then_some(()));
     started.elapsed()
 }
 

@@ -129,8 +129,10 @@ async fn min_rule_keeps_members_up_while_enough_monitors_pass() {
         two_port_host("{ min = 1, of = [\"P1\", \"P2\"] }").await;
     wait_health(&vipgate, first.addr, Health::Up).await;
     second.close().await;
-    // Well past the timeout: still up, one of two passes.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Its probe down, and two more rounds for the verdict to have
+    // changed if it were going to: still up, one of two passes.
+    wait_probe_health(&vipgate, second.addr, Health::Down).await;
+    probe_rounds(&vipgate, second.addr.ip(), 2).await;
     assert_eq!(vipgate.health(first.addr), Health::Up);
     assert_eq!(vipgate.health(second.addr), Health::Up);
     first.close().await;

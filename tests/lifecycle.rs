@@ -53,8 +53,14 @@ async fn shutdown_finishes_as_soon_as_the_last_connection_ends() {
     let mut vipgate = start(&drain_config(&[member], "1h")).await;
     let mut open = LineClient::connect(vipgate.addr("vs")).await;
     assert!(open.ask("hello").await.is_some());
+    let addr = vipgate.addr("vs");
     let stopped = vipgate.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Draining has begun (the listener refuses), and the open connection
+    // is still served.
+    eventually("the listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
     assert!(open.ask("still served").await.is_some());
     drop(open);
     tokio::time::timeout(PATIENCE, stopped)

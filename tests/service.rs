@@ -65,14 +65,10 @@ impl Manager {
     /// The next message holding `line`, skipping others (watchdog pings,
     /// status refreshes).
     fn wait_for(&self, line: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            assert!(Instant::now() < deadline, "no {line} in time");
+        eventually_blocking(&format!("a notification holding {line}"), PATIENCE, || {
             let message = self.next();
-            if message.lines().any(|l| l == line) {
-                return message;
-            }
-        }
+            message.lines().any(|l| l == line).then_some(message)
+        })
     }
 }
 

@@ -72,6 +72,8 @@ struct ProbeRecord {
     /// "ok", or why the last attempt failed.
     detail: String,
     last_success: Option<Instant>,
+    /// Attempts made so far.
+    attempts: u64,
 }
 
 impl ProbeStatus {
@@ -81,6 +83,7 @@ impl ProbeStatus {
                 health: Health::Unchecked,
                 detail: "not probed yet".into(),
                 last_success: None,
+                attempts: 0,
             }),
         }
     }
@@ -95,9 +98,16 @@ impl ProbeStatus {
         (record.health, record.detail)
     }
 
+    /// How many attempts this probe has made: what a test counts to know
+    /// that the probes ran (rather than sleeping and hoping they did).
+    pub fn attempts(&self) -> u64 {
+        self.record().attempts
+    }
+
     /// Folds one attempt in; true if the probe's health changed.
     fn update(&self, result: Result<(), String>, timeout: Duration) -> bool {
         let mut record = lock(&self.record);
+        record.attempts += 1;
         let before = record.health;
         match result {
             Ok(()) => {
@@ -470,6 +480,7 @@ mod tests {
         assert!(status.update(Err("connection refused".into()), timeout));
         assert_eq!(status.verdict().0, Down);
         assert!(status.update(Ok(()), timeout), "one success brings it back");
+        assert_eq!(status.attempts(), 4, "every attempt is counted");
     }
 
     #[test]

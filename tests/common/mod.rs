@@ -281,6 +281,77 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// [`eventually`] for tests on plain threads (child processes, namespaces):
+/// the value `attempt` gives, once it gives one, tried every 20 ms for up to
+/// `patience`; fails the test naming `what` otherwise.
+pub fn eventually_blocking<T>(
+    what: &str,
+    patience: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The health checker's probes of `target` (any port) and how many
+/// attempts each has made.
+fn probe_attempts(vipgate: &Vipgate, target: std::net::IpAddr) -> Vec<(String, u64)> {
+    let snapshot = vipgate.snapshot();
+    snapshot
+        .health()
+        .probes()
+        .filter(|(key, _)| key.target.ip() == target)
+        .map(|(key, status)| (key.target_text(), status.attempts()))
+        .collect()
+}
+
+/// Waits until every probe of `target` (any port) has made `rounds` more
+/// attempts: to show that something does *not* happen (a member stays
+/// up), count the probe rounds that could have changed it instead of
+/// sleeping and hoping they ran.
+pub async fn probe_rounds(vipgate: &Vipgate, target: std::net::IpAddr, rounds: u64) {
+    let start = probe_attempts(vipgate, target);
+    assert!(!start.is_empty(), "no probe watches {target}");
+    eventually(&format!("{rounds} more probe rounds on {target}"), || {
+        probe_attempts(vipgate, target)
+            .iter()
+            .zip(&start)
+            .all(|((_, now), (_, then))| *now >= then + rounds)
+    })
+    .await;
+}
+
+/// Waits until the probe of `target` (this port) has `health` itself,
+/// whatever the rules that combine it with others make of the member.
+pub async fn wait_probe_health(
+    vipgate: &Vipgate,
+    target: SocketAddr,
+    health: vipgate::pool::Health,
+) {
+    eventually(
+        &format!("the probe of {target} is {}", health.as_str()),
+        || {
+            let snapshot = vipgate.snapshot();
+            let found = snapshot
+                .health()
+                .probes()
+                .find(|(key, _)| key.target == target)
+                .map(|(_, status)| status.verdict().0);
+            found == Some(health)
+        },
+    )
+    .await;
+}
+
 /// A one-pool, one-virtual configuration over `members`, with extra lines
 /// for the virtual.
 pub fn config(members: &[SocketAddr], virtual_extra: &str) -> String {
