@@ -70,7 +70,10 @@ impl Collector for Exporter {
         let status = Status::of(&snapshot, self.reloads.counts());
         let mut families = Families::default();
         virtuals(&status, &mut families);
-        members(&status, &mut families);
+        tls(&status, &mut families);
+        http(&status, &mut families);
+        member_health(&status, &mut families);
+        member_counters(&status, &mut families);
         snat(&status, &mut families);
         config(&status, &mut families);
         families.counter(
@@ -188,12 +191,18 @@ fn set(vec: &IntGaugeVec, labels: &[&str], value: i64) {
     vec.with_label_values(labels).set(value);
 }
 
-fn virtuals(status: &Status, families: &mut Families) {
-    let by_name: Vec<(&str, &VirtualStatus)> = status
+/// Each virtual's (name, status), the rows of the per-virtual families.
+fn by_name(status: &Status) -> Vec<(&str, &VirtualStatus)> {
+    status
         .virtuals
         .iter()
         .map(|v| (v.name.as_str(), v))
-        .collect();
+        .collect()
+}
+
+/// Client connections of every virtual: accepted, open, refused.
+fn virtuals(status: &Status, families: &mut Families) {
+    let by_name = by_name(status);
     families.counter_each(
         "vipgate_virtual_connections_total",
         "Client connections accepted.",
@@ -230,6 +239,11 @@ fn virtuals(status: &Status, families: &mut Families) {
         &by_name,
         |v| v.counts.accept_errors,
     );
+}
+
+/// TLS on the virtuals that terminate it or route by SNI.
+fn tls(status: &Status, families: &mut Families) {
+    let by_name = by_name(status);
     let terminating: Vec<_> = by_name
         .iter()
         .filter(|(_, v)| matches!(v.tls, "terminate" | "auto"))
@@ -275,6 +289,10 @@ fn virtuals(status: &Status, families: &mut Families) {
             ]
         },
     );
+}
+
+/// Requests, persistence and answers of the HTTP virtuals.
+fn http(status: &Status, families: &mut Families) {
     let http: Vec<_> = status
         .virtuals
         .iter()
@@ -340,20 +358,19 @@ fn virtuals(status: &Status, families: &mut Families) {
     );
 }
 
-fn members(status: &Status, families: &mut Families) {
-    let in_pools = || {
-        status.pools.iter().flat_map(|pool| {
-            pool.members
-                .iter()
-                .map(move |member| (pool.name.as_str(), member))
-        })
-    };
-    // Connections, bytes and admin state belong to the address, whatever
-    // pools it is in.
-    let by_address: BTreeMap<&str, &MemberStatus> = in_pools()
-        .map(|(_, member)| (member.address.as_str(), member))
-        .collect();
-    let by_name: Vec<(&str, &MemberStatus)> = by_address.into_iter().collect();
+/// Every (pool, member) pair.
+fn in_pools(status: &Status) -> impl Iterator<Item = (&str, &MemberStatus)> {
+    status.pools.iter().flat_map(|pool| {
+        pool.members
+            .iter()
+            .map(move |member| (pool.name.as_str(), member))
+    })
+}
+
+/// Health per pool and member, the pools' usable members, and each
+/// monitor's verdict.
+fn member_health(status: &Status, families: &mut Families) {
+    let in_pools = || in_pools(status);
     families.gauge(
         "vipgate_member_up",
         "1 when the member's monitors in this pool (its own rule and its node's) pass, or it has none; else 0.",
@@ -374,6 +391,55 @@ fn members(status: &Status, families: &mut Families) {
             }
         },
     );
+    families.gauge(
+        "vipgate_pool_member",
+        "1 for each member of each pool.",
+        &["pool", "member"],
+        |vec| {
+            for (pool, member) in in_pools() {
+                set(vec, &[pool, &member.address], 1);
+            }
+        },
+    );
+    let pools: Vec<(&str, i64)> = status
+        .pools
+        .iter()
+        .map(|pool| {
+            let usable = pool.members.iter().filter(|m| m.usable).count();
+            (pool.name.as_str(), usable as i64)
+        })
+        .collect();
+    families.gauge_each(
+        "vipgate_pool_members_up",
+        "Members of the pool that are up and enabled.",
+        "pool",
+        &pools,
+        |usable| *usable,
+    );
+    // A monitor probes a target once, whatever pools it serves.
+    let monitors: BTreeMap<(&str, &str), bool> = in_pools()
+        .flat_map(|(_, member)| &member.monitors)
+        .map(|m| ((m.monitor.as_str(), m.target.as_str()), m.result == "up"))
+        .collect();
+    families.gauge(
+        "vipgate_monitor_up",
+        "The last verdict of one monitor on one target: 1 up, 0 down or not yet probed.",
+        &["monitor", "target"],
+        |vec| {
+            for ((monitor, target), up) in &monitors {
+                set(vec, &[monitor, target], i64::from(*up));
+            }
+        },
+    );
+}
+
+/// What belongs to a member's address, whatever pools list it: admin
+/// state, connections, connect failures, bytes.
+fn member_counters(status: &Status, families: &mut Families) {
+    let by_address: BTreeMap<&str, &MemberStatus> = in_pools(status)
+        .map(|(_, member)| (member.address.as_str(), member))
+        .collect();
+    let by_name: Vec<(&str, &MemberStatus)> = by_address.into_iter().collect();
     families.gauge(
         "vipgate_member_admin_state",
         "1 for the member's admin state: enabled, disabled, forced-offline.",
@@ -415,46 +481,6 @@ fn members(status: &Status, families: &mut Families) {
                 ("to_member", m.counts.bytes.to_member),
                 ("to_client", m.counts.bytes.to_client),
             ]
-        },
-    );
-    families.gauge(
-        "vipgate_pool_member",
-        "1 for each member of each pool.",
-        &["pool", "member"],
-        |vec| {
-            for (pool, member) in in_pools() {
-                set(vec, &[pool, &member.address], 1);
-            }
-        },
-    );
-    let pools: Vec<(&str, i64)> = status
-        .pools
-        .iter()
-        .map(|pool| {
-            let usable = pool.members.iter().filter(|m| m.usable).count();
-            (pool.name.as_str(), usable as i64)
-        })
-        .collect();
-    families.gauge_each(
-        "vipgate_pool_members_up",
-        "Members of the pool that are up and enabled.",
-        "pool",
-        &pools,
-        |usable| *usable,
-    );
-    // A monitor probes a target once, whatever pools it serves.
-    let monitors: BTreeMap<(&str, &str), bool> = in_pools()
-        .flat_map(|(_, member)| &member.monitors)
-        .map(|m| ((m.monitor.as_str(), m.target.as_str()), m.result == "up"))
-        .collect();
-    families.gauge(
-        "vipgate_monitor_up",
-        "The last verdict of one monitor on one target: 1 up, 0 down or not yet probed.",
-        &["monitor", "target"],
-        |vec| {
-            for ((monitor, target), up) in &monitors {
-                set(vec, &[monitor, target], i64::from(*up));
-            }
         },
     );
 }

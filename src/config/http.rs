@@ -114,7 +114,7 @@ impl Checker<'_> {
         &mut self,
         key: &str,
         raw_virtual: &Spanned<RawVirtual>,
-        mut tls: Option<&mut Tls>,
+        tls: Option<&mut Tls>,
         file: &RawConfig,
     ) -> Option<Mode> {
         let virtual_server = raw_virtual.get_ref();
@@ -123,58 +123,105 @@ impl Checker<'_> {
             .as_ref()
             .map_or(VirtualMode::Tcp, |m| *m.get_ref());
         if mode == VirtualMode::Tcp {
-            let http_only = [
-                (
-                    "persistence",
-                    virtual_server.persistence.as_ref().map(|p| p.span()),
-                ),
-                (
-                    "header_timeout",
-                    virtual_server.header_timeout.as_ref().map(|p| p.span()),
-                ),
-                (
-                    "keepalive_timeout",
-                    virtual_server.keepalive_timeout.as_ref().map(|p| p.span()),
-                ),
-                (
-                    "max_header_size",
-                    virtual_server.max_header_size.as_ref().map(|p| p.span()),
-                ),
-                (
-                    "max_concurrent_streams",
-                    virtual_server
-                        .max_concurrent_streams
-                        .as_ref()
-                        .map(|p| p.span()),
-                ),
-                (
-                    "request_headers",
-                    virtual_server.request_headers.as_ref().map(|p| p.span()),
-                ),
-                (
-                    "response_headers",
-                    virtual_server.response_headers.as_ref().map(|p| p.span()),
-                ),
-            ];
-            for (field, span) in http_only {
-                if let Some(span) = span {
-                    self.report(
-                        &format!("{key}.{field}"),
-                        Some(span),
-                        format!("`{field}` only applies to HTTP virtuals"),
-                        Some("add mode = \"http\" to the virtual, or remove the key".into()),
-                    );
-                }
-            }
+            self.no_http_keys(key, virtual_server);
             return Some(Mode::Tcp);
         }
+        self.http_front(key, raw_virtual, tls);
+        let header_timeout = self.duration(
+            &format!("{key}.header_timeout"),
+            virtual_server.header_timeout.as_ref(),
+            DEFAULT_HEADER_TIMEOUT,
+        );
+        let keepalive_timeout = self.duration(
+            &format!("{key}.keepalive_timeout"),
+            virtual_server.keepalive_timeout.as_ref(),
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        );
+        let (max_header_size, max_concurrent_streams) = self.http_limits(key, virtual_server);
+        let request_headers = self.header_fields(
+            &format!("{key}.request_headers"),
+            virtual_server.request_headers.as_ref(),
+        );
+        let response_headers = self.header_fields(
+            &format!("{key}.response_headers"),
+            virtual_server.response_headers.as_ref(),
+        );
+        let persistence = match &virtual_server.persistence {
+            None => Some(Persistence::None),
+            Some(raw) => self.persistence(&format!("{key}.persistence"), raw, file),
+        };
+        Some(Mode::Http(Box::new(HttpPlan {
+            persistence: persistence?,
+            header_timeout,
+            keepalive_timeout,
+            max_header_size: max_header_size?,
+            max_concurrent_streams: max_concurrent_streams?,
+            request_headers: request_headers?,
+            response_headers: response_headers?,
+        })))
+    }
+
+    /// A TCP virtual: every HTTP-only key it sets is a problem.
+    fn no_http_keys(&mut self, key: &str, virtual_server: &RawVirtual) {
+        let http_only = [
+            (
+                "persistence",
+                virtual_server.persistence.as_ref().map(|p| p.span()),
+            ),
+            (
+                "header_timeout",
+                virtual_server.header_timeout.as_ref().map(|p| p.span()),
+            ),
+            (
+                "keepalive_timeout",
+                virtual_server.keepalive_timeout.as_ref().map(|p| p.span()),
+            ),
+            (
+                "max_header_size",
+                virtual_server.max_header_size.as_ref().map(|p| p.span()),
+            ),
+            (
+                "max_concurrent_streams",
+                virtual_server
+                    .max_concurrent_streams
+                    .as_ref()
+                    .map(|p| p.span()),
+            ),
+            (
+                "request_headers",
+                virtual_server.request_headers.as_ref().map(|p| p.span()),
+            ),
+            (
+                "response_headers",
+                virtual_server.response_headers.as_ref().map(|p| p.span()),
+            ),
+        ];
+        for (field, span) in http_only {
+            if let Some(span) = span {
+                self.report(
+                    &format!("{key}.{field}"),
+                    Some(span),
+                    format!("`{field}` only applies to HTTP virtuals"),
+                    Some("add mode = \"http\" to the virtual, or remove the key".into()),
+                );
+            }
+        }
+    }
+
+    /// The client side of an HTTP virtual: ALPN offered when TLS ends here
+    /// (HTTP's protocols unless narrowed), no passthrough, no PROXY header.
+    fn http_front(
+        &mut self,
+        key: &str,
+        raw_virtual: &Spanned<RawVirtual>,
+        mut tls: Option<&mut Tls>,
+    ) {
+        let virtual_server = raw_virtual.get_ref();
         let mode_span = virtual_server.mode.as_ref().map(|m| m.span());
         if let Some(Tls::Terminate(terminate)) = tls.as_deref() {
             self.http_alpn(key, raw_virtual, &terminate.alpn);
         }
         if let Some(Tls::Terminate(terminate)) = tls.as_deref_mut() {
-            // What an HTTP virtual speaks, offered unless the operator
-            // narrowed it.
             if terminate.alpn.is_empty() {
                 terminate.alpn = HTTP_ALPN.iter().map(|p| p.to_string()).collect();
             }
@@ -195,16 +242,15 @@ impl Checker<'_> {
                 Some("remove proxy_protocol: members learn the client's address from X-Forwarded-For".into()),
             );
         }
-        let header_timeout = self.duration(
-            &format!("{key}.header_timeout"),
-            virtual_server.header_timeout.as_ref(),
-            DEFAULT_HEADER_TIMEOUT,
-        );
-        let keepalive_timeout = self.duration(
-            &format!("{key}.keepalive_timeout"),
-            virtual_server.keepalive_timeout.as_ref(),
-            DEFAULT_KEEPALIVE_TIMEOUT,
-        );
+    }
+
+    /// `max_header_size` (bytes) and `max_concurrent_streams`, defaults
+    /// where unset; `None` where out of range (reported).
+    fn http_limits(
+        &mut self,
+        key: &str,
+        virtual_server: &RawVirtual,
+    ) -> (Option<usize>, Option<u32>) {
         let max_header_size = match &virtual_server.max_header_size {
             None => Some(DEFAULT_MAX_HEADER_SIZE),
             Some(value) => self.integer_in(
@@ -227,27 +273,7 @@ impl Checker<'_> {
                 )
                 .map(|n| n as u32),
         };
-        let request_headers = self.header_fields(
-            &format!("{key}.request_headers"),
-            virtual_server.request_headers.as_ref(),
-        );
-        let response_headers = self.header_fields(
-            &format!("{key}.response_headers"),
-            virtual_server.response_headers.as_ref(),
-        );
-        let persistence = match &virtual_server.persistence {
-            None => Some(Persistence::None),
-            Some(raw) => self.persistence(&format!("{key}.persistence"), raw, file),
-        };
-        Some(Mode::Http(Box::new(HttpPlan {
-            persistence: persistence?,
-            header_timeout,
-            keepalive_timeout,
-            max_header_size: max_header_size?,
-            max_concurrent_streams: max_concurrent_streams?,
-            request_headers: request_headers?,
-            response_headers: response_headers?,
-        })))
+        (max_header_size, max_concurrent_streams)
     }
 
     /// An HTTP virtual's ALPN list may offer only what it serves.

@@ -178,69 +178,9 @@ impl<'a> Converter<'a> {
     }
 
     fn virtual_server(&mut self, path: &str, source: &Virtual) -> Result<(), String> {
-        if let Some((kind, _)) = &source.special {
-            return Err(format!("it is an `{kind}` virtual, not a load balancer"));
-        }
-        if source.disabled {
-            return Err("it is disabled on the BIG-IP".into());
-        }
-        if let Some((protocol, _)) = &source.protocol {
-            if protocol != "tcp" {
-                return Err(format!(
-                    "its protocol is {protocol} and vipgate is TCP only"
-                ));
-            }
-        }
-        if let Some((false, _)) = source.translate_address {
-            return Err(
-                "it forwards without address translation (translate-address disabled)".into(),
-            );
-        }
-        let destination = source.destination.as_ref().ok_or("it has no destination")?;
-        let written = endpoint(&destination.text);
-        let address = match written.host {
-            Host::Ip(address) => address,
-            Host::Name(host) => {
-                return Err(format!("its destination `{host}` is not an IP address"))
-            }
-        };
-        let port = match written.port {
-            Some(Ok(Port::Number(port))) => port,
-            Some(Ok(Port::Any)) => {
-                return Err("its destination has no fixed port (port any)".into())
-            }
-            Some(Err(text)) => {
-                return Err(format!(
-                    "its port `{text}` is not a number or a known service name"
-                ))
-            }
-            None => return Err("its destination has no port".into()),
-        };
-        let host_mask = [
-            "255.255.255.255",
-            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
-            "none",
-        ];
-        if let Some(mask) = source.mask.as_deref().filter(|m| !host_mask.contains(m)) {
-            return Err(format!(
-                "it is a network virtual (mask {mask}); vipgate listens on one address"
-            ));
-        }
-        let listen = SocketAddr::new(address, port);
-        let pool_word = match &source.pool {
-            Some(pool) => pool,
-            None if !source.rules.is_empty() => {
-                let rules: Vec<&str> = source.rules.iter().map(|(r, _)| name(r)).collect();
-                return Err(format!(
-                    "it has no pool; its iRules ({}) decide where traffic goes",
-                    rules.join(", ")
-                ));
-            }
-            None if !source.policies.is_empty() => {
-                return Err("it has no pool; an LTM policy decides where traffic goes".into())
-            }
-            None => return Err("it has no pool".into()),
-        };
+        source.balances_tcp()?;
+        let listen = source.listen_address()?;
+        let pool_word = source.pool_word()?;
         // As vipgate's own check: a wildcard address takes its port on
         // every address of its family.
         let overlapping = self.listens.iter().find(|(other, _)| {
@@ -272,6 +212,16 @@ impl<'a> Converter<'a> {
         let owner = format!("virtual {}", name(path));
         self.profiles(&owner, source, pool, &mut out);
         self.persistence(&owner, source, &mut out);
+        self.not_carried_over(&owner, source);
+        out.snat = self.snat(&owner, source, pool);
+        self.listens.insert(listen, name(path).to_string());
+        self.output.virtuals.push(out);
+        Ok(())
+    }
+
+    /// Reports what of `source` decides traffic on the BIG-IP and has no
+    /// place here: iRules, LTM policies, a source address range.
+    fn not_carried_over(&mut self, owner: &str, source: &Virtual) {
         for (rule, at) in &source.rules {
             self.model.detail(*at, format!("{owner}: iRule {} is not carried over; check what it does (it may choose pools, rewrite or redirect)", name(rule)));
         }
@@ -289,10 +239,6 @@ impl<'a> Converter<'a> {
                 self.model.detail(*at, format!("{owner}: it accepts clients from {source_range} only on the BIG-IP; vipgate accepts any (limit clients with the host's firewall)"));
             }
         }
-        out.snat = self.snat(&owner, source, pool);
-        self.listens.insert(listen, name(path).to_string());
-        self.output.virtuals.push(out);
-        Ok(())
     }
 
     /// Converts the pool `reference` (once) and returns its index.
@@ -322,65 +268,9 @@ impl<'a> Converter<'a> {
         });
         let mut members: Vec<MemberOut> = Vec::new();
         for member in &pool.members {
-            let label = format!(
-                "{owner}: member {}",
-                member.written.trim_start_matches("/Common/")
-            );
-            let address = match self.member_address(member) {
-                Ok(address) => address,
-                Err(why) => {
-                    self.model
-                        .detail(member.at, format!("{label} {why}; left out"));
-                    continue;
-                }
-            };
-            if members.iter().any(|m| m.address == address) {
-                self.model.detail(
-                    member.at,
-                    format!("{label} is {address} again (route domains are dropped); left out"),
-                );
-                continue;
+            if let Some(converted) = self.member(member, &owner, monitor.is_some(), &members) {
+                members.push(converted);
             }
-            let own_monitor = member.monitor.as_ref().map(|rule| {
-                let converted = self.rule(rule, &label);
-                if converted.is_none() {
-                    let then = if monitor.is_some() {
-                        "it takes the pool's rule"
-                    } else {
-                        "it counts as up"
-                    };
-                    self.model.detail(
-                        rule.at,
-                        format!("{label}: no monitor of its own rule is left, so {then}"),
-                    );
-                }
-                converted
-            });
-            let ratio = member.ratio.filter(|r| *r != 1);
-            if let Some(ratio) = ratio.filter(|r| !(1..=100).contains(r)) {
-                self.model.detail(
-                    member.at,
-                    format!(
-                        "{label} ratio {ratio} becomes {} (vipgate's ratios are 1 to 100)",
-                        ratio.clamp(1, 100)
-                    ),
-                );
-            }
-            members.push(MemberOut {
-                address,
-                monitor: own_monitor,
-                ratio: ratio.map(|r| r.clamp(1, 100)),
-                priority: member.priority.filter(|p| *p != 0).map(|p| p.min(65_535)),
-                connection_limit: member
-                    .connection_limit
-                    .filter(|l| *l != 0)
-                    .map(|l| l.min(u64::from(u32::MAX))),
-                rate_limit: member
-                    .rate_limit
-                    .filter(|r| *r != 0)
-                    .map(|r| r.min(1_000_000)),
-                state: member.state,
-            });
         }
         if members.is_empty() {
             let why = if pool.members.is_empty() {
@@ -395,19 +285,7 @@ impl<'a> Converter<'a> {
             self.pools.insert(path, Err(why.clone()));
             return Err(format!("its pool {} {why}", name(reference)));
         }
-        let algorithm = match &pool.algorithm {
-            Some((Some(algorithm), _, _)) => Some(*algorithm),
-            Some((None, written, at)) => {
-                self.model.detail(
-                    *at,
-                    format!(
-                        "{owner}: load balancing `{written}` is not available; round-robin is used"
-                    ),
-                );
-                None
-            }
-            None => None,
-        };
+        let algorithm = self.algorithm(&pool, &owner);
         let index = self.output.pools.len();
         self.output.pools.push(PoolOut {
             name: self.pool_names.of(&path),
@@ -427,6 +305,94 @@ impl<'a> Converter<'a> {
         });
         self.pools.insert(path, Ok(index));
         Ok(index)
+    }
+
+    /// One member of pool `owner`, or `None` (said in the report) when it
+    /// has no address vipgate can connect to or repeats one in `taken`.
+    fn member(
+        &mut self,
+        member: &super::model::Member,
+        owner: &str,
+        pool_has_monitor: bool,
+        taken: &[MemberOut],
+    ) -> Option<MemberOut> {
+        let label = format!(
+            "{owner}: member {}",
+            member.written.trim_start_matches("/Common/")
+        );
+        let address = match self.member_address(member) {
+            Ok(address) => address,
+            Err(why) => {
+                self.model
+                    .detail(member.at, format!("{label} {why}; left out"));
+                return None;
+            }
+        };
+        if taken.iter().any(|m| m.address == address) {
+            self.model.detail(
+                member.at,
+                format!("{label} is {address} again (route domains are dropped); left out"),
+            );
+            return None;
+        }
+        let own_monitor = member.monitor.as_ref().map(|rule| {
+            let converted = self.rule(rule, &label);
+            if converted.is_none() {
+                let then = if pool_has_monitor {
+                    "it takes the pool's rule"
+                } else {
+                    "it counts as up"
+                };
+                self.model.detail(
+                    rule.at,
+                    format!("{label}: no monitor of its own rule is left, so {then}"),
+                );
+            }
+            converted
+        });
+        let ratio = member.ratio.filter(|r| *r != 1);
+        if let Some(ratio) = ratio.filter(|r| !(1..=100).contains(r)) {
+            self.model.detail(
+                member.at,
+                format!(
+                    "{label} ratio {ratio} becomes {} (vipgate's ratios are 1 to 100)",
+                    ratio.clamp(1, 100)
+                ),
+            );
+        }
+        Some(MemberOut {
+            address,
+            monitor: own_monitor,
+            ratio: ratio.map(|r| r.clamp(1, 100)),
+            priority: member.priority.filter(|p| *p != 0).map(|p| p.min(65_535)),
+            connection_limit: member
+                .connection_limit
+                .filter(|l| *l != 0)
+                .map(|l| l.min(u64::from(u32::MAX))),
+            rate_limit: member
+                .rate_limit
+                .filter(|r| *r != 0)
+                .map(|r| r.min(1_000_000)),
+            state: member.state,
+        })
+    }
+
+    /// The pool's load-balancing method; `None` (round-robin) also for one
+    /// vipgate does not have, which the report names.
+    fn algorithm(&mut self, pool: &super::model::Pool, owner: &str) -> Option<&'static str> {
+        match &pool.algorithm {
+            Some((Some(algorithm), _, _)) => Some(*algorithm),
+            Some((None, written, at)) => {
+                self.model.detail(
+                    *at,
+                    format!(
+                        "{owner}: load balancing `{written}` is not available; round-robin is used"
+                    ),
+                );
+                None
+            }
+            None => None,
+        }
     }
 
     /// A member's address: its `address`, or the address in its name, or

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use super::convert::{Output, RuleOut};
+use super::convert::{MemberOut, Output, PoolOut, RuleOut, VirtualOut};
 use super::model::MemberState;
-use super::monitors::Check;
+use super::monitors::{Check, Converted};
 use super::report::Summary;
 
 /// The path a cookie-persistence secret is expected at, next to the
@@ -56,14 +56,72 @@ fn rule(rule: &RuleOut) -> String {
     }
 }
 
+/// Appends one formatted line to a `String` (which cannot fail).
+macro_rules! put {
+    ($out:expr) => {{
+        $out.push('\n');
+    }};
+    ($out:expr, $($format:tt)*) => {{
+        let _ = writeln!($out, $($format)*);
+    }};
+}
+
 /// The configuration for `output`, headed by a comment naming `source`.
 pub(super) fn emit(output: &Output, source: &str) -> (String, Summary) {
     let mut out = String::new();
-    let _ = writeln!(
+    put!(
         out,
         "# Converted by `vipgate import-f5` from {source}.\n# Check it with `vipgate check -c FILE`; what could not be carried over was\n# listed on stderr, with line numbers in {source}.\n"
     );
-    let used: BTreeSet<&String> = output
+    let used = used_monitors(output);
+    for (name, monitor) in output
+        .monitors
+        .iter()
+        .filter(|(name, _)| used.contains(name))
+    {
+        monitor_table(&mut out, name, monitor);
+    }
+    for (address, node) in &output.nodes {
+        put!(
+            out,
+            "[nodes.{}]\nmonitor = {}\n",
+            quote(&address.to_string()),
+            rule(node)
+        );
+    }
+    for (name, addresses) in &output.snat_pools {
+        let listed: Vec<String> = addresses.iter().map(|a| quote(&a.to_string())).collect();
+        put!(
+            out,
+            "[snat_pools.{}]\naddresses = [{}]\n",
+            table_key(name),
+            listed.join(", ")
+        );
+    }
+    for pool in &output.pools {
+        pool_table(&mut out, pool);
+    }
+    let mut secret_needed = false;
+    for virtual_server in &output.virtuals {
+        secret_needed |= virtual_table(&mut out, virtual_server);
+    }
+    if secret_needed {
+        put!(out, "# Cookie persistence seals its cookies with this secret, next to this file;\n# create it with `head -c 32 /dev/urandom > {SECRET_FILE}` and give every\n# vipgate instance of a pair the same file.\n[persistence]\nsecret_file = \"{SECRET_FILE}\"");
+    }
+    let summary = Summary {
+        virtuals: output.virtuals.len(),
+        pools: output.pools.len(),
+        members: output.pools.iter().map(|p| p.members.len()).sum(),
+        monitors: used.len(),
+        nodes: output.nodes.len(),
+        snat_pools: output.snat_pools.len(),
+    };
+    (out, summary)
+}
+
+/// The monitors some pool, member or node uses: only those are written.
+fn used_monitors(output: &Output) -> BTreeSet<&String> {
+    output
         .pools
         .iter()
         .flat_map(|pool| {
@@ -75,194 +133,166 @@ pub(super) fn emit(output: &Output, source: &str) -> (String, Summary) {
         })
         .chain(output.nodes.values())
         .flat_map(|rule| rule.monitors.iter())
-        .collect();
-    for (name, monitor) in output
-        .monitors
-        .iter()
-        .filter(|(name, _)| used.contains(name))
-    {
-        let _ = writeln!(out, "[monitors.{}]", table_key(name));
-        match &monitor.check {
-            Check::Tcp { send, expect } => {
-                let _ = writeln!(out, "type = \"tcp\"");
-                if !send.is_empty() {
-                    let _ = writeln!(out, "send = {}", quote(send));
-                }
-                if !expect.is_empty() {
-                    let _ = writeln!(out, "expect = {}", quote(expect));
-                }
+        .collect()
+}
+
+/// `[monitors.NAME]`.
+fn monitor_table(out: &mut String, name: &str, monitor: &Converted) {
+    put!(out, "[monitors.{}]", table_key(name));
+    match &monitor.check {
+        Check::Tcp { send, expect } => {
+            put!(out, "type = \"tcp\"");
+            if !send.is_empty() {
+                put!(out, "send = {}", quote(send));
             }
-            Check::Http {
-                path,
-                host,
-                status,
-                expect,
-                tls,
-            } => {
-                let _ = writeln!(out, "type = \"http\"\npath = {}", quote(path));
-                if !host.is_empty() {
-                    let _ = writeln!(out, "host = {}", quote(host));
-                }
-                let _ = writeln!(out, "expect_status = {status}");
-                if !expect.is_empty() {
-                    let _ = writeln!(out, "expect = {}", quote(expect));
-                }
-                if *tls {
-                    let _ = writeln!(out, "tls = true");
-                }
-            }
-            Check::Icmp => {
-                let _ = writeln!(out, "type = \"icmp\"");
+            if !expect.is_empty() {
+                put!(out, "expect = {}", quote(expect));
             }
         }
-        if let Some(port) = monitor.port {
-            let _ = writeln!(out, "port = {port}");
+        Check::Http {
+            path,
+            host,
+            status,
+            expect,
+            tls,
+        } => {
+            put!(out, "type = \"http\"\npath = {}", quote(path));
+            if !host.is_empty() {
+                put!(out, "host = {}", quote(host));
+            }
+            put!(out, "expect_status = {status}");
+            if !expect.is_empty() {
+                put!(out, "expect = {}", quote(expect));
+            }
+            if *tls {
+                put!(out, "tls = true");
+            }
         }
-        let _ = writeln!(
-            out,
-            "interval = {}\ntimeout = {}\n",
-            monitor.interval, monitor.timeout
-        );
+        Check::Icmp => put!(out, "type = \"icmp\""),
     }
-    for (address, node) in &output.nodes {
-        let _ = writeln!(
-            out,
-            "[nodes.{}]\nmonitor = {}\n",
-            quote(&address.to_string()),
-            rule(node)
-        );
+    if let Some(port) = monitor.port {
+        put!(out, "port = {port}");
     }
-    for (name, addresses) in &output.snat_pools {
-        let listed: Vec<String> = addresses.iter().map(|a| quote(&a.to_string())).collect();
-        let _ = writeln!(
-            out,
-            "[snat_pools.{}]\naddresses = [{}]\n",
-            table_key(name),
-            listed.join(", ")
-        );
+    put!(
+        out,
+        "interval = {}\ntimeout = {}\n",
+        monitor.interval,
+        monitor.timeout
+    );
+}
+
+/// `[pools.NAME]` with its members.
+fn pool_table(out: &mut String, pool: &PoolOut) {
+    put!(out, "[pools.{}]", table_key(&pool.name));
+    if let Some(algorithm) = pool.algorithm {
+        put!(out, "algorithm = \"{algorithm}\"");
     }
-    for pool in &output.pools {
-        let _ = writeln!(out, "[pools.{}]", table_key(&pool.name));
-        if let Some(algorithm) = pool.algorithm {
-            let _ = writeln!(out, "algorithm = \"{algorithm}\"");
-        }
-        if let Some(monitor) = &pool.monitor {
-            let _ = writeln!(out, "monitor = {}", rule(monitor));
-        }
-        if pool.reset_on_down {
-            let _ = writeln!(out, "action_on_service_down = \"reset\"");
-        }
-        if let Some(seconds) = pool.slow_ramp {
-            let _ = writeln!(out, "slow_ramp = {seconds}");
-        }
-        if let Some(count) = pool.min_active_members {
-            let _ = writeln!(out, "min_active_members = {count}");
-        }
-        if let Some((ca, server_name)) = &pool.tls {
-            let mut fields = vec![match ca {
-                Some(ca) => format!("ca = {}", quote(ca)),
-                None => "verify = false".into(),
-            }];
-            if let Some(server_name) = server_name {
-                fields.push(format!("server_name = {}", quote(server_name)));
-            }
-            let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
-        }
-        let _ = writeln!(out, "members = [");
-        for member in &pool.members {
-            let mut fields = vec![format!("address = {}", quote(&member.address.to_string()))];
-            if let Some(Some(own)) = &member.monitor {
-                fields.push(format!("monitor = {}", rule(own)));
-            }
-            if let Some(ratio) = member.ratio {
-                fields.push(format!("ratio = {ratio}"));
-            }
-            if let Some(priority) = member.priority {
-                fields.push(format!("priority = {priority}"));
-            }
-            if let Some(limit) = member.connection_limit {
-                fields.push(format!("connection_limit = {limit}"));
-            }
-            if let Some(rate) = member.rate_limit {
-                fields.push(format!("connect_rate_limit = {rate}"));
-            }
-            match member.state {
-                Some(MemberState::Disabled) => fields.push("state = \"disabled\"".into()),
-                Some(MemberState::ForcedOffline) => {
-                    fields.push("state = \"forced-offline\"".into())
-                }
-                None => {}
-            }
-            let _ = writeln!(out, "  {{ {} }},", fields.join(", "));
-        }
-        let _ = writeln!(out, "]\n");
+    if let Some(monitor) = &pool.monitor {
+        put!(out, "monitor = {}", rule(monitor));
     }
-    let mut secret_needed = false;
-    for virtual_server in &output.virtuals {
-        let _ = writeln!(
-            out,
-            "[virtuals.{}]\nlisten = {}\npool = {}",
-            table_key(&virtual_server.name),
-            quote(&virtual_server.listen.to_string()),
-            quote(&virtual_server.pool)
-        );
-        if let Some(snat) = &virtual_server.snat {
-            let _ = writeln!(out, "snat = {}", quote(snat));
+    if pool.reset_on_down {
+        put!(out, "action_on_service_down = \"reset\"");
+    }
+    if let Some(seconds) = pool.slow_ramp {
+        put!(out, "slow_ramp = {seconds}");
+    }
+    if let Some(count) = pool.min_active_members {
+        put!(out, "min_active_members = {count}");
+    }
+    if let Some((ca, server_name)) = &pool.tls {
+        let mut fields = vec![match ca {
+            Some(ca) => format!("ca = {}", quote(ca)),
+            None => "verify = false".into(),
+        }];
+        if let Some(server_name) = server_name {
+            fields.push(format!("server_name = {}", quote(server_name)));
         }
-        if let Some(limit) = virtual_server.connection_limit {
-            let _ = writeln!(out, "connection_limit = {limit}");
-        }
-        if let Some(idle) = virtual_server.idle_timeout {
-            let _ = writeln!(out, "idle_timeout = {idle}");
-        }
-        if !virtual_server.certificates.is_empty() {
-            let certs: Vec<String> = virtual_server
-                .certificates
+        put!(out, "tls = {{ {} }}", fields.join(", "));
+    }
+    put!(out, "members = [");
+    for member in &pool.members {
+        put!(out, "  {{ {} }},", member_fields(member).join(", "));
+    }
+    put!(out, "]\n");
+}
+
+/// One member's inline table, field by field.
+fn member_fields(member: &MemberOut) -> Vec<String> {
+    let mut fields = vec![format!("address = {}", quote(&member.address.to_string()))];
+    if let Some(Some(own)) = &member.monitor {
+        fields.push(format!("monitor = {}", rule(own)));
+    }
+    if let Some(ratio) = member.ratio {
+        fields.push(format!("ratio = {ratio}"));
+    }
+    if let Some(priority) = member.priority {
+        fields.push(format!("priority = {priority}"));
+    }
+    if let Some(limit) = member.connection_limit {
+        fields.push(format!("connection_limit = {limit}"));
+    }
+    if let Some(rate) = member.rate_limit {
+        fields.push(format!("connect_rate_limit = {rate}"));
+    }
+    match member.state {
+        Some(MemberState::Disabled) => fields.push("state = \"disabled\"".into()),
+        Some(MemberState::ForcedOffline) => fields.push("state = \"forced-offline\"".into()),
+        None => {}
+    }
+    fields
+}
+
+/// `[virtuals.NAME]`; true when it needs the cookie secret.
+fn virtual_table(out: &mut String, virtual_server: &VirtualOut) -> bool {
+    put!(
+        out,
+        "[virtuals.{}]\nlisten = {}\npool = {}",
+        table_key(&virtual_server.name),
+        quote(&virtual_server.listen.to_string()),
+        quote(&virtual_server.pool)
+    );
+    if let Some(snat) = &virtual_server.snat {
+        put!(out, "snat = {}", quote(snat));
+    }
+    if let Some(limit) = virtual_server.connection_limit {
+        put!(out, "connection_limit = {limit}");
+    }
+    if let Some(idle) = virtual_server.idle_timeout {
+        put!(out, "idle_timeout = {idle}");
+    }
+    if !virtual_server.certificates.is_empty() {
+        let certs: Vec<String> = virtual_server
+            .certificates
+            .iter()
+            .map(|(cert, key)| format!("{{ cert = {}, key = {} }}", quote(cert), quote(key)))
+            .collect();
+        put!(out, "# Export the client-ssl certificates and keys from the BIG-IP as PEM files\n# under these names, next to this file.\ntls = {{ mode = \"terminate\", certs = [ {} ] }}", certs.join(", "));
+    }
+    if virtual_server.http {
+        put!(out, "mode = \"http\"");
+        if !virtual_server.request_headers.is_empty() {
+            let fields: Vec<String> = virtual_server
+                .request_headers
                 .iter()
-                .map(|(cert, key)| format!("{{ cert = {}, key = {} }}", quote(cert), quote(key)))
+                .map(|(name, value)| format!("{} = {}", quote(name), quote(value)))
                 .collect();
-            let _ = writeln!(out, "# Export the client-ssl certificates and keys from the BIG-IP as PEM files\n# under these names, next to this file.\ntls = {{ mode = \"terminate\", certs = [ {} ] }}", certs.join(", "));
+            put!(out, "request_headers = {{ {} }}", fields.join(", "));
         }
-        if virtual_server.http {
-            let _ = writeln!(out, "mode = \"http\"");
-            if !virtual_server.request_headers.is_empty() {
-                let fields: Vec<String> = virtual_server
-                    .request_headers
-                    .iter()
-                    .map(|(name, value)| format!("{} = {}", quote(name), quote(value)))
-                    .collect();
-                let _ = writeln!(out, "request_headers = {{ {} }}", fields.join(", "));
-            }
-        }
-        if let Some((cookie, max_age)) = &virtual_server.cookie {
-            secret_needed = true;
-            match max_age {
-                Some(seconds) => {
-                    let _ = writeln!(
-                        out,
-                        "persistence = {{ cookie = {}, max_age = {seconds} }}",
-                        quote(cookie)
-                    );
-                }
-                None => {
-                    let _ = writeln!(out, "persistence = {{ cookie = {} }}", quote(cookie));
-                }
-            }
-        }
-        let _ = writeln!(out);
     }
-    if secret_needed {
-        let _ = writeln!(out, "# Cookie persistence seals its cookies with this secret, next to this file;\n# create it with `head -c 32 /dev/urandom > {SECRET_FILE}` and give every\n# vipgate instance of a pair the same file.\n[persistence]\nsecret_file = \"{SECRET_FILE}\"");
-    }
-    let summary = Summary {
-        virtuals: output.virtuals.len(),
-        pools: output.pools.len(),
-        members: output.pools.iter().map(|p| p.members.len()).sum(),
-        monitors: used.len(),
-        nodes: output.nodes.len(),
-        snat_pools: output.snat_pools.len(),
+    let Some((cookie, max_age)) = &virtual_server.cookie else {
+        put!(out);
+        return false;
     };
-    (out, summary)
+    match max_age {
+        Some(seconds) => put!(
+            out,
+            "persistence = {{ cookie = {}, max_age = {seconds} }}",
+            quote(cookie)
+        ),
+        None => put!(out, "persistence = {{ cookie = {} }}", quote(cookie)),
+    }
+    put!(out);
+    true
 }
 
 #[cfg(test)]

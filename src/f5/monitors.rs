@@ -126,126 +126,23 @@ impl Model {
         reference: &str,
         note: Option<Position>,
     ) -> Result<Converted, String> {
-        // Settings from the monitor down its chain, first one wins.
-        let mut merged = Monitor::default();
-        let mut kind = None;
-        let mut settings = Vec::new();
-        let mut current = reference.to_string();
-        let mut at = Position::default();
-        for _ in 0..16 {
-            let Some((_, monitor)) = super::model::find(&self.monitors, &current) else {
-                kind = Some(builtin(name(&current)).to_string());
-                break;
-            };
-            let monitor = monitor.clone();
-            if at == Position::default() {
-                at = monitor.at;
-            }
-            merged.destination = merged.destination.or(monitor.destination);
-            merged.interval = merged.interval.or(monitor.interval);
-            merged.timeout = merged.timeout.or(monitor.timeout);
-            merged.send = merged.send.or(monitor.send);
-            merged.recv = merged.recv.or(monitor.recv);
-            settings.extend(monitor.settings);
-            if let Some(own) = monitor.kind {
-                kind = Some(own);
-                break;
-            }
-            match monitor.parent {
-                Some(parent) if name(&parent) != name(&current) => current = parent,
-                _ => {
-                    kind = Some(builtin(name(&current)).to_string());
-                    break;
-                }
-            }
-        }
-        let kind = kind.unwrap_or_default();
+        let merged = self.inherited(reference);
         let mut details: Vec<String> = Vec::new();
-        let check = match kind.as_str() {
-            "tcp" | "tcp_half_open" => {
-                if kind == "tcp_half_open" {
-                    details.push("a half-open (SYN) check becomes a full TCP connect".into());
-                }
-                let expect = merged.recv.as_deref().map(unescape).unwrap_or_default();
-                if looks_like_regex(&expect) {
-                    details.push(format!("recv {expect:?} is a regular expression on F5; vipgate looks for the literal text"));
-                }
-                Check::Tcp {
-                    send: merged.send.as_deref().map(unescape).unwrap_or_default(),
-                    expect,
-                }
+        let check = check(&merged, &mut details)?;
+        for (key, value, _) in &merged.settings {
+            if let Some(detail) = setting_note(key, value)? {
+                details.push(detail);
             }
-            "http" | "https" | "http_head_f5" | "https_head_f5" | "http2" | "http2_head_f5" => {
-                let tls = kind.starts_with("https") || kind.starts_with("http2");
-                if kind.starts_with("http2") {
-                    details.push("an HTTP/2 monitor becomes an HTTPS (HTTP/1.0 over TLS) check".into());
-                }
-                if kind.ends_with("head_f5") {
-                    details.push("F5's HEAD request becomes a GET".into());
-                }
-                let request = Request::parse(merged.send.as_deref().map(unescape).as_deref().unwrap_or(""));
-                details.extend(request.notes.iter().cloned());
-                let (status, expect) = expectation(merged.recv.as_deref().map(unescape).as_deref().unwrap_or(""));
-                if looks_like_regex(&expect) {
-                    details.push(format!("recv {expect:?} is a regular expression on F5; vipgate looks for the literal text"));
-                }
-                Check::Http {
-                    path: request.path,
-                    host: request.host,
-                    status,
-                    expect,
-                    tls,
-                }
-            }
-            "icmp" | "gateway_icmp" => Check::Icmp,
-            "none" => return Err("`none` is no monitor".into()),
-            other => {
-                return Err(format!(
-                    "its type `{other}` has no vipgate equivalent (vipgate has tcp, http, https and icmp monitors)"
-                ))
-            }
-        };
-        for (key, value, _) in &settings {
-            let changes = match key.as_str() {
-                "reverse" | "transparent" => value == "enabled" || value == "yes",
-                "manual-resume" => value == "enabled" || value == "yes",
-                "time-until-up" | "up-interval" => value != "0" && value != "disabled",
-                "recv-disable" => !value.is_empty() && value != "none",
-                "username" | "password" | "cert" | "key" => value != "none" && !value.is_empty(),
-                _ => false,
-            };
-            if !changes {
-                continue;
-            }
-            if key == "reverse" || key == "transparent" {
-                return Err(format!(
-                    "`{key} enabled` inverts or redirects the check, which vipgate cannot do"
-                ));
-            }
-            details.push(format!("`{key} {value}` is not carried over"));
         }
-        let port = match merged.destination.as_deref().map(destination_port) {
-            None | Some(Ok(None)) => None,
-            Some(Ok(Some(port))) => Some(port),
-            Some(Err(alias)) => {
-                details.push(format!("the alias address of `destination {alias}` is not carried over (vipgate probes the member's address)"));
-                alias
-                    .rsplit_once(':')
-                    .and_then(|(_, port)| port.parse().ok())
-                    .filter(|port| *port != 0)
-            }
-        };
-        let interval = merged.interval.unwrap_or(F5_INTERVAL).clamp(1, MAX_SECONDS);
-        let mut timeout = merged.timeout.unwrap_or(F5_TIMEOUT).min(MAX_SECONDS * 4);
-        if timeout < interval {
-            details.push(format!("timeout {timeout} is shorter than interval {interval}; F5's rule 3 x interval + 1 = {} is used", 3 * interval + 1));
-            timeout = 3 * interval + 1;
-        }
+        let port = port(&merged, &mut details);
+        let (interval, timeout) = timing(&merged, &mut details);
         if let Some(referenced) = note {
             // A built-in monitor has no place of its own: its first use.
-            if at == Position::default() {
-                at = referenced;
-            }
+            let at = if merged.at == Position::default() {
+                referenced
+            } else {
+                merged.at
+            };
             for detail in details {
                 self.note(
                     at,
@@ -260,6 +157,40 @@ impl Model {
             interval,
             timeout,
         })
+    }
+
+    /// The monitor `reference` with what it inherits down its
+    /// `defaults-from` chain (the first setting found wins; at most 16
+    /// links): `kind` is the built-in type it comes to, `at` where the
+    /// first one in the file was written, `settings` all of theirs.
+    fn inherited(&self, reference: &str) -> Monitor {
+        let mut merged = Monitor::default();
+        let mut current = reference.to_string();
+        for _ in 0..16 {
+            let Some((_, monitor)) = super::model::find(&self.monitors, &current) else {
+                break;
+            };
+            let monitor = monitor.clone();
+            if merged.at == Position::default() {
+                merged.at = monitor.at;
+            }
+            merged.destination = merged.destination.or(monitor.destination);
+            merged.interval = merged.interval.or(monitor.interval);
+            merged.timeout = merged.timeout.or(monitor.timeout);
+            merged.send = merged.send.or(monitor.send);
+            merged.recv = merged.recv.or(monitor.recv);
+            merged.settings.extend(monitor.settings);
+            if monitor.kind.is_some() {
+                merged.kind = monitor.kind;
+                return merged;
+            }
+            match monitor.parent {
+                Some(parent) if name(&parent) != name(&current) => current = parent,
+                _ => break,
+            }
+        }
+        merged.kind = Some(builtin(name(&current)).to_string());
+        merged
     }
 }
 
@@ -398,6 +329,108 @@ fn expectation(recv: &str) -> (String, String) {
     } else {
         ("\"any\"".into(), recv.to_string())
     }
+}
+
+/// What a monitor of `merged.kind` checks, with what changes on the way
+/// in `details`; an error for a type vipgate has no equivalent of.
+fn check(merged: &Monitor, details: &mut Vec<String>) -> Result<Check, String> {
+    let kind = merged.kind.as_deref().unwrap_or_default();
+    let unescaped = |text: &Option<String>| text.as_deref().map(unescape).unwrap_or_default();
+    let regex_note = |expect: &str| {
+        format!("recv {expect:?} is a regular expression on F5; vipgate looks for the literal text")
+    };
+    match kind {
+        "tcp" | "tcp_half_open" => {
+            if kind == "tcp_half_open" {
+                details.push("a half-open (SYN) check becomes a full TCP connect".into());
+            }
+            let expect = unescaped(&merged.recv);
+            if looks_like_regex(&expect) {
+                details.push(regex_note(&expect));
+            }
+            Ok(Check::Tcp {
+                send: unescaped(&merged.send),
+                expect,
+            })
+        }
+        "http" | "https" | "http_head_f5" | "https_head_f5" | "http2" | "http2_head_f5" => {
+            let tls = kind.starts_with("https") || kind.starts_with("http2");
+            if kind.starts_with("http2") {
+                details.push("an HTTP/2 monitor becomes an HTTPS (HTTP/1.0 over TLS) check".into());
+            }
+            if kind.ends_with("head_f5") {
+                details.push("F5's HEAD request becomes a GET".into());
+            }
+            let request = Request::parse(&unescaped(&merged.send));
+            details.extend(request.notes.iter().cloned());
+            let (status, expect) = expectation(&unescaped(&merged.recv));
+            if looks_like_regex(&expect) {
+                details.push(regex_note(&expect));
+            }
+            Ok(Check::Http {
+                path: request.path,
+                host: request.host,
+                status,
+                expect,
+                tls,
+            })
+        }
+        "icmp" | "gateway_icmp" => Ok(Check::Icmp),
+        "none" => Err("`none` is no monitor".into()),
+        other => Err(format!(
+            "its type `{other}` has no vipgate equivalent (vipgate has tcp, http, https and icmp monitors)"
+        )),
+    }
+}
+
+/// What a monitor setting vipgate does not carry over means: nothing
+/// (`None`), a note, or an error where it would invert or redirect the
+/// check.
+fn setting_note(key: &str, value: &str) -> Result<Option<String>, String> {
+    let changes = match key {
+        "reverse" | "transparent" => value == "enabled" || value == "yes",
+        "manual-resume" => value == "enabled" || value == "yes",
+        "time-until-up" | "up-interval" => value != "0" && value != "disabled",
+        "recv-disable" => !value.is_empty() && value != "none",
+        "username" | "password" | "cert" | "key" => value != "none" && !value.is_empty(),
+        _ => false,
+    };
+    if !changes {
+        return Ok(None);
+    }
+    if key == "reverse" || key == "transparent" {
+        return Err(format!(
+            "`{key} enabled` inverts or redirects the check, which vipgate cannot do"
+        ));
+    }
+    Ok(Some(format!("`{key} {value}` is not carried over")))
+}
+
+/// The port `destination` names; `None` for the member's own.
+fn port(merged: &Monitor, details: &mut Vec<String>) -> Option<u16> {
+    match merged.destination.as_deref().map(destination_port) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(port))) => Some(port),
+        Some(Err(alias)) => {
+            details.push(format!("the alias address of `destination {alias}` is not carried over (vipgate probes the member's address)"));
+            alias
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse().ok())
+                .filter(|port| *port != 0)
+        }
+    }
+}
+
+/// Interval and timeout in seconds, F5's defaults where unset; a timeout
+/// shorter than the interval becomes F5's rule 3 x interval + 1.
+fn timing(merged: &Monitor, details: &mut Vec<String>) -> (u64, u64) {
+    let interval = merged.interval.unwrap_or(F5_INTERVAL).clamp(1, MAX_SECONDS);
+    let mut timeout = merged.timeout.unwrap_or(F5_TIMEOUT).min(MAX_SECONDS * 4);
+    if timeout < interval {
+        details.push(format!("timeout {timeout} is shorter than interval {interval}; F5's rule 3 x interval + 1 = {} is used", 3 * interval + 1));
+        timeout = 3 * interval + 1;
+    }
+    (interval, timeout)
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! profiles and persistence attached, and everything that makes a virtual
 //! something other than a load balancer (forwarding, reject, UDP).
 
+use std::net::SocketAddr;
+
 use super::model::{Model, SnatChoice, Virtual};
-use super::syntax::{Position, Statement};
-use super::words::{attributes, name, Arity, Attribute};
+use super::syntax::{Position, Statement, Word};
+use super::words::{attributes, endpoint, name, Arity, Attribute, Host, Port};
 
 const KEYS: [(&str, Arity); 45] = [
     ("destination", Arity::One),
@@ -168,5 +170,85 @@ impl Model {
                 .cloned();
         }
         self.virtuals.insert(written.to_string(), virtual_server);
+    }
+}
+
+/// What vipgate makes of a virtual server, before its pool and profiles.
+impl Virtual {
+    /// Whether this virtual is a load-balancing TCP virtual vipgate can stand in
+    /// for; why not otherwise.
+    pub(super) fn balances_tcp(&self) -> Result<(), String> {
+        if let Some((kind, _)) = &self.special {
+            return Err(format!("it is an `{kind}` virtual, not a load balancer"));
+        }
+        if self.disabled {
+            return Err("it is disabled on the BIG-IP".into());
+        }
+        if let Some((protocol, _)) = &self.protocol {
+            if protocol != "tcp" {
+                return Err(format!(
+                    "its protocol is {protocol} and vipgate is TCP only"
+                ));
+            }
+        }
+        if let Some((false, _)) = self.translate_address {
+            return Err(
+                "it forwards without address translation (translate-address disabled)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The one address and port this virtual listens on.
+    pub(super) fn listen_address(&self) -> Result<SocketAddr, String> {
+        let destination = self.destination.as_ref().ok_or("it has no destination")?;
+        let written = endpoint(&destination.text);
+        let address = match written.host {
+            Host::Ip(address) => address,
+            Host::Name(host) => {
+                return Err(format!("its destination `{host}` is not an IP address"))
+            }
+        };
+        let port = match written.port {
+            Some(Ok(Port::Number(port))) => port,
+            Some(Ok(Port::Any)) => {
+                return Err("its destination has no fixed port (port any)".into())
+            }
+            Some(Err(text)) => {
+                return Err(format!(
+                    "its port `{text}` is not a number or a known service name"
+                ))
+            }
+            None => return Err("its destination has no port".into()),
+        };
+        let host_mask = [
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "none",
+        ];
+        if let Some(mask) = self.mask.as_deref().filter(|m| !host_mask.contains(m)) {
+            return Err(format!(
+                "it is a network virtual (mask {mask}); vipgate listens on one address"
+            ));
+        }
+        Ok(SocketAddr::new(address, port))
+    }
+
+    /// The pool this virtual sends to; without one, what decides instead.
+    pub(super) fn pool_word(&self) -> Result<&Word, String> {
+        match &self.pool {
+            Some(pool) => Ok(pool),
+            None if !self.rules.is_empty() => {
+                let rules: Vec<&str> = self.rules.iter().map(|(r, _)| name(r)).collect();
+                Err(format!(
+                    "it has no pool; its iRules ({}) decide where traffic goes",
+                    rules.join(", ")
+                ))
+            }
+            None if !self.policies.is_empty() => {
+                Err("it has no pool; an LTM policy decides where traffic goes".into())
+            }
+            None => Err("it has no pool".into()),
+        }
     }
 }
