@@ -4,8 +4,13 @@
 //! signals.
 //!
 //! Layout, in the order a connection meets it. Modules depend downwards:
-//! `config` is the bottom layer, and nothing in the load balancer knows of
-//! the admin endpoint beside it.
+//! `config` is the bottom layer and uses no other module (so `vipgate
+//! check` judges a file the same on any host), nothing in the load
+//! balancer knows of the admin endpoint beside it, and a lower module that
+//! must reach up is handed a function instead (`tls` claims rustls' log
+//! records from `logging`). `tests/layering.rs` fails a change that makes
+//! two modules, or two files of one module, depend on each other.
+//! docs/architecture.md tells the life of a connection through these.
 //!
 //! - [`config`]: `vipgate.toml` -> raw serde types -> one validation pass
 //!   that lists every problem -> a [`config::Plan`] with nothing left
@@ -17,7 +22,8 @@
 //!   [`server::Control`]: live reload and member admin state.
 //! - `workers`: one thread per core, each with its own single-threaded
 //!   runtime and its own listening socket per virtual (SO_REUSEPORT): a
-//!   connection lives and dies on the worker that accepted it.
+//!   connection lives and dies on the worker that accepted it. Whether the
+//!   CPUs `settings.cpu_affinity` names exist here is checked there.
 //! - `virtual_server`: a listener per virtual, admission under connection
 //!   limits, and per connection: choose, dial, pump, log; HTTP virtuals
 //!   are handed to [`http`].
@@ -50,8 +56,9 @@
 //!   watchdog.
 //! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
 //! - `throttle`, `clock`, `sync`, `stop_signal`: one warning a second
-//!   instead of a flood, a cheap clock, one way to take a lock, and a
-//!   connection's lock-free watch on a shutdown or member-down signal.
+//!   instead of a flood, a cheap clock, one way to take a lock, and the
+//!   shutdown's two steps (`Shutdown`: draining, then closing) with a
+//!   connection's lock-free watch on them or on its member going down.
 
 // Kept by clippy (-D warnings in CI): every unsafe block says why it is
 // sound, and library code outside tests never unwraps.
