@@ -32,6 +32,9 @@ pub enum CheckError {
     /// Valid, but it names CPUs this host does not let vipgate run on.
     #[error(transparent)]
     Host(#[from] crate::workers::AffinityError),
+    /// Valid, but its state file cannot be read.
+    #[error(transparent)]
+    StateFile(#[from] crate::state_file::StateFileError),
 }
 
 /// `vipgate check`: validates the file, loads the certificates it names,
@@ -43,8 +46,12 @@ pub fn check(path: &Path, share: Option<config::SnatShare>) -> Result<String, Ch
     crate::server::Snapshot::build(plan.clone(), None)?;
     crate::admin::token(&plan.admin)?;
     crate::workers::check_affinity(&plan.settings.cpu_affinity)?;
+    let state_file = match &plan.settings.state_file {
+        Some(path) => crate::state_file::check(path)?,
+        None => None,
+    };
     let mut report = format!("{} is valid.\n\n{plan}", path.display());
-    for warning in &plan.warnings {
+    for warning in plan.warnings.iter().chain(&state_file) {
         report.push_str(&format!("warning: {warning}\n"));
     }
     Ok(report)

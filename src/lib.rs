@@ -53,7 +53,8 @@
 //!   page, `/status`, `/ready`, member actions, `/reload`) both read.
 //! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
 //! - [`service`]: systemd readiness, reload and stop notifications, the
-//!   watchdog.
+//!   watchdog; [`state_file`]: the operator's member decisions, kept
+//!   across restarts.
 //! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
 //! - `throttle`, `clock`, `sync`, `stop_signal`: one warning a second
 //!   instead of a flood, a cheap clock, one way to take a lock, and the
@@ -87,6 +88,7 @@ pub(crate) mod secret;
 pub mod server;
 pub mod service;
 pub(crate) mod snat;
+pub mod state_file;
 pub mod stats;
 pub mod status;
 pub(crate) mod stop_signal;

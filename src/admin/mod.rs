@@ -273,10 +273,13 @@ async fn route(
                 }
             };
             match control.set_member_state(pool, member, state) {
-                Ok(address) => json_answer(
-                    StatusCode::OK,
-                    json!({ "pool": pool, "member": address.to_string(), "state": state.to_string() }),
-                ),
+                Ok(change) => {
+                    let mut answer = json!({ "pool": pool, "member": change.address.to_string(), "state": state.to_string(), "saved": change.saved.is_ok() });
+                    if let Err(why) = change.saved {
+                        answer["not_saved_because"] = json!(why);
+                    }
+                    json_answer(StatusCode::OK, answer)
+                }
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
@@ -375,7 +378,10 @@ fn status(control: &Control, token_required: bool) -> Value {
     let mut status = Status::of(&control.live().load(), control.reloads().counts());
     status.admin.token_required = token_required;
     // Plain structs of strings and numbers: serializing cannot fail.
-    serde_json::to_value(status).unwrap_or(Value::Null)
+    let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
+    value["member_decisions"] =
+        serde_json::to_value(control.member_decisions()).unwrap_or(Value::Null);
+    value
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ impl fmt::Display for Plan {
             self.settings.worker_threads,
             self.settings.cpu_affinity
         )?;
+        if let Some(path) = &self.settings.state_file {
+            writeln!(f, "member decisions kept in {}", path.display())?;
+        }
         for virtual_server in &self.virtuals {
             self.describe_virtual(f, virtual_server)?;
             self.describe_pool(f, self.pool_of(virtual_server))?;

@@ -60,6 +60,9 @@ impl Plan {
         {
             visit(path);
         }
+        if let Some(path) = &mut self.settings.state_file {
+            visit(path);
+        }
     }
 
     /// Makes every relative path relative to `folder` (the configuration

@@ -61,8 +61,13 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Threads that carry connections. Default: one per CPU core.
     pub worker_threads: usize,
-    /// Which CPU each worker runs on. Default: off (the kernel places them).
+    /// Which CPU each worker runs on. Default: `"spread"` (see
+    /// [`super::settings::CpuAffinity`]).
     pub cpu_affinity: super::settings::CpuAffinity,
+    /// Where the operator's member decisions (enable, disable, force
+    /// offline) are kept across restarts. Default: none (they last until
+    /// vipgate stops).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// A pool: the members a virtual spreads connections over.
@@ -199,7 +204,7 @@ impl fmt::Display for ConnectionLimit {
 }
 
 /// A member's administrative state. Stored in an atomic as its `u8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum AdminState {

@@ -45,6 +45,7 @@ pub struct RawSettings {
     pub drain_timeout: Option<Spanned<RawDuration>>,
     pub worker_threads: Option<Spanned<i64>>,
     pub cpu_affinity: Option<Spanned<super::settings::RawCpuAffinity>>,
+    pub state_file: Option<Spanned<String>>,
 }
 
 /// `[pools.NAME]`.

@@ -120,10 +120,23 @@ impl Checker<'_> {
                 .unwrap_or(cores),
         };
         let cpu_affinity = self.cpu_affinity(raw.cpu_affinity.as_ref());
+        let state_file = raw.state_file.as_ref().and_then(|path| {
+            if path.get_ref().trim().is_empty() {
+                self.report(
+                    "settings.state_file",
+                    Some(path.span()),
+                    "the path is empty".into(),
+                    Some("name a file vipgate may write, e.g. \"/var/lib/vipgate/state.json\", or remove the key".into()),
+                );
+                return None;
+            }
+            Some(std::path::PathBuf::from(path.get_ref()))
+        });
         Settings {
             drain_timeout,
             worker_threads,
             cpu_affinity,
+            state_file,
         }
     }
 

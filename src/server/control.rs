@@ -11,10 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{accept_loop, Lifecycle};
+use super::member_decisions::{apply_decisions, configured_states, DecisionsStatus, MemberChange};
 use super::reload_history::{config_hash, ReloadStats};
 use super::{ConfigSource, Live};
 use crate::config::AdminState;
 use crate::service::ServiceManager;
+use crate::state_file::Decisions;
+use crate::sync::lock;
 use crate::virtual_server::Listener;
 use crate::workers::Workers;
 
@@ -57,6 +60,9 @@ pub struct Control {
     pub(super) reloads: Arc<ReloadStats>,
     /// Told about reloads (systemd `RELOADING=1`, then `READY=1`).
     pub(super) service: ServiceManager,
+    /// The operator's member decisions and the state file that keeps
+    /// them; taken by admin actions and reloads, never by the data path.
+    pub(super) decisions: std::sync::Mutex<Decisions>,
 }
 
 impl std::fmt::Debug for Control {
@@ -81,8 +87,11 @@ impl Control {
                 .as_ref()
                 .map_or_else(String::new, |s| config_hash(&s.text)),
         );
+        let snapshot = live.load();
+        let mut decisions = Decisions::open(snapshot.plan().settings.state_file.as_deref());
+        apply_decisions(&snapshot, &mut decisions);
         let mut health = JoinSet::new();
-        live.load().health().spawn(&mut health);
+        snapshot.health().spawn(&mut health);
         Control {
             live,
             source,
@@ -95,12 +104,18 @@ impl Control {
             }),
             reloads,
             service,
+            decisions: std::sync::Mutex::new(decisions),
         }
     }
 
     /// The live snapshot.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// The operator's member decisions in force, and where they are kept.
+    pub fn member_decisions(&self) -> DecisionsStatus {
+        DecisionsStatus::of(&lock(&self.decisions))
     }
 
     /// Reload counters and the configuration in force.
@@ -204,13 +219,15 @@ impl Control {
     /// Sets the admin state of `member` (its address) in `pool`: `enabled`,
     /// `disabled` (no new sessions; persistent ones still come) or
     /// `forced-offline`. Open connections stay either way. Lasts until
-    /// changed again or vipgate restarts (a reload keeps it).
+    /// changed again, or the configuration's `state` for it is edited;
+    /// kept across restarts in `settings.state_file`. The answer says
+    /// whether the decision was saved there.
     pub fn set_member_state(
         &self,
         pool: &str,
         member: &str,
         state: AdminState,
-    ) -> Result<SocketAddr, AdminError> {
+    ) -> Result<MemberChange, AdminError> {
         let snapshot = self.live.load();
         let Some(found) = snapshot.pool(pool) else {
             return Err(AdminError::UnknownPool(pool.to_string()));
@@ -227,6 +244,16 @@ impl Control {
             .ok_or_else(unknown)?;
         target.state.set_admin_state(state);
         tracing::info!(pool, member = %address, state = %state, "member admin state changed");
-        Ok(address)
+        let configured = configured_states(snapshot.plan())
+            .get(&address)
+            .copied()
+            .unwrap_or_default();
+        let saved = lock(&self.decisions)
+            .decide(address, state, configured, crate::clock::unix_seconds())
+            .map_err(|error| {
+                tracing::error!(member = %address, %error, "the member decision holds until vipgate stops, but is not saved");
+                error.to_string()
+            });
+        Ok(MemberChange { address, saved })
     }
 }

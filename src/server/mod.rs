@@ -13,6 +13,7 @@
 
 mod accept;
 mod control;
+mod member_decisions;
 mod reload;
 mod reload_history;
 mod snapshot;
@@ -39,6 +40,7 @@ use crate::workers::Workers;
 use accept::Lifecycle;
 
 pub use control::{AdminError, Control};
+pub use member_decisions::{DecisionStatus, DecisionsStatus, MemberChange};
 pub use reload::{ReloadError, ReloadReport};
 pub use reload_history::{config_hash, ReloadCounts, ReloadStats};
 pub use snapshot::Snapshot;

@@ -16,10 +16,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::control::{Control, Running};
+use super::member_decisions::apply_decisions;
 use super::reload_history::config_hash;
 use super::{Snapshot, StartError};
 use crate::config::{self, ConfigError};
 use crate::pool::MemberState;
+use crate::sync::lock;
 use crate::virtual_server::{self, Listener};
 
 /// Why a reload changed nothing.
@@ -101,6 +103,13 @@ impl Control {
         // Everything that can fail is done before anything changes.
         let bound = bind_new_listeners(&running, &snapshot, self.workers.count())?;
         let retiring = removed_members(&current, &snapshot);
+        {
+            // The state file is read again (it may have moved), and the
+            // decisions that still hold set before the snapshot serves.
+            let mut decisions = lock(&self.decisions);
+            decisions.use_file(snapshot.plan().settings.state_file.as_deref());
+            apply_decisions(&snapshot, &mut decisions);
+        }
 
         self.live.store(Arc::clone(&snapshot));
         let (virtuals_added, virtuals_removed) =
