@@ -14,6 +14,15 @@ pub fn unix_seconds() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 /// The moment [`millis`] and [`micros`] count from: their first call.
 fn start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();

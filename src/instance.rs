@@ -63,9 +63,17 @@ impl Instance {
     /// READY until the server stops accepting.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Instance { server, admin } = self;
+        let peers = admin.as_ref().and_then(Endpoint::peers);
         let admin = admin.map(|endpoint| {
             tokio::spawn(admin::serve(endpoint, server.control(), server.stopping()))
         });
+        if let Some(peers) = peers {
+            // The peers' decisions before READY: a node that comes back
+            // does not send agents to a member put under maintenance while
+            // it was away.
+            peers.pull(&server.control()).await;
+            peers.spawn_senders(server.control(), server.stopping());
+        }
         server.run(shutdown).await;
         if let Some(admin) = admin {
             let _ = admin.await;

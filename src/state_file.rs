@@ -9,7 +9,14 @@
 //! it said then; an edited `state` in the configuration is the newer
 //! decision and wins, and the record goes. Records of members no longer
 //! in the configuration go too. So a member's `state` in the file is its
-//! state until an operator changes it, and the last decision wins.
+//! state until an operator changes it, and the last decision wins. A
+//! change back to the configuration's state is kept as a record too: it
+//! is what tells a peer that the member was enabled again.
+//!
+//! The nodes of a pair share their decisions (`[admin] peers`, in
+//! `admin::peers`): [`Decisions::merge`] takes another node's records,
+//! the later decision about each member winning (ties go to the more
+//! restrictive state, so every node settles on the same one).
 //!
 //! The file is written whole and atomically (a temporary file beside it,
 //! fsync, rename, fsync of the folder): a crash leaves the old file or the
@@ -54,16 +61,18 @@ pub struct Decision {
     pub state: AdminState,
     /// What the configuration said when the operator set it.
     pub configured: AdminState,
-    /// Unix seconds of the change.
-    pub changed_at: u64,
+    /// When the change was made, in milliseconds since the Unix epoch (a
+    /// decision made here is always later than the one it replaces).
+    pub changed_at_ms: u64,
 }
 
-/// The file as written.
-#[derive(Debug, Serialize, Deserialize)]
+/// The decisions as the file holds them, and as peers exchange them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileContent {
-    version: u32,
-    members: BTreeMap<SocketAddr, Decision>,
+pub struct DecisionSet {
+    /// The format's version (1).
+    pub version: u32,
+    pub members: BTreeMap<SocketAddr, Decision>,
 }
 
 /// The decisions in force, and where they are kept.
@@ -132,33 +141,79 @@ impl Decisions {
     }
 
     /// Records that an operator set `address` to `state` (the
-    /// configuration says `configured`) and saves it. A decision that
-    /// comes back to the configuration's state is no longer a decision.
+    /// configuration says `configured`) at `now_ms` (milliseconds since
+    /// the Unix epoch), and saves it. Stamped later than the decision it
+    /// replaces, even one a peer made a moment ago by a clock slightly
+    /// ahead: the operator's latest word here wins.
     pub fn decide(
         &mut self,
         address: SocketAddr,
         state: AdminState,
         configured: AdminState,
-        now: u64,
+        now_ms: u64,
     ) -> Result<(), StateFileError> {
-        if state == configured {
-            self.members.remove(&address);
-        } else {
-            self.members.insert(
-                address,
-                Decision {
-                    state,
-                    configured,
-                    changed_at: now,
-                },
-            );
-        }
+        let after = self
+            .members
+            .get(&address)
+            .map_or(0, |previous| previous.changed_at_ms + 1);
+        self.members.insert(
+            address,
+            Decision {
+                state,
+                configured,
+                changed_at_ms: now_ms.max(after),
+            },
+        );
         self.save()
+    }
+
+    /// Takes another node's decisions: for each member, the later one wins
+    /// (on the same millisecond, the more restrictive state). Returns the
+    /// members whose decision changed here, and saves them.
+    pub fn merge(&mut self, incoming: &BTreeMap<SocketAddr, Decision>) -> Vec<SocketAddr> {
+        let mut changed = Vec::new();
+        for (address, theirs) in incoming {
+            let newer = match self.members.get(address) {
+                None => true,
+                Some(ours) => {
+                    (theirs.changed_at_ms, theirs.state as u8)
+                        > (ours.changed_at_ms, ours.state as u8)
+                }
+            };
+            if newer {
+                self.members.insert(*address, *theirs);
+                changed.push(*address);
+            }
+        }
+        if !changed.is_empty() {
+            let _ = self.save();
+        }
+        changed
     }
 
     /// The decisions in force.
     pub fn members(&self) -> &BTreeMap<SocketAddr, Decision> {
         &self.members
+    }
+
+    /// The decisions in force, to send to a peer.
+    pub fn to_share(&self) -> DecisionSet {
+        DecisionSet {
+            version: VERSION,
+            members: self.members.clone(),
+        }
+    }
+
+    /// [`merge`](Self::merge) of a peer's set; a set of another version
+    /// is refused.
+    pub fn merge_set(&mut self, set: &DecisionSet) -> Result<Vec<SocketAddr>, String> {
+        if set.version != VERSION {
+            return Err(format!(
+                "version {} (this vipgate reads version {VERSION})",
+                set.version
+            ));
+        }
+        Ok(self.merge(&set.members))
     }
 
     /// The state file, if one is set.
@@ -228,7 +283,7 @@ fn read(path: &Path) -> Result<BTreeMap<SocketAddr, Decision>, StateFileError> {
         path: path.to_path_buf(),
         error,
     };
-    let content: FileContent =
+    let content: DecisionSet =
         serde_json::from_str(&text).map_err(|error| parse_error(error.to_string()))?;
     if content.version != VERSION {
         return Err(parse_error(format!(
@@ -246,7 +301,7 @@ fn write(path: &Path, members: &BTreeMap<SocketAddr, Decision>) -> Result<(), St
         path: path.to_path_buf(),
         error,
     };
-    let content = FileContent {
+    let content = DecisionSet {
         version: VERSION,
         members: members.clone(),
     };
@@ -316,7 +371,8 @@ mod tests {
                 (member, AdminState::Disabled)
             ]
         );
-        // Back to what the configuration says: no longer recorded.
+        // Back to what the configuration says: recorded, so that a peer
+        // learns the member was enabled again.
         again
             .decide(
                 member,
@@ -325,7 +381,9 @@ mod tests {
                 1_700_000_001,
             )
             .unwrap();
-        assert!(Decisions::open(Some(&path)).members().is_empty());
+        let mut reread = Decisions::open(Some(&path));
+        assert_eq!(reread.members()[&member].state, AdminState::Enabled);
+        assert_eq!(reread.states(&config)[1], (member, AdminState::Enabled));
     }
 
     #[test]
@@ -445,9 +503,38 @@ mod tests {
                 .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let content: FileContent = serde_json::from_str(&text).unwrap();
+        let content: DecisionSet = serde_json::from_str(&text).unwrap();
         assert_eq!(content.members.len(), 20);
         let entries = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(entries, 1, "only the state file is left");
+    }
+
+    #[test]
+    fn merging_keeps_the_later_decision_and_ties_go_to_the_more_restrictive() {
+        let member = address("10.0.0.12:9070");
+        let decision = |state, changed_at_ms| Decision {
+            state,
+            configured: AdminState::Enabled,
+            changed_at_ms,
+        };
+        let mut ours = Decisions::open(None);
+        ours.decide(member, AdminState::Disabled, AdminState::Enabled, 100)
+            .unwrap();
+        let older = BTreeMap::from([(member, decision(AdminState::Enabled, 99))]);
+        assert!(ours.merge(&older).is_empty());
+        assert_eq!(ours.members()[&member].state, AdminState::Disabled);
+        let tie = BTreeMap::from([(member, decision(AdminState::ForcedOffline, 100))]);
+        assert_eq!(ours.merge(&tie), vec![member]);
+        let tie_back = BTreeMap::from([(member, decision(AdminState::Disabled, 100))]);
+        assert!(
+            ours.merge(&tie_back).is_empty(),
+            "both nodes settle on forced-offline"
+        );
+        let later = BTreeMap::from([
+            (member, decision(AdminState::Enabled, 101)),
+            (address("10.0.0.13:1"), decision(AdminState::Disabled, 5)),
+        ]);
+        assert_eq!(ours.merge(&later).len(), 2);
+        assert_eq!(ours.members()[&member].state, AdminState::Enabled);
     }
 }

@@ -208,6 +208,8 @@ fn every_admin_route_is_documented() {
         }
         let method = if rest.starts_with("true") {
             "POST"
+        } else if rest.starts_with("false) if method == Method::PUT") {
+            "PUT"
         } else {
             "GET"
         };
@@ -222,7 +224,8 @@ fn every_admin_route_is_documented() {
             .collect();
         routes.push(format!("{method} /{}", path.join("/")));
     }
-    assert!(routes.len() >= 6, "the routes were found: {routes:?}");
+    assert!(routes.len() >= 8, "the routes were found: {routes:?}");
+    assert!(routes.contains(&"PUT /decisions".to_string()), "{routes:?}");
     for route in routes {
         // A route ending in {action} is documented once per action.
         let route = route.replace("{action}", "");

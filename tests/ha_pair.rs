@@ -35,6 +35,8 @@ use tokio::net::TcpStream;
 
 const NET: &str = "198.18.50";
 const AGENTS: usize = 500;
+/// The admin token both nodes share (the recipe's `admin-token`).
+const ADMIN_TOKEN: &str = "the admin token of the pair, 0123456789";
 /// How long anything in the lab may take before the test gives up.
 const LAB_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -117,7 +119,15 @@ impl Lab {
             config.contains("idle = \"1s\""),
             "the recipe still turns keepalive on"
         );
-        std::fs::write(self.dir.join("vipgate.toml"), config).unwrap();
+        // One state file per node (the recipe's path is the package's).
+        assert!(config.contains("state_file = \"/var/lib/vipgate/state.json\""));
+        for node in ["lb1", "lb2"] {
+            let state = self.dir.join(format!("{node}-state.json"));
+            let _ = std::fs::remove_file(&state);
+            let own = config.replace("/var/lib/vipgate/state.json", &state.display().to_string());
+            std::fs::write(self.dir.join(format!("vipgate-{node}.toml")), own).unwrap();
+        }
+        std::fs::write(self.dir.join("admin-token"), ADMIN_TOKEN).unwrap();
         for node in ["lb1", "lb2"] {
             let text =
                 lab(read(&format!("keepalived-{node}.conf"))).replace("/usr/bin/vipgate", BINARY);
@@ -142,7 +152,7 @@ impl Lab {
         let running = Running::spawn(
             Command::new("ip")
                 .args(["netns", "exec", &self.node(node).name, BINARY, "run", "-c"])
-                .arg(self.dir.join("vipgate.toml")),
+                .arg(self.dir.join(format!("vipgate-{node}.toml"))),
         );
         assert!(
             running.wait_for("admin endpoint listening").is_some(),
@@ -190,6 +200,12 @@ impl Lab {
     /// An admin endpoint's `path` on `node`, read from inside its
     /// namespace.
     fn admin(&self, node: &str, path: &'static str) -> String {
+        self.admin_call(node, "GET", path.to_string())
+    }
+
+    /// `method path` on the admin endpoint of `node` (with the token), from
+    /// inside its namespace; the whole answer, or "" if it did not answer.
+    fn admin_call(&self, node: &str, method: &'static str, path: String) -> String {
         self.node(node)
             .spawn_in(move || {
                 use std::io::{Read, Write};
@@ -197,7 +213,10 @@ impl Lab {
                     return String::new();
                 };
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = write!(stream, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n");
+                let _ = write!(
+                    stream,
+                    "{method} {path} HTTP/1.0\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+                );
                 let mut answer = String::new();
                 let _ = stream.read_to_string(&mut answer);
                 answer
@@ -207,6 +226,26 @@ impl Lab {
     }
 
     /// Client connections open on `node`'s virtual vsCSP.
+    /// The admin state of a member of pool `csp` on `node`, and the
+    /// connections it has through that node.
+    fn csp_member(&self, node: &str, member: &str) -> Option<(String, u64)> {
+        let answer = self.admin(node, "/status");
+        let body = answer.split_once("\r\n\r\n")?.1;
+        let status: serde_json::Value = serde_json::from_str(body).ok()?;
+        let found = status["pools"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == "csp")?["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["address"] == member)?
+            .clone();
+        Some((
+            found["state"].as_str()?.to_string(),
+            found["connections"]["active"].as_u64()?,
+        ))
+    }
+
     fn csp_connections(&self, node: &str) -> Option<u64> {
         let answer = self.admin(node, "/status");
         let body = answer.split_once("\r\n\r\n")?.1;
@@ -501,6 +540,20 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
     assert!(member.starts_with('m'), "{member}");
     assert_eq!(ask("tls"), "Full");
 
+    // 0. The operator puts proxy m2 under maintenance on the active node;
+    // the other node learns it at once.
+    let maintained = format!("{}:9070", address(32));
+    let answer = lab.admin_call(
+        "lb1",
+        "POST",
+        format!("/pools/csp/members/{maintained}/disable"),
+    );
+    assert!(answer.contains("\"saved\": true"), "{answer}");
+    wait("lb2 learns m2 is under maintenance", || {
+        lab.csp_member("lb2", &maintained)
+            .is_some_and(|(state, _)| state == "disabled")
+    });
+
     // 1. vipgate on lb1 dies.
     let killed = now();
     let started = Instant::now();
@@ -518,6 +571,11 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
     wait("lb2 holds all agents", || {
         lab.csp_connections("lb2") == Some(AGENTS as u64)
     });
+    assert_eq!(
+        lab.csp_member("lb2", &maintained),
+        Some(("disabled".to_string(), 0)),
+        "the new active node keeps m2 out: no agent reconnected to it"
+    );
     let again = ask("sticky again");
     assert_eq!(
         again,
@@ -536,6 +594,11 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
     wait("vipgate on lb1 ready", || {
         lab.admin("lb1", "/ready").contains(" 200 ")
     });
+    assert_eq!(
+        lab.csp_member("lb1", &maintained).map(|(state, _)| state),
+        Some("disabled".to_string()),
+        "lb1 comes back with m2 under maintenance"
+    );
     let broken = fleet.broken.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(5));
     assert!(

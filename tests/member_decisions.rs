@@ -68,11 +68,20 @@ fn saved(dir: &Path) -> Vec<(String, String)> {
 }
 
 async fn decide(vipgate: &Vipgate, member: SocketAddr, action: &str) -> Value {
+    decide_with(vipgate, member, action, None).await
+}
+
+async fn decide_with(
+    vipgate: &Vipgate,
+    member: SocketAddr,
+    action: &str,
+    token: Option<&str>,
+) -> Value {
     let reply = admin(
         vipgate,
         "POST",
         &format!("/pools/p/members/{member}/{action}"),
-        None,
+        token,
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -124,14 +133,15 @@ async fn a_decision_outlives_a_restart_and_an_edited_configuration_wins() {
     assert_eq!(admin_state(&vipgate, second), AdminState::ForcedOffline);
     assert!(saved(&dir).is_empty(), "{:?}", saved(&dir));
 
-    // Back to what the configuration says: nothing to record.
+    // Back to what the configuration says: recorded all the same (a
+    // peer learns from it that the member was enabled again).
     decide(&vipgate, first, "offline").await;
     assert_eq!(
         saved(&dir),
         [(first.to_string(), "forced-offline".to_string())]
     );
     decide(&vipgate, first, "enable").await;
-    assert!(saved(&dir).is_empty());
+    assert_eq!(saved(&dir), [(first.to_string(), "enabled".to_string())]);
 
     // A member that leaves the configuration is forgotten.
     decide(&vipgate, first, "disable").await;
@@ -185,6 +195,80 @@ async fn a_corrupt_state_file_is_reported_and_left_alone() {
         "{ half a file"
     );
     stop(vipgate).await;
+}
+
+fn free_admin_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const TOKEN: &str = "pair-admin-token-0123456789";
+
+/// Node `name` of a pair: its own folder, state file and admin port, the
+/// other node as its peer, the token both share.
+fn pair_node(name: &str, members: &[(SocketAddr, &str)], own: u16, peer: u16) -> PathBuf {
+    let dir = fresh_dir(&format!("pair-{name}"));
+    std::fs::write(dir.join("admin-token"), TOKEN).unwrap();
+    let text = config(members, &format!("127.0.0.1:{own}")).replace(
+        "[admin]\n",
+        &format!("[admin]\ntoken_file = \"admin-token\"\npeers = [\"http://127.0.0.1:{peer}\"]\n"),
+    );
+    write_config(&dir, &text)
+}
+
+#[tokio::test]
+async fn a_pair_shares_decisions_and_a_restarted_node_asks_before_serving() {
+    let first = tagged_member("127.0.0.11", "m11").await;
+    let second = tagged_member("127.0.0.12", "m12").await;
+    let members = [(first, ""), (second, "")];
+    let (port_a, port_b) = (free_admin_port(), free_admin_port());
+    let path_a = pair_node("a", &members, port_a, port_b);
+    let path_b = pair_node("b", &members, port_b, port_a);
+    let node_a = start_file(&path_a).await;
+    let node_b = start_file(&path_b).await;
+
+    // A change on one node reaches the other.
+    decide_with(&node_a, second, "disable", Some(TOKEN)).await;
+    eventually("node b takes node a's decision", || {
+        admin_state(&node_b, second) == AdminState::Disabled
+    })
+    .await;
+    assert_eq!(
+        saved(path_b.parent().unwrap()),
+        [(second.to_string(), "disabled".to_string())]
+    );
+    // A peer's decisions need the token.
+    let refused = admin(&node_b, "PUT", "/decisions", None).await;
+    assert_eq!(refused.status, 401);
+
+    // While node b is away, node a enables m12 and forces m11 offline.
+    stop(node_b).await;
+    decide_with(&node_a, second, "enable", Some(TOKEN)).await;
+    decide_with(&node_a, first, "offline", Some(TOKEN)).await;
+
+    // Node b comes back: its own file says m12 disabled and m11 enabled,
+    // but it asks node a before it serves, so its very first clients go
+    // to m12 (node a sends again only every 2 s).
+    let node_b = start_file(&path_b).await;
+    for _ in 0..4 {
+        assert_eq!(
+            tag_of_answer(node_b.addr("vs")).await.as_deref(),
+            Some("m12")
+        );
+    }
+    assert_eq!(admin_state(&node_b, first), AdminState::ForcedOffline);
+    let shared: Value =
+        serde_json::from_str(&admin(&node_b, "GET", "/decisions", None).await.body).unwrap();
+    assert_eq!(
+        shared["members"][first.to_string()]["state"],
+        "forced-offline"
+    );
+    assert_eq!(shared["members"][second.to_string()]["state"], "enabled");
+    stop(node_b).await;
+    stop(node_a).await;
 }
 
 #[test]

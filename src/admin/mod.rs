@@ -17,6 +17,8 @@
 //! `Origin` is not this endpoint), 405 for a wrong method. Reading never
 //! needs the token.
 
+mod peers;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Admin, AdminAuth, AdminState};
 use crate::server::{Control, ReloadError};
 use crate::status::Status;
+pub use peers::Peers;
 
 /// Why the admin endpoint cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +54,30 @@ pub enum EndpointError {
 /// trying again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The admin listener and the token changes need.
+/// The most a peer's `PUT /decisions` may send: far more than decisions
+/// about every member of a large site take.
+const MAX_DECISIONS_BODY: usize = 4 << 20;
+
+/// The admin listener, the token changes need, and the peers.
 #[derive(Debug)]
 pub struct Endpoint {
     listener: TcpListener,
     token: Option<String>,
+    peers: Vec<SocketAddr>,
 }
 
 impl Endpoint {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// The other nodes member decisions are shared with, if any.
+    pub fn peers(&self) -> Option<Peers> {
+        Peers::new(
+            &self.peers,
+            self.local_addr()?,
+            self.token.as_deref().map(Into::into),
+        )
     }
 }
 
@@ -98,7 +115,7 @@ pub fn token(admin: &Admin) -> Result<Option<String>, EndpointError> {
 /// Opens the admin listener and reads its token, if the plan has one.
 /// Must be called inside a tokio runtime.
 pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
-    let Admin::On { listen, .. } = admin else {
+    let Admin::On { listen, peers, .. } = admin else {
         return Ok(None);
     };
     let token = token(admin)?;
@@ -109,7 +126,11 @@ pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
     let socket = std::net::TcpListener::bind(listen).map_err(failed)?;
     socket.set_nonblocking(true).map_err(failed)?;
     let listener = TcpListener::from_std(socket).map_err(failed)?;
-    Ok(Some(Endpoint { listener, token }))
+    Ok(Some(Endpoint {
+        listener,
+        token,
+        peers: peers.clone(),
+    }))
 }
 
 /// Serves the admin endpoint until `stop`.
@@ -216,7 +237,7 @@ async fn route(
     };
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = request.method().clone();
-    if method == Method::POST {
+    if method == Method::POST || method == Method::PUT {
         if let Some(refused) = cross_site(&request) {
             return refused;
         }
@@ -257,6 +278,38 @@ async fn route(
                 ),
             }
         }
+        (["decisions"], false) if method == Method::GET => {
+            json_answer(StatusCode::OK, json!(control.decisions_to_share()))
+        }
+        (["decisions"], false) if method == Method::PUT => {
+            if let Some(refused) = unauthorized(&request, token) {
+                return refused;
+            }
+            let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                request.into_body(),
+                MAX_DECISIONS_BODY,
+            ))
+            .await
+            {
+                Ok(body) => body.to_bytes(),
+                Err(failed) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the decisions: {failed}"),
+                    )
+                }
+            };
+            let merged = serde_json::from_slice(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|set| control.merge_decisions(&set));
+            match merged {
+                Ok(taken) => json_answer(StatusCode::OK, json!({ "taken": taken })),
+                Err(why) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("these are not member decisions vipgate can take: {why}"),
+                ),
+            }
+        }
         (["pools", pool, "members", member, action], true) => {
             if let Some(refused) = unauthorized(&request, token) {
                 return refused;
@@ -283,7 +336,7 @@ async fn route(
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
-        ([""] | ["metrics"] | ["status"] | ["ready"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
+        ([""] | ["metrics"] | ["status"] | ["ready"] | ["decisions"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}: read with GET /, GET /metrics and GET /status; change with POST"),
         ),

@@ -23,6 +23,10 @@ pub enum Admin {
         /// Default 127.0.0.1:9100.
         listen: SocketAddr,
         auth: AdminAuth,
+        /// The admin endpoints of the other nodes of a pair (or group):
+        /// member decisions are sent to them and asked of them at start.
+        /// Default: none.
+        peers: Vec<SocketAddr>,
     },
 }
 
@@ -45,6 +49,7 @@ pub enum AdminAuth {
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+    pub peers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 // From one to the other: validation.
@@ -70,10 +75,62 @@ impl Checker<'_> {
             None => AdminAuth::Open,
             Some(path) => AdminAuth::Token(path.get_ref().into()),
         };
+        let peers = self.peers(admin.peers.as_ref(), listen);
         match listen {
-            Some(listen) => Admin::On { listen, auth },
+            Some(listen) => Admin::On {
+                listen,
+                auth,
+                peers,
+            },
             None => Admin::Off,
         }
+    }
+
+    /// `admin.peers`: `"http://IP:PORT"` (or `"IP:PORT"`) of each other
+    /// node's admin endpoint, not this one's, each once.
+    fn peers(
+        &mut self,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+        listen: Option<SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let mut peers = Vec::new();
+        for (index, peer) in raw
+            .map(|r| r.get_ref().as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let key = format!("admin.peers[{index}]");
+            let text = peer.get_ref().trim();
+            let address = text
+                .strip_prefix("http://")
+                .unwrap_or(text)
+                .trim_end_matches('/');
+            let problem = if text.starts_with("https://") {
+                Some("vipgate speaks plain HTTP to its peers' admin endpoints".to_string())
+            } else {
+                match address.parse::<SocketAddr>() {
+                    Err(_) => Some(format!("{text:?} is not http://IP:PORT")),
+                    Ok(address) if Some(address) == listen => {
+                        Some("that is this node's own admin endpoint".into())
+                    }
+                    Ok(address) if peers.contains(&address) => Some("listed twice".into()),
+                    Ok(address) => {
+                        peers.push(address);
+                        None
+                    }
+                }
+            };
+            if let Some(problem) = problem {
+                self.report(
+                    &key,
+                    Some(peer.span()),
+                    problem,
+                    Some("the other node's [admin] listen, e.g. \"http://10.0.0.2:9100\"; every node lists the others and shares the token_file".into()),
+                );
+            }
+        }
+        peers
     }
 }
 
@@ -92,7 +149,8 @@ mod tests {
             plan.admin,
             Admin::On {
                 listen: DEFAULT_ADMIN_LISTEN.parse().unwrap(),
-                auth: AdminAuth::Open
+                auth: AdminAuth::Open,
+                peers: Vec::new(),
             }
         );
         assert!(plan.to_string().contains("admin on 127.0.0.1:9100"));
@@ -116,5 +174,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("admin.listen"), "{error}");
+    }
+
+    #[test]
+    fn peers_are_other_admin_endpoints_each_once() {
+        let plan = parse(
+            &format!("{BASE}[admin]\nlisten = \"10.0.0.1:9100\"\ntoken_file = \"t\"\npeers = [\"http://10.0.0.2:9100\", \"10.0.0.3:9100/\"]\n"),
+            "t",
+        )
+        .unwrap();
+        let Admin::On { peers, .. } = plan.admin else {
+            panic!("admin is on");
+        };
+        assert_eq!(
+            peers,
+            [
+                "10.0.0.2:9100".parse().unwrap(),
+                "10.0.0.3:9100".parse().unwrap()
+            ]
+        );
+        let error = parse(
+            &format!("{BASE}[admin]\nlisten = \"10.0.0.1:9100\"\npeers = [\"https://10.0.0.2:9100\", \"peer-b\", \"http://10.0.0.1:9100\", \"10.0.0.4:1\", \"10.0.0.4:1\"]\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "admin.peers[0]: vipgate speaks plain HTTP",
+            "admin.peers[1]: \"peer-b\" is not http://IP:PORT",
+            "admin.peers[2]: that is this node's own admin endpoint",
+            "admin.peers[4]: listed twice",
+        ] {
+            assert!(error.contains(expected), "{expected} in {error}");
+        }
     }
 }

@@ -138,7 +138,12 @@ impl Plan {
 
     /// What the virtuals share: the admin endpoint, SNAT pools, monitors.
     fn describe_services(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Admin::On { listen, auth } = &self.admin {
+        if let Admin::On {
+            listen,
+            auth,
+            peers,
+        } = &self.admin
+        {
             writeln!(
                 f,
                 "admin on {listen} (/metrics, /status; changes {})",
@@ -147,6 +152,10 @@ impl Plan {
                     AdminAuth::Token(path) => format!("need the token in {}", path.display()),
                 }
             )?;
+            if !peers.is_empty() {
+                let peers: Vec<String> = peers.iter().map(ToString::to_string).collect();
+                writeln!(f, "member decisions shared with {}", peers.join(", "))?;
+            }
         }
         for pool in self.snat_pools.values() {
             let addresses: Vec<String> = pool.addresses.iter().map(ToString::to_string).collect();

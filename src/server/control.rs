@@ -16,7 +16,7 @@ use super::reload_history::{config_hash, ReloadStats};
 use super::{ConfigSource, Live};
 use crate::config::AdminState;
 use crate::service::ServiceManager;
-use crate::state_file::Decisions;
+use crate::state_file::{DecisionSet, Decisions};
 use crate::sync::lock;
 use crate::virtual_server::Listener;
 use crate::workers::Workers;
@@ -63,6 +63,8 @@ pub struct Control {
     /// The operator's member decisions and the state file that keeps
     /// them; taken by admin actions and reloads, never by the data path.
     pub(super) decisions: std::sync::Mutex<Decisions>,
+    /// Bumped on every local decision, for the peers' senders.
+    decision_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Control {
@@ -105,6 +107,7 @@ impl Control {
             reloads,
             service,
             decisions: std::sync::Mutex::new(decisions),
+            decision_changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -116,6 +119,33 @@ impl Control {
     /// The operator's member decisions in force, and where they are kept.
     pub fn member_decisions(&self) -> DecisionsStatus {
         DecisionsStatus::of(&lock(&self.decisions))
+    }
+
+    /// The decisions to send to a peer.
+    pub fn decisions_to_share(&self) -> DecisionSet {
+        lock(&self.decisions).to_share()
+    }
+
+    /// Changes whenever an operator decides something here (not when a
+    /// peer's decisions are merged: the peer sends those itself).
+    pub fn decision_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.decision_changes.subscribe()
+    }
+
+    /// Takes a peer's decisions (the later decision about each member
+    /// wins), sets the members they change, and saves them. How many
+    /// members changed.
+    pub fn merge_decisions(&self, set: &DecisionSet) -> Result<usize, String> {
+        let mut decisions = lock(&self.decisions);
+        let changed = decisions.merge_set(set)?;
+        if !changed.is_empty() {
+            apply_decisions(&self.live.load(), &mut decisions);
+            for member in &changed {
+                let state = decisions.members().get(member).map(|d| d.state);
+                tracing::info!(%member, state = ?state, "member admin state taken from a peer");
+            }
+        }
+        Ok(changed.len())
     }
 
     /// Reload counters and the configuration in force.
@@ -249,11 +279,12 @@ impl Control {
             .copied()
             .unwrap_or_default();
         let saved = lock(&self.decisions)
-            .decide(address, state, configured, crate::clock::unix_seconds())
+            .decide(address, state, configured, crate::clock::unix_millis())
             .map_err(|error| {
                 tracing::error!(member = %address, %error, "the member decision holds until vipgate stops, but is not saved");
                 error.to_string()
             });
+        self.decision_changes.send_modify(|version| *version += 1);
         Ok(MemberChange { address, saved })
     }
 }

@@ -27,7 +27,7 @@ pub struct DecisionsStatus {
     /// Why decisions are not being saved there, if they are not.
     pub problem: Option<String>,
     /// Each member address an operator changed, with what the
-    /// configuration says and when (Unix seconds).
+    /// configuration says and when (milliseconds since the Unix epoch).
     pub members: Vec<DecisionStatus>,
 }
 
@@ -36,7 +36,7 @@ pub struct DecisionStatus {
     pub member: String,
     pub state: AdminState,
     pub configured: AdminState,
-    pub changed_at: u64,
+    pub changed_at_ms: u64,
 }
 
 impl DecisionsStatus {
@@ -51,7 +51,7 @@ impl DecisionsStatus {
                     member: address.to_string(),
                     state: decision.state,
                     configured: decision.configured,
-                    changed_at: decision.changed_at,
+                    changed_at_ms: decision.changed_at_ms,
                 })
                 .collect(),
         }
