@@ -32,6 +32,14 @@ dpkg-deb -x "$deb" "$root"
 grep -qx /etc/vipgate/vipgate.toml "$control/conffiles" || fail "the configuration is not a conffile"
 grep -q '^Depends:.*adduser' "$control/control" || fail "adduser is not a dependency"
 grep -q 'adduser --system' "$control/postinst" || fail "postinst does not create the vipgate user"
+grep -q 'vipgate upgrade -c /etc/vipgate/vipgate.toml' "$control/postinst" || fail "postinst does not hand a running vipgate over on upgrade"
+if grep -Eq 'deb-systemd-invoke (restart|try-restart)' "$control/postinst"; then
+  fail "an upgrade restarts vipgate instead of handing it over"
+fi
+if grep -q 'deb-systemd-invoke stop' "$control/prerm" \
+    && ! grep -B1 'deb-systemd-invoke stop' "$control/prerm" | grep -q '"$1" = remove'; then
+  fail "an upgrade stops vipgate (prerm) instead of handing it over"
+fi
 
 # The packaged binary accepts the packaged configuration.
 "$root/usr/bin/vipgate" check -c "$root/etc/vipgate/vipgate.toml" >/dev/null \

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::config::{self, ConfigError};
 use crate::instance::{Instance, LaunchError};
-use crate::server::{termination_signal, ConfigSource, StartError};
+use crate::server::{termination_signal, ConfigSource, Inherited, StartError};
 
 /// Why `vipgate run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +16,8 @@ pub enum RunError {
     Start(#[from] LaunchError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot take over from the old process: {0}")]
+    Upgrade(std::io::Error),
 }
 
 /// Why `vipgate check` found a configuration unusable.
@@ -60,7 +62,31 @@ pub fn check(path: &Path, share: Option<config::SnatShare>) -> Result<String, Ch
 /// `vipgate run`: serves `path` until SIGTERM/SIGINT, then drains. With
 /// `share`, this node leases only its slice of every SNAT pool's ports.
 pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError> {
-    let (text, plan) = config::load_shared(path, share)?;
+    crate::upgrade::remember_how_started();
+    // Started by a binary upgrade: take over from the old process, which
+    // serves on if this one cannot.
+    let mut successor = None;
+    let (inherited, admin_socket) = match std::env::var_os(crate::upgrade::FROM) {
+        None => (Inherited::default(), None),
+        Some(socket) => {
+            let (inherited, admin, taking_over) =
+                crate::upgrade::inherit(Path::new(&socket)).map_err(RunError::Upgrade)?;
+            successor = Some(taking_over);
+            (inherited, admin)
+        }
+    };
+    let refuse = |successor: Option<crate::upgrade::Successor>, why: String| {
+        if let Some(successor) = successor {
+            successor.refuse(&why);
+        }
+    };
+    let (text, plan) = match config::load_shared(path, share) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            refuse(successor, error.to_string());
+            return Err(error.into());
+        }
+    };
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
@@ -71,7 +97,24 @@ pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError
     };
     runtime()?.block_on(async {
         let stop = termination_signal();
-        let instance = Instance::bind(plan, Some(source))?;
+        let mut instance =
+            match Instance::bind_inherited(plan, Some(source), inherited, admin_socket) {
+                Ok(instance) => instance,
+                Err(error) => {
+                    refuse(successor, error.to_string());
+                    return Err(error.into());
+                }
+            };
+        if let Some(successor) = successor {
+            let serving = instance.when_serving();
+            tokio::spawn(async move {
+                if serving.await.is_ok() {
+                    crate::service::ServiceManager::from_environment().main_process();
+                    successor.ready();
+                    tracing::info!("binary upgrade: serving in place of the old process");
+                }
+            });
+        }
         instance.run(stop).await;
         Ok(())
     })
@@ -155,48 +198,13 @@ pub fn ready(
     config: &Path,
     timeout: std::time::Duration,
 ) -> Result<String, ReadyError> {
-    let address = match admin {
-        Some(text) => {
-            let text = text.trim_start_matches("http://").trim_end_matches('/');
-            text.parse::<std::net::SocketAddr>()
-                .map_err(|_| ReadyError::Address(text.to_string()))?
-        }
-        None => match config::load(config)?.admin {
-            config::Admin::On { listen, .. } => listen,
-            config::Admin::Off => return Err(ReadyError::NoAdmin(config.display().to_string())),
-        },
-    };
-    // A wildcard listener is asked on loopback.
-    let address = if address.ip().is_unspecified() {
-        let loopback: std::net::IpAddr = if address.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        std::net::SocketAddr::new(loopback, address.port())
-    } else {
-        address
-    };
+    let address = admin_address(admin, config)?;
     let unreachable = |why: String| ReadyError::Unreachable {
         address: address.to_string(),
         why,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (status, body) = runtime
-        .block_on(async {
-            tokio::time::timeout(timeout, get_ready(address))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {}",
-                        humantime::format_duration(timeout)
-                    ))
-                })
-        })
-        .map_err(unreachable)?;
+    let (status, body) =
+        call_admin(address, http::Method::GET, "/ready", None, timeout).map_err(unreachable)?;
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| unreachable(format!("the answer is not JSON: {e}")))?;
     match status {
@@ -217,30 +225,128 @@ pub fn ready(
     }
 }
 
-async fn get_ready(address: std::net::SocketAddr) -> Result<(u16, bytes::Bytes), String> {
+/// Why `vipgate upgrade` did not upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeCommandError {
+    #[error(transparent)]
+    Admin(#[from] ReadyError),
+    #[error("cannot ask {address} to upgrade: {why}")]
+    Unreachable { address: String, why: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// `vipgate upgrade`: asks the running vipgate (its admin endpoint:
+/// `admin`, or the one in the configuration at `config`, whose token it
+/// reads) to start the binary now at its path and hand over to it; waits
+/// for the answer. Returns what to print when it worked.
+pub fn upgrade(
+    admin: Option<&str>,
+    config: &Path,
+    timeout: std::time::Duration,
+) -> Result<String, UpgradeCommandError> {
+    let address = admin_address(admin, config)?;
+    let token = config::load(config)
+        .ok()
+        .and_then(|plan| crate::admin::token(&plan.admin).ok().flatten());
+    let (status, body) = call_admin(address, http::Method::POST, "/upgrade", token, timeout)
+        .map_err(|why| UpgradeCommandError::Unreachable {
+            address: address.to_string(),
+            why,
+        })?;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    match status {
+        200 => Ok(format!(
+            "vipgate at {address} upgraded: process {} serves now; the old one drains its connections",
+            answer["successor_pid"]
+        )),
+        _ => Err(UpgradeCommandError::Failed(
+            answer["error"]
+                .as_str()
+                .map_or_else(|| format!("status {status}"), str::to_string),
+        )),
+    }
+}
+
+/// The admin endpoint to ask: `admin` (`127.0.0.1:9100` or
+/// `http://...`), or the one the configuration at `config` names; a
+/// wildcard listener is asked on loopback.
+fn admin_address(admin: Option<&str>, config: &Path) -> Result<std::net::SocketAddr, ReadyError> {
+    let address = match admin {
+        Some(text) => {
+            let text = text.trim_start_matches("http://").trim_end_matches('/');
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|_| ReadyError::Address(text.to_string()))?
+        }
+        None => match config::load(config)?.admin {
+            config::Admin::On { listen, .. } => listen,
+            config::Admin::Off => return Err(ReadyError::NoAdmin(config.display().to_string())),
+        },
+    };
+    if !address.ip().is_unspecified() {
+        return Ok(address);
+    }
+    let loopback: std::net::IpAddr = if address.is_ipv4() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    };
+    Ok(std::net::SocketAddr::new(loopback, address.port()))
+}
+
+/// One call to an admin endpoint, within `timeout`: status and body.
+fn call_admin(
+    address: std::net::SocketAddr,
+    method: http::Method,
+    path: &str,
+    token: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<(u16, bytes::Bytes), String> {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = http::Request::get("/ready")
-        .header(http::header::HOST, address.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, address.to_string());
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })
+    })
 }

@@ -8,7 +8,27 @@ use std::sync::Arc;
 
 use crate::admin::{self, Endpoint, EndpointError};
 use crate::config::Plan;
-use crate::server::{ConfigSource, Control, Live, Server, StartError};
+use crate::server::{ConfigSource, Control, Inherited, Live, Server, StartError};
+use crate::upgrade::Upgrader;
+
+/// SIGUSR2 starts a binary upgrade, as nginx's does.
+fn upgrade_on_signal(upgrader: &Arc<Upgrader>) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+        Ok(mut signals) => {
+            let upgrader = Arc::clone(upgrader);
+            tokio::spawn(async move {
+                while signals.recv().await.is_some() {
+                    tracing::info!("SIGUSR2 received, starting a binary upgrade");
+                    // Success and failure are logged by the upgrade.
+                    let _ = upgrader.upgrade().await;
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGUSR2; use `vipgate upgrade` (POST /upgrade) instead")
+        }
+    }
+}
 
 /// Why an instance could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +44,8 @@ pub enum LaunchError {
 pub struct Instance {
     server: Server,
     admin: Option<Endpoint>,
+    /// The process this one took over from (binary upgrade).
+    predecessor: Option<u32>,
 }
 
 impl Instance {
@@ -31,11 +53,32 @@ impl Instance {
     /// token). Must be called inside a tokio runtime. With a `source`,
     /// SIGHUP and `POST /reload` read that file again.
     pub fn bind(plan: Plan, source: Option<ConfigSource>) -> Result<Instance, LaunchError> {
+        Instance::bind_inherited(plan, source, Inherited::default(), None)
+    }
+
+    /// [`bind`](Self::bind) for a process a binary upgrade started: the
+    /// sockets and state its predecessor handed over (see `upgrade`).
+    pub fn bind_inherited(
+        plan: Plan,
+        source: Option<ConfigSource>,
+        inherited: Inherited,
+        admin_socket: Option<std::net::TcpListener>,
+    ) -> Result<Instance, LaunchError> {
         // The admin endpoint first: its token file is the likelier mistake,
         // and nothing has started probing members yet.
-        let admin = admin::bind(&plan.admin)?;
-        let server = Server::bind(plan, source)?;
-        Ok(Instance { server, admin })
+        let admin = admin::bind_inherited(&plan.admin, admin_socket)?;
+        let predecessor = inherited.predecessor;
+        let server = Server::bind_inherited(plan, source, inherited)?;
+        Ok(Instance {
+            server,
+            admin,
+            predecessor,
+        })
+    }
+
+    /// Completes once every listener accepts.
+    pub fn when_serving(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        self.server.when_serving()
     }
 
     /// The address virtual `name` listens on (useful with port 0).
@@ -58,14 +101,30 @@ impl Instance {
         self.server.control()
     }
 
-    /// Serves until `shutdown` completes, then drains (see [`Server::run`]).
-    /// The admin endpoint answers from before the service manager hears
-    /// READY until the server stops accepting.
+    /// Serves until `shutdown` completes, or a successor took over (binary
+    /// upgrade: SIGUSR2 or `POST /upgrade`), then drains (see
+    /// [`Server::run`]). The admin endpoint answers from before the service
+    /// manager hears READY until the server stops accepting.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Instance { server, admin } = self;
+        let Instance {
+            server,
+            admin,
+            predecessor,
+        } = self;
         let peers = admin.as_ref().and_then(Endpoint::peers);
+        let upgrader = Arc::new(Upgrader::new(
+            server.control(),
+            admin.as_ref().and_then(Endpoint::socket_copy),
+            predecessor,
+        ));
+        upgrade_on_signal(&upgrader);
         let admin = admin.map(|endpoint| {
-            tokio::spawn(admin::serve(endpoint, server.control(), server.stopping()))
+            tokio::spawn(admin::serve(
+                endpoint,
+                server.control(),
+                Arc::clone(&upgrader),
+                server.stopping(),
+            ))
         });
         if let Some(peers) = peers {
             // The peers' decisions before READY: a node that comes back
@@ -74,7 +133,15 @@ impl Instance {
             peers.pull(&server.control()).await;
             peers.spawn_senders(server.control(), server.stopping());
         }
-        server.run(shutdown).await;
+        let replaced = Arc::clone(&upgrader);
+        server
+            .run(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = replaced.replaced() => {}
+                }
+            })
+            .await;
         if let Some(admin) = admin {
             let _ = admin.await;
         }

@@ -54,7 +54,9 @@
 //! - [`f5`]: `vipgate import-f5`, a BIG-IP configuration to vipgate's.
 //! - [`service`]: systemd readiness, reload and stop notifications, the
 //!   watchdog; [`state_file`]: the operator's member decisions, kept
-//!   across restarts.
+//!   across restarts (and shared with a pair's peers by `admin`);
+//!   [`upgrade`]: a binary upgrade that hands the listening sockets and
+//!   the live state to the new process.
 //! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
 //! - `throttle`, `clock`, `sync`, `stop_signal`: one warning a second
 //!   instead of a flood, a cheap clock, one way to take a lock, and the
@@ -96,5 +98,6 @@ pub(crate) mod streams;
 pub(crate) mod sync;
 pub(crate) mod throttle;
 pub(crate) mod tls;
+pub mod upgrade;
 pub(crate) mod virtual_server;
 pub mod workers;

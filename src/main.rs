@@ -61,6 +61,23 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Upgrade the running vipgate to the binary now installed: it starts
+    /// that binary with the same arguments and hands over its listening
+    /// sockets and state; the old process drains. Exits 1 (and the old
+    /// process serves on) if the new one cannot take over, saying why.
+    /// Same as `kill -USR2 <pid>`.
+    Upgrade {
+        /// The admin endpoint, e.g. 127.0.0.1:9100; by default the one
+        /// the configuration file names (whose token is used).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Configuration file, to find the admin endpoint and token.
+        #[arg(short, long, default_value = "vipgate.toml")]
+        config: PathBuf,
+        /// Most time to wait for the new process to take over.
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Start three simulated proxies and vipgate in front of them.
     Demo,
     /// Convert a BIG-IP configuration (bigpipe or tmsh) to vipgate TOML on
@@ -98,6 +115,13 @@ fn main() -> ExitCode {
             config,
             timeout,
         } => vipgate::commands::ready(admin.as_deref(), &config, timeout)
+            .map(|answer| println!("{answer}"))
+            .map_err(anyhow::Error::from),
+        Command::Upgrade {
+            admin,
+            config,
+            timeout,
+        } => vipgate::commands::upgrade(admin.as_deref(), &config, timeout)
             .map(|answer| println!("{answer}"))
             .map_err(anyhow::Error::from),
         Command::ImportF5 { file } => vipgate::commands::import_f5(&file)

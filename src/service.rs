@@ -28,6 +28,18 @@ impl ServiceManager {
         }
     }
 
+    /// One that tells nothing: a process a successor replaced (binary
+    /// upgrade) must not tell systemd it is stopping.
+    pub fn silent() -> ServiceManager {
+        ServiceManager { present: false }
+    }
+
+    /// This process is the service's main process now (a successor after
+    /// a binary upgrade; the unit needs `NotifyAccess=all`).
+    pub fn main_process(&self) {
+        self.send(&[NotifyState::MainPid(std::process::id())]);
+    }
+
     fn send(&self, states: &[NotifyState]) {
         if !self.present {
             return;

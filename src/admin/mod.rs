@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Admin, AdminAuth, AdminState};
 use crate::server::{Control, ReloadError};
 use crate::status::Status;
+use crate::upgrade::{UpgradeError, Upgrader};
 pub use peers::Peers;
 
 /// Why the admin endpoint cannot start.
@@ -69,6 +70,12 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// A copy of the listening socket (the same socket), for a successor.
+    pub fn socket_copy(&self) -> Option<std::net::TcpListener> {
+        let socket = socket2::SockRef::from(&self.listener).try_clone().ok()?;
+        Some(socket.into())
     }
 
     /// The other nodes member decisions are shared with, if any.
@@ -115,6 +122,15 @@ pub fn token(admin: &Admin) -> Result<Option<String>, EndpointError> {
 /// Opens the admin listener and reads its token, if the plan has one.
 /// Must be called inside a tokio runtime.
 pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
+    bind_inherited(admin, None)
+}
+
+/// [`bind`], taking over `inherited` (the predecessor's listening socket,
+/// after a binary upgrade) instead of binding when it is given.
+pub fn bind_inherited(
+    admin: &Admin,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<Option<Endpoint>, EndpointError> {
     let Admin::On { listen, peers, .. } = admin else {
         return Ok(None);
     };
@@ -123,7 +139,10 @@ pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
         address: *listen,
         error,
     };
-    let socket = std::net::TcpListener::bind(listen).map_err(failed)?;
+    let socket = match inherited {
+        Some(socket) => socket,
+        None => std::net::TcpListener::bind(listen).map_err(failed)?,
+    };
     socket.set_nonblocking(true).map_err(failed)?;
     let listener = TcpListener::from_std(socket).map_err(failed)?;
     Ok(Some(Endpoint {
@@ -133,8 +152,14 @@ pub fn bind(admin: &Admin) -> Result<Option<Endpoint>, EndpointError> {
     }))
 }
 
-/// Serves the admin endpoint until `stop`.
-pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: CancellationToken) {
+/// Serves the admin endpoint until `stop`; `POST /upgrade` goes to
+/// `upgrader`.
+pub async fn serve(
+    endpoint: Endpoint,
+    control: Arc<Control>,
+    upgrader: Arc<Upgrader>,
+    stop: CancellationToken,
+) {
     let registry = Arc::new(crate::metrics::registry(
         Arc::clone(control.live()),
         control.reloads(),
@@ -154,15 +179,16 @@ pub async fn serve(endpoint: Endpoint, control: Arc<Control>, stop: Cancellation
             tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
-        let (control, registry, token) =
-            (Arc::clone(&control), Arc::clone(&registry), token.clone());
+        let calls = Calls {
+            control: Arc::clone(&control),
+            registry: Arc::clone(&registry),
+            upgrader: Arc::clone(&upgrader),
+            token: token.clone(),
+        };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (control, registry, token) =
-                    (Arc::clone(&control), Arc::clone(&registry), token.clone());
-                async move {
-                    Ok::<_, Infallible>(route(request, &control, &registry, token.as_deref()).await)
-                }
+                let calls = calls.clone();
+                async move { Ok::<_, Infallible>(route(request, &calls).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -215,12 +241,17 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
     json_answer(status, json!({ "error": message.into() }))
 }
 
-async fn route(
-    request: Request<Incoming>,
-    control: &Control,
-    registry: &prometheus::Registry,
-    token: Option<&str>,
-) -> Answer {
+/// What answering a call takes.
+#[derive(Clone)]
+struct Calls {
+    control: Arc<Control>,
+    registry: Arc<prometheus::Registry>,
+    upgrader: Arc<Upgrader>,
+    token: Option<Arc<str>>,
+}
+
+async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
+    let (control, registry, token) = (&*calls.control, &*calls.registry, calls.token.as_deref());
     let path = request.uri().path().to_string();
     // Browsers escape what a path may not hold (the page escapes every
     // pool and member name it puts in one); the names are matched as typed.
@@ -275,6 +306,28 @@ async fn route(
                 Err(other) => error(
                     StatusCode::BAD_REQUEST,
                     format!("{other}; the running configuration stays"),
+                ),
+            }
+        }
+        (["upgrade"], true) => {
+            if let Some(refused) = unauthorized(&request, token) {
+                return refused;
+            }
+            match calls.upgrader.upgrade().await {
+                Ok(pid) => json_answer(
+                    StatusCode::OK,
+                    json!({ "upgraded": true, "successor_pid": pid }),
+                ),
+                Err(
+                    refused @ (UpgradeError::Busy
+                    | UpgradeError::Replaced
+                    | UpgradeError::PredecessorDraining(_)),
+                ) => {
+                    error(StatusCode::CONFLICT, refused.to_string())
+                }
+                Err(failed) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{failed}; this vipgate serves on"),
                 ),
             }
         }
@@ -336,7 +389,7 @@ async fn route(
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
-        ([""] | ["metrics"] | ["status"] | ["ready"] | ["decisions"], _) | (["reload"], false) | (["pools", _, "members", _, _], false) => error(
+        ([""] | ["metrics"] | ["status"] | ["ready"] | ["decisions"], _) | (["reload"] | ["upgrade"], false) | (["pools", _, "members", _, _], false) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}: read with GET /, GET /metrics and GET /status; change with POST"),
         ),

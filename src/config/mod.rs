@@ -50,6 +50,7 @@ pub use plan::{
     AdminState, Algorithm, ConnectionLimit, Keepalive, MemberPlan, Mode, Plan, PoolPlan, RateLimit,
     ServiceDownAction, Settings, VirtualMode, VirtualPlan, DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_UPGRADE_DRAIN_TIMEOUT,
 };
 pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};

@@ -22,6 +22,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `settings.drain_timeout`: 30 s.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `settings.upgrade_drain_timeout`: an hour, a long call and then some.
+pub const DEFAULT_UPGRADE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `tcp_keepalive.idle`: 60 s of silence before the first probe.
 pub const DEFAULT_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Default `tcp_keepalive.interval`: 10 s between probes.
@@ -68,6 +70,10 @@ pub struct Settings {
     /// offline) are kept across restarts. Default: none (they last until
     /// vipgate stops).
     pub state_file: Option<std::path::PathBuf>,
+    /// After a binary upgrade, how long the old process may keep the
+    /// connections it still serves before it closes them and exits.
+    /// Default 1 h.
+    pub upgrade_drain_timeout: Duration,
 }
 
 /// A pool: the members a virtual spreads connections over.

@@ -46,6 +46,7 @@ pub struct RawSettings {
     pub worker_threads: Option<Spanned<i64>>,
     pub cpu_affinity: Option<Spanned<super::settings::RawCpuAffinity>>,
     pub state_file: Option<Spanned<String>>,
+    pub upgrade_drain_timeout: Option<Spanned<RawDuration>>,
 }
 
 /// `[pools.NAME]`.

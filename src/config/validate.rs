@@ -15,7 +15,7 @@ use super::plan::{
     ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, RateLimit, Settings, VirtualPlan,
     DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_PROBES,
-    MAX_KEEPALIVE_PROBES,
+    DEFAULT_UPGRADE_DRAIN_TIMEOUT, MAX_KEEPALIVE_PROBES,
 };
 use super::raw::{
     RawConfig, RawDuration, RawKeepalive, RawMember, RawPool, RawSettings, RawVirtual,
@@ -132,11 +132,17 @@ impl Checker<'_> {
             }
             Some(std::path::PathBuf::from(path.get_ref()))
         });
+        let upgrade_drain_timeout = self.duration(
+            "settings.upgrade_drain_timeout",
+            raw.upgrade_drain_timeout.as_ref(),
+            DEFAULT_UPGRADE_DRAIN_TIMEOUT,
+        );
         Settings {
             drain_timeout,
             worker_threads,
             cpu_affinity,
             state_file,
+            upgrade_drain_timeout,
         }
     }
 

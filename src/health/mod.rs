@@ -98,6 +98,18 @@ impl ProbeStatus {
         (record.health, record.detail)
     }
 
+    /// Takes the verdict a predecessor process had (binary upgrade): an
+    /// `Up` one counts as a success now, so it stays up unless probes fail
+    /// for the monitor's timeout.
+    pub fn carry(&self, health: Health, detail: String) {
+        let mut record = lock(&self.record);
+        record.health = health;
+        record.detail = detail;
+        if health == Health::Up {
+            record.last_success = Some(Instant::now());
+        }
+    }
+
     /// How many attempts this probe has made: what a test counts to know
     /// that the probes ran (rather than sleeping and hoping they did).
     pub fn attempts(&self) -> u64 {

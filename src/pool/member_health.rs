@@ -40,6 +40,13 @@ impl Health {
         }
     }
 
+    /// The health [`as_str`](Self::as_str) names.
+    pub fn from_name(name: &str) -> Option<Health> {
+        [Health::Unchecked, Health::Up, Health::Down]
+            .into_iter()
+            .find(|health| health.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Health::Unchecked => "unchecked",

@@ -38,6 +38,8 @@ pub(super) struct Listening {
     /// keeps its socket).
     pub address: SocketAddr,
     pub stop: CancellationToken,
+    /// Copies of the sockets the accept loops own, for a successor.
+    pub sockets: Vec<std::net::TcpListener>,
 }
 
 /// The parts of a running server that a reload replaces.
@@ -65,6 +67,9 @@ pub struct Control {
     pub(super) decisions: std::sync::Mutex<Decisions>,
     /// Bumped on every local decision, for the peers' senders.
     decision_changes: tokio::sync::watch::Sender<u64>,
+    /// Set when a successor took over (binary upgrade): the drain that
+    /// follows lasts `upgrade_drain_timeout`.
+    replaced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -108,7 +113,20 @@ impl Control {
             service,
             decisions: std::sync::Mutex::new(decisions),
             decision_changes: tokio::sync::watch::Sender::new(0),
+            replaced: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks this process as replaced by a successor (binary upgrade):
+    /// its shutdown drains for `settings.upgrade_drain_timeout`.
+    pub fn set_replaced(&self) {
+        self.replaced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a successor took over.
+    pub fn replaced(&self) -> bool {
+        self.replaced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The live snapshot.
@@ -181,13 +199,29 @@ impl Control {
             tracing::info!(virtual_server = %name, address = %bound, "listening");
         }
         let stop = self.lifecycle.shutdown.draining.child_token();
-        for (worker, socket) in listener.into_sockets().into_iter().enumerate() {
+        let mut copies = Vec::new();
+        // Sockets inherited from a predecessor may be more or fewer than
+        // the workers: each worker takes its turn.
+        for (index, socket) in listener.into_sockets().into_iter().enumerate() {
+            match socket.try_clone() {
+                Ok(copy) => copies.push(copy),
+                Err(error) => {
+                    tracing::warn!(virtual_server = %name, %error, "cannot keep a copy of a listening socket; an upgrade will bind it anew")
+                }
+            }
             self.accept_loops.spawn_on(
                 accept_loop(name.clone(), socket, self.lifecycle.clone(), stop.clone()),
-                self.workers.handle(worker),
+                self.workers.handle(index % self.workers.count()),
             );
         }
-        running.listeners.insert(name, Listening { address, stop });
+        running.listeners.insert(
+            name,
+            Listening {
+                address,
+                stop,
+                sockets: copies,
+            },
+        );
     }
 
     /// Waits for every accept loop to end (after `shutdown.draining`).

@@ -13,6 +13,7 @@
 
 mod accept;
 mod control;
+mod handoff;
 mod member_decisions;
 mod reload;
 mod reload_history;
@@ -40,6 +41,7 @@ use crate::workers::Workers;
 use accept::Lifecycle;
 
 pub use control::{AdminError, Control};
+pub use handoff::{CarriedHealth, CarriedProbe, CarriedState, Inherited, InheritedListener};
 pub use member_decisions::{DecisionStatus, DecisionsStatus, MemberChange};
 pub use reload::{ReloadError, ReloadReport};
 pub use reload_history::{config_hash, ReloadCounts, ReloadStats};
@@ -93,6 +95,8 @@ pub struct Server {
     lifecycle: Lifecycle,
     control: Arc<Control>,
     service: ServiceManager,
+    /// Told once every listener accepts (where READY is sent).
+    serving: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Server {
@@ -101,7 +105,21 @@ impl Server {
     /// address cannot be bound; then no listener stays open. With a
     /// `source`, SIGHUP and `POST /reload` read that file again.
     pub fn bind(plan: Plan, source: Option<ConfigSource>) -> Result<Server, StartError> {
+        Server::bind_inherited(plan, source, Inherited::default())
+    }
+
+    /// [`bind`](Self::bind) for a process a binary upgrade started: the
+    /// listening sockets its predecessor hands over are used as they are
+    /// (only new addresses are bound), and the probes' verdicts, member
+    /// health and operator decisions it carries are in force before the
+    /// first probe or client.
+    pub fn bind_inherited(
+        plan: Plan,
+        source: Option<ConfigSource>,
+        mut inherited: Inherited,
+    ) -> Result<Server, StartError> {
         let snapshot = Snapshot::build(plan, None)?;
+        handoff::restore(&snapshot, &inherited.state);
         let settings = &snapshot.plan().settings;
         let workers = Workers::start(settings.worker_threads, &settings.cpu_affinity)
             .map_err(StartError::Workers)?;
@@ -110,7 +128,10 @@ impl Server {
             .virtuals
             .iter()
             .map(|v| {
-                let listener = virtual_server::bind(v, workers.count())?;
+                let listener = match inherited.take_listener(&v.name, v.listen) {
+                    Some(sockets) => Listener::from_sockets(sockets),
+                    None => virtual_server::bind(v, workers.count())?,
+                };
                 Ok((v.name.clone(), v.listen, listener))
             })
             .collect::<Result<Vec<_>, BindError>>()?;
@@ -132,12 +153,16 @@ impl Server {
             service,
             workers,
         ));
+        if let Some(decisions) = &inherited.state.decisions {
+            let _ = control.merge_decisions(decisions);
+        }
         Ok(Server {
             live,
             listeners,
             lifecycle,
             control,
             service,
+            serving: None,
         })
     }
 
@@ -159,6 +184,14 @@ impl Server {
         Arc::clone(&self.control)
     }
 
+    /// Completes once every listener accepts (before the service manager
+    /// hears READY).
+    pub fn when_serving(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (serving, told) = tokio::sync::oneshot::channel();
+        self.serving = Some(serving);
+        told
+    }
+
     /// Cancelled when the server stops accepting: services beside it stop
     /// with it.
     pub fn stopping(&self) -> CancellationToken {
@@ -175,6 +208,7 @@ impl Server {
             lifecycle,
             control,
             service,
+            serving,
         } = self;
         let mut background = JoinSet::new();
         // Installed before the listeners open, so an early SIGHUP cannot
@@ -185,6 +219,9 @@ impl Server {
         }
         // Every listener is bound (and accepting into its backlog); the
         // caller brought up its services before running.
+        if let Some(serving) = serving {
+            let _ = serving.send(());
+        }
         service.ready(&live.load().status_line());
         let watched = Arc::clone(&live);
         background.spawn(service.keep_alive(move || watched.load().status_line()));
@@ -192,7 +229,7 @@ impl Server {
         shutdown.await;
         lifecycle.shutdown.draining.cancel();
         control.accept_loops_stopped().await;
-        drain(&live, &lifecycle, service).await;
+        drain(&live, &lifecycle, &control, service).await;
         control.stop_health().await;
         control.stop_workers();
         background.abort_all();
@@ -225,8 +262,17 @@ fn reload_on_hangup(control: &Arc<Control>, background: &mut JoinSet<()>) {
 
 /// Lets open connections finish for up to the drain timeout, telling the
 /// service manager how many are left, then closes the rest.
-async fn drain(live: &Live, lifecycle: &Lifecycle, service: ServiceManager) {
-    let drain_timeout = live.load().plan().settings.drain_timeout;
+async fn drain(live: &Live, lifecycle: &Lifecycle, control: &Control, service: ServiceManager) {
+    // After a binary upgrade, the successor serves new clients and the
+    // connections left here may take longer.
+    let (drain_timeout, service) = if control.replaced() {
+        // The successor is the service now: systemd must not hear that
+        // this process is stopping.
+        let timeout = live.load().plan().settings.upgrade_drain_timeout;
+        (timeout, ServiceManager::silent())
+    } else {
+        (live.load().plan().settings.drain_timeout, service)
+    };
     let open = live.load().active_connections();
     service.stopping(&format!("draining {open} connections"));
     tracing::info!(

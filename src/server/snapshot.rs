@@ -84,6 +84,15 @@ impl Snapshot {
         self.pools.values()
     }
 
+    /// The health of `address` in pool `pool`.
+    pub fn members_health(
+        &self,
+        pool: &str,
+        address: SocketAddr,
+    ) -> Option<&Arc<crate::pool::MemberHealth>> {
+        self.members.health(pool, address)
+    }
+
     /// The state of the member at `address`, whichever pools it is in.
     pub fn member(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
         self.members.get(address)

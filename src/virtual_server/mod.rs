@@ -76,6 +76,12 @@ impl Listener {
         }
     }
 
+    /// Listening sockets bound before (a predecessor's, after a binary
+    /// upgrade).
+    pub fn from_sockets(sockets: Vec<std::net::TcpListener>) -> Listener {
+        Listener { sockets }
+    }
+
     /// The sockets, one per worker.
     pub(crate) fn into_sockets(self) -> Vec<std::net::TcpListener> {
         self.sockets

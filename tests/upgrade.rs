@@ -1,0 +1,324 @@
+//! Binary upgrade, through the real binary: `vipgate upgrade` (or SIGUSR2)
+//! starts the binary again with the same arguments, the new process takes
+//! the listening sockets and the state over, and the old one drains. No
+//! client is refused while it happens, a held connection stays with the
+//! old process until it ends, and a successor that cannot serve leaves the
+//! old process serving.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::{ask, free_vip_port, line_member, Running, BINARY};
+use common::{eventually_blocking, PATIENCE};
+
+struct Setup {
+    dir: PathBuf,
+    config: PathBuf,
+    port: u16,
+    admin: String,
+}
+
+fn setup(test: &str) -> Setup {
+    let dir = common::tls_ca::temp_dir(&format!("upgrade-{test}"));
+    let _ = std::fs::remove_file(dir.join("state.json"));
+    let (first, second) = (line_member("127.0.0.11"), line_member("127.0.0.12"));
+    let port = free_vip_port();
+    let admin = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[settings]\nstate_file = \"state.json\"\nupgrade_drain_timeout = \"20s\"\n\
+             [admin]\nlisten = \"{admin}\"\n\
+             [monitors.TCP]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"700ms\"\n\
+             [pools.p]\nmonitor = {{ all = [\"TCP\"] }}\n\
+             members = [ {{ address = \"{first}\" }}, {{ address = \"{second}\" }} ]\n\
+             [virtuals.vs]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    Setup {
+        dir,
+        config,
+        port,
+        admin,
+    }
+}
+
+fn vipgate(arguments: &[&str], config: &Path) -> std::process::Output {
+    Command::new(BINARY)
+        .args(arguments)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// The process id the old process names as its successor.
+fn successor_of(old: &Running) -> u32 {
+    let line = old
+        .wait_for("the new process serves; this one stops accepting")
+        .expect("the old process hands over");
+    line.rsplit("successor=")
+        .next()
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no successor pid in {line}"))
+}
+
+/// A client that opens a new connection every 10 ms until stopped, and
+/// counts the ones that were not served.
+struct Newcomers {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Newcomers {
+    fn start(port: u16) -> Newcomers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, served, refused) = (stop.clone(), served.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match ask(port) {
+                        Some(answer) if answer == "member hi\n" => {
+                            served.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => refused.fetch_add(1, Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Newcomers {
+            stop,
+            served,
+            refused,
+            thread,
+        }
+    }
+
+    /// (served, not served)
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (
+            self.served.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `method path` on the admin endpoint at `admin`: the whole answer.
+fn admin_call(admin: &str, method: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(admin).unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: admin\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Waits until vipgate serves (its members' first probes passed).
+fn wait_serving(port: u16) {
+    eventually_blocking("vipgate serves", PATIENCE, || {
+        (ask(port).as_deref() == Some("member hi\n")).then_some(())
+    });
+}
+
+fn held_connection(port: u16) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(("127.0.0.100", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    (stream, reader)
+}
+
+fn say(held: &mut (TcpStream, BufReader<TcpStream>), line: &str) -> String {
+    writeln!(held.0, "{line}").unwrap();
+    let mut answer = String::new();
+    held.1.read_line(&mut answer).unwrap();
+    answer
+}
+
+fn stop_process(pid: u32) {
+    // SAFETY: kill(2) on a process this test started (through vipgate).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+#[test]
+fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drains() {
+    let setup = setup("hand-over");
+    let mut old = Running::start(&setup.config, "");
+    wait_serving(setup.port);
+    let mut held = held_connection(setup.port);
+    assert_eq!(say(&mut held, "before"), "member before\n");
+    // An operator decision the successor must keep.
+    let second = std::fs::read_to_string(&setup.config).unwrap();
+    let second = second
+        .split("address = \"")
+        .nth(2)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let disabled = admin_call(
+        &setup.admin,
+        "POST",
+        &format!("/pools/p/members/{second}/disable"),
+    );
+    assert!(disabled.contains("\"saved\": true"), "{disabled}");
+
+    let newcomers = Newcomers::start(setup.port);
+    std::thread::sleep(Duration::from_millis(200));
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = String::from_utf8_lossy(&upgraded.stdout);
+    assert!(
+        upgraded.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    assert!(said.contains("upgraded: process"), "{said}");
+    let successor = successor_of(&old);
+    assert_ne!(successor, old.child.id());
+    // New clients keep coming for a while after the hand-over.
+    std::thread::sleep(Duration::from_millis(300));
+    let (served, refused) = newcomers.stop();
+    println!("upgrade: {served} new clients served during it, {refused} not served");
+    assert!(served > 20, "{served} served");
+    assert_eq!(refused, 0, "no new client is refused during an upgrade");
+
+    // The held connection stays with the old process, which drains.
+    assert_eq!(say(&mut held, "during drain"), "member during drain\n");
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process drains"
+    );
+    // The successor serves, with the decision and health it was handed:
+    // every new client goes to the first member at once.
+    for _ in 0..4 {
+        assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
+    }
+    let status = admin_call(&setup.admin, "GET", "/status");
+    assert!(status.contains("\"state\": \"disabled\""), "{status}");
+    assert!(
+        !status.contains("unchecked"),
+        "health was carried over: {status}"
+    );
+
+    // One old process at most: the successor is not upgraded while its
+    // predecessor drains.
+    let refused = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "the previous vipgate (process {}) still drains",
+            old.child.id()
+        )),
+        "{said}"
+    );
+
+    // The held connection ends: the old process exits.
+    drop(held);
+    let exited = eventually_blocking("the old process exits", PATIENCE, || {
+        old.child.try_wait().unwrap()
+    });
+    assert!(exited.success(), "{exited:?}");
+    assert!(alive(successor));
+
+    // A second upgrade, of the successor.
+    let again = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
+    let third: u32 = String::from_utf8_lossy(&again.stdout)
+        .split("process ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the third process's id");
+    eventually_blocking("the second process exits", PATIENCE, || {
+        (!alive(successor)).then_some(())
+    });
+    stop_process(third);
+    eventually_blocking("the third process stops", PATIENCE, || {
+        (!alive(third)).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+#[test]
+fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
+    let setup = setup("refused");
+    let old = Running::start(&setup.config, "");
+    wait_serving(setup.port);
+    let mut held = held_connection(setup.port);
+    assert_eq!(say(&mut held, "before"), "member before\n");
+
+    // The configuration on disk has gone bad since the start.
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        good.replace("pool = \"p\"", "pool = \"nope\""),
+    )
+    .unwrap();
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = String::from_utf8_lossy(&upgraded.stderr);
+    assert_eq!(upgraded.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the new process refused to take over"),
+        "{said}"
+    );
+    assert!(said.contains("no pool named \"nope\""), "{said}");
+    assert!(said.contains("this vipgate serves on"), "{said}");
+
+    // SIGUSR2 the same way: logged, nothing changes.
+    old.signal(libc::SIGUSR2);
+    assert!(old
+        .wait_for("binary upgrade failed; this process serves on")
+        .is_some());
+    assert_eq!(say(&mut held, "still here"), "member still here\n");
+    assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
+
+    // Fixed again: the upgrade goes through.
+    std::fs::write(&setup.config, good).unwrap();
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    assert!(
+        upgraded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    let successor = successor_of(&old);
+    drop(held);
+    stop_process(successor);
+    eventually_blocking("the successor stops", PATIENCE, || {
+        (!alive(successor)).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
