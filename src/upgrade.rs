@@ -386,7 +386,11 @@ pub fn inherit(
         for fd in &raw[..count] {
             // SAFETY: the kernel installed these descriptors in this
             // process for this message; nothing else owns them.
-            fds.push(unsafe { OwnedFd::from_raw_fd(*fd) });
+            let fd = unsafe { OwnedFd::from_raw_fd(*fd) };
+            // Received without close-on-exec: a later successor must get
+            // them only by hand-over, never by inheriting them.
+            socket2::SockRef::from(&fd).set_cloexec(true)?;
+            fds.push(fd);
         }
         if bytes != header.len() {
             return Err(std::io::Error::other("a short socket message"));

@@ -139,6 +139,13 @@ pub fn bind_inherited(
         address: *listen,
         error,
     };
+    // The predecessor's socket only for the same address: a changed
+    // `listen` is bound anew.
+    let inherited = inherited.filter(|socket| {
+        socket.local_addr().is_ok_and(|bound| {
+            bound == *listen || (listen.port() == 0 && bound.ip() == listen.ip())
+        })
+    });
     let socket = match inherited {
         Some(socket) => socket,
         None => std::net::TcpListener::bind(listen).map_err(failed)?,

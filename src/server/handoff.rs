@@ -57,17 +57,19 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// The sockets of virtual `name` bound to `address` (the bound one,
-    /// or the plan's when it names a port), taken out.
+    /// The sockets bound to `address` (a virtual renamed since keeps its
+    /// address's sockets), or, for a plan with port 0, those virtual
+    /// `name` had on that IP; taken out.
     pub(super) fn take_listener(
         &mut self,
         name: &str,
         address: SocketAddr,
     ) -> Option<Vec<std::net::TcpListener>> {
         let index = self.listeners.iter().position(|listener| {
-            listener.virtual_name == name
-                && (listener.address == address
-                    || (address.port() == 0 && listener.address.ip() == address.ip()))
+            listener.address == address
+                || (address.port() == 0
+                    && listener.virtual_name == name
+                    && listener.address.ip() == address.ip())
         })?;
         Some(self.listeners.swap_remove(index).sockets)
     }
@@ -152,5 +154,45 @@ impl Control {
             });
         }
         Ok(listeners)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(name: &str) -> InheritedListener {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        InheritedListener {
+            virtual_name: name.to_string(),
+            address: socket.local_addr().unwrap(),
+            sockets: vec![socket],
+        }
+    }
+
+    #[test]
+    fn sockets_go_by_address_and_a_port_zero_plan_by_name() {
+        let (kept, renamed, dropped) = (listener("kept"), listener("old-name"), listener("gone"));
+        let (kept_at, renamed_at) = (kept.address, renamed.address);
+        let mut inherited = Inherited {
+            listeners: vec![kept, renamed, dropped],
+            ..Inherited::default()
+        };
+        assert!(
+            inherited.take_listener("new-name", renamed_at).is_some(),
+            "renamed, same address"
+        );
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(inherited.take_listener("kept", any_port).is_some());
+        assert!(
+            inherited.take_listener("kept", kept_at).is_none(),
+            "taken once"
+        );
+        assert!(inherited.take_listener("other", any_port).is_none());
+        assert_eq!(
+            inherited.listeners.len(),
+            1,
+            "the removed virtual's socket is left"
+        );
     }
 }
