@@ -11,13 +11,19 @@ use crate::config::Plan;
 use crate::server::{ConfigSource, Control, Inherited, Live, Server, StartError};
 use crate::upgrade::Upgrader;
 
-/// SIGUSR2 starts a binary upgrade, as nginx's does.
-fn upgrade_on_signal(upgrader: &Arc<Upgrader>) {
+/// SIGUSR2 starts a binary upgrade, as nginx's does, until `stop` (the
+/// server stops accepting: then the upgrader, and the copy of the admin
+/// socket it keeps, go).
+fn upgrade_on_signal(upgrader: &Arc<Upgrader>, stop: tokio_util::sync::CancellationToken) {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
         Ok(mut signals) => {
             let upgrader = Arc::clone(upgrader);
             tokio::spawn(async move {
-                while signals.recv().await.is_some() {
+                loop {
+                    tokio::select! {
+                        signal = signals.recv() => if signal.is_none() { return },
+                        () = stop.cancelled() => return,
+                    }
                     tracing::info!("SIGUSR2 received, starting a binary upgrade");
                     // Success and failure are logged by the upgrade.
                     let _ = upgrader.upgrade().await;
@@ -117,7 +123,7 @@ impl Instance {
             admin.as_ref().and_then(Endpoint::socket_copy),
             predecessor,
         ));
-        upgrade_on_signal(&upgrader);
+        upgrade_on_signal(&upgrader, server.stopping());
         let admin = admin.map(|endpoint| {
             tokio::spawn(admin::serve(
                 endpoint,

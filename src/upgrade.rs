@@ -58,6 +58,8 @@ pub enum UpgradeError {
     Busy,
     #[error("this process has handed over to a successor already; upgrade that one")]
     Replaced,
+    #[error("this process is stopping; start vipgate again instead")]
+    Stopping,
     #[error("the previous vipgate (process {0}) still drains its connections; one old process at a time: wait until it exits, or stop it (kill -TERM {0})")]
     PredecessorDraining(u32),
     #[error("cannot prepare the upgrade: {0}")]
@@ -145,6 +147,9 @@ impl Upgrader {
         let _busy = self.busy.try_lock().map_err(|_| UpgradeError::Busy)?;
         if self.control.replaced() {
             return Err(UpgradeError::Replaced);
+        }
+        if self.control.draining() {
+            return Err(UpgradeError::Stopping);
         }
         if let Some(pid) = self.predecessor.filter(|pid| still_runs(*pid)) {
             return Err(UpgradeError::PredecessorDraining(pid));

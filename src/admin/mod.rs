@@ -328,6 +328,7 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                 Err(
                     refused @ (UpgradeError::Busy
                     | UpgradeError::Replaced
+                    | UpgradeError::Stopping
                     | UpgradeError::PredecessorDraining(_)),
                 ) => {
                     error(StatusCode::CONFLICT, refused.to_string())

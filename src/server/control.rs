@@ -124,6 +124,12 @@ impl Control {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether this process stopped accepting (a shutdown, or a successor
+    /// took over).
+    pub fn draining(&self) -> bool {
+        self.lifecycle.shutdown.draining.is_cancelled()
+    }
+
     /// Whether a successor took over.
     pub fn replaced(&self) -> bool {
         self.replaced.load(std::sync::atomic::Ordering::Relaxed)
@@ -222,6 +228,16 @@ impl Control {
                 sockets: copies,
             },
         );
+    }
+
+    /// Closes the copies of the listening sockets kept for an upgrade, once
+    /// the accept loops have ended: then the sockets close (unless a
+    /// successor holds them).
+    pub(super) async fn close_listening_sockets(&self) {
+        let mut running = self.running.lock().await;
+        for listening in running.listeners.values_mut() {
+            listening.sockets.clear();
+        }
     }
 
     /// Waits for every accept loop to end (after `shutdown.draining`).

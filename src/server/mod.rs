@@ -229,6 +229,10 @@ impl Server {
         shutdown.await;
         lifecycle.shutdown.draining.cancel();
         control.accept_loops_stopped().await;
+        // The copies kept for an upgrade would keep the sockets listening
+        // (clients would wait in a queue nobody reads instead of being
+        // refused); a successor holds its own.
+        control.close_listening_sockets().await;
         drain(&live, &lifecycle, &control, service).await;
         control.stop_health().await;
         control.stop_workers();
