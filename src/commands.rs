@@ -177,7 +177,7 @@ pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
 pub enum ReadyError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0} has no [admin] table, and readiness is asked of the admin endpoint: add [admin] listen = \"127.0.0.1:9100\", or give --admin")]
+    #[error("{0} has no [admin] table, and `vipgate ready` and `vipgate upgrade` ask the admin endpoint: add [admin] listen = \"127.0.0.1:9100\", or give --admin (an upgrade can also be started with kill -USR2 <pid>)")]
     NoAdmin(String),
     #[error("\"{0}\" is not an admin address; give it as 127.0.0.1:9100")]
     Address(String),

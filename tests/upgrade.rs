@@ -322,3 +322,19 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
     });
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+#[test]
+fn upgrade_without_an_admin_endpoint_says_how_else() {
+    let dir = common::tls_ca::temp_dir("upgrade-no-admin");
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        "[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n[virtuals.v]\nlisten = \"127.0.0.100:1\"\npool = \"p\"\n",
+    )
+    .unwrap();
+    let output = vipgate(&["upgrade"], &config);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("has no [admin] table"), "{said}");
+    assert!(said.contains("kill -USR2"), "{said}");
+}
