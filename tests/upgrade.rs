@@ -143,6 +143,47 @@ fn wait_serving(port: u16) {
     });
 }
 
+/// Agents that stay connected and send numbered lines every 10 ms, each
+/// checking that every answer comes back, once and in order.
+struct Talkers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<usize, String>>>,
+}
+
+impl Talkers {
+    fn start(port: u16, count: usize) -> Talkers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|_| {
+                let stop = stop.clone();
+                let mut held = held_connection(port);
+                std::thread::spawn(move || {
+                    let mut line = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = say(&mut held, &line.to_string());
+                        if answer != format!("member {line}\n") {
+                            return Err(format!("line {line} came back as {answer:?}"));
+                        }
+                        line += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(line)
+                })
+            })
+            .collect();
+        Talkers { stop, threads }
+    }
+
+    /// The lines each agent exchanged; fails on any lost or out of order.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap().unwrap_or_else(|e| panic!("{e}")))
+            .sum()
+    }
+}
+
 fn held_connection(port: u16) -> (TcpStream, BufReader<TcpStream>) {
     let stream = TcpStream::connect(("127.0.0.100", port)).unwrap();
     stream
@@ -192,8 +233,11 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
     assert!(disabled.contains("\"saved\": true"), "{disabled}");
 
     let newcomers = Newcomers::start(setup.port);
+    let talkers = Talkers::start(setup.port, 100);
     std::thread::sleep(Duration::from_millis(200));
+    let asked = std::time::Instant::now();
     let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let took = asked.elapsed();
     let said = String::from_utf8_lossy(&upgraded.stdout);
     assert!(
         upgraded.status.success(),
@@ -206,7 +250,11 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
     // New clients keep coming for a while after the hand-over.
     std::thread::sleep(Duration::from_millis(300));
     let (served, refused) = newcomers.stop();
-    println!("upgrade: {served} new clients served during it, {refused} not served");
+    let lines = talkers.stop();
+    println!(
+        "upgrade: handed over in {} ms (command to answer); {served} new clients served during it, {refused} not served; 100 held agents exchanged {lines} lines, none lost or out of order",
+        took.as_millis()
+    );
     assert!(served > 20, "{served} served");
     assert_eq!(refused, 0, "no new client is refused during an upgrade");
 
