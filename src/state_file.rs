@@ -98,8 +98,10 @@ impl Decisions {
     }
 
     /// Reads `file` again (at a reload; it may be another path now). What
-    /// it holds replaces the decisions in memory; if it cannot be read,
-    /// those in memory stay and the file is left alone.
+    /// it holds is merged with the decisions in memory, the later decision
+    /// about each member winning (a decision a failed write kept only in
+    /// memory is not lost), and the file brought up to date; if it cannot
+    /// be read, those in memory stay and the file is left alone.
     pub fn use_file(&mut self, file: Option<&Path>) {
         self.file = file.map(Path::to_path_buf);
         self.problem = None;
@@ -108,7 +110,25 @@ impl Decisions {
             return;
         };
         match read(path) {
-            Ok(members) => self.members = members,
+            Ok(members) => {
+                let in_memory_only = self.members.iter().any(|(address, ours)| {
+                    members
+                        .get(address)
+                        .is_none_or(|theirs| theirs.changed_at_ms < ours.changed_at_ms)
+                });
+                for (address, theirs) in members {
+                    let newer = self
+                        .members
+                        .get(&address)
+                        .is_none_or(|ours| theirs.changed_at_ms >= ours.changed_at_ms);
+                    if newer {
+                        self.members.insert(address, theirs);
+                    }
+                }
+                if in_memory_only {
+                    let _ = self.save();
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, "member decisions are not restored");
                 self.problem = Some(error.to_string());
@@ -536,5 +556,35 @@ mod tests {
         ]);
         assert_eq!(ours.merge(&later).len(), 2);
         assert_eq!(ours.members()[&member].state, AdminState::Enabled);
+    }
+
+    #[test]
+    fn a_decision_only_in_memory_survives_reading_the_file_again() {
+        let path = temp_path("reread");
+        let member = address("10.0.0.12:9070");
+        let mut decisions = Decisions::open(Some(&path));
+        decisions
+            .decide(member, AdminState::Disabled, AdminState::Enabled, 100)
+            .unwrap();
+        // A write that did not happen (the file still holds the older
+        // decision): reading the file again keeps the later one, and
+        // writes it.
+        decisions.members.insert(
+            member,
+            Decision {
+                state: AdminState::ForcedOffline,
+                configured: AdminState::Enabled,
+                changed_at_ms: 200,
+            },
+        );
+        decisions.use_file(Some(&path));
+        assert_eq!(
+            decisions.members()[&member].state,
+            AdminState::ForcedOffline
+        );
+        assert_eq!(
+            Decisions::open(Some(&path)).members()[&member].state,
+            AdminState::ForcedOffline
+        );
     }
 }
