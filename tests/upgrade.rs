@@ -386,3 +386,37 @@ fn upgrade_without_an_admin_endpoint_says_how_else() {
     assert!(said.contains("has no [admin] table"), "{said}");
     assert!(said.contains("kill -USR2"), "{said}");
 }
+
+#[test]
+fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
+    let setup = setup("during-reload");
+    let old = Running::start(&setup.config, "");
+    wait_serving(setup.port);
+    // A second virtual, added by editing the file: the reload and the
+    // upgrade are asked at once.
+    let added = free_vip_port();
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!("{text}[virtuals.added]\nlisten = \"127.0.0.100:{added}\"\npool = \"p\"\n"),
+    )
+    .unwrap();
+    old.signal(libc::SIGHUP);
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    assert!(
+        upgraded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    let successor = successor_of(&old);
+    // The successor serves both virtuals: the one it inherited and the
+    // added one (inherited too if the reload came first, bound otherwise).
+    for port in [setup.port, added] {
+        wait_serving(port);
+    }
+    stop_process(successor);
+    eventually_blocking("the successor stops", PATIENCE, || {
+        (!alive(successor)).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
