@@ -200,9 +200,14 @@ fn say(held: &mut (TcpStream, BufReader<TcpStream>), line: &str) -> String {
     answer
 }
 
+/// SIGTERM to a vipgate this test started (through an upgrade), and the
+/// wait until it is gone.
 fn stop_process(pid: u32) {
     // SAFETY: kill(2) on a process this test started (through vipgate).
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    eventually_blocking(&format!("process {pid} stops"), PATIENCE, || {
+        (!alive(pid)).then_some(())
+    });
 }
 
 fn alive(pid: u32) -> bool {
@@ -315,9 +320,6 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
         (!alive(successor)).then_some(())
     });
     stop_process(third);
-    eventually_blocking("the third process stops", PATIENCE, || {
-        (!alive(third)).then_some(())
-    });
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
@@ -365,9 +367,6 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
     let successor = successor_of(&old);
     drop(held);
     stop_process(successor);
-    eventually_blocking("the successor stops", PATIENCE, || {
-        (!alive(successor)).then_some(())
-    });
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
 
@@ -415,8 +414,5 @@ fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
         wait_serving(port);
     }
     stop_process(successor);
-    eventually_blocking("the successor stops", PATIENCE, || {
-        (!alive(successor)).then_some(())
-    });
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
