@@ -90,7 +90,7 @@ pub(super) fn restore(snapshot: &Snapshot, state: &CarriedState) {
     for carried in &state.members {
         let health = Health::from_name(&carried.health);
         if let (Some(member), Some(health)) = (
-            snapshot.members_health(&carried.pool, carried.member),
+            snapshot.member_health(&carried.pool, carried.member),
             health,
         ) {
             member.set(health);

@@ -85,7 +85,7 @@ impl Snapshot {
     }
 
     /// The health of `address` in pool `pool`.
-    pub fn members_health(
+    pub fn member_health(
         &self,
         pool: &str,
         address: SocketAddr,
