@@ -302,51 +302,16 @@ fn call_admin(
     token: Option<String>,
     timeout: std::time::Duration,
 ) -> Result<(u16, bytes::Bytes), String> {
-    use http_body_util::BodyExt;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, address.to_string());
-        if let Some(token) = token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    };
-    runtime.block_on(async {
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                ))
-            })
-    })
+    runtime.block_on(crate::admin::client::call(
+        address,
+        method,
+        path,
+        token.as_deref(),
+        bytes::Bytes::new(),
+        timeout,
+    ))
 }

@@ -139,12 +139,12 @@ impl Instance {
             peers.pull(&server.control()).await;
             peers.spawn_senders(server.control(), server.stopping());
         }
-        let replaced = Arc::clone(&upgrader);
+        let control = server.control();
         server
             .run(async move {
                 tokio::select! {
                     () = shutdown => {}
-                    () = replaced.replaced() => {}
+                    () = control.when_replaced() => {}
                 }
             })
             .await;

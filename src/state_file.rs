@@ -75,6 +75,19 @@ pub struct DecisionSet {
     pub members: BTreeMap<SocketAddr, Decision>,
 }
 
+impl DecisionSet {
+    /// Refuses a set of another format version than this vipgate's.
+    fn check_version(&self) -> Result<(), String> {
+        if self.version == VERSION {
+            return Ok(());
+        }
+        Err(format!(
+            "version {} (this vipgate reads version {VERSION})",
+            self.version
+        ))
+    }
+}
+
 /// The decisions in force, and where they are kept.
 #[derive(Debug, Default)]
 pub struct Decisions {
@@ -111,21 +124,10 @@ impl Decisions {
         };
         match read(path) {
             Ok(members) => {
-                let in_memory_only = self.members.iter().any(|(address, ours)| {
-                    members
-                        .get(address)
-                        .is_none_or(|theirs| theirs.changed_at_ms < ours.changed_at_ms)
-                });
-                for (address, theirs) in members {
-                    let newer = self
-                        .members
-                        .get(&address)
-                        .is_none_or(|ours| theirs.changed_at_ms >= ours.changed_at_ms);
-                    if newer {
-                        self.members.insert(address, theirs);
-                    }
-                }
-                if in_memory_only {
+                self.take_later(&members);
+                // Memory held a later decision than the file (a write
+                // that failed): the file catches up.
+                if self.members != members {
                     let _ = self.save();
                 }
             }
@@ -191,22 +193,25 @@ impl Decisions {
     /// (on the same millisecond, the more restrictive state). Returns the
     /// members whose decision changed here, and saves them.
     pub fn merge(&mut self, incoming: &BTreeMap<SocketAddr, Decision>) -> Vec<SocketAddr> {
+        let changed = self.take_later(incoming);
+        if !changed.is_empty() {
+            let _ = self.save();
+        }
+        changed
+    }
+
+    /// The decisions of `incoming` that are later than ours, taken in
+    /// memory; the members they change.
+    fn take_later(&mut self, incoming: &BTreeMap<SocketAddr, Decision>) -> Vec<SocketAddr> {
         let mut changed = Vec::new();
         for (address, theirs) in incoming {
-            let newer = match self.members.get(address) {
-                None => true,
-                Some(ours) => {
-                    (theirs.changed_at_ms, theirs.state as u8)
-                        > (ours.changed_at_ms, ours.state as u8)
-                }
-            };
-            if newer {
+            let later = self.members.get(address).is_none_or(|ours| {
+                (theirs.changed_at_ms, theirs.state as u8) > (ours.changed_at_ms, ours.state as u8)
+            });
+            if later {
                 self.members.insert(*address, *theirs);
                 changed.push(*address);
             }
-        }
-        if !changed.is_empty() {
-            let _ = self.save();
         }
         changed
     }
@@ -227,12 +232,7 @@ impl Decisions {
     /// [`merge`](Self::merge) of a peer's set; a set of another version
     /// is refused.
     pub fn merge_set(&mut self, set: &DecisionSet) -> Result<Vec<SocketAddr>, String> {
-        if set.version != VERSION {
-            return Err(format!(
-                "version {} (this vipgate reads version {VERSION})",
-                set.version
-            ));
-        }
+        set.check_version()?;
         Ok(self.merge(&set.members))
     }
 
@@ -305,12 +305,7 @@ fn read(path: &Path) -> Result<BTreeMap<SocketAddr, Decision>, StateFileError> {
     };
     let content: DecisionSet =
         serde_json::from_str(&text).map_err(|error| parse_error(error.to_string()))?;
-    if content.version != VERSION {
-        return Err(parse_error(format!(
-            "version {} (this vipgate reads version {VERSION})",
-            content.version
-        )));
-    }
+    content.check_version().map_err(parse_error)?;
     Ok(content.members)
 }
 

@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use crate::server::{CarriedState, Control, Inherited, InheritedListener};
 
@@ -116,8 +115,6 @@ pub struct Upgrader {
     /// The process this one took over from (binary upgrade), while it may
     /// still drain.
     predecessor: Option<u32>,
-    /// Notified once a successor serves: this process then drains.
-    replaced: Notify,
 }
 
 impl Upgrader {
@@ -131,13 +128,7 @@ impl Upgrader {
             admin,
             predecessor,
             busy: tokio::sync::Mutex::new(()),
-            replaced: Notify::new(),
         }
-    }
-
-    /// Completes once a successor took over.
-    pub async fn replaced(&self) {
-        self.replaced.notified().await;
     }
 
     /// Starts the binary at the path this process came from and hands over
@@ -177,9 +168,8 @@ impl Upgrader {
                     successor = pid,
                     "binary upgrade: the new process serves; this one stops accepting and drains"
                 );
+                // The server drains from here (`Control::when_replaced`).
                 self.control.set_replaced();
-                self.replaced.notify_waiters();
-                self.replaced.notify_one();
             }
             Err(error) => tracing::error!(%error, "binary upgrade failed; this process serves on"),
         }

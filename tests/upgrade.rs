@@ -29,6 +29,7 @@ fn setup(test: &str) -> Setup {
     let dir = common::tls_ca::temp_dir(&format!("upgrade-{test}"));
     let _ = std::fs::remove_file(dir.join("state.json"));
     let (first, second) = (line_member("127.0.0.11"), line_member("127.0.0.12"));
+    let banner = slow_banners(&["127.0.0.11", "127.0.0.12"]);
     let port = free_vip_port();
     let admin = format!(
         "127.0.0.1:{}",
@@ -39,12 +40,15 @@ fn setup(test: &str) -> Setup {
             .port()
     );
     let config = dir.join("vipgate.toml");
+    // The monitor asks a banner that answers only after a second and a
+    // half, every 30 s: a successor that did not carry the verdicts over
+    // would have its members "unchecked", serving nobody, for that long.
     std::fs::write(
         &config,
         format!(
             "[settings]\nstate_file = \"state.json\"\nupgrade_drain_timeout = \"20s\"\n\
              [admin]\nlisten = \"{admin}\"\n\
-             [monitors.TCP]\ntype = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"700ms\"\n\
+             [monitors.TCP]\ntype = \"tcp\"\nport = {banner}\nexpect = \"READY\"\ninterval = \"30s\"\ntimeout = \"91s\"\n\
              [pools.p]\nmonitor = {{ all = [\"TCP\"] }}\n\
              members = [ {{ address = \"{first}\" }}, {{ address = \"{second}\" }} ]\n\
              [virtuals.vs]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n"
@@ -66,6 +70,28 @@ fn vipgate(arguments: &[&str], config: &Path) -> std::process::Output {
         .arg(config)
         .output()
         .unwrap()
+}
+
+/// A banner on the same port of each of `ips` that says `READY` a second
+/// and a half after a client connects: a monitor that takes its time.
+fn slow_banners(ips: &[&str]) -> u16 {
+    let first = std::net::TcpListener::bind((ips[0], 0)).unwrap();
+    let port = first.local_addr().unwrap().port();
+    let mut listeners = vec![first];
+    for ip in &ips[1..] {
+        listeners.push(std::net::TcpListener::bind((*ip, port)).unwrap());
+    }
+    for listener in listeners {
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let _ = stream.write_all(b"READY\n");
+                });
+            }
+        });
+    }
+    port
 }
 
 /// The process id the old process names as its successor.

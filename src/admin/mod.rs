@@ -17,6 +17,7 @@
 //! `Origin` is not this endpoint), 405 for a wrong method. Reading never
 //! needs the token.
 
+pub mod client;
 mod peers;
 
 use std::convert::Infallible;

@@ -16,8 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Control;
@@ -27,9 +25,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a change a peer did not take is sent again.
 pub const RETRY: Duration = Duration::from_secs(2);
-
-/// The most of a peer's answer read (decisions are a few bytes a member).
-const MAX_ANSWER: usize = 4 << 20;
 
 /// The peers of this node and the token their changes need (the same
 /// `token_file` on every node).
@@ -68,7 +63,7 @@ impl Peers {
     /// over (it gets ours when it is back).
     pub async fn pull(&self, control: &Control) {
         for peer in &self.addresses {
-            match call(*peer, "GET", "/decisions", None, "").await {
+            match call(*peer, http::Method::GET, "/decisions", None, String::new()).await {
                 Ok((200, body)) => match serde_json::from_str(&body)
                     .map_err(|e| e.to_string())
                     .and_then(|decisions| control.merge_decisions(&decisions))
@@ -116,7 +111,7 @@ async fn send_changes(peer: SocketAddr, control: &Control, token: Option<&str>) 
         loop {
             changes.borrow_and_update();
             let body = serde_json::to_string(&control.decisions_to_share()).unwrap_or_default();
-            match call(peer, "PUT", "/decisions", token, &body).await {
+            match call(peer, http::Method::PUT, "/decisions", token, body).await {
                 Ok((200, _)) => {
                     if failures > 0 {
                         tracing::info!(%peer, "a peer took our member decisions");
@@ -181,56 +176,22 @@ fn local_addresses() -> Vec<std::net::IpAddr> {
     found
 }
 
-/// One HTTP/1.0 call to a peer's admin endpoint: the status and the body.
+/// One call to a peer's admin endpoint: the status and the body as text.
 async fn call(
     peer: SocketAddr,
-    method: &str,
+    method: http::Method,
     path: &str,
     token: Option<&str>,
-    body: &str,
+    body: String,
 ) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(peer).await.map_err(|e| e.to_string())?;
-        let authorization =
-            token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-        let request = format!(
-            "{method} {path} HTTP/1.0\r\nHost: {peer}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        (&mut stream)
-            .take(MAX_ANSWER as u64)
-            .read_to_end(&mut answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        parse_answer(&answer)
-    };
-    tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")))
-}
-
-/// The status and body of an HTTP answer read to its end.
-fn parse_answer(answer: &[u8]) -> Result<(u16, String), String> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the answer has no end of head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or("the answer has no status")?;
-    Ok((status, body.to_string()))
+    let (status, body) =
+        super::client::call(peer, method, path, token, body.into(), CALL_TIMEOUT).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{local_addresses, parse_answer, Peers};
+    use super::{local_addresses, Peers};
 
     #[test]
     fn a_node_does_not_take_itself_for_a_peer() {
@@ -244,15 +205,5 @@ mod tests {
         let peers = Peers::new(&listed, listen, None).unwrap();
         assert_eq!(peers.addresses(), &listed[1..]);
         assert!(Peers::new(&listed[..1], listen, None).is_none());
-    }
-
-    #[test]
-    fn answers_are_read_or_refused_with_a_reason() {
-        assert_eq!(
-            parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"),
-            Ok((200, "{}".to_string()))
-        );
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_answer(b"garbage\r\n\r\n").is_err());
     }
 }

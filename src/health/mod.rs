@@ -287,6 +287,11 @@ impl HealthPlan {
         self.probes.iter().map(|(key, (_, status))| (key, status))
     }
 
+    /// The status of the probe `key`, if this plan has it.
+    pub fn probe(&self, key: &ProbeKey) -> Option<&Arc<ProbeStatus>> {
+        self.probes.get(key).map(|(_, status)| status)
+    }
+
     /// The probes that decide the health of the member at `address` in
     /// `pool` (its own rule's, then its node's), for the status page.
     pub fn probes_of(

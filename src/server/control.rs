@@ -67,9 +67,9 @@ pub struct Control {
     pub(super) decisions: std::sync::Mutex<Decisions>,
     /// Bumped on every local decision, for the peers' senders.
     decision_changes: tokio::sync::watch::Sender<u64>,
-    /// Set when a successor took over (binary upgrade): the drain that
-    /// follows lasts `upgrade_drain_timeout`.
-    replaced: std::sync::atomic::AtomicBool,
+    /// Cancelled when a successor took over (binary upgrade): the server
+    /// then drains, for `upgrade_drain_timeout`.
+    replaced: CancellationToken,
 }
 
 impl std::fmt::Debug for Control {
@@ -113,15 +113,19 @@ impl Control {
             service,
             decisions: std::sync::Mutex::new(decisions),
             decision_changes: tokio::sync::watch::Sender::new(0),
-            replaced: std::sync::atomic::AtomicBool::new(false),
+            replaced: CancellationToken::new(),
         }
     }
 
     /// Marks this process as replaced by a successor (binary upgrade):
     /// its shutdown drains for `settings.upgrade_drain_timeout`.
     pub fn set_replaced(&self) {
-        self.replaced
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.replaced.cancel();
+    }
+
+    /// Completes once a successor took over.
+    pub async fn when_replaced(&self) {
+        self.replaced.cancelled().await;
     }
 
     /// Whether this process stopped accepting (a shutdown, or a successor
@@ -132,7 +136,7 @@ impl Control {
 
     /// Whether a successor took over.
     pub fn replaced(&self) -> bool {
-        self.replaced.load(std::sync::atomic::Ordering::Relaxed)
+        self.replaced.is_cancelled()
     }
 
     /// The live snapshot.
@@ -165,8 +169,9 @@ impl Control {
         if !changed.is_empty() {
             apply_decisions(&self.live.load(), &mut decisions);
             for member in &changed {
-                let state = decisions.members().get(member).map(|d| d.state);
-                tracing::info!(%member, state = ?state, "member admin state taken from a peer");
+                if let Some(decision) = decisions.members().get(member) {
+                    tracing::info!(%member, state = %decision.state, "member admin state taken from a peer");
+                }
             }
         }
         Ok(changed.len())

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{Control, Snapshot};
+use crate::health::ProbeKey;
 use crate::pool::Health;
 use crate::state_file::DecisionSet;
 
@@ -79,11 +80,12 @@ impl Inherited {
 /// its health checker starts.
 pub(super) fn restore(snapshot: &Snapshot, state: &CarriedState) {
     for carried in &state.probes {
-        let found = snapshot
-            .health()
-            .probes()
-            .find(|(key, _)| key.monitor == carried.monitor && key.target == carried.target);
-        if let (Some((_, status)), Some(health)) = (found, Health::from_name(&carried.health)) {
+        let key = ProbeKey {
+            monitor: carried.monitor.clone(),
+            target: carried.target,
+        };
+        let found = snapshot.health().probe(&key);
+        if let (Some(status), Some(health)) = (found, Health::from_name(&carried.health)) {
             status.carry(health, carried.detail.clone());
         }
     }
