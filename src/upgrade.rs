@@ -145,9 +145,9 @@ impl Upgrader {
         if let Some(pid) = self.predecessor.filter(|pid| still_runs(*pid)) {
             return Err(UpgradeError::PredecessorDraining(pid));
         }
-        let listeners = self
+        let (reloads_held, listeners) = self
             .control
-            .listening_sockets()
+            .hold_listening_sockets()
             .await
             .map_err(|e| UpgradeError::Prepare(e.to_string()))?;
         let admin = match &self.admin {
@@ -173,6 +173,9 @@ impl Upgrader {
             }
             Err(error) => tracing::error!(%error, "binary upgrade failed; this process serves on"),
         }
+        // A reload that waited now finds this process replaced (refused) or
+        // still serving (applied here).
+        drop(reloads_held);
         result
     }
 }

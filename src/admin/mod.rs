@@ -311,6 +311,9 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                         json!({ "error": "the new configuration is not valid; the running one stays", "detail": config.to_string(), "problems": problems }),
                     )
                 }
+                Err(replaced @ ReloadError::Replaced) => {
+                    error(StatusCode::CONFLICT, replaced.to_string())
+                }
                 Err(other) => error(
                     StatusCode::BAD_REQUEST,
                     format!("{other}; the running configuration stays"),

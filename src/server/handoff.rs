@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::control::Running;
 use super::{Control, Snapshot};
 use crate::health::ProbeKey;
 use crate::pool::Health;
@@ -135,8 +136,13 @@ impl Control {
     }
 
     /// Copies of every listening socket (the same sockets, for a
-    /// successor), by virtual and bound address.
-    pub async fn listening_sockets(&self) -> std::io::Result<Vec<InheritedListener>> {
+    /// successor), by virtual and bound address, and the hold that keeps
+    /// them the whole set: no reload may add or remove a listener until the
+    /// successor has answered (else it would bind an address this process
+    /// just took, or miss one).
+    pub async fn hold_listening_sockets(
+        &self,
+    ) -> std::io::Result<(ReloadsHeld<'_>, Vec<InheritedListener>)> {
         let running = self.running.lock().await;
         let mut listeners = Vec::new();
         for (name, listening) in &running.listeners {
@@ -155,7 +161,18 @@ impl Control {
                 sockets,
             });
         }
-        Ok(listeners)
+        Ok((ReloadsHeld { _running: running }, listeners))
+    }
+}
+
+/// While held, reloads wait; dropped once a binary upgrade is decided.
+pub struct ReloadsHeld<'a> {
+    _running: tokio::sync::MutexGuard<'a, Running>,
+}
+
+impl std::fmt::Debug for ReloadsHeld<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ReloadsHeld")
     }
 }
 

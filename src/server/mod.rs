@@ -41,7 +41,9 @@ use crate::workers::Workers;
 use accept::Lifecycle;
 
 pub use control::{AdminError, Control};
-pub use handoff::{CarriedHealth, CarriedProbe, CarriedState, Inherited, InheritedListener};
+pub use handoff::{
+    CarriedHealth, CarriedProbe, CarriedState, Inherited, InheritedListener, ReloadsHeld,
+};
 pub use member_decisions::{DecisionStatus, DecisionsStatus, MemberChange};
 pub use reload::{ReloadError, ReloadReport};
 pub use reload_history::{config_hash, ReloadCounts, ReloadStats};

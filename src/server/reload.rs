@@ -33,6 +33,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("a binary upgrade replaced this process, which only drains its connections; reload the new process (its pid is the service's main pid)")]
+    Replaced,
 }
 
 /// What a successful reload changed.
@@ -55,8 +57,16 @@ impl Control {
             // Not a failed reload: there is nothing to reload.
             return Err(ReloadError::NoFile);
         }
+        // Taken before anything is said to systemd: an upgrade holds it
+        // while it hands the listeners over, and a reload asked meanwhile
+        // must see the process it reloads still serving.
+        let running = self.running.lock().await;
+        if self.replaced() {
+            tracing::warn!("reload refused: a binary upgrade replaced this process, which only drains; reload the new process");
+            return Err(ReloadError::Replaced);
+        }
         self.service.reloading();
-        let result = self.try_reload().await;
+        let result = self.try_reload(running).await;
         let status = self.live.load().status_line();
         match &result {
             Ok(report) => {
@@ -80,9 +90,11 @@ impl Control {
         result
     }
 
-    async fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
+    async fn try_reload(
+        &self,
+        mut running: tokio::sync::MutexGuard<'_, Running>,
+    ) -> Result<ReloadReport, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoFile)?;
-        let mut running = self.running.lock().await;
         let (text, plan) = config::load_shared(&source.path, source.snat_share)?;
         for warning in &plan.warnings {
             tracing::warn!("{warning}");
