@@ -2,10 +2,11 @@
 //! and calls one of these.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{self, ConfigError};
 use crate::instance::{Instance, LaunchError};
-use crate::server::{termination_signal, ConfigSource, Inherited, StartError};
+use crate::server::{termination_signal, ConfigSource, Control, Inherited, StartError};
 
 /// Why `vipgate run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -107,17 +108,45 @@ pub fn run(path: &Path, share: Option<config::SnatShare>) -> Result<(), RunError
             };
         if let Some(successor) = successor {
             let serving = instance.when_serving();
+            let control = instance.control();
             tokio::spawn(async move {
                 if serving.await.is_ok() {
-                    crate::service::ServiceManager::from_environment().main_process();
-                    successor.ready();
-                    tracing::info!("binary upgrade: serving in place of the old process");
+                    take_over(successor, control).await;
                 }
             });
         }
         instance.run(stop).await;
         Ok(())
     })
+}
+
+/// The new process's side of a binary upgrade, once it serves: it tells
+/// systemd and the old process so, then takes the old process's
+/// established TCP connections.
+async fn take_over(mut successor: crate::upgrade::Successor, control: Arc<Control>) {
+    crate::service::ServiceManager::from_environment().main_process();
+    if let Err(error) = successor.ready() {
+        tracing::error!(%error, "binary upgrade: cannot tell the old process this one serves; it serves on beside this one");
+        return;
+    }
+    tracing::info!(
+        "binary upgrade: serving in place of the old process; taking its TCP connections"
+    );
+    let taking = tokio::task::spawn_blocking(move || {
+        successor.take_connections(|batch| control.adopt_connections(batch))
+    });
+    match taking.await {
+        Ok(Ok(count)) => tracing::info!(
+            connections = count,
+            "binary upgrade: took over the old process's TCP connections"
+        ),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "binary upgrade: taking the old process's connections failed; those not received closed with it")
+        }
+        Err(error) => {
+            tracing::error!(%error, "binary upgrade: taking the old process's connections failed")
+        }
+    }
 }
 
 /// `vipgate demo`.
@@ -257,8 +286,8 @@ pub fn upgrade(
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     match status {
         200 => Ok(format!(
-            "vipgate at {address} upgraded: process {} serves now; the old one drains its connections",
-            answer["successor_pid"]
+            "vipgate at {address} upgraded: process {} serves now and took {} TCP connections over in {} ms; the old one drains the rest (TLS ended there, HTTP) and exits",
+            answer["successor_pid"], answer["connections_moved"], answer["took_ms"]
         )),
         _ => Err(UpgradeCommandError::Failed(
             answer["error"]

@@ -38,6 +38,55 @@ pub(crate) struct Shutdown {
     /// connection closes now. Also the parent of each member's retirement
     /// and reset signals.
     pub closing: CancellationToken,
+    /// A child of `closing`, fired alone when a binary upgrade's successor
+    /// takes the plain TCP connections over: their pumps stop, flush and
+    /// hand their sockets on (see [`crate::virtual_server::hand_over`]).
+    pub handing_over: CancellationToken,
+}
+
+/// A stop signal in two trees: `all` reaches every connection; `plain`
+/// only the plain TCP ones (plain or TLS passthrough on both sides), which
+/// a binary upgrade moves to the new process. Each member's retirement
+/// and reset signals are such a pair, so a hand-over wakes only the
+/// connections that can move, while a retirement or reset still reaches
+/// every one. `plain` is a child of the `all` one above it.
+#[derive(Clone, Debug, Default)]
+pub struct StopTokens {
+    pub all: CancellationToken,
+    pub plain: CancellationToken,
+}
+
+impl StopTokens {
+    /// The roots: `closing` and `handing_over` (its child).
+    pub fn root() -> StopTokens {
+        let all = CancellationToken::new();
+        let plain = all.child_token();
+        StopTokens { all, plain }
+    }
+
+    /// A pair below this one in both trees.
+    pub fn child(&self) -> StopTokens {
+        StopTokens {
+            all: self.all.child_token(),
+            plain: self.plain.child_token(),
+        }
+    }
+
+    /// Fires both.
+    pub fn cancel(&self) {
+        self.all.cancel();
+        self.plain.cancel();
+    }
+
+    /// The token a connection listens to: `plain` if it can move to a
+    /// successor, `all` otherwise.
+    pub fn for_connection(&self, movable: bool) -> CancellationToken {
+        if movable {
+            self.plain.clone()
+        } else {
+            self.all.clone()
+        }
+    }
 }
 
 pin_project_lite::pin_project! {

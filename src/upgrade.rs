@@ -37,6 +37,7 @@ use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{CarriedState, Control, Inherited, InheritedListener};
+use crate::virtual_server::hand_over::{HandOver, MovedConnection, Moving, GATHER_LIMIT};
 
 /// The environment variable that names the socket to take over from.
 pub const FROM: &str = "VIPGATE_UPGRADE_FROM";
@@ -133,8 +134,8 @@ impl Upgrader {
 
     /// Starts the binary at the path this process came from and hands over
     /// to it. On success, this process drains (see the module doc); on
-    /// failure nothing changed. Returns the successor's process id.
-    pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
+    /// failure nothing changed.
+    pub async fn upgrade(&self) -> Result<UpgradeReport, UpgradeError> {
         let _busy = self.busy.try_lock().map_err(|_| UpgradeError::Busy)?;
         if self.control.replaced() {
             return Err(UpgradeError::Replaced);
@@ -162,22 +163,101 @@ impl Upgrader {
         let result = tokio::task::spawn_blocking(move || hand_over(listeners, admin, state))
             .await
             .map_err(|e| UpgradeError::Exchange(e.to_string()))?;
-        match &result {
-            Ok(pid) => {
-                tracing::info!(
-                    successor = pid,
-                    "binary upgrade: the new process serves; this one stops accepting and drains"
-                );
-                // The server drains from here (`Control::when_replaced`).
-                self.control.set_replaced();
+        let (successor_pid, stream) = match result {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::error!(%error, "binary upgrade failed; this process serves on");
+                return Err(error);
             }
-            Err(error) => tracing::error!(%error, "binary upgrade failed; this process serves on"),
-        }
-        // A reload that waited now finds this process replaced (refused) or
-        // still serving (applied here).
+        };
+        tracing::info!(
+            successor = successor_pid,
+            "binary upgrade: the new process serves; this one stops accepting and hands its TCP connections over"
+        );
+        // The server stops accepting from here (`Control::when_replaced`),
+        // and its drain waits for the connections to be sent.
+        self.control.set_replaced();
+        // A reload that waited now finds this process replaced: refused.
         drop(reloads_held);
-        result
+        let started = Instant::now();
+        let hand_over = self.control.start_moving_connections();
+        let sent = tokio::task::spawn_blocking(move || send_connections(&stream, &hand_over)).await;
+        self.control.connections_moved();
+        let took = started.elapsed();
+        let connections_moved = match sent {
+            Ok(Ok(count)) => count,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "binary upgrade: sending the connections failed; the rest were closed");
+                0
+            }
+            Err(error) => {
+                tracing::error!(%error, "binary upgrade: sending the connections failed");
+                0
+            }
+        };
+        tracing::info!(
+            successor = successor_pid,
+            connections_moved,
+            took_ms = took.as_millis() as u64,
+            "binary upgrade: TCP connections handed over; the rest (TLS ended here, HTTP) drain here"
+        );
+        Ok(UpgradeReport {
+            successor_pid,
+            connections_moved,
+            took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        })
     }
+}
+
+/// What an upgrade did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UpgradeReport {
+    /// The new process.
+    pub successor_pid: u32,
+    /// Established connections it took over.
+    pub connections_moved: usize,
+    /// From the successor's "ready" to its last connection sent, in
+    /// milliseconds.
+    pub took_ms: u64,
+}
+
+/// One batch of established connections on the wire; their sockets go in
+/// the same order (client, then member, for each).
+#[derive(Debug, Serialize, Deserialize)]
+struct Batch {
+    connections: Vec<MovedConnection>,
+    /// The last message: nothing more comes.
+    end: bool,
+}
+
+/// Sends the movable connections as they come, in batches, then the end.
+/// Returns how many were sent. A connection not sent (the successor went
+/// away) is closed.
+fn send_connections(stream: &UnixStream, hand_over: &HandOver) -> std::io::Result<usize> {
+    let deadline = Instant::now() + GATHER_LIMIT;
+    let mut sent = 0;
+    while let Some(batch) = hand_over.next_batch(FDS_PER_MESSAGE / 2, deadline) {
+        let fds: Vec<RawFd> = batch
+            .iter()
+            .flat_map(|moving| [moving.client.as_raw_fd(), moving.member.as_raw_fd()])
+            .collect();
+        let message = Batch {
+            connections: batch.iter().map(|m| m.connection.clone()).collect(),
+            end: false,
+        };
+        send(stream, &message, &fds)?;
+        sent += batch.len();
+        // Dropped here: the successor holds its own copies.
+    }
+    send(
+        stream,
+        &Batch {
+            connections: Vec::new(),
+            end: true,
+        },
+        &[],
+    )?;
+    Ok(sent)
 }
 
 /// Whether process `pid` still runs (and is not a zombie of ours: it is
@@ -206,7 +286,7 @@ fn hand_over(
     listeners: Vec<InheritedListener>,
     admin: Option<std::net::TcpListener>,
     state: CarriedState,
-) -> Result<u32, UpgradeError> {
+) -> Result<(u32, UnixStream), UpgradeError> {
     let path = socket_path();
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| {
@@ -254,7 +334,7 @@ fn exchange(
     listeners: Vec<InheritedListener>,
     admin: Option<std::net::TcpListener>,
     state: CarriedState,
-) -> Result<u32, UpgradeError> {
+) -> Result<(u32, UnixStream), UpgradeError> {
     let started = Instant::now();
     let stream = loop {
         match listener.accept() {
@@ -295,7 +375,7 @@ fn exchange(
     let mut line = String::new();
     let read = BufReader::new(&stream).read_line(&mut line);
     match (read, line.trim_end()) {
-        (Ok(_), "ready") => Ok(child.id()),
+        (Ok(_), "ready") => Ok((child.id(), stream)),
         (Ok(_), said) if said.starts_with("refused: ") => {
             let _ = child.wait();
             Err(UpgradeError::Refused(said["refused: ".len()..].to_string()))
@@ -313,7 +393,7 @@ fn exchange(
 
 /// Sends the sockets (in messages of at most [`FDS_PER_MESSAGE`]), then
 /// the length-prefixed description.
-fn send(stream: &UnixStream, handoff: &Handoff, fds: &[RawFd]) -> std::io::Result<()> {
+fn send(stream: &UnixStream, message: &impl Serialize, fds: &[RawFd]) -> std::io::Result<()> {
     let chunks: Vec<&[RawFd]> = if fds.is_empty() {
         vec![&[]]
     } else {
@@ -333,7 +413,7 @@ fn send(stream: &UnixStream, handoff: &Handoff, fds: &[RawFd]) -> std::io::Resul
             return Err(std::io::Error::other("a short write of the socket message"));
         }
     }
-    let body = serde_json::to_vec(handoff).map_err(std::io::Error::other)?;
+    let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
     let length = u32::try_from(body.len()).map_err(std::io::Error::other)?;
     let mut writer = stream;
     writer.write_all(&length.to_be_bytes())?;
@@ -347,9 +427,44 @@ pub struct Successor {
 }
 
 impl Successor {
-    /// Tells the old process this one serves; it then drains.
-    pub fn ready(mut self) {
-        let _ = self.stream.write_all(b"ready\n");
+    /// Tells the old process this one serves; it then stops accepting and
+    /// sends its established TCP connections, which [`take_connections`]
+    /// receives.
+    ///
+    /// [`take_connections`]: Self::take_connections
+    pub fn ready(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(b"ready\n")
+    }
+
+    /// Receives the old process's established connections, batch by
+    /// batch, handing each batch to `adopt`, until the old process says
+    /// that was all. Blocks. Returns how many came.
+    pub fn take_connections(self, mut adopt: impl FnMut(Vec<Moving>)) -> std::io::Result<usize> {
+        let mut taken = 0;
+        loop {
+            let (batch, fds): (Batch, _) = receive(&self.stream)?;
+            if batch.end {
+                return Ok(taken);
+            }
+            if fds.len() != 2 * batch.connections.len() {
+                return Err(std::io::Error::other(
+                    "a batch of connections with the wrong number of sockets",
+                ));
+            }
+            let mut sockets = fds.into_iter().map(std::net::TcpStream::from);
+            let mut moving = Vec::with_capacity(batch.connections.len());
+            for connection in batch.connections {
+                if let (Some(client), Some(member)) = (sockets.next(), sockets.next()) {
+                    moving.push(Moving {
+                        connection,
+                        client,
+                        member,
+                    });
+                }
+            }
+            taken += moving.len();
+            adopt(moving);
+        }
     }
 
     /// Tells the old process why this one will not take over; it serves
@@ -374,6 +489,33 @@ pub fn inherit(
 ) -> std::io::Result<(Inherited, Option<std::net::TcpListener>, Successor)> {
     let stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(PATIENCE))?;
+    let (handoff, fds): (Handoff, _) = receive(&stream)?;
+    let mut sockets = fds.into_iter().map(std::net::TcpListener::from);
+    let mut listeners = Vec::new();
+    for (virtual_name, address, count) in handoff.listeners {
+        let taken: Vec<_> = sockets.by_ref().take(count).collect();
+        if taken.len() != count {
+            return Err(std::io::Error::other("fewer sockets than described"));
+        }
+        listeners.push(InheritedListener {
+            virtual_name,
+            address,
+            sockets: taken,
+        });
+    }
+    let admin = if handoff.admin { sockets.next() } else { None };
+    let inherited = Inherited {
+        listeners,
+        state: handoff.state,
+        predecessor: Some(handoff.pid),
+    };
+    Ok((inherited, admin, Successor { stream }))
+}
+
+/// Receives the sockets (as [`send`] sends them), then the description.
+fn receive<T: serde::de::DeserializeOwned>(
+    stream: &UnixStream,
+) -> std::io::Result<(T, Vec<OwnedFd>)> {
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut messages = 1u32;
     let mut received = 0u32;
@@ -398,36 +540,17 @@ pub fn inherit(
         }
         received += 1;
     }
-    let mut reader = &stream;
+    let mut reader = stream;
     let mut length = [0u8; 4];
     reader.read_exact(&mut length)?;
     let length = u32::from_be_bytes(length);
     if length > MAX_STATE {
-        return Err(std::io::Error::other("the carried state is too large"));
+        return Err(std::io::Error::other("a hand-over message is too large"));
     }
     let mut body = vec![0u8; length as usize];
     reader.read_exact(&mut body)?;
-    let handoff: Handoff = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
-    let mut sockets = fds.into_iter().map(std::net::TcpListener::from);
-    let mut listeners = Vec::new();
-    for (virtual_name, address, count) in handoff.listeners {
-        let taken: Vec<_> = sockets.by_ref().take(count).collect();
-        if taken.len() != count {
-            return Err(std::io::Error::other("fewer sockets than described"));
-        }
-        listeners.push(InheritedListener {
-            virtual_name,
-            address,
-            sockets: taken,
-        });
-    }
-    let admin = if handoff.admin { sockets.next() } else { None };
-    let inherited = Inherited {
-        listeners,
-        state: handoff.state,
-        predecessor: Some(handoff.pid),
-    };
-    Ok((inherited, admin, Successor { stream }))
+    let message = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+    Ok((message, fds))
 }
 
 /// Removes a file when dropped.

@@ -1,9 +1,10 @@
 //! Binary upgrade, through the real binary: `vipgate upgrade` (or SIGUSR2)
 //! starts the binary again with the same arguments, the new process takes
-//! the listening sockets and the state over, and the old one drains. No
-//! client is refused while it happens, a held connection stays with the
-//! old process until it ends, and a successor that cannot serve leaves the
-//! old process serving.
+//! the listening sockets, the state and every established TCP connection
+//! over, and the old one drains what cannot move (TLS it terminates) and
+//! exits. No client is refused and no line is lost while it happens, SNAT
+//! ports stay accounted, and a successor that cannot serve leaves the old
+//! process serving.
 
 mod common;
 
@@ -242,7 +243,7 @@ fn alive(pid: u32) -> bool {
 }
 
 #[test]
-fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drains() {
+fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits() {
     let setup = setup("hand-over");
     let mut old = Running::start(&setup.config, "");
     wait_serving(setup.port);
@@ -289,11 +290,28 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
     assert!(served > 20, "{served} served");
     assert_eq!(refused, 0, "no new client is refused during an upgrade");
 
-    // The held connection stays with the old process, which drains.
-    assert_eq!(say(&mut held, "during drain"), "member during drain\n");
-    assert!(
-        old.child.try_wait().unwrap().is_none(),
-        "the old process drains"
+    // Every TCP connection moved: the held one answers through the new
+    // process, and the old one, left with nothing, exits.
+    let moved = said
+        .split("took ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no count of connections moved in {said}"));
+    assert!(moved >= 101, "the held agents moved: {said}");
+    let upgraded_at = std::time::Instant::now();
+    let exited = eventually_blocking("the old process exits", PATIENCE, || {
+        old.child.try_wait().unwrap()
+    });
+    println!(
+        "upgrade: {moved} connections moved; the old process was gone {} ms after the command answered",
+        upgraded_at.elapsed().as_millis()
+    );
+    assert!(exited.success(), "{exited:?}");
+    assert_eq!(
+        say(&mut held, "after"),
+        "member after
+"
     );
     // The successor serves, with the decision and health it was handed:
     // every new client goes to the first member at once.
@@ -306,29 +324,10 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
         !status.contains("unchecked"),
         "health was carried over: {status}"
     );
-
-    // One old process at most: the successor is not upgraded while its
-    // predecessor drains.
-    let refused = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{said}");
-    assert!(
-        said.contains(&format!(
-            "the previous vipgate (process {}) still drains",
-            old.child.id()
-        )),
-        "{said}"
-    );
-
-    // The held connection ends: the old process exits.
-    drop(held);
-    let exited = eventually_blocking("the old process exits", PATIENCE, || {
-        old.child.try_wait().unwrap()
-    });
-    assert!(exited.success(), "{exited:?}");
     assert!(alive(successor));
 
-    // A second upgrade, of the successor.
+    // A second upgrade in a row, of the successor: the held agent moves
+    // again.
     let again = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
     assert!(
         again.status.success(),
@@ -336,6 +335,7 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
         String::from_utf8_lossy(&again.stderr)
     );
     assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
+    assert_eq!(say(&mut held, "twice"), "member twice\n");
     let third: u32 = String::from_utf8_lossy(&again.stdout)
         .split("process ")
         .nth(1)
@@ -345,6 +345,7 @@ fn an_upgrade_takes_the_listeners_over_refusing_nobody_and_the_old_process_drain
     eventually_blocking("the second process exits", PATIENCE, || {
         (!alive(successor)).then_some(())
     });
+    drop(held);
     stop_process(third);
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
@@ -441,4 +442,170 @@ fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
     }
     stop_process(successor);
     let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+#[test]
+fn tcp_connections_move_while_tls_ones_finish_in_the_old_process() {
+    let setup = setup("mixed");
+    let ca = common::tls_ca::TestCa::new();
+    let (cert, key) = ca.write_pem(&setup.dir, "vip.example");
+    let secure = free_vip_port();
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{text}[virtuals.secure]\nlisten = \"127.0.0.100:{secure}\"\npool = \"p\"\n\
+             tls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n"
+        ),
+    )
+    .unwrap();
+    let old = Running::start(&setup.config, "");
+    wait_serving(setup.port);
+    let mut plain = held_connection(setup.port);
+    assert_eq!(say(&mut plain, "plain"), "member plain\n");
+    let mut tls = tls_connection(&ca, secure);
+    assert_eq!(tls_say(&mut tls, "secure"), "member secure\n");
+
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = String::from_utf8_lossy(&upgraded.stdout);
+    assert!(upgraded.status.success(), "{said}");
+    assert!(said.contains("took 1 TCP connections over"), "{said}");
+    let successor = successor_of(&old);
+    // Both go on: the plain one in the new process, the TLS one in the old,
+    // which drains it and so stays.
+    assert_eq!(say(&mut plain, "moved"), "member moved\n");
+    assert_eq!(tls_say(&mut tls, "stayed"), "member stayed\n");
+    let mut old = old;
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old process drains"
+    );
+    // One old process at most: the successor is not upgraded while its
+    // predecessor drains.
+    let refused = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let told = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{told}");
+    assert!(
+        told.contains(&format!(
+            "the previous vipgate (process {}) still drains",
+            old.child.id()
+        )),
+        "{told}"
+    );
+    // Its last connection ends: the old process exits.
+    drop(tls);
+    let exited = eventually_blocking("the old process exits", PATIENCE, || {
+        old.child.try_wait().unwrap()
+    });
+    assert!(exited.success(), "{exited:?}");
+    assert_eq!(say(&mut plain, "still"), "member still\n");
+    drop(plain);
+    stop_process(successor);
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connection(ca: &common::tls_ca::TestCa, port: u16) -> TlsStream {
+    let config = Arc::new(ca.client_builder().with_no_client_auth());
+    let name = rustls::pki_types::ServerName::try_from("vip.example").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    let socket = TcpStream::connect(("127.0.0.100", port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    rustls::StreamOwned::new(connection, socket)
+}
+
+fn tls_say(stream: &mut TlsStream, line: &str) -> String {
+    writeln!(stream, "{line}").unwrap();
+    stream.flush().unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\n") {
+        use std::io::Read;
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "the answer ends early");
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+#[test]
+fn snat_ports_in_use_move_with_their_connections() {
+    let member = source_telling_member("127.0.0.13");
+    let port = free_vip_port();
+    let admin = format!("127.0.0.1:{}", free_local_port());
+    let dir = common::tls_ca::temp_dir("upgrade-snat");
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\
+             [snat_pools.sp]\naddresses = [\"127.0.0.21\"]\nports = \"41000-41007\"\n\
+             [pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n\
+             [virtuals.vs]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\nsnat = \"sp\"\n"
+        ),
+    )
+    .unwrap();
+    let old = Running::start(&config, "");
+    let mut held: Vec<_> = (0..5).map(|_| held_connection(port)).collect();
+    let mut sources: Vec<String> = held.iter_mut().map(|h| say(h, "who")).collect();
+    let upgraded = vipgate(&["upgrade", "--admin", &admin], &config);
+    assert!(
+        upgraded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgraded.stderr)
+    );
+    let successor = successor_of(&old);
+    // The new process counts the five ports its connections hold.
+    let status = admin_call(&admin, "GET", "/status");
+    assert!(status.contains("\"in_use\": 5"), "{status}");
+    // Three more fill the range, each from a port nobody holds; the ports
+    // the moved connections hold are theirs still.
+    for (connection, source) in held.iter_mut().zip(&sources) {
+        assert_eq!(&say(connection, "who"), source, "the same connection");
+    }
+    for _ in 0..3 {
+        let mut newcomer = held_connection(port);
+        sources.push(say(&mut newcomer, "who"));
+        held.push(newcomer);
+    }
+    let mut distinct = sources.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 8, "no port leased twice: {sources:?}");
+    let status = admin_call(&admin, "GET", "/status");
+    assert!(status.contains("\"in_use\": 8"), "{status}");
+    drop(held);
+    stop_process(successor);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A member on `ip` that answers every line with the address the
+/// connection comes from.
+fn source_telling_member(ip: &str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                for _ in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writeln!(writer, "from {peer}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+fn free_local_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

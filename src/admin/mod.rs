@@ -325,9 +325,14 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                 return refused;
             }
             match calls.upgrader.upgrade().await {
-                Ok(pid) => json_answer(
+                Ok(report) => json_answer(
                     StatusCode::OK,
-                    json!({ "upgraded": true, "successor_pid": pid }),
+                    json!({
+                        "upgraded": true,
+                        "successor_pid": report.successor_pid,
+                        "connections_moved": report.connections_moved,
+                        "took_ms": report.took_ms,
+                    }),
                 ),
                 Err(
                     refused @ (UpgradeError::Busy

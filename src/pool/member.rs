@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stop_signal::StopTokens;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminState, ConnectionLimit, RateLimit};
 use crate::stats::ConnectionCounts;
@@ -30,8 +30,8 @@ pub struct MemberState {
     /// Cancelled when the member left the configuration and the drain
     /// timeout after the reload ran out: closes every connection still on
     /// it. A child of the server's close signal; parent of each pool's
-    /// reset signal for it.
-    retired: CancellationToken,
+    /// reset signal for it. A pair: see [`StopTokens`].
+    retired: StopTokens,
     failure_log: Throttle,
     /// Time from starting a connect to the member being connected.
     connect_seconds: prometheus::Histogram,
@@ -44,8 +44,8 @@ const CONNECT_BUCKETS: [f64; 12] = [
 
 impl MemberState {
     /// A new member address; `close_all` is the server's close signal.
-    pub fn new(address: SocketAddr, close_all: &CancellationToken) -> MemberState {
-        let retired = close_all.child_token();
+    pub fn new(address: SocketAddr, close_all: &StopTokens) -> MemberState {
+        let retired = close_all.child();
         let connect_seconds = prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(
                 "vipgate_member_connect_seconds",
@@ -74,8 +74,8 @@ impl MemberState {
     /// The signal a connection of a pool without `action_on_service_down
     /// = "reset"` listens to: cancelled only when the member was removed
     /// from the configuration and its drain time is over (or at shutdown).
-    pub fn retired_signal(&self) -> CancellationToken {
-        self.retired.clone()
+    pub fn retired_signal(&self) -> &StopTokens {
+        &self.retired
     }
 
     /// Closes every connection still on this member (it left the
@@ -169,6 +169,13 @@ impl MemberState {
             RateLimit::Unlimited => std::time::Duration::ZERO,
             RateLimit::PerSecond(_) => self.rate.wait(limit, crate::clock::millis()),
         }
+    }
+
+    /// The slot of a connection a predecessor process opened (binary
+    /// upgrade): counted whatever the limits, as the connection exists.
+    pub fn adopt(self: &Arc<Self>) -> MemberSlot {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        MemberSlot(self.clone())
     }
 
     /// Takes one connection slot if `limit` and the connect rate leave room.

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stop_signal::StopTokens;
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 
 /// `up_since` of a member that has not recovered from being down: members
 /// up from the start share the load evenly at once; only a member coming
@@ -65,17 +65,17 @@ pub struct MemberHealth {
     up_since: AtomicU64,
     /// Cancelled (and replaced) when the member goes down in a pool with
     /// `action_on_service_down = "reset"`.
-    reset: ArcSwap<CancellationToken>,
+    reset: ArcSwap<StopTokens>,
     /// The member address's retirement signal (itself a child of the
     /// server's close signal), parent of every `reset` token: a removed
     /// member or a shutdown closes these connections too.
-    retired: CancellationToken,
+    retired: StopTokens,
 }
 
 impl MemberHealth {
     /// A new pool member: `monitored` ones start unchecked, others up.
     /// `retired` is the member address's retirement signal.
-    pub fn new(monitored: bool, retired: &CancellationToken) -> MemberHealth {
+    pub fn new(monitored: bool, retired: &StopTokens) -> MemberHealth {
         let initial = if monitored {
             Health::Unchecked
         } else {
@@ -84,7 +84,7 @@ impl MemberHealth {
         MemberHealth {
             health: AtomicU8::new(initial as u8),
             up_since: AtomicU64::new(NOT_RAMPING),
-            reset: ArcSwap::from_pointee(retired.child_token()),
+            reset: ArcSwap::from_pointee(retired.child()),
             retired: retired.clone(),
         }
     }
@@ -116,13 +116,13 @@ impl MemberHealth {
 
     /// The signal a connection of a pool with `action_on_service_down =
     /// "reset"` listens to.
-    pub fn reset_signal(&self) -> CancellationToken {
+    pub fn reset_signal(&self) -> StopTokens {
         self.reset.load().as_ref().clone()
     }
 
     /// Closes every connection listening to [`reset_signal`](Self::reset_signal).
     pub fn reset_connections(&self) {
-        let previous = self.reset.swap(Arc::new(self.retired.child_token()));
+        let previous = self.reset.swap(Arc::new(self.retired.child()));
         previous.cancel();
     }
 }
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn coming_up_restarts_the_ramp_and_reset_cancels_only_current_connections() {
-        let retired = CancellationToken::new();
+        let retired = StopTokens::root();
         let member = MemberHealth::new(true, &retired);
         assert_eq!(member.health(), Health::Unchecked);
         member.set(Health::Up);
@@ -170,11 +170,17 @@ mod tests {
 
         let before = member.reset_signal();
         member.reset_connections();
-        assert!(before.is_cancelled());
-        assert!(!member.reset_signal().is_cancelled());
+        assert!(before.all.is_cancelled() && before.plain.is_cancelled());
+        assert!(!member.reset_signal().all.is_cancelled());
+        retired.plain.cancel();
+        let now = member.reset_signal();
+        assert!(
+            now.plain.is_cancelled() && !now.all.is_cancelled(),
+            "a hand-over reaches only the plain connections"
+        );
         retired.cancel();
         assert!(
-            member.reset_signal().is_cancelled(),
+            member.reset_signal().all.is_cancelled(),
             "retiring the address reaches every pool's reset signal"
         );
     }

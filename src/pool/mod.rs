@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stop_signal::StopTokens;
 pub use member::{ByteCounts, MemberCounts, MemberSlot, MemberState};
 pub use member_health::{ramp_fraction, Health, MemberHealth};
 pub use selection::{selector, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{
     AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, ServiceDownAction,
@@ -47,7 +47,7 @@ impl MemberRegistry {
         &mut self,
         address: SocketAddr,
         previous: Option<&MemberRegistry>,
-        close_all: &CancellationToken,
+        close_all: &StopTokens,
     ) -> Arc<MemberState> {
         self.members
             .entry(address)
@@ -74,7 +74,7 @@ impl MemberRegistry {
             .entry(key)
             .or_insert_with(|| {
                 carried.unwrap_or_else(|| {
-                    Arc::new(MemberHealth::new(monitored, &state.retired_signal()))
+                    Arc::new(MemberHealth::new(monitored, state.retired_signal()))
                 })
             })
             .clone()
@@ -149,7 +149,7 @@ impl Pool {
         plan: &PoolPlan,
         registry: &mut MemberRegistry,
         previous: Option<&MemberRegistry>,
-        close_all: &CancellationToken,
+        close_all: &StopTokens,
         monitored: impl Fn(&MemberPlan) -> bool,
     ) -> Pool {
         let members: Vec<Member> = plan

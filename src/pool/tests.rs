@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::{AdminState, Algorithm, MemberPlan, MonitorRule};
+use crate::stop_signal::StopTokens;
 
 fn member(i: usize) -> MemberPlan {
     MemberPlan {
@@ -29,7 +30,7 @@ fn plan(members: Vec<MemberPlan>) -> PoolPlan {
 }
 
 fn build(plan: &PoolPlan, registry: &mut MemberRegistry) -> Pool {
-    Pool::new(plan, registry, None, &CancellationToken::new(), |_| false)
+    Pool::new(plan, registry, None, &StopTokens::root(), |_| false)
 }
 
 fn picks(pool: &Pool, count: usize) -> Vec<SocketAddr> {
@@ -139,7 +140,7 @@ fn registry_keeps_state_of_members_that_stay() {
         &plan(vec![member(0)]),
         &mut second,
         Some(&first),
-        &CancellationToken::new(),
+        &StopTokens::root(),
         |_| true,
     );
     assert_eq!(rebuilt.members()[0].state.total_connections(), 1);
@@ -159,13 +160,7 @@ fn health_is_per_pool_and_the_rest_per_address() {
     let a = build(&plan(vec![member(0)]), &mut registry);
     let mut other = plan(vec![member(0)]);
     other.name = "q".into();
-    let b = Pool::new(
-        &other,
-        &mut registry,
-        None,
-        &CancellationToken::new(),
-        |_| false,
-    );
+    let b = Pool::new(&other, &mut registry, None, &StopTokens::root(), |_| false);
     assert!(Arc::ptr_eq(&a.members()[0].state, &b.members()[0].state));
     a.members()[0].health.set(Health::Down);
     assert!(a.reserve(&mut Tried::default()).is_none());

@@ -25,7 +25,7 @@ pub mod stream;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -84,6 +84,45 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// How long a pump asked to hand its sockets over may take to deliver the
+/// bytes it holds (read from one side, not yet written to the other)
+/// before it gives up and closes as at a shutdown: a peer that reads
+/// nothing for that long would hold the whole upgrade up.
+pub const RELEASE_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a pump gives up when it hands its connection over (binary
+/// upgrade): both sockets, with every byte it read delivered, and where
+/// the connection stands, for [`Pump::resume`] in another process.
+#[derive(Debug)]
+pub struct Released {
+    pub client: TcpStream,
+    pub member: TcpStream,
+    pub standing: Standing,
+}
+
+/// Where a pumped connection stands: its counters and which directions
+/// are over.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Standing {
+    pub bytes_to_member: u64,
+    pub bytes_to_client: u64,
+    /// Since a byte last moved either way, in milliseconds.
+    pub idle_ms: u64,
+    /// The client sent its FIN, and it was passed on to the member.
+    pub client_finished: bool,
+    /// The member sent its FIN, and it was passed on to the client.
+    pub member_finished: bool,
+}
+
+/// How a pump ended.
+#[derive(Debug)]
+pub enum Pumped {
+    /// The connection is over (and both sockets closed).
+    Ended(PumpOutcome),
+    /// The sockets were handed out, the connection going on elsewhere.
+    Released(Released),
+}
+
 /// What a finished connection did.
 #[derive(Debug)]
 pub struct PumpOutcome {
@@ -92,6 +131,17 @@ pub struct PumpOutcome {
     pub reason: CloseReason,
     /// The error behind an error or reset close.
     pub error: Option<io::Error>,
+    /// The member side's local address (its source, SNAT or not), when
+    /// the connection log is on: found as the connection ends, so an idle
+    /// connection does not carry it.
+    pub member_source: Option<SocketAddr>,
+}
+
+/// The member side's local address, if the connection log will show it.
+pub fn source_for_log(member: &TcpStream) -> Option<SocketAddr> {
+    tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
+        .then(|| member.local_addr().ok())
+        .flatten()
 }
 
 pin_project_lite::pin_project! {
@@ -113,6 +163,8 @@ pin_project_lite::pin_project! {
         idle: tokio::time::Sleep,
         #[pin]
         stopped: StopSignal,
+        // Asked to hand over: only writes what it holds, then releases.
+        releasing: bool,
     }
 }
 
@@ -133,19 +185,62 @@ impl Pump {
             idle_timeout: options.idle_timeout,
             idle: tokio::time::sleep(options.idle_timeout),
             stopped: StopSignal::new(stop),
+            releasing: false,
         }
     }
-}
 
-impl Future for Pump {
-    type Output = PumpOutcome;
+    /// A pump that goes on with a connection another process released
+    /// (binary upgrade), where `standing` says it stood.
+    pub fn resume(
+        client: TcpStream,
+        member: TcpStream,
+        options: PumpOptions,
+        stop: CancellationToken,
+        standing: Standing,
+    ) -> Pump {
+        let mut pump = Pump::new(client, member, options, stop);
+        pump.up.bytes = standing.bytes_to_member;
+        pump.up.done = standing.client_finished;
+        pump.down.bytes = standing.bytes_to_client;
+        pump.down.done = standing.member_finished;
+        let idle_for = Duration::from_millis(standing.idle_ms).min(options.idle_timeout);
+        let now = Instant::now();
+        pump.last_activity = now.checked_sub(idle_for).unwrap_or(now);
+        pump.idle = tokio::time::sleep_until(pump.last_activity + options.idle_timeout);
+        pump
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PumpOutcome> {
+    /// Pumps until the connection ends, or until the stop signal fires
+    /// and `may_release` says the connection moves (to a successor
+    /// process): then it reads no more, writes out what it holds, and
+    /// resolves to the sockets. Polled again after it resolved, it panics.
+    pub fn poll_pump(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        may_release: impl FnOnce() -> bool,
+    ) -> Poll<Pumped> {
         let mut this = self.project();
         let Some((client, member)) = this.sockets.as_ref() else {
             panic!("a pump polled after it finished");
         };
         let (reason, error) = 'ended: {
+            if *this.releasing {
+                match flush(cx, this.up, this.down, client, member, this.last_activity) {
+                    Poll::Ready(Ok(())) => {
+                        return Poll::Ready(Pumped::Released(release(
+                            this.sockets,
+                            this.up,
+                            this.down,
+                            *this.last_activity,
+                        )))
+                    }
+                    Poll::Ready(Err(ended)) => break 'ended ended,
+                    Poll::Pending if this.idle.as_mut().poll(cx).is_ready() => {
+                        break 'ended (CloseReason::Shutdown, None)
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             if let Poll::Ready(Err(error)) =
                 this.up
                     .poll(cx, client, member, this.last_activity, this.down.done)
@@ -172,7 +267,14 @@ impl Future for Pump {
                 this.idle.as_mut().reset(deadline);
             }
             if this.stopped.as_mut().poll(cx).is_ready() {
-                break 'ended (CloseReason::Shutdown, None);
+                if !may_release() {
+                    break 'ended (CloseReason::Shutdown, None);
+                }
+                *this.releasing = true;
+                this.idle.as_mut().reset(Instant::now() + RELEASE_LIMIT);
+                // Flushed at once when nothing is in flight (the usual
+                // case: an idle agent).
+                cx.waker().wake_by_ref();
             }
             return Poll::Pending;
         };
@@ -189,13 +291,68 @@ impl Future for Pump {
         for socket in reset {
             let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
         }
+        let member_source = source_for_log(member);
         *this.sockets = None;
-        Poll::Ready(PumpOutcome {
+        Poll::Ready(Pumped::Ended(PumpOutcome {
             bytes_to_member: this.up.bytes,
             bytes_to_client: this.down.bytes,
             reason,
             error,
-        })
+            member_source,
+        }))
+    }
+}
+
+/// Writes out both directions' bytes in flight, reading nothing.
+/// `Ready(Err)` says how the connection ended if a side failed.
+fn flush(
+    cx: &mut Context<'_>,
+    up: &mut Direction,
+    down: &mut Direction,
+    client: &TcpStream,
+    member: &TcpStream,
+    last_activity: &mut Instant,
+) -> Poll<Result<(), (CloseReason, Option<io::Error>)>> {
+    let up_flushed = match up.flush(cx, member, last_activity) {
+        Poll::Ready(Err(error)) => {
+            return Poll::Ready(Err(error.blame(Side::Client, Side::Member)))
+        }
+        poll => poll.is_ready(),
+    };
+    let down_flushed = match down.flush(cx, client, last_activity) {
+        Poll::Ready(Err(error)) => {
+            return Poll::Ready(Err(error.blame(Side::Member, Side::Client)))
+        }
+        poll => poll.is_ready(),
+    };
+    if up_flushed && down_flushed {
+        Poll::Ready(Ok(()))
+    } else {
+        Poll::Pending
+    }
+}
+
+/// The sockets and where the connection stands, taken out of a flushed
+/// pump.
+fn release(
+    sockets: &mut Option<(TcpStream, TcpStream)>,
+    up: &Direction,
+    down: &Direction,
+    last_activity: Instant,
+) -> Released {
+    let Some((client, member)) = sockets.take() else {
+        panic!("a pump released twice");
+    };
+    Released {
+        client,
+        member,
+        standing: Standing {
+            bytes_to_member: up.bytes,
+            bytes_to_client: down.bytes,
+            idle_ms: u64::try_from(last_activity.elapsed().as_millis()).unwrap_or(u64::MAX),
+            client_finished: up.done,
+            member_finished: down.done,
+        },
     }
 }
 
@@ -267,6 +424,25 @@ impl Direction {
             finish(sink)?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Direction {
+    /// Writes what the carrier holds to `sink`; reads nothing.
+    fn flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &TcpStream,
+        last_activity: &mut Instant,
+    ) -> Poll<Result<(), PumpError>> {
+        let mut progress = Progress {
+            bytes: &mut self.bytes,
+            last_activity,
+        };
+        match &mut self.transfer {
+            Carried::Splice(transfer) => transfer.flush(cx, sink, &mut progress),
+            Carried::Buffered(transfer) => transfer.flush(cx, sink, &mut progress),
+        }
     }
 }
 
@@ -379,6 +555,27 @@ impl<C: Carrier> Transfer<C> {
                 Err(error) => return Poll::Ready(Err(PumpError::Write(error))),
             }
         }
+    }
+}
+
+impl<C: Carrier> Transfer<C> {
+    /// Writes out what the carrier holds, then gives it back.
+    fn flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &TcpStream,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), PumpError>> {
+        while let Some(carrier) = self.carrier.as_mut().filter(|c| c.pending() > 0) {
+            ready!(sink.poll_write_ready(cx)).map_err(PumpError::Write)?;
+            match carrier.drain(sink) {
+                Ok(written) => progress.moved(written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(PumpError::Write(error))),
+            }
+        }
+        self.carrier = None;
+        Poll::Ready(Ok(()))
     }
 }
 

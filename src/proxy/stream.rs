@@ -65,6 +65,7 @@ where
         bytes_to_client: down.bytes,
         reason,
         error,
+        member_source: None,
     }
 }
 

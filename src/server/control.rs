@@ -70,6 +70,9 @@ pub struct Control {
     /// Cancelled when a successor took over (binary upgrade): the server
     /// then drains, for `upgrade_drain_timeout`.
     replaced: CancellationToken,
+    /// Cancelled once a successor has this process's movable connections
+    /// (or the attempt is over): the drain waits for it.
+    pub(super) moved: CancellationToken,
 }
 
 impl std::fmt::Debug for Control {
@@ -114,6 +117,7 @@ impl Control {
             decisions: std::sync::Mutex::new(decisions),
             decision_changes: tokio::sync::watch::Sender::new(0),
             replaced: CancellationToken::new(),
+            moved: CancellationToken::new(),
         }
     }
 

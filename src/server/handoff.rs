@@ -6,6 +6,7 @@
 //! agents), and the operator's member decisions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,7 @@ use super::{Control, Snapshot};
 use crate::health::ProbeKey;
 use crate::pool::Health;
 use crate::state_file::DecisionSet;
+use crate::virtual_server::{self, hand_over::HandOver, hand_over::Moving};
 
 /// The state carried from the old process to the new one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -162,6 +164,56 @@ impl Control {
             });
         }
         Ok((ReloadsHeld { _running: running }, listeners))
+    }
+}
+
+impl Control {
+    /// Old side, once the successor serves: every movable connection stops
+    /// reading, writes out what it holds and comes to the returned
+    /// hand-over (see [`crate::virtual_server::hand_over`]).
+    pub fn start_moving_connections(&self) -> Arc<HandOver> {
+        let hand_over = Arc::clone(&self.live.load().hand_over);
+        hand_over.begin();
+        self.lifecycle.shutdown.handing_over.cancel();
+        hand_over
+    }
+
+    /// Old side: the movable connections were sent (or the attempt is
+    /// over); the drain may end.
+    pub fn connections_moved(&self) {
+        self.moved.cancel();
+    }
+
+    /// Completes once [`connections_moved`](Self::connections_moved) was
+    /// called, if this process was replaced; at once otherwise.
+    pub(super) async fn when_connections_moved(&self) {
+        if self.replaced() {
+            self.moved.cancelled().await;
+        }
+    }
+
+    /// New side: serves each connection of `batch` on a worker, as the old
+    /// process left it. One that no longer fits the configuration is
+    /// closed, with a warning.
+    pub fn adopt_connections(&self, batch: Vec<Moving>) {
+        let snapshot = self.live.load();
+        for moving in batch {
+            let name = &moving.connection.virtual_name;
+            let Some(virtual_server) = snapshot.virtual_server(name).cloned() else {
+                tracing::warn!(virtual_server = %name, client = %moving.connection.client, "a connection handed over belongs to a virtual no longer configured; closed");
+                continue;
+            };
+            let tasks = self.lifecycle.connections.clone();
+            let shutdown = self.lifecycle.shutdown.clone();
+            // Spread over the workers as the kernel spreads new clients.
+            let worker = usize::from(moving.connection.client.port()) % self.workers.count();
+            self.workers.handle(worker).spawn(async move {
+                let client = moving.connection.client;
+                if let Err(why) = virtual_server::adopt(&tasks, virtual_server, shutdown, moving) {
+                    tracing::warn!(%client, "a connection handed over was closed: {why}");
+                }
+            });
+        }
     }
 }
 

@@ -139,7 +139,8 @@ impl Server {
             .collect::<Result<Vec<_>, BindError>>()?;
         let shutdown = Shutdown {
             draining: CancellationToken::new(),
-            closing: snapshot.closing.clone(),
+            closing: snapshot.closing.all.clone(),
+            handing_over: snapshot.closing.plain.clone(),
         };
         let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
         let lifecycle = Lifecycle {
@@ -267,8 +268,10 @@ fn reload_on_hangup(control: &Arc<Control>, background: &mut JoinSet<()>) {
 }
 
 /// Lets open connections finish for up to the drain timeout, telling the
-/// service manager how many are left, then closes the rest.
+/// service manager how many are left, then closes the rest. After a binary
+/// upgrade, the movable connections go to the successor first.
 async fn drain(live: &Live, lifecycle: &Lifecycle, control: &Control, service: ServiceManager) {
+    control.when_connections_moved().await;
     // After a binary upgrade, the successor serves new clients and the
     // connections left here may take longer.
     let (drain_timeout, service) = if control.replaced() {

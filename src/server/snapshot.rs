@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use crate::stop_signal::StopTokens;
+use crate::virtual_server::hand_over::HandOver;
 
 use super::StartError;
 use crate::config::{Mode, Plan, Snat, Tls, VirtualPlan};
@@ -29,17 +30,21 @@ pub struct Snapshot {
     members: MemberRegistry,
     health: HealthPlan,
     snat_pools: BTreeMap<String, Arc<SnatPool>>,
-    /// `Shutdown::closing`: cancelled when open connections must close (the
-    /// drain timeout of a shutdown ran out). The same token across
+    /// `Shutdown::closing` (`all`): cancelled when open connections must
+    /// close (the drain timeout of a shutdown ran out); and
+    /// `Shutdown::handing_over` (`plain`). The same tokens across snapshots.
+    pub(super) closing: StopTokens,
+    /// Established connections moving to a successor; the same across
     /// snapshots.
-    pub(super) closing: CancellationToken,
+    pub(super) hand_over: Arc<HandOver>,
 }
 
 impl Snapshot {
     /// Builds the runtime view of `plan`, reusing the state of members and
     /// virtuals that `previous` already had.
     pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Result<Snapshot, StartError> {
-        let closing = previous.map_or_else(CancellationToken::new, |p| p.closing.clone());
+        let closing = previous.map_or_else(StopTokens::root, |p| p.closing.clone());
+        let hand_over = previous.map_or_else(Arc::default, |p| Arc::clone(&p.hand_over));
         let (pools, members) = build_pools(&plan, previous, &closing)?;
         let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
         let snat_pools = build_snat_pools(&plan, previous);
@@ -47,7 +52,14 @@ impl Snapshot {
             .virtuals
             .iter()
             .map(|virtual_plan| {
-                let built = build_virtual(&plan, virtual_plan, &pools, &snat_pools, previous)?;
+                let built = build_virtual(
+                    &plan,
+                    virtual_plan,
+                    &pools,
+                    &snat_pools,
+                    previous,
+                    &hand_over,
+                )?;
                 Ok((virtual_plan.name.clone(), Arc::new(built)))
             })
             .collect::<Result<_, StartError>>()?;
@@ -59,6 +71,7 @@ impl Snapshot {
             health,
             snat_pools,
             closing,
+            hand_over,
         })
     }
 
@@ -168,7 +181,7 @@ impl Snapshot {
 fn build_pools(
     plan: &Plan,
     previous: Option<&Snapshot>,
-    closing: &CancellationToken,
+    closing: &StopTokens,
 ) -> Result<(BTreeMap<String, Arc<Pool>>, MemberRegistry), StartError> {
     let mut members = MemberRegistry::default();
     let previous_members = previous.map(|p| &p.members);
@@ -208,6 +221,7 @@ fn build_virtual(
     pools: &BTreeMap<String, Arc<Pool>>,
     snat_pools: &BTreeMap<String, Arc<SnatPool>>,
     previous: Option<&Snapshot>,
+    hand_over: &Arc<HandOver>,
 ) -> Result<VirtualServer, StartError> {
     let name = &virtual_plan.name;
     let stats = previous.and_then(|p| p.virtuals.get(name)).map_or_else(
@@ -272,6 +286,7 @@ fn build_virtual(
         terminator,
         http,
         stats,
+        hand_over: Arc::clone(hand_over),
     })
 }
 

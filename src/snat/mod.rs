@@ -49,6 +49,19 @@ impl SourceNat {
             SourceNat::Pool(pool) => pool.lease(member),
         }
     }
+
+    /// The lease of a connection a predecessor process opened from
+    /// `source` to `member` (binary upgrade): the very port it holds,
+    /// accounted again, so no other connection is given it. A source
+    /// outside this translation's addresses or ports (the configuration
+    /// changed) is the kernel's.
+    pub fn adopt(&self, source: SocketAddr, member: SocketAddr) -> SourceLease {
+        match self {
+            SourceNat::None => SourceLease::Kernel,
+            SourceNat::Automap(automap) => automap.lease(member),
+            SourceNat::Pool(pool) => pool.adopt(source, member),
+        }
+    }
 }
 
 /// The source of one connection; gives its port back when dropped.
@@ -279,6 +292,26 @@ impl SnatPool {
 
     pub fn addresses(&self) -> &[SnatAddress] {
         &self.addresses
+    }
+
+    /// The lease of `source` toward `member`, as [`SourceNat::adopt`].
+    fn adopt(&self, source: SocketAddr, member: SocketAddr) -> SourceLease {
+        let offset = u32::from(source.port().wrapping_sub(self.first_port));
+        let ports = self
+            .addresses
+            .iter()
+            .find(|address| address.address == source.ip())
+            .and_then(|address| address.toward.get(&member))
+            .filter(|_| source.port() >= self.first_port && offset < self.ports);
+        match ports {
+            Some(ports) if ports.take_exact(offset) => SourceLease::Port {
+                address: source.ip(),
+                port: source.port(),
+                offset,
+                ports: ports.clone(),
+            },
+            _ => SourceLease::Kernel,
+        }
     }
 
     /// A port on the address with the most free ports toward `member`.

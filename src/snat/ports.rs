@@ -75,6 +75,20 @@ impl PortSet {
         None
     }
 
+    /// Takes the port at `offset`, if it is free (a connection carried
+    /// over from a predecessor process holds it).
+    pub fn take_exact(&self, offset: u32) -> bool {
+        if offset >= self.count {
+            return false;
+        }
+        let (word, bit) = ((offset / 64) as usize, offset % 64);
+        let taken = self.words[word].fetch_or(1 << bit, Ordering::AcqRel) & (1 << bit) != 0;
+        if !taken {
+            self.in_use.fetch_add(1, Ordering::Relaxed);
+        }
+        !taken
+    }
+
     /// Gives back a port offset from [`take`](Self::take).
     pub fn release(&self, offset: u32) {
         let (word, bit) = ((offset / 64) as usize, offset % 64);
@@ -98,6 +112,20 @@ impl PortSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_taken_exactly_is_not_given_again() {
+        let set = PortSet::new(3);
+        assert!(set.take_exact(1));
+        assert!(!set.take_exact(1), "a port is held once");
+        assert!(!set.take_exact(3), "past the range");
+        let mut others = vec![set.take().unwrap(), set.take().unwrap()];
+        others.sort();
+        assert_eq!(others, vec![0, 2]);
+        assert_eq!(set.take(), None);
+        set.release(1);
+        assert_eq!(set.in_use(), 2);
+    }
 
     #[test]
     fn every_port_once_then_none_then_released_ones_again() {

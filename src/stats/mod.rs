@@ -287,6 +287,13 @@ impl VirtualStats {
         &self.request_seconds
     }
 
+    /// The place of a client a predecessor process admitted (binary
+    /// upgrade): taken whatever the limit, as the connection exists.
+    pub fn adopt(self: &Arc<Self>) -> Admission {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Admission(self.clone())
+    }
+
     /// Takes a place under `limit` for a new client, released when the
     /// returned guard drops; `None` when the virtual is full.
     pub fn try_admit(self: &Arc<Self>, limit: ConnectionLimit) -> Option<Admission> {

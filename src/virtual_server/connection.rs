@@ -11,20 +11,22 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::hand_over::{MovableGuard, MovedConnection, Moving};
 use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
 use crate::dial::{Attempts, Dialed};
 use crate::logging::Address;
-use crate::pool::{MemberSlot, Pool, Reservation, Tried};
-use crate::proxy::{self, CloseReason, Pump, PumpOptions, PumpOutcome};
+use crate::pool::{Health, MemberSlot, Pool, Reservation, Tried};
+use crate::proxy::{self, CloseReason, Pump, PumpOptions, PumpOutcome, Pumped, Released};
 use crate::proxy_protocol;
 use crate::stats::{Admission, Outcome, Rejection};
-use crate::stop_signal::Shutdown;
+use crate::stop_signal::{Shutdown, StopTokens};
 use crate::streams::{tune, Back, Front};
 use crate::tls::client_hello::{self, Hello, HelloError};
 
@@ -47,8 +49,14 @@ pub(crate) fn spawn(tasks: &TaskTracker, admitted: Admitted) {
     let peer = admitted.peer;
     let attributed_to = matches!(admitted.virtual_server.plan.tls, Tls::Terminate(_))
         .then(|| Arc::clone(&admitted.virtual_server.stats));
+    // Counted from the accept: an upgrade waits for connections still
+    // connecting to a member, so that they move too.
+    let movable = match admitted.virtual_server.movable() {
+        true => admitted.virtual_server.hand_over.count_movable(),
+        false => MovableGuard::none(),
+    };
     let connection = Connection::Establishing {
-        establishing: Box::pin(establish(admitted)),
+        establishing: Box::pin(establish(admitted, movable)),
     };
     match attributed_to {
         Some(stats) => tasks.spawn(crate::tls::alerts::attributed(stats, peer, connection)),
@@ -122,12 +130,13 @@ pin_project_lite::pin_project! {
 
 /// What the end of a session needs: whose counters, what to log, and what
 /// the connection holds until then (its member slot, its SNAT port, its
-/// admission).
+/// admission, its place among the connections that may move).
 struct Ending {
     virtual_server: Arc<VirtualServer>,
+    pool: Arc<Pool>,
+    /// The member's index in `pool`.
+    index: usize,
     peer: SocketAddr,
-    /// The member's source address, for the log line (when it is on).
-    source: Option<SocketAddr>,
     started: Instant,
     /// The shutdown's last step: a stop signal that fired without it was
     /// the member going down.
@@ -135,6 +144,7 @@ struct Ending {
     slot: MemberSlot,
     _lease: crate::snat::SourceLease,
     _admission: Admission,
+    movable: MovableGuard,
 }
 
 impl Future for Session {
@@ -142,8 +152,17 @@ impl Future for Session {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
+        let ending = &*this.ending;
         let outcome = match this.pumping.project() {
-            PumpingProjection::Sockets { pump } => ready!(pump.poll(cx)),
+            PumpingProjection::Sockets { pump } => {
+                match ready!(pump.poll_pump(cx, || ending.may_move())) {
+                    Pumped::Ended(outcome) => outcome,
+                    Pumped::Released(released) => {
+                        ending.move_on(released);
+                        return Poll::Ready(());
+                    }
+                }
+            }
             PumpingProjection::Streams { pump } => ready!(pump.as_mut().poll(cx)),
         };
         this.ending.record(outcome);
@@ -152,6 +171,55 @@ impl Future for Session {
 }
 
 impl Ending {
+    /// Whether this connection, its stop signal fired, moves to a
+    /// successor rather than closes: a hand-over is under way, and
+    /// neither a shutdown, its member's retirement nor a reset of its
+    /// member (down, in a pool that resets) fired it.
+    fn may_move(&self) -> bool {
+        let member = &self.pool.members()[self.index];
+        self.movable.counted()
+            && self.virtual_server.hand_over.wanted()
+            && !self.closing.is_cancelled()
+            && !member.state.retired_signal().all.is_cancelled()
+            && !(self.pool.action_on_service_down() == ServiceDownAction::Reset
+                && member.health.health() == Health::Down)
+    }
+
+    /// Hands the released connection to the upgrade, which sends it to
+    /// the successor; closes it if the upgrade no longer waits.
+    fn move_on(&self, released: Released) {
+        let Released {
+            client,
+            member,
+            standing,
+        } = released;
+        let source = member.local_addr().ok();
+        let name = &self.virtual_server.plan.name;
+        let (client, member) = match (client.into_std(), member.into_std()) {
+            (Ok(client), Ok(member)) => (client, member),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(virtual_server = %name, client = %self.peer, %error, "cannot hand a connection over, closed");
+                return;
+            }
+        };
+        let moving = Moving {
+            connection: MovedConnection {
+                virtual_name: name.clone(),
+                pool: self.pool.name().to_string(),
+                member: self.slot.member().address(),
+                client: self.peer,
+                source,
+                age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                standing,
+            },
+            client,
+            member,
+        };
+        if !self.virtual_server.hand_over.put(moving) {
+            tracing::info!(target: "vipgate::connection", virtual_server = %name, client = %Address(self.peer), "connection closed: the upgrade stopped waiting for it");
+        }
+    }
+
     /// Counts and logs how the connection ended.
     fn record(&self, mut outcome: PumpOutcome) {
         if outcome.reason == CloseReason::Shutdown && !self.closing.is_cancelled() {
@@ -166,7 +234,7 @@ impl Ending {
             virtual_server = %self.virtual_server.plan.name,
             client = %Address(self.peer),
             member = %Address(state.address()),
-            source = self.source.map(|source| tracing::field::display(Address(source))),
+            source = outcome.member_source.map(|source| tracing::field::display(Address(source))),
             bytes_to_member = outcome.bytes_to_member,
             bytes_to_client = outcome.bytes_to_client,
             duration_ms = duration.as_millis() as u64,
@@ -181,7 +249,7 @@ impl Ending {
 /// not), the pool (by SNI for passthrough), the member side. Every step
 /// that fails logs why, closes the client and answers `None`. HTTP
 /// virtuals are served here to their end (and answer `None` too).
-async fn establish(admitted: Admitted) -> Option<Session> {
+async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Session> {
     let Admitted {
         client,
         peer,
@@ -213,18 +281,20 @@ async fn establish(admitted: Admitted) -> Option<Session> {
         return None;
     };
     drop(hello);
-    // Only the close log needs the source address; spare the system call
-    // when that line is off.
-    let source = tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
-        .then(|| member.socket().local_addr().ok())
-        .flatten();
     // A pool that resets connections of a member going down listens to that
     // member's signal (itself cancelled by a shutdown too); others only to
     // the shutdown.
-    let stop = match pool.action_on_service_down() {
-        ServiceDownAction::Reset => pool.members()[index].health.reset_signal(),
-        ServiceDownAction::None => slot.member().retired_signal(),
-    };
+    let stops = member_stops(pool, index);
+    let bare = matches!((&client, &member), (Front::Plain(_), Back::Plain(_)));
+    // Only the close log needs the source address: a plain pump finds it
+    // as the connection ends; a TLS one keeps it in its box.
+    let source = (!bare)
+        .then(|| proxy::source_for_log(member.socket()))
+        .flatten();
+    if !bare {
+        movable.release();
+    }
+    let stop = stops.for_connection(movable.counted());
     let idle = plan.idle_timeout;
     let pumping = match (client, member) {
         (Front::Plain(client), Back::Plain(member)) => {
@@ -236,29 +306,128 @@ async fn establish(admitted: Admitted) -> Option<Session> {
                 pump: Pump::new(client, member, options, stop),
             }
         }
-        (Front::Tls(client), Back::Plain(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-        },
-        (Front::Plain(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-        },
-        (Front::Tls(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-        },
+        (Front::Tls(client), Back::Plain(member)) => {
+            streams(proxy::stream::run(client, member, idle, stop), source)
+        }
+        (Front::Plain(client), Back::Tls(member)) => {
+            streams(proxy::stream::run(client, member, idle, stop), source)
+        }
+        (Front::Tls(client), Back::Tls(member)) => {
+            streams(proxy::stream::run(client, member, idle, stop), source)
+        }
     };
     Some(Session {
         pumping,
         ending: Ending {
+            pool: Arc::clone(pool),
+            index,
             virtual_server: Arc::clone(&virtual_server),
             peer,
-            source,
             started,
             closing: shutdown.closing,
             slot,
             _lease: lease,
             _admission: admission,
+            movable,
         },
     })
+}
+
+/// A TLS pump, boxed, that reports `source` (found at the start: the
+/// stream hides its socket) as it ends.
+fn streams(
+    pump: impl Future<Output = PumpOutcome> + Send + 'static,
+    source: Option<SocketAddr>,
+) -> Pumping {
+    Pumping::Streams {
+        pump: Box::pin(async move {
+            let mut outcome = pump.await;
+            outcome.member_source = source;
+            outcome
+        }),
+    }
+}
+
+/// What stops a connection to member `index` of `pool`: a pool that
+/// resets connections of a member going down listens to that member's
+/// signal (itself cancelled by a shutdown too); others only to the
+/// member's retirement and the shutdown.
+fn member_stops(pool: &Pool, index: usize) -> StopTokens {
+    let member = &pool.members()[index];
+    match pool.action_on_service_down() {
+        ServiceDownAction::Reset => member.health.reset_signal(),
+        ServiceDownAction::None => member.state.retired_signal().clone(),
+    }
+}
+
+/// Goes on with a connection a predecessor process handed over (binary
+/// upgrade), on the calling worker's runtime: the same virtual, pool and
+/// member, its SNAT port, counters and idle time, counted under the
+/// limits whatever they say (the connection exists). `Err` says why it
+/// cannot (the configuration changed under it); it is then closed.
+pub(crate) fn adopt(
+    tasks: &TaskTracker,
+    virtual_server: Arc<VirtualServer>,
+    shutdown: Shutdown,
+    moving: Moving,
+) -> Result<(), String> {
+    let Moving {
+        connection,
+        client,
+        member,
+    } = moving;
+    let found = virtual_server
+        .movable()
+        .then(|| virtual_server.pool_named(&connection.pool))
+        .flatten()
+        .and_then(|pool| {
+            let index = pool
+                .members()
+                .iter()
+                .position(|m| m.state.address() == connection.member)?;
+            Some((Arc::clone(pool), index))
+        });
+    let Some((pool, index)) = found else {
+        for socket in [&client, &member] {
+            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        }
+        return Err(format!(
+            "virtual {} no longer sends plain TCP to member {} of pool {}",
+            connection.virtual_name, connection.member, connection.pool
+        ));
+    };
+    let client = TcpStream::from_std(client).map_err(|e| e.to_string())?;
+    let member = TcpStream::from_std(member).map_err(|e| e.to_string())?;
+    let plan = &virtual_server.plan;
+    let options = PumpOptions {
+        idle_timeout: plan.idle_timeout,
+        zero_copy: plan.zero_copy,
+    };
+    let stop = member_stops(&pool, index).for_connection(true);
+    let pump = Pump::resume(client, member, options, stop, connection.standing);
+    let lease = match connection.source {
+        Some(source) => virtual_server.dialer.snat.adopt(source, connection.member),
+        None => crate::snat::SourceLease::Kernel,
+    };
+    let age = Duration::from_millis(connection.age_ms);
+    let ending = Ending {
+        slot: pool.members()[index].state.adopt(),
+        pool,
+        index,
+        peer: connection.client,
+        started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        closing: shutdown.closing,
+        _lease: lease,
+        _admission: virtual_server.stats.adopt(),
+        movable: virtual_server.hand_over.count_movable(),
+        virtual_server,
+    };
+    let session = Session {
+        pumping: Pumping::Sockets { pump },
+        ending,
+    };
+    tasks.spawn(Connection::Serving { session });
+    Ok(())
 }
 
 /// The client side: TLS ended by vipgate (`terminate`, or `auto` with a TLS

@@ -5,8 +5,9 @@
 //! [`crate::http`].
 
 mod connection;
+pub mod hand_over;
 
-pub(crate) use connection::{spawn, Admitted};
+pub(crate) use connection::{adopt, spawn, Admitted};
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,6 +40,9 @@ pub struct VirtualServer {
     /// Set for `mode = "http"`.
     pub http: Option<Arc<HttpVirtual>>,
     pub stats: Arc<VirtualStats>,
+    /// The process's hand-over of established connections to a successor
+    /// (binary upgrade); the same for every virtual and snapshot.
+    pub hand_over: Arc<hand_over::HandOver>,
 }
 
 /// Why a listener could not be opened.
@@ -151,6 +155,20 @@ impl VirtualServer {
                 route.pattern == "*" || server_name.is_some_and(|name| route.matches(name))
             })
             .map_or(&self.pool, |(_, pool)| pool)
+    }
+
+    /// The pool named `name`: the virtual's own, or an SNI route's.
+    pub fn pool_named(&self, name: &str) -> Option<&Arc<Pool>> {
+        std::iter::once(&self.pool)
+            .chain(self.sni_routes.iter().map(|(_, pool)| pool))
+            .find(|pool| pool.name() == name)
+    }
+
+    /// Whether its connections may move to a successor process: both
+    /// sides bare sockets (no HTTP, no TLS ended here). A connection also
+    /// needs a member reached without re-encryption.
+    pub fn movable(&self) -> bool {
+        self.http.is_none() && self.terminator.is_none()
     }
 }
 
