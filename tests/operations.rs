@@ -542,20 +542,6 @@ async fn eventually_refused(address: SocketAddr) {
     panic!("{address} still accepts connections");
 }
 
-/// Raises this process's open-file limit to its hard limit.
-fn raise_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read the struct we pass.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_reloads_under_load_lose_no_connection() {
     raise_file_limit();

@@ -468,3 +468,17 @@ pub async fn silent_address(ip: &str) -> (socket2::Socket, Vec<std::net::TcpStre
     }
     panic!("could not fill the accept queue of {addr}");
 }
+
+/// Raises this process's open-file limit to its hard limit.
+pub fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
