@@ -55,12 +55,13 @@
 //! - [`service`]: systemd readiness, reload and stop notifications, the
 //!   watchdog; [`state_file`]: the operator's member decisions, kept
 //!   across restarts (and shared with a pair's peers by `admin`);
-//!   [`upgrade`]: a binary upgrade that hands the listening sockets and
-//!   the live state to the new process.
+//!   [`upgrade`]: a binary upgrade that hands the listening sockets, the
+//!   live state and the established TCP connections to the new process.
 //! - [`commands`], [`logging`], [`demo`]: what the `vipgate` binary runs.
 //! - `throttle`, `clock`, `sync`, `stop_signal`: one warning a second
 //!   instead of a flood, a cheap clock, one way to take a lock, and the
-//!   shutdown's two steps (`Shutdown`: draining, then closing) with a
+//!   shutdown's two steps (`Shutdown`: draining, then closing; and
+//!   handing over, which only connections that can move hear) with a
 //!   connection's lock-free watch on them or on its member going down.
 
 // Kept by clippy (-D warnings in CI): every unsafe block says why it is

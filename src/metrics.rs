@@ -560,6 +560,14 @@ fn config(status: &Status, families: &mut Families) {
             add(vec, &["failure"], config.reloads.failed);
         },
     );
+    families.counter(
+        "vipgate_upgrades_total",
+        "Binary upgrades the service went through, carried from process to process: a scrape that sees the other counters start again and this one grow saw an upgrade.",
+        &[],
+        |vec| {
+            add(vec, &[], config.reloads.upgrades);
+        },
+    );
     families.gauge(
         "vipgate_config_last_reload_success_timestamp_seconds",
         "When the running configuration was loaded (Unix seconds).",

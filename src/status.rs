@@ -56,6 +56,9 @@ pub struct ConfigStatus {
 pub struct ReloadTotals {
     pub succeeded: u64,
     pub failed: u64,
+    /// Binary upgrades the service went through (carried from process to
+    /// process).
+    pub upgrades: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +175,7 @@ impl Status {
                 reloads: ReloadTotals {
                     succeeded: reloads.succeeded,
                     failed: reloads.failed,
+                    upgrades: reloads.upgrades,
                 },
                 last_reload_error: reloads.last_error,
             },

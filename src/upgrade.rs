@@ -15,8 +15,13 @@
 //!    says why over the socket and exits, and the old process serves on as
 //!    if nothing happened. Otherwise it serves, says `ready`, and tells
 //!    systemd it is the main process now.
-//! 4. The old process stops accepting and drains: the connections it holds
-//!    stay with it until they end or `settings.upgrade_drain_timeout`.
+//! 4. The old process stops accepting and sends, over the same socket in
+//!    batches of a hundred, every established connection that can move
+//!    (two bare sockets: plain TCP, TLS passthrough), each with where it
+//!    stands; the new process goes on with each (see
+//!    [`crate::virtual_server::hand_over`]). What cannot move (TLS ended
+//!    here, HTTP) drains in the old process until it ends or
+//!    `settings.upgrade_drain_timeout`.
 //!
 //! One old process at most: another upgrade asked for while one is under
 //! way is refused with a message; once the successor serves, this process

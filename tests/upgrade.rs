@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{ask, free_vip_port, line_member, Running, BINARY};
+use common::process::{ask, free_vip_port, line_member, KillOnDrop, Running, BINARY};
 use common::{eventually_blocking, PATIENCE};
 
 struct Setup {
@@ -278,6 +278,7 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
     );
     assert!(said.contains("upgraded: process"), "{said}");
     let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
     assert_ne!(successor, old.child.id());
     // New clients keep coming for a while after the hand-over.
     std::thread::sleep(Duration::from_millis(300));
@@ -325,6 +326,12 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
         "health was carried over: {status}"
     );
     assert!(alive(successor));
+    // A scrape sees counters start again, and the upgrade counted.
+    let metrics = admin_call(&setup.admin, "GET", "/metrics");
+    assert!(
+        metrics.contains("\nvipgate_upgrades_total 1\n"),
+        "{metrics}"
+    );
 
     // A second upgrade in a row, of the successor: the held agent moves
     // again.
@@ -336,12 +343,18 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
     );
     assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
     assert_eq!(say(&mut held, "twice"), "member twice\n");
+    let metrics = admin_call(&setup.admin, "GET", "/metrics");
+    assert!(
+        metrics.contains("\nvipgate_upgrades_total 2\n"),
+        "{metrics}"
+    );
     let third: u32 = String::from_utf8_lossy(&again.stdout)
         .split("process ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|pid| pid.parse().ok())
         .expect("the third process's id");
+    let _reap_third = KillOnDrop(third);
     eventually_blocking("the second process exits", PATIENCE, || {
         (!alive(successor)).then_some(())
     });
@@ -392,6 +405,7 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
         String::from_utf8_lossy(&upgraded.stderr)
     );
     let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
     drop(held);
     stop_process(successor);
     let _ = std::fs::remove_dir_all(&setup.dir);
@@ -435,6 +449,7 @@ fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
         String::from_utf8_lossy(&upgraded.stderr)
     );
     let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
     // The successor serves both virtuals: the one it inherited and the
     // added one (inherited too if the reload came first, bound otherwise).
     for port in [setup.port, added] {
@@ -471,6 +486,7 @@ fn tcp_connections_move_while_tls_ones_finish_in_the_old_process() {
     assert!(upgraded.status.success(), "{said}");
     assert!(said.contains("took 1 TCP connections over"), "{said}");
     let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
     // Both go on: the plain one in the new process, the TLS one in the old,
     // which drains it and so stays.
     assert_eq!(say(&mut plain, "moved"), "member moved\n");
@@ -557,6 +573,7 @@ fn snat_ports_in_use_move_with_their_connections() {
         String::from_utf8_lossy(&upgraded.stderr)
     );
     let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
     // The new process counts the five ports its connections hold.
     let status = admin_call(&admin, "GET", "/status");
     assert!(status.contains("\"in_use\": 5"), "{status}");
@@ -608,4 +625,41 @@ fn free_local_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+#[test]
+fn a_new_binary_that_exits_at_once_leaves_the_old_process_serving() {
+    let setup = setup("broken-binary");
+    // Started from a copy, so that the copy can be replaced as a package
+    // upgrade replaces the installed binary.
+    let installed = setup.dir.join("vipgate");
+    std::fs::copy(BINARY, &installed).unwrap();
+    let command = format!(
+        "exec {} run -c {}",
+        installed.display(),
+        setup.config.display()
+    );
+    let old = Running::spawn(Command::new("sh").args(["-c", &command]));
+    assert!(old.wait_for("listening").is_some(), "vipgate started");
+    wait_serving(setup.port);
+    let mut held = held_connection(setup.port);
+    assert_eq!(say(&mut held, "before"), "member before\n");
+
+    let broken = setup.dir.join("vipgate.new");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &installed).unwrap();
+    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = String::from_utf8_lossy(&upgraded.stderr);
+    assert_eq!(upgraded.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the new process exited (exit status: 3)"),
+        "{said}"
+    );
+    assert!(said.contains("this vipgate serves on"), "{said}");
+    // Nothing was dropped, and newcomers are served.
+    assert_eq!(say(&mut held, "after"), "member after\n");
+    assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
+    drop(held);
+    let _ = std::fs::remove_dir_all(&setup.dir);
 }

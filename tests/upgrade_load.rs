@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{free_vip_port, Running, BINARY};
+use common::process::{free_vip_port, KillOnDrop, Running, BINARY};
 use common::{raise_file_limit, tagged_member, LineClient, PATIENCE};
 
 /// Held agents; the test process holds each twice (agent and member side),
@@ -81,6 +81,7 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
         }
     }
     let successor = count_after(&upgraded, "process ") as u32;
+    let _reap = KillOnDrop(successor);
     let successor_memory = resident_kib(successor);
     println!(
         "upgrade under load: {moved} connections moved in {took_ms} ms (the command answered after {} ms); \

@@ -23,6 +23,9 @@ pub struct CarriedState {
     pub probes: Vec<CarriedProbe>,
     pub members: Vec<CarriedHealth>,
     pub decisions: Option<DecisionSet>,
+    /// Binary upgrades the old process had gone through.
+    #[serde(default)]
+    pub upgrades: u64,
 }
 
 /// One probe's last verdict.
@@ -134,6 +137,7 @@ impl Control {
             probes,
             members,
             decisions: Some(self.decisions_to_share()),
+            upgrades: self.reloads.counts().upgrades,
         }
     }
 

@@ -159,6 +159,9 @@ impl Server {
         if let Some(decisions) = &inherited.state.decisions {
             let _ = control.merge_decisions(decisions);
         }
+        if inherited.predecessor.is_some() {
+            control.reloads.upgraded(inherited.state.upgrades);
+        }
         Ok(Server {
             live,
             listeners,

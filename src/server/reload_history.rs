@@ -19,6 +19,9 @@ pub struct ReloadStats {
     started_at: AtomicU64,
     config_hash: Mutex<String>,
     last_error: Mutex<Option<String>>,
+    /// Binary upgrades the service went through: the predecessor's count
+    /// and one, in a process an upgrade started.
+    upgrades: AtomicU64,
 }
 
 /// A snapshot of [`ReloadStats`].
@@ -35,6 +38,9 @@ pub struct ReloadCounts {
     pub last_error: Option<String>,
     /// Unix seconds when this instance first loaded its configuration.
     pub started_at: u64,
+    /// Binary upgrades since the service started (carried from process
+    /// to process).
+    pub upgrades: u64,
 }
 
 impl ReloadStats {
@@ -46,7 +52,14 @@ impl ReloadStats {
             config_hash: lock(&self.config_hash).clone(),
             last_error: lock(&self.last_error).clone(),
             started_at: self.started_at.load(Ordering::Relaxed),
+            upgrades: self.upgrades.load(Ordering::Relaxed),
         }
+    }
+
+    /// This process was started by an upgrade of one that had gone through
+    /// `before` upgrades.
+    pub(super) fn upgraded(&self, before: u64) {
+        self.upgrades.store(before + 1, Ordering::Relaxed);
     }
 
     pub(super) fn loaded(&self, hash: String) {

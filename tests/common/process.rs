@@ -74,6 +74,22 @@ impl Drop for Running {
     }
 }
 
+/// A process a test started indirectly (a binary upgrade's successor):
+/// killed when dropped, so a test that fails leaves none behind.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a process this test started; signal 0 first
+        // only asks whether it still runs.
+        unsafe {
+            if libc::kill(self.0 as i32, 0) == 0 {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A port free on the VIP address.
 pub fn free_vip_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.100:0")
