@@ -48,7 +48,7 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
 
     let mut agents = connect_agents(vip, AGENTS).await;
     let loaded_memory = resident_kib(old.child.id());
-    let streaming: Vec<(LineClient, String)> = agents.drain(..STREAMING).collect();
+    let streaming: Vec<Agent> = agents.drain(..STREAMING).collect();
     let talk = Talk::start(streaming);
     let newcomers = Newcomers::start(vip);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -106,7 +106,7 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
 
 /// Connects `count` agents, a few hundred at a time; each says hello and
 /// remembers which member answered.
-async fn connect_agents(vip: SocketAddr, count: usize) -> Vec<(LineClient, String)> {
+async fn connect_agents(vip: SocketAddr, count: usize) -> Vec<Agent> {
     let mut agents = Vec::with_capacity(count);
     while agents.len() < count {
         let wave = (count - agents.len()).min(250);
@@ -135,14 +135,18 @@ async fn futures_join<T: Send + 'static>(
     done
 }
 
+/// An agent and the tag of the member it is connected to.
+type Agent = (LineClient, String);
+
 /// Agents that send a numbered line every 10 ms and check each answer.
 struct Talk {
     stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(usize, (LineClient, String)), String>>>,
+    /// Each agent's lines exchanged, and the agent back; or what went wrong.
+    tasks: Vec<tokio::task::JoinHandle<Result<(usize, Agent), String>>>,
 }
 
 impl Talk {
-    fn start(agents: Vec<(LineClient, String)>) -> Talk {
+    fn start(agents: Vec<Agent>) -> Talk {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = agents
             .into_iter()
@@ -167,7 +171,7 @@ impl Talk {
 
     /// Lines exchanged, and the agents back; fails on any line lost,
     /// repeated or out of order.
-    async fn stop(self) -> (usize, Vec<(LineClient, String)>) {
+    async fn stop(self) -> (usize, Vec<Agent>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut lines = 0;
         let mut agents = Vec::new();
