@@ -460,17 +460,24 @@ fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
 }
 
 #[test]
-fn tcp_connections_move_while_tls_ones_finish_in_the_old_process() {
+fn tcp_and_passthrough_connections_move_while_terminated_tls_finishes_in_the_old_process() {
     let setup = setup("mixed");
     let ca = common::tls_ca::TestCa::new();
     let (cert, key) = ca.write_pem(&setup.dir, "vip.example");
     let secure = free_vip_port();
+    // TLS that vipgate only passes through (routed by SNI) moves like
+    // plain TCP: vipgate never holds its keys.
+    let passed = free_vip_port();
+    let tls_member = tls_line_member(&ca, "127.0.0.13");
     let text = std::fs::read_to_string(&setup.config).unwrap();
     std::fs::write(
         &setup.config,
         format!(
             "{text}[virtuals.secure]\nlisten = \"127.0.0.100:{secure}\"\npool = \"p\"\n\
-             tls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n"
+             tls = {{ mode = \"terminate\", certs = [ {{ cert = \"{cert}\", key = \"{key}\" }} ] }}\n\
+             [pools.tls]\nmembers = [ {{ address = \"{tls_member}\" }} ]\n\
+             [virtuals.passed]\nlisten = \"127.0.0.100:{passed}\"\npool = \"tls\"\n\
+             tls = {{ mode = \"passthrough\", sni_routes = {{ \"vip.example\" = \"tls\" }} }}\n"
         ),
     )
     .unwrap();
@@ -480,16 +487,19 @@ fn tcp_connections_move_while_tls_ones_finish_in_the_old_process() {
     assert_eq!(say(&mut plain, "plain"), "member plain\n");
     let mut tls = tls_connection(&ca, secure);
     assert_eq!(tls_say(&mut tls, "secure"), "member secure\n");
+    let mut passthrough = tls_connection(&ca, passed);
+    assert_eq!(tls_say(&mut passthrough, "through"), "tls member through\n");
 
     let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
     let said = String::from_utf8_lossy(&upgraded.stdout);
     assert!(upgraded.status.success(), "{said}");
-    assert!(said.contains("took 1 TCP connections over"), "{said}");
+    assert!(said.contains("took 2 TCP connections over"), "{said}");
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
     // Both go on: the plain one in the new process, the TLS one in the old,
     // which drains it and so stays.
     assert_eq!(say(&mut plain, "moved"), "member moved\n");
+    assert_eq!(tls_say(&mut passthrough, "moved"), "tls member moved\n");
     assert_eq!(tls_say(&mut tls, "stayed"), "member stayed\n");
     let mut old = old;
     assert!(
@@ -515,7 +525,9 @@ fn tcp_connections_move_while_tls_ones_finish_in_the_old_process() {
     });
     assert!(exited.success(), "{exited:?}");
     assert_eq!(say(&mut plain, "still"), "member still\n");
+    assert_eq!(tls_say(&mut passthrough, "still"), "tls member still\n");
     drop(plain);
+    drop(passthrough);
     stop_process(successor);
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
@@ -531,6 +543,51 @@ fn tls_connection(ca: &common::tls_ca::TestCa, port: u16) -> TlsStream {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     rustls::StreamOwned::new(connection, socket)
+}
+
+/// A member on `ip` that speaks TLS (as `vip.example`) and answers each
+/// line `L` with `tls member L`.
+fn tls_line_member(ca: &common::tls_ca::TestCa, ip: &str) -> std::net::SocketAddr {
+    let (chain, key) = ca.issue("vip.example");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for socket in listener.incoming().flatten() {
+            let config = Arc::clone(&config);
+            std::thread::spawn(move || {
+                let connection = rustls::ServerConnection::new(config).unwrap();
+                let mut stream = rustls::StreamOwned::new(connection, socket);
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                use std::io::Read;
+                while let Ok(1) = stream.read(&mut byte) {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        let answer = [b"tls member ".as_slice(), &line].concat();
+                        if stream
+                            .write_all(&answer)
+                            .and_then(|()| stream.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        line.clear();
+                    }
+                }
+            });
+        }
+    });
+    address
 }
 
 fn tls_say(stream: &mut TlsStream, line: &str) -> String {
