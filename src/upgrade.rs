@@ -186,7 +186,10 @@ impl Upgrader {
         drop(reloads_held);
         let started = Instant::now();
         let hand_over = self.control.start_moving_connections();
-        let sent = tokio::task::spawn_blocking(move || send_connections(&stream, &hand_over)).await;
+        let sending = Arc::clone(&hand_over);
+        let sent = tokio::task::spawn_blocking(move || send_connections(&stream, &sending)).await;
+        // Whatever comes later, or waits still after a failure, is closed.
+        hand_over.close();
         self.control.connections_moved();
         let took = started.elapsed();
         let connections_moved = match sent {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -371,31 +370,31 @@ pub(crate) fn adopt(
     shutdown: Shutdown,
     moving: Moving,
 ) -> Result<(), String> {
-    let Moving {
-        connection,
-        client,
-        member,
-    } = moving;
     let found = virtual_server
         .movable()
-        .then(|| virtual_server.pool_named(&connection.pool))
+        .then(|| virtual_server.pool_named(&moving.connection.pool))
         .flatten()
         .and_then(|pool| {
             let index = pool
                 .members()
                 .iter()
-                .position(|m| m.state.address() == connection.member)?;
+                .position(|m| m.state.address() == moving.connection.member)?;
             Some((Arc::clone(pool), index))
         });
     let Some((pool, index)) = found else {
-        for socket in [&client, &member] {
-            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
-        }
-        return Err(format!(
+        let connection = &moving.connection;
+        let why = format!(
             "virtual {} no longer sends plain TCP to member {} of pool {}",
             connection.virtual_name, connection.member, connection.pool
-        ));
+        );
+        moving.reset();
+        return Err(why);
     };
+    let Moving {
+        connection,
+        client,
+        member,
+    } = moving;
     let client = TcpStream::from_std(client).map_err(|e| e.to_string())?;
     let member = TcpStream::from_std(member).map_err(|e| e.to_string())?;
     let plan = &virtual_server.plan;

@@ -59,6 +59,16 @@ pub struct Moving {
     pub member: std::net::TcpStream,
 }
 
+impl Moving {
+    /// Closes both sockets with a reset, so neither side takes the end for
+    /// a complete answer.
+    pub fn reset(self) {
+        for socket in [&self.client, &self.member] {
+            let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
 /// One process's side of moving connections; shared by every virtual.
 #[derive(Debug, Default)]
 pub struct HandOver {
@@ -111,14 +121,25 @@ impl HandOver {
         let mut ready = lock(&self.ready);
         if ready.closed {
             drop(ready);
-            for socket in [&moving.client, &moving.member] {
-                let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
-            }
+            moving.reset();
             return false;
         }
         ready.connections.push(moving);
         self.arrived.notify_one();
         true
+    }
+
+    /// Takes no more connections, and closes those waiting (the successor
+    /// went away).
+    pub fn close(&self) {
+        let waiting = {
+            let mut ready = lock(&self.ready);
+            ready.closed = true;
+            std::mem::take(&mut ready.connections)
+        };
+        for moving in waiting {
+            moving.reset();
+        }
     }
 
     /// Up to `most` connections ready to go, waiting for some while others
