@@ -104,6 +104,87 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A bulk stream both ways, moved in the middle: the bytes a pump had read
+/// but not yet written (in a buffer or a splice pipe) reach their peer,
+/// and nothing is lost, repeated or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_stream_moves_in_the_middle_without_losing_a_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: usize = 256 << 20;
+    let member = common::echo_member("127.0.0.13").await;
+    let port = free_vip_port();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = common::tls_ca::temp_dir("upgrade-bulk");
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n\
+             [virtuals.vs]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\n"
+        ),
+    )
+    .unwrap();
+    let old = Running::start(&config, "");
+    let stream = tokio::net::TcpStream::connect(("127.0.0.100", port))
+        .await
+        .unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        let mut chunk = vec![0u8; 64 << 10];
+        while sent < TOTAL {
+            for (offset, byte) in chunk.iter_mut().enumerate() {
+                *byte = ((sent + offset) % 251) as u8;
+            }
+            writing.write_all(&chunk).await.unwrap();
+            sent += chunk.len();
+        }
+        writing.shutdown().await.unwrap();
+    });
+    let (halfway, reached) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut halfway = Some(halfway);
+        let mut received = 0usize;
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let read = reading.read(&mut chunk).await.unwrap();
+            if read == 0 {
+                return received;
+            }
+            for (offset, byte) in chunk[..read].iter().enumerate() {
+                assert_eq!(
+                    *byte,
+                    ((received + offset) % 251) as u8,
+                    "byte {}",
+                    received + offset
+                );
+            }
+            received += read;
+            if received > TOTAL / 8 {
+                if let Some(halfway) = halfway.take() {
+                    let _ = halfway.send(());
+                }
+            }
+        }
+    });
+    reached.await.unwrap();
+    let upgraded = upgrade(&admin, &config).await;
+    let successor = count_after(&upgraded, "process ") as u32;
+    let _reap = KillOnDrop(successor);
+    assert_eq!(count_after(&upgraded, "took "), 1, "{upgraded}");
+    // The reader ends (or fails) first: a writer whose bytes nobody reads
+    // any more would wait forever.
+    let received = tokio::time::timeout(PATIENCE, reader).await;
+    writer.abort();
+    let received = received.expect("the stream ends in time").unwrap();
+    assert_eq!(received, TOTAL, "every byte came back, in order");
+    println!("a bulk stream moved in the middle: {upgraded}");
+    drop(old);
+    // SAFETY: kill(2) on the process this test started (through vipgate).
+    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Connects `count` agents, a few hundred at a time; each says hello and
 /// remembers which member answered.
 async fn connect_agents(vip: SocketAddr, count: usize) -> Vec<Agent> {
