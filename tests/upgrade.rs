@@ -73,6 +73,26 @@ fn vipgate(arguments: &[&str], config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `vipgate upgrade --admin ADMIN -c CONFIG`, which must succeed: what it
+/// printed.
+fn upgrade_ok(admin: &str, config: &Path) -> String {
+    let output = vipgate(&["upgrade", "--admin", admin], config);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The same, which must fail (exit status 1): why, as it said.
+fn upgrade_refused(admin: &str, config: &Path) -> String {
+    let output = vipgate(&["upgrade", "--admin", admin], config);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    said
+}
+
 /// A banner on the same port of each of `ips` that says `READY` a second
 /// and a half after a client connects: a monitor that takes its time.
 fn slow_banners(ips: &[&str]) -> u16 {
@@ -268,14 +288,8 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
     let talkers = Talkers::start(setup.port, 100);
     std::thread::sleep(Duration::from_millis(200));
     let asked = std::time::Instant::now();
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
+    let said = upgrade_ok(&setup.admin, &setup.config);
     let took = asked.elapsed();
-    let said = String::from_utf8_lossy(&upgraded.stdout);
-    assert!(
-        upgraded.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&upgraded.stderr)
-    );
     assert!(said.contains("upgraded: process"), "{said}");
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
@@ -335,12 +349,7 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
 
     // A second upgrade in a row, of the successor: the held agent moves
     // again.
-    let again = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let again = upgrade_ok(&setup.admin, &setup.config);
     assert_eq!(ask(setup.port).as_deref(), Some("member hi\n"));
     assert_eq!(say(&mut held, "twice"), "member twice\n");
     let metrics = admin_call(&setup.admin, "GET", "/metrics");
@@ -348,7 +357,7 @@ fn an_upgrade_moves_every_connection_refusing_nobody_and_the_old_process_exits()
         metrics.contains("\nvipgate_upgrades_total 2\n"),
         "{metrics}"
     );
-    let third: u32 = String::from_utf8_lossy(&again.stdout)
+    let third: u32 = again
         .split("process ")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
@@ -378,9 +387,7 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
         good.replace("pool = \"p\"", "pool = \"nope\""),
     )
     .unwrap();
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    let said = String::from_utf8_lossy(&upgraded.stderr);
-    assert_eq!(upgraded.status.code(), Some(1), "{said}");
+    let said = upgrade_refused(&setup.admin, &setup.config);
     assert!(
         said.contains("the new process refused to take over"),
         "{said}"
@@ -398,12 +405,7 @@ fn a_successor_that_cannot_serve_leaves_the_old_process_serving() {
 
     // Fixed again: the upgrade goes through.
     std::fs::write(&setup.config, good).unwrap();
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    assert!(
-        upgraded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upgraded.stderr)
-    );
+    upgrade_ok(&setup.admin, &setup.config);
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
     drop(held);
@@ -442,12 +444,7 @@ fn an_upgrade_asked_during_a_reload_waits_for_it_and_serves_the_new_file() {
     )
     .unwrap();
     old.signal(libc::SIGHUP);
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    assert!(
-        upgraded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upgraded.stderr)
-    );
+    upgrade_ok(&setup.admin, &setup.config);
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
     // The successor serves both virtuals: the one it inherited and the
@@ -490,9 +487,7 @@ fn tcp_and_passthrough_connections_move_while_terminated_tls_finishes_in_the_old
     let mut passthrough = tls_connection(&ca, passed);
     assert_eq!(tls_say(&mut passthrough, "through"), "tls member through\n");
 
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    let said = String::from_utf8_lossy(&upgraded.stdout);
-    assert!(upgraded.status.success(), "{said}");
+    let said = upgrade_ok(&setup.admin, &setup.config);
     assert!(said.contains("took 2 TCP connections over"), "{said}");
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
@@ -508,9 +503,7 @@ fn tcp_and_passthrough_connections_move_while_terminated_tls_finishes_in_the_old
     );
     // One old process at most: the successor is not upgraded while its
     // predecessor drains.
-    let refused = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    let told = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{told}");
+    let told = upgrade_refused(&setup.admin, &setup.config);
     assert!(
         told.contains(&format!(
             "the previous vipgate (process {}) still drains",
@@ -623,12 +616,7 @@ fn snat_ports_in_use_move_with_their_connections() {
     let old = Running::start(&config, "");
     let mut held: Vec<_> = (0..5).map(|_| held_connection(port)).collect();
     let mut sources: Vec<String> = held.iter_mut().map(|h| say(h, "who")).collect();
-    let upgraded = vipgate(&["upgrade", "--admin", &admin], &config);
-    assert!(
-        upgraded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upgraded.stderr)
-    );
+    upgrade_ok(&admin, &config);
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
     // The new process counts the five ports its connections hold.
@@ -706,9 +694,7 @@ fn a_new_binary_that_exits_at_once_leaves_the_old_process_serving() {
     std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&broken, &installed).unwrap();
-    let upgraded = vipgate(&["upgrade", "--admin", &setup.admin], &setup.config);
-    let said = String::from_utf8_lossy(&upgraded.stderr);
-    assert_eq!(upgraded.status.code(), Some(1), "{said}");
+    let said = upgrade_refused(&setup.admin, &setup.config);
     assert!(
         said.contains("the new process exited (exit status: 3)"),
         "{said}"
