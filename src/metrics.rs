@@ -219,7 +219,7 @@ fn virtuals(status: &Status, families: &mut Families) {
     );
     families.counter_split(
         "vipgate_virtual_rejected_total",
-        "Clients (HTTP: requests) not served, by reason: connection_limit (the virtual's), no_member (none could take it), snat_exhausted (no source port free), local_resources (this host ran out of file descriptors or memory).",
+        "Clients (HTTP: requests) not served, by reason: connection_limit (the virtual's), no_member (none could take it), snat_exhausted (no source port free), local_resources (this host ran out of file descriptors or memory), client_limit and client_rate (one client over client_connection_limit or client_rate_limit).",
         ["virtual", "reason"],
         &by_name,
         |v| {
@@ -229,8 +229,17 @@ fn virtuals(status: &Status, families: &mut Families) {
                 (Rejection::NoMember.as_str(), rejected.no_member),
                 (Rejection::SnatExhausted.as_str(), rejected.snat_exhausted),
                 (Rejection::LocalResources.as_str(), rejected.local_resources),
+                (Rejection::ClientLimit.as_str(), rejected.client_limit),
+                (Rejection::ClientRate.as_str(), rejected.client_rate),
             ]
         },
+    );
+    families.counter_each(
+        "vipgate_client_table_full_total",
+        "Clients not held to the per-client limits because the virtual's table of clients was full (more distinct clients active at once than it holds).",
+        "virtual",
+        &by_name,
+        |v| v.counts.rejected.client_table_full,
     );
     families.counter_each(
         "vipgate_virtual_accept_errors_total",

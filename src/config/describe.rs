@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::admin::{Admin, AdminAuth};
 use super::monitors::{Probe, ProbePort};
-use super::plan::{Mode, Plan, PoolPlan, VirtualPlan};
+use super::plan::{ConnectionLimit, Mode, Plan, PoolPlan, RateLimit, VirtualPlan};
 use super::snat::{ProxyProtocol, Snat};
 use super::tls::{ClientAuth, SessionTickets, Terminate, Tls};
 
@@ -60,6 +60,17 @@ impl Plan {
             virtual_server.zero_copy,
             virtual_server.tcp_keepalive,
         )?;
+        let guards = (
+            virtual_server.client_connection_limit,
+            virtual_server.client_rate_limit,
+        );
+        if guards != (ConnectionLimit::Unlimited, RateLimit::Unlimited) {
+            writeln!(
+                f,
+                "  per client: client_connection_limit {}, client_rate_limit {}",
+                guards.0, guards.1
+            )?;
+        }
         write!(f, "  snat {}", virtual_server.snat)?;
         if let (Some(capacity), Snat::Pool(name)) =
             (self.snat_capacity(virtual_server), &virtual_server.snat)

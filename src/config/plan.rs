@@ -131,6 +131,12 @@ pub struct VirtualPlan {
     /// Default 5 s.
     pub connect_timeout: Duration,
     pub connection_limit: ConnectionLimit,
+    /// Most connections open at once from one client address (an IPv6
+    /// client: its /64). Default unlimited.
+    pub client_connection_limit: ConnectionLimit,
+    /// Most new connections a second from one client address, with a
+    /// second of burst. Default unlimited.
+    pub client_rate_limit: RateLimit,
     /// Listen backlog (pending connections the kernel queues). Default 4096.
     pub backlog: u32,
     /// Move bytes with splice(2) on Linux instead of through a user-space

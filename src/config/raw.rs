@@ -85,6 +85,8 @@ pub struct RawVirtual {
     pub idle_timeout: Option<Spanned<RawDuration>>,
     pub connect_timeout: Option<Spanned<RawDuration>>,
     pub connection_limit: Option<Spanned<i64>>,
+    pub client_connection_limit: Option<Spanned<i64>>,
+    pub client_rate_limit: Option<Spanned<i64>>,
     pub backlog: Option<Spanned<i64>>,
     pub zero_copy: Option<bool>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,

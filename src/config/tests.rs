@@ -539,6 +539,30 @@ fn member_and_pool_balancing_settings() {
 }
 
 #[test]
+fn per_client_guards_of_a_virtual() {
+    let text = VALID.replace(
+        "pool = \"poolCSP01\"",
+        "pool = \"poolCSP01\"\nclient_connection_limit = 5\nclient_rate_limit = 20",
+    );
+    let plan = parse(&text, "t").unwrap();
+    let virtual_plan = &plan.virtuals[0];
+    assert_eq!(virtual_plan.client_connection_limit, ConnectionLimit::At(5));
+    assert_eq!(virtual_plan.client_rate_limit, RateLimit::PerSecond(20));
+    assert!(plan
+        .to_string()
+        .contains("per client: client_connection_limit 5, client_rate_limit 20/s"));
+    let problem = only_problem(&text.replace("client_rate_limit = 20", "client_rate_limit = -1"));
+    assert!(
+        problem.key.ends_with(".client_rate_limit"),
+        "{}",
+        problem.key
+    );
+    let defaults = &parse(VALID, "t").unwrap().virtuals[0];
+    assert_eq!(defaults.client_connection_limit, ConnectionLimit::Unlimited);
+    assert_eq!(defaults.client_rate_limit, RateLimit::Unlimited);
+}
+
+#[test]
 fn snat_pools_and_their_capacity() {
     let text = VALID.replace(
         "pool = \"poolCSP01\"",

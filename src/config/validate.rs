@@ -228,15 +228,10 @@ impl Checker<'_> {
             (0, 65535, "a priority"),
             0,
         ) as i64;
-        let connect_rate_limit = match self.integer_or(
+        let connect_rate_limit = self.rate_limit(
             &format!("{key}.connect_rate_limit"),
             raw_member.connect_rate_limit.as_ref(),
-            (0, 1_000_000, "new connections per second (0: unlimited)"),
-            0,
-        ) {
-            0 => RateLimit::Unlimited,
-            rate => RateLimit::PerSecond(rate as u32),
-        };
+        );
         let route = match &raw_member.route {
             None => None,
             Some(value) => {
@@ -344,6 +339,14 @@ impl Checker<'_> {
             &format!("{key}.connection_limit"),
             virtual_server.connection_limit.as_ref(),
         );
+        let client_connection_limit = self.limit(
+            &format!("{key}.client_connection_limit"),
+            virtual_server.client_connection_limit.as_ref(),
+        );
+        let client_rate_limit = self.rate_limit(
+            &format!("{key}.client_rate_limit"),
+            virtual_server.client_rate_limit.as_ref(),
+        );
         let backlog = match &virtual_server.backlog {
             None => Some(DEFAULT_BACKLOG),
             Some(value) => self
@@ -382,6 +385,8 @@ impl Checker<'_> {
             idle_timeout,
             connect_timeout,
             connection_limit,
+            client_connection_limit,
+            client_rate_limit,
             backlog: backlog?,
             zero_copy: virtual_server.zero_copy.unwrap_or(true),
             tcp_keepalive: tcp_keepalive?,
@@ -536,6 +541,19 @@ impl Checker<'_> {
     }
 
     /// A connection limit; 0 means unlimited, as on F5.
+    /// New connections per second; 0 or absent: unlimited.
+    pub(super) fn rate_limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> RateLimit {
+        match self.integer_or(
+            key,
+            value,
+            (0, 1_000_000, "new connections per second (0: unlimited)"),
+            0,
+        ) {
+            0 => RateLimit::Unlimited,
+            rate => RateLimit::PerSecond(rate as u32),
+        }
+    }
+
     pub(super) fn limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> ConnectionLimit {
         let Some(value) = value else {
             return ConnectionLimit::Unlimited;

@@ -8,17 +8,19 @@
 //! errors that belong to one aborted client are skipped at once.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Live;
-use crate::stats::Rejection;
+use crate::stats::{ClientGuards, Rejection};
 use crate::stop_signal::{Shutdown, StopSignal};
 use crate::throttle::Throttle;
-use crate::virtual_server::{self, Admitted};
+use crate::virtual_server::{self, Admitted, VirtualServer};
 
 /// Pause after an accept error that will not clear by itself at once
 /// (out of file descriptors or memory), so the loop does not spin.
@@ -82,19 +84,17 @@ pub(crate) async fn accept_loop(
         };
         stats.count_accepted();
         crate::workers::check_placement();
-        let Some(admission) = stats.try_admit(virtual_server.plan.connection_limit) else {
-            stats.count_rejected(Rejection::ConnectionLimit);
-            if let Some(suppressed) = stats.reject_log.allow() {
-                tracing::warn!(
-                    virtual_server = %name,
-                    client = %peer,
-                    limit = %virtual_server.plan.connection_limit,
-                    suppressed,
-                    "connection limit reached, closing new clients"
-                );
+        let plan = &virtual_server.plan;
+        let guards = ClientGuards {
+            connections: plan.client_connection_limit,
+            rate: plan.client_rate_limit,
+        };
+        let admission = match stats.try_admit(plan.connection_limit, guards, peer.ip()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                refuse(virtual_server, &client, peer, refusal);
+                continue;
             }
-            virtual_server::reset(&client);
-            continue;
         };
         let admitted = Admitted {
             client,
@@ -106,6 +106,37 @@ pub(crate) async fn accept_loop(
         virtual_server::spawn(&lifecycle.connections, admitted);
     }
     tracing::debug!(virtual_server = %name, "stopped accepting");
+}
+
+/// Closes a client the limits refuse, counting it by reason, with a
+/// warning a second at most.
+fn refuse(
+    virtual_server: &VirtualServer,
+    client: &TcpStream,
+    peer: SocketAddr,
+    refusal: Rejection,
+) {
+    let stats = &virtual_server.stats;
+    stats.count_rejected(refusal);
+    if let Some(suppressed) = stats.reject_log.allow() {
+        let plan = &virtual_server.plan;
+        let (limit, what) = match refusal {
+            Rejection::ClientLimit => (
+                plan.client_connection_limit.to_string(),
+                "this client has client_connection_limit connections open, closing its new ones",
+            ),
+            Rejection::ClientRate => (
+                format!("{}", plan.client_rate_limit),
+                "this client opens connections faster than client_rate_limit, closing the excess",
+            ),
+            _ => (
+                plan.connection_limit.to_string(),
+                "connection limit reached, closing new clients",
+            ),
+        };
+        tracing::warn!(virtual_server = %plan.name, client = %peer, %limit, suppressed, "{what}");
+    }
+    virtual_server::reset(client);
 }
 
 fn is_resource_exhaustion(error: &io::Error) -> bool {

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::ConnectionLimit;
+use crate::config::{ConnectionLimit, RateLimit};
 use crate::throttle::Throttle;
 
+pub mod clients;
 mod per_worker;
 
 use per_worker::WorkerCounters;
@@ -53,6 +54,10 @@ pub enum Rejection {
     SnatExhausted,
     /// This host ran out of file descriptors or memory: no member's fault.
     LocalResources,
+    /// The client has `client_connection_limit` connections open already.
+    ClientLimit,
+    /// The client opens connections faster than `client_rate_limit`.
+    ClientRate,
 }
 
 impl Rejection {
@@ -63,6 +68,8 @@ impl Rejection {
             Rejection::NoMember => "no_member",
             Rejection::SnatExhausted => "snat_exhausted",
             Rejection::LocalResources => "local_resources",
+            Rejection::ClientLimit => "client_limit",
+            Rejection::ClientRate => "client_rate",
         }
     }
 }
@@ -72,7 +79,10 @@ impl Rejection {
 pub struct VirtualStats {
     active: AtomicUsize,
     accepted: AtomicU64,
-    rejected: [AtomicU64; 4],
+    rejected: [AtomicU64; 6],
+    /// Per-client guards, made at the first client of a virtual that has
+    /// them.
+    clients: std::sync::OnceLock<clients::ClientTable>,
     accept_errors: AtomicU64,
     hellos: Outcomes,
     handshakes: Outcomes,
@@ -122,6 +132,12 @@ pub struct RejectionCounts {
     pub no_member: u64,
     pub snat_exhausted: u64,
     pub local_resources: u64,
+    pub client_limit: u64,
+    pub client_rate: u64,
+    /// Clients not held to the per-client limits because the table of
+    /// clients was full (more distinct clients active at once than it
+    /// holds).
+    pub client_table_full: u64,
 }
 
 /// Connections open now and since start (of a virtual: clients; of a
@@ -193,6 +209,7 @@ impl VirtualStats {
             reject_log: Throttle::default(),
             tls_warnings: AtomicU64::new(0),
             name: name.into(),
+            clients: std::sync::OnceLock::new(),
             duration_seconds,
             request_seconds,
         }
@@ -228,6 +245,12 @@ impl VirtualStats {
                 no_member: read(&self.rejected[1]),
                 snat_exhausted: read(&self.rejected[2]),
                 local_resources: read(&self.rejected[3]),
+                client_limit: read(&self.rejected[4]),
+                client_rate: read(&self.rejected[5]),
+                client_table_full: self
+                    .clients
+                    .get()
+                    .map_or(0, clients::ClientTable::full_count),
             },
             accept_errors: read(&self.accept_errors),
             client_hellos: outcomes(&self.hellos),
@@ -291,21 +314,71 @@ impl VirtualStats {
     /// upgrade): taken whatever the limit, as the connection exists.
     pub fn adopt(self: &Arc<Self>) -> Admission {
         self.active.fetch_add(1, Ordering::Relaxed);
-        Admission(self.clone())
-    }
-
-    /// Takes a place under `limit` for a new client, released when the
-    /// returned guard drops; `None` when the virtual is full.
-    pub fn try_admit(self: &Arc<Self>, limit: ConnectionLimit) -> Option<Admission> {
-        let before = self.active.fetch_add(1, Ordering::Relaxed);
-        if limit.admits(before) {
-            Some(Admission(self.clone()))
-        } else {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            None
+        Admission {
+            stats: self.clone(),
+            client: NO_CLIENT_SLOT,
         }
     }
+
+    /// Takes a place under the virtual's and the client's limits for a
+    /// new client from `peer`, released when the returned guard drops; or
+    /// why not.
+    pub fn try_admit(
+        self: &Arc<Self>,
+        limit: ConnectionLimit,
+        guards: ClientGuards,
+        peer: std::net::IpAddr,
+    ) -> Result<Admission, Rejection> {
+        let client = if guards.is_off() {
+            NO_CLIENT_SLOT
+        } else {
+            let table = self.clients.get_or_init(clients::ClientTable::default);
+            let now = crate::clock::millis().saturating_mul(1000);
+            match table.admit(peer, guards.connections, guards.rate, now) {
+                Ok(slot) => slot.unwrap_or(NO_CLIENT_SLOT),
+                Err(clients::ClientRefusal::Connections) => return Err(Rejection::ClientLimit),
+                Err(clients::ClientRefusal::Rate) => return Err(Rejection::ClientRate),
+            }
+        };
+        let admission = Admission {
+            stats: self.clone(),
+            client,
+        };
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if limit.admits(before) {
+            Ok(admission)
+        } else {
+            // Dropped: gives both places back.
+            drop(admission);
+            Err(Rejection::ConnectionLimit)
+        }
+    }
+
+    /// Connections open from `client` now, as the per-client guards count
+    /// them (0 when the virtual has none).
+    pub fn open_from(&self, client: std::net::IpAddr) -> u32 {
+        self.clients
+            .get()
+            .map_or(0, |table| table.open_from(client))
+    }
 }
+
+/// The per-client limits of a virtual (`client_connection_limit`,
+/// `client_rate_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientGuards {
+    pub connections: ConnectionLimit,
+    pub rate: RateLimit,
+}
+
+impl ClientGuards {
+    fn is_off(&self) -> bool {
+        self.connections == ConnectionLimit::Unlimited && self.rate == RateLimit::Unlimited
+    }
+}
+
+/// An admission's client slot when the client is not counted.
+const NO_CLIENT_SLOT: u32 = u32::MAX;
 
 impl Outcomes {
     fn count(&self, outcome: Outcome) {
@@ -318,13 +391,21 @@ impl Outcomes {
     }
 }
 
-/// One admitted client; frees its place under the connection limit on drop.
+/// One admitted client; frees its place under the connection limits on
+/// drop.
 #[derive(Debug)]
-pub struct Admission(Arc<VirtualStats>);
+pub struct Admission {
+    stats: Arc<VirtualStats>,
+    /// Its slot in the per-client table, or [`NO_CLIENT_SLOT`].
+    client: u32,
+}
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(table), true) = (self.stats.clients.get(), self.client != NO_CLIENT_SLOT) {
+            table.release(self.client);
+        }
     }
 }
 
@@ -481,8 +562,18 @@ mod tests {
         stats.count_rejected(Rejection::LocalResources);
         stats.count_handshake(Outcome::TimedOut);
         stats.http.count(HttpEvent::NoMember);
-        let admitted = stats.try_admit(ConnectionLimit::At(1)).unwrap();
-        assert!(stats.try_admit(ConnectionLimit::At(1)).is_none());
+        let off = ClientGuards {
+            connections: ConnectionLimit::Unlimited,
+            rate: RateLimit::Unlimited,
+        };
+        let client = std::net::IpAddr::from([10, 0, 0, 1]);
+        let admitted = stats
+            .try_admit(ConnectionLimit::At(1), off, client)
+            .unwrap();
+        assert_eq!(
+            stats.try_admit(ConnectionLimit::At(1), off, client).err(),
+            Some(Rejection::ConnectionLimit)
+        );
         let counts = stats.counts();
         assert_eq!(counts.connections.active, 1);
         assert_eq!(
@@ -497,5 +588,24 @@ mod tests {
         assert_eq!(counts.http.answered_503, 1);
         drop(admitted);
         assert_eq!(stats.active_connections(), 0);
+
+        // A client at its own limit is refused, others not; its place comes
+        // back when its connection ends.
+        let one_each = ClientGuards {
+            connections: ConnectionLimit::At(1),
+            rate: RateLimit::Unlimited,
+        };
+        let unlimited = ConnectionLimit::Unlimited;
+        let first = stats.try_admit(unlimited, one_each, client).unwrap();
+        assert_eq!(
+            stats.try_admit(unlimited, one_each, client).err(),
+            Some(Rejection::ClientLimit)
+        );
+        let other = std::net::IpAddr::from([10, 0, 0, 2]);
+        assert!(stats.try_admit(unlimited, one_each, other).is_ok());
+        assert_eq!(stats.open_from(client), 1);
+        drop(first);
+        assert_eq!(stats.open_from(client), 0);
+        assert!(stats.try_admit(unlimited, one_each, client).is_ok());
     }
 }

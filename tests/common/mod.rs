@@ -217,6 +217,28 @@ impl LineClient {
         }
     }
 
+    /// [`try_connect`](Self::try_connect) from `source` (an address of
+    /// this host, port from the OS), as a client at that address would.
+    pub async fn try_connect_from(
+        source: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> Option<LineClient> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        match tokio::time::timeout(PATIENCE, socket.connect(addr))
+            .await
+            .expect("connect in time")
+        {
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+                None
+            }
+            Ok(stream) => Some(LineClient {
+                reader: BufReader::new(stream),
+            }),
+        }
+    }
+
     pub async fn connect(addr: SocketAddr) -> LineClient {
         let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
             .await
