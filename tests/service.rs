@@ -269,6 +269,18 @@ fn json_logs_carry_every_field_of_a_connection() {
         ask(format!("127.0.0.100:{port}").parse().unwrap()).as_deref(),
         Some("member hi\n")
     );
+    let established = running
+        .wait_for("connection established")
+        .expect("a line when the connection is established");
+    let established: serde_json::Value = serde_json::from_str(&established).expect("JSON");
+    assert_eq!(established["target"], "vipgate::connection");
+    assert_eq!(established["fields"]["member"], member.to_string());
+    assert!(
+        established["fields"]["source"]
+            .as_str()
+            .is_some_and(|source| source.starts_with("127.")),
+        "{established}"
+    );
     let closed = running.wait_for("connection closed").expect("a close line");
     let closed: serde_json::Value = serde_json::from_str(&closed).expect("JSON");
     assert_eq!(closed["target"], "vipgate::connection");
