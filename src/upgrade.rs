@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use sendfd::{RecvWithFd, SendWithFd};
 use serde::{Deserialize, Serialize};
 
+use crate::proxy::InFlight;
 use crate::server::{CarriedState, Control, Inherited, InheritedListener};
 use crate::virtual_server::hand_over::{HandOver, MovedConnection, Moving, GATHER_LIMIT};
 
@@ -245,10 +246,15 @@ fn send_connections(stream: &UnixStream, hand_over: &HandOver) -> std::io::Resul
     let deadline = Instant::now() + GATHER_LIMIT;
     let mut sent = 0;
     while let Some(batch) = hand_over.next_batch(FDS_PER_MESSAGE / 2, deadline) {
-        let fds: Vec<RawFd> = batch
-            .iter()
-            .flat_map(|moving| [moving.client.as_raw_fd(), moving.member.as_raw_fd()])
-            .collect();
+        // Per connection: client, member, then both ends of each pipe of
+        // bytes in flight (to the member first), as the description says.
+        let mut fds: Vec<RawFd> = Vec::with_capacity(batch.len() * 2);
+        for moving in &batch {
+            fds.extend([moving.client.as_raw_fd(), moving.member.as_raw_fd()]);
+            for in_flight in moving.to_member.iter().chain(&moving.to_client) {
+                fds.extend(in_flight.descriptors().map(AsRawFd::as_raw_fd));
+            }
+        }
         let message = Batch {
             connections: batch.iter().map(|m| m.connection.clone()).collect(),
             end: false,
@@ -454,21 +460,44 @@ impl Successor {
             if batch.end {
                 return Ok(taken);
             }
-            if fds.len() != 2 * batch.connections.len() {
+            let expected: usize = batch
+                .connections
+                .iter()
+                .map(|c| {
+                    2 + 2 * usize::from(c.pending_to_member > 0)
+                        + 2 * usize::from(c.pending_to_client > 0)
+                })
+                .sum();
+            if fds.len() != expected {
                 return Err(std::io::Error::other(
-                    "a batch of connections with the wrong number of sockets",
+                    "a batch of connections with the wrong number of descriptors",
                 ));
             }
-            let mut sockets = fds.into_iter().map(std::net::TcpStream::from);
+            let mut fds = fds.into_iter();
             let mut moving = Vec::with_capacity(batch.connections.len());
             for connection in batch.connections {
-                if let (Some(client), Some(member)) = (sockets.next(), sockets.next()) {
-                    moving.push(Moving {
-                        connection,
-                        client,
-                        member,
-                    });
-                }
+                let mut next = || {
+                    fds.next()
+                        .ok_or_else(|| std::io::Error::other("a descriptor is missing"))
+                };
+                let client = std::net::TcpStream::from(next()?);
+                let member = std::net::TcpStream::from(next()?);
+                let mut in_flight = |pending: usize| -> std::io::Result<Option<InFlight>> {
+                    if pending == 0 {
+                        return Ok(None);
+                    }
+                    let read = next()?;
+                    Ok(Some(InFlight::received(read, next()?, pending)))
+                };
+                let to_member = in_flight(connection.pending_to_member)?;
+                let to_client = in_flight(connection.pending_to_client)?;
+                moving.push(Moving {
+                    connection,
+                    client,
+                    member,
+                    to_member,
+                    to_client,
+                });
             }
             taken += moving.len();
             adopt(moving);

@@ -619,9 +619,13 @@ fn snat_ports_in_use_move_with_their_connections() {
     upgrade_ok(&admin, &config);
     let successor = successor_of(&old);
     let _reap = KillOnDrop(successor);
-    // The new process counts the five ports its connections hold.
-    let status = admin_call(&admin, "GET", "/status");
-    assert!(status.contains("\"in_use\": 5"), "{status}");
+    // The new process counts the five ports its connections hold (once
+    // it has taken them: the command answers when they are sent).
+    eventually_blocking("the moved connections' ports are counted", PATIENCE, || {
+        admin_call(&admin, "GET", "/status")
+            .contains("\"in_use\": 5")
+            .then_some(())
+    });
     // Three more fill the range, each from a port nobody holds; the ports
     // the moved connections hold are theirs still.
     for (connection, source) in held.iter_mut().zip(&sources) {

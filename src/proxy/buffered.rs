@@ -63,6 +63,13 @@ pub(super) struct Buffer {
     filled: usize,
 }
 
+impl Buffer {
+    /// The bytes read but not yet written.
+    pub(super) fn pending_bytes(&self) -> &[u8] {
+        &self.bytes[self.written..self.filled]
+    }
+}
+
 impl Carrier for Buffer {
     fn take() -> io::Result<Buffer> {
         Ok(Buffer {

@@ -84,21 +84,22 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// How long a pump asked to hand its sockets over may take to deliver the
-/// bytes it holds (read from one side, not yet written to the other)
-/// before it gives up and closes as at a shutdown: a peer that reads
-/// nothing for that long would hold the whole upgrade up.
-pub const RELEASE_LIMIT: Duration = Duration::from_secs(5);
-
 /// What a pump gives up when it hands its connection over (binary
-/// upgrade): both sockets, with every byte it read delivered, and where
-/// the connection stands, for [`Pump::resume`] in another process.
+/// upgrade): both sockets, the bytes it had read but not yet written (in a
+/// pipe each way, so they reach their peer from the next process), and
+/// where the connection stands, for [`Pump::resume`] in another process.
 #[derive(Debug)]
 pub struct Released {
     pub client: TcpStream,
     pub member: TcpStream,
+    /// Read from the client, not yet written to the member.
+    pub to_member: Option<InFlight>,
+    /// Read from the member, not yet written to the client.
+    pub to_client: Option<InFlight>,
     pub standing: Standing,
 }
+
+pub use splice::InFlight;
 
 /// Where a pumped connection stands: its counters and which directions
 /// are over.
@@ -163,8 +164,6 @@ pin_project_lite::pin_project! {
         idle: tokio::time::Sleep,
         #[pin]
         stopped: StopSignal,
-        // Asked to hand over: only writes what it holds, then releases.
-        releasing: bool,
     }
 }
 
@@ -185,20 +184,29 @@ impl Pump {
             idle_timeout: options.idle_timeout,
             idle: tokio::time::sleep(options.idle_timeout),
             stopped: StopSignal::new(stop),
-            releasing: false,
         }
     }
 
     /// A pump that goes on with a connection another process released
     /// (binary upgrade), where `standing` says it stood.
-    pub fn resume(
-        client: TcpStream,
-        member: TcpStream,
-        options: PumpOptions,
-        stop: CancellationToken,
-        standing: Standing,
-    ) -> Pump {
+    pub fn resume(released: Released, options: PumpOptions, stop: CancellationToken) -> Pump {
+        let Released {
+            client,
+            member,
+            to_member,
+            to_client,
+            standing,
+        } = released;
         let mut pump = Pump::new(client, member, options, stop);
+        // Bytes in flight go first, through the pipe they came in (a
+        // connection that then keeps streaming stays on splice, whatever
+        // `zero_copy` says: the same bytes either way).
+        if let Some(in_flight) = to_member {
+            pump.up.transfer = Carried::Splice(Transfer::carrying(in_flight.into_lease()));
+        }
+        if let Some(in_flight) = to_client {
+            pump.down.transfer = Carried::Splice(Transfer::carrying(in_flight.into_lease()));
+        }
         pump.up.bytes = standing.bytes_to_member;
         pump.up.done = standing.client_finished;
         pump.down.bytes = standing.bytes_to_client;
@@ -212,34 +220,31 @@ impl Pump {
 
     /// Pumps until the connection ends, or until the stop signal fires
     /// and `may_release` says the connection moves (to a successor
-    /// process): then it reads no more, writes out what it holds, and
-    /// resolves to the sockets. Polled again after it resolved, it panics.
+    /// process): then it resolves to the sockets, and the bytes read but
+    /// not yet written, in pipes. Polled again after it resolved, it
+    /// panics.
     pub fn poll_pump(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         may_release: impl FnOnce() -> bool,
     ) -> Poll<Pumped> {
         let mut this = self.project();
+        // The stop signal first: a connection that moves takes its bytes
+        // along as they are.
+        let stopped = this.stopped.as_mut().poll(cx).is_ready();
+        let mut release_failed = None;
+        if stopped && this.sockets.is_some() && may_release() {
+            match release(this.sockets, this.up, this.down, *this.last_activity) {
+                Ok(released) => return Poll::Ready(Pumped::Released(released)),
+                Err(error) => release_failed = Some(error),
+            }
+        }
         let Some((client, member)) = this.sockets.as_ref() else {
             panic!("a pump polled after it finished");
         };
         let (reason, error) = 'ended: {
-            if *this.releasing {
-                match flush(cx, this.up, this.down, client, member, this.last_activity) {
-                    Poll::Ready(Ok(())) => {
-                        return Poll::Ready(Pumped::Released(release(
-                            this.sockets,
-                            this.up,
-                            this.down,
-                            *this.last_activity,
-                        )))
-                    }
-                    Poll::Ready(Err(ended)) => break 'ended ended,
-                    Poll::Pending if this.idle.as_mut().poll(cx).is_ready() => {
-                        break 'ended (CloseReason::Shutdown, None)
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
+            if stopped {
+                break 'ended (CloseReason::Shutdown, release_failed);
             }
             if let Poll::Ready(Err(error)) =
                 this.up
@@ -265,16 +270,6 @@ impl Pump {
                 }
                 let deadline = *this.last_activity + *this.idle_timeout;
                 this.idle.as_mut().reset(deadline);
-            }
-            if this.stopped.as_mut().poll(cx).is_ready() {
-                if !may_release() {
-                    break 'ended (CloseReason::Shutdown, None);
-                }
-                *this.releasing = true;
-                this.idle.as_mut().reset(Instant::now() + RELEASE_LIMIT);
-                // Flushed at once when nothing is in flight (the usual
-                // case: an idle agent).
-                cx.waker().wake_by_ref();
             }
             return Poll::Pending;
         };
@@ -303,49 +298,25 @@ impl Pump {
     }
 }
 
-/// Writes out both directions' bytes in flight, reading nothing.
-/// `Ready(Err)` says how the connection ended if a side failed.
-fn flush(
-    cx: &mut Context<'_>,
-    up: &mut Direction,
-    down: &mut Direction,
-    client: &TcpStream,
-    member: &TcpStream,
-    last_activity: &mut Instant,
-) -> Poll<Result<(), (CloseReason, Option<io::Error>)>> {
-    let up_flushed = match up.flush(cx, member, last_activity) {
-        Poll::Ready(Err(error)) => {
-            return Poll::Ready(Err(error.blame(Side::Client, Side::Member)))
-        }
-        poll => poll.is_ready(),
-    };
-    let down_flushed = match down.flush(cx, client, last_activity) {
-        Poll::Ready(Err(error)) => {
-            return Poll::Ready(Err(error.blame(Side::Member, Side::Client)))
-        }
-        poll => poll.is_ready(),
-    };
-    if up_flushed && down_flushed {
-        Poll::Ready(Ok(()))
-    } else {
-        Poll::Pending
-    }
-}
-
-/// The sockets and where the connection stands, taken out of a flushed
-/// pump.
+/// The sockets, the bytes in flight each way and where the connection
+/// stands, taken out of a pump. Fails only if no pipe can be had for bytes
+/// that were in a buffer (out of file descriptors).
 fn release(
     sockets: &mut Option<(TcpStream, TcpStream)>,
-    up: &Direction,
-    down: &Direction,
+    up: &mut Direction,
+    down: &mut Direction,
     last_activity: Instant,
-) -> Released {
+) -> io::Result<Released> {
+    let to_member = up.take_in_flight()?;
+    let to_client = down.take_in_flight()?;
     let Some((client, member)) = sockets.take() else {
         panic!("a pump released twice");
     };
-    Released {
+    Ok(Released {
         client,
         member,
+        to_member,
+        to_client,
         standing: Standing {
             bytes_to_member: up.bytes,
             bytes_to_client: down.bytes,
@@ -353,7 +324,7 @@ fn release(
             client_finished: up.done,
             member_finished: down.done,
         },
-    }
+    })
 }
 
 /// One direction of a connection.
@@ -428,20 +399,21 @@ impl Direction {
 }
 
 impl Direction {
-    /// Writes what the carrier holds to `sink`; reads nothing.
-    fn flush(
-        &mut self,
-        cx: &mut Context<'_>,
-        sink: &TcpStream,
-        last_activity: &mut Instant,
-    ) -> Poll<Result<(), PumpError>> {
-        let mut progress = Progress {
-            bytes: &mut self.bytes,
-            last_activity,
-        };
+    /// The bytes read but not yet written, in a pipe; `None` when there
+    /// are none (an idle connection: the usual case).
+    fn take_in_flight(&mut self) -> io::Result<Option<InFlight>> {
         match &mut self.transfer {
-            Carried::Splice(transfer) => transfer.flush(cx, sink, &mut progress),
-            Carried::Buffered(transfer) => transfer.flush(cx, sink, &mut progress),
+            Carried::Splice(transfer) => Ok(transfer
+                .carrier
+                .take()
+                .filter(|lease| lease.pending() > 0)
+                .map(splice::Lease::into_in_flight)),
+            Carried::Buffered(transfer) => match transfer.carrier.take() {
+                Some(buffer) if buffer.pending() > 0 => {
+                    InFlight::holding(buffer.pending_bytes()).map(Some)
+                }
+                _ => Ok(None),
+            },
         }
     }
 }
@@ -558,24 +530,14 @@ impl<C: Carrier> Transfer<C> {
     }
 }
 
-impl<C: Carrier> Transfer<C> {
-    /// Writes out what the carrier holds, then gives it back.
-    fn flush(
-        &mut self,
-        cx: &mut Context<'_>,
-        sink: &TcpStream,
-        progress: &mut Progress,
-    ) -> Poll<Result<(), PumpError>> {
-        while let Some(carrier) = self.carrier.as_mut().filter(|c| c.pending() > 0) {
-            ready!(sink.poll_write_ready(cx)).map_err(PumpError::Write)?;
-            match carrier.drain(sink) {
-                Ok(written) => progress.moved(written),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(PumpError::Write(error))),
-            }
+impl<C> Transfer<C> {
+    /// A transfer that first writes out what `carrier` holds.
+    fn carrying(carrier: C) -> Transfer<C> {
+        Transfer {
+            carrier: Some(carrier),
+            hand_over_when_full: false,
+            filled_up: false,
         }
-        self.carrier = None;
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -98,6 +98,7 @@ fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
 }
 
 /// A non-blocking pipe.
+#[derive(Debug)]
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
@@ -157,6 +158,91 @@ impl Drop for Lease {
             // try_with: during thread teardown the spare list may be gone;
             // the pipe is then simply closed.
             let _ = SPARE.try_with(|spare| spare.give_back(pipe));
+        }
+    }
+}
+
+/// Bytes read from one side of a connection and not yet written to the
+/// other, in a pipe: what a connection handed to a successor process
+/// carries along (both ends of the pipe travel with its sockets).
+#[derive(Debug)]
+pub struct InFlight {
+    pipe: Pipe,
+    /// Bytes in the pipe.
+    pub pending: usize,
+}
+
+impl InFlight {
+    /// A new pipe holding `bytes` (at most a buffer's 64 KiB, which any
+    /// pipe takes at once).
+    pub(super) fn holding(bytes: &[u8]) -> io::Result<InFlight> {
+        let pipe = Pipe::new()?;
+        let mut written = 0;
+        while written < bytes.len() {
+            // SAFETY: write(2) from a slice we borrow into a pipe we own.
+            let result = unsafe {
+                libc::write(
+                    pipe.write.as_raw_fd(),
+                    bytes[written..].as_ptr().cast(),
+                    bytes.len() - written,
+                )
+            };
+            if result <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            written += result as usize;
+        }
+        Ok(InFlight {
+            pipe,
+            pending: bytes.len(),
+        })
+    }
+
+    /// The pipe's two ends, to send to a successor.
+    pub fn descriptors(&self) -> [&OwnedFd; 2] {
+        [&self.pipe.read, &self.pipe.write]
+    }
+
+    /// The bytes in flight from a predecessor: the pipe's ends as received,
+    /// and how many bytes it holds.
+    pub fn received(read: OwnedFd, write: OwnedFd, pending: usize) -> InFlight {
+        // SAFETY: fcntl on a descriptor we own; asks the pipe's size.
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let capacity = if size > 0 {
+            size as usize
+        } else {
+            DEFAULT_PIPE_SIZE
+        };
+        InFlight {
+            pipe: Pipe {
+                read,
+                write,
+                capacity,
+            },
+            pending,
+        }
+    }
+
+    /// A carrier that first writes these bytes out.
+    pub(super) fn into_lease(self) -> Lease {
+        Lease {
+            read_fd: self.pipe.read.as_raw_fd(),
+            write_fd: self.pipe.write.as_raw_fd(),
+            capacity: self.pipe.capacity,
+            pipe: Some(self.pipe),
+            pending: self.pending,
+        }
+    }
+}
+
+impl Lease {
+    /// The pipe and the bytes it holds, taken out of the lease.
+    pub(super) fn into_in_flight(mut self) -> InFlight {
+        let pending = std::mem::take(&mut self.pending);
+        let pipe = self.pipe.take();
+        match pipe {
+            Some(pipe) => InFlight { pipe, pending },
+            None => unreachable!("a lease holds its pipe until dropped"),
         }
     }
 }

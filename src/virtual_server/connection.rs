@@ -190,6 +190,8 @@ impl Ending {
         let Released {
             client,
             member,
+            to_member,
+            to_client,
             standing,
         } = released;
         let source = member.local_addr().ok();
@@ -210,9 +212,13 @@ impl Ending {
                 source,
                 age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 standing,
+                pending_to_member: to_member.as_ref().map_or(0, |bytes| bytes.pending),
+                pending_to_client: to_client.as_ref().map_or(0, |bytes| bytes.pending),
             },
             client,
             member,
+            to_member,
+            to_client,
         };
         if !self.virtual_server.hand_over.put(moving) {
             tracing::info!(target: "vipgate::connection", virtual_server = %name, client = %Address(self.peer), "connection closed: the upgrade stopped waiting for it");
@@ -407,6 +413,8 @@ pub(crate) fn adopt(
         connection,
         client,
         member,
+        to_member,
+        to_client,
     } = moving;
     let client = TcpStream::from_std(client).map_err(|e| e.to_string())?;
     let member = TcpStream::from_std(member).map_err(|e| e.to_string())?;
@@ -416,7 +424,14 @@ pub(crate) fn adopt(
         zero_copy: plan.zero_copy,
     };
     let stop = member_stops(&pool, index).for_connection(true);
-    let pump = Pump::resume(client, member, options, stop, connection.standing);
+    let released = Released {
+        client,
+        member,
+        to_member,
+        to_client,
+        standing: connection.standing,
+    };
+    let pump = Pump::resume(released, options, stop);
     let lease = match connection.source {
         Some(source) => virtual_server.dialer.snat.adopt(source, connection.member),
         None => crate::snat::SourceLease::Kernel,

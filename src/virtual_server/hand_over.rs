@@ -11,9 +11,10 @@
 //!
 //! In the old process: once the successor serves, the upgrade calls
 //! [`HandOver::begin`] and fires `Shutdown::handing_over`, which only the
-//! movable pumps listen to. Each stops reading, writes out what it holds
-//! (so no byte stays behind in a buffer or pipe), and puts its sockets
-//! and where it stands here ([`HandOver::put`]); the upgrade sends them
+//! movable pumps listen to. Each stops where it is and puts its sockets,
+//! the bytes it read and had not yet written (in a pipe each way: waiting
+//! to write them out could wait forever on two peers that both wait to
+//! send) and where it stands here ([`HandOver::put`]); the upgrade sends them
 //! on in batches ([`HandOver::next_batch`]) until every movable
 //! connection has come, those still connecting or reading a ClientHello
 //! included. In the new process, `connection::adopt` makes each a session
@@ -27,13 +28,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::Standing;
+use crate::proxy::{InFlight, Standing};
 use crate::sync::lock;
 
 /// How long the old process waits for its movable connections to come
-/// (connects and ClientHellos in progress finish first, each pump writes
-/// out what it holds, within [`crate::proxy::RELEASE_LIMIT`]); one still
-/// not ready then is closed.
+/// (connects and ClientHellos in progress finish first); one still not
+/// ready then is closed.
 pub const GATHER_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the new process needs to go on with a connection; its two sockets
@@ -49,14 +49,23 @@ pub struct MovedConnection {
     /// Since the client was accepted, in milliseconds.
     pub age_ms: u64,
     pub standing: Standing,
+    /// Bytes read from the client and not yet written to the member (then
+    /// a pipe holding them travels too), and the other way.
+    #[serde(default)]
+    pub pending_to_member: usize,
+    #[serde(default)]
+    pub pending_to_client: usize,
 }
 
-/// One connection on its way: the description and both sockets.
+/// One connection on its way: the description, both sockets, and the
+/// bytes in flight each way.
 #[derive(Debug)]
 pub struct Moving {
     pub connection: MovedConnection,
     pub client: std::net::TcpStream,
     pub member: std::net::TcpStream,
+    pub to_member: Option<InFlight>,
+    pub to_client: Option<InFlight>,
 }
 
 impl Moving {
@@ -231,9 +240,13 @@ mod tests {
                 source: None,
                 age_ms: 1,
                 standing: Standing::default(),
+                pending_to_member: 0,
+                pending_to_client: 0,
             },
             client,
             member,
+            to_member: None,
+            to_client: None,
         }
     }
 }
