@@ -140,6 +140,10 @@ async fn take_over(mut successor: crate::upgrade::Successor, control: Arc<Contro
             connections = count,
             "binary upgrade: took over the old process's TCP connections"
         ),
+        // A vipgate from before connections moved says nothing more.
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => tracing::info!(
+            "binary upgrade: the old process hands no connections over (an older vipgate); they drain there"
+        ),
         Ok(Err(error)) => {
             tracing::error!(%error, "binary upgrade: taking the old process's connections failed; those not received closed with it")
         }

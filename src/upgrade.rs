@@ -569,6 +569,9 @@ fn receive<T: serde::de::DeserializeOwned>(
             socket2::SockRef::from(&fd).set_cloexec(true)?;
             fds.push(fd);
         }
+        if bytes == 0 && received == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         if bytes != header.len() {
             return Err(std::io::Error::other("a short socket message"));
         }
