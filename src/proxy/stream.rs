@@ -21,14 +21,13 @@ use super::{CloseReason, PumpError, PumpOutcome, Side};
 use crate::stop_signal::StopSignal;
 
 /// Pumps bytes between `client` and `member` until the connection ends.
-/// `member_source` (the member side's local address, found at the start:
-/// a TLS stream hides its socket) is handed back in the outcome.
+/// The outcome's `member_source` is left for the caller (a TLS stream
+/// hides its socket).
 pub async fn run<C, M>(
     mut client: C,
     mut member: M,
     idle_timeout: Duration,
     shutdown: CancellationToken,
-    member_source: Option<std::net::SocketAddr>,
 ) -> PumpOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -68,7 +67,7 @@ where
         bytes_to_client: down.bytes,
         reason,
         error,
-        member_source,
+        member_source: None,
     }
 }
 

@@ -120,9 +120,12 @@ pin_project_lite::pin_project! {
             pump: Pump,
         },
         /// TLS on either side: boxed, so that its larger state does not
-        /// size every plain connection.
+        /// size every plain connection. The member's source address, for
+        /// the close line, waits beside it (free here: the plain variant
+        /// is larger; inside the box an async fn would keep it twice).
         Streams {
             pump: Pin<Box<dyn Future<Output = PumpOutcome> + Send>>,
+            source: Option<SocketAddr>,
         },
     }
 }
@@ -162,7 +165,11 @@ impl Future for Session {
                     }
                 }
             }
-            PumpingProjection::Streams { pump } => ready!(pump.as_mut().poll(cx)),
+            PumpingProjection::Streams { pump, source } => {
+                let mut outcome = ready!(pump.as_mut().poll(cx));
+                outcome.member_source = *source;
+                outcome
+            }
         };
         this.ending.record(outcome);
         Poll::Ready(())
@@ -321,13 +328,16 @@ async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Sess
         // twice (once captured, once awaited), 500 bytes more per idle TLS
         // connection.
         (Front::Tls(client), Back::Plain(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop, source)),
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
+            source,
         },
         (Front::Plain(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop, source)),
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
+            source,
         },
         (Front::Tls(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop, source)),
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
+            source,
         },
     };
     Some(Session {
