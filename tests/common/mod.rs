@@ -203,7 +203,14 @@ impl LineClient {
     /// so fast that the reset reached the client before its connect was
     /// seen to complete.
     pub async fn try_connect(addr: SocketAddr) -> Option<LineClient> {
-        match tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+        LineClient::connected(TcpStream::connect(addr)).await
+    }
+
+    /// A client once `connecting` completes, or `None` if it was reset.
+    async fn connected(
+        connecting: impl std::future::Future<Output = std::io::Result<TcpStream>>,
+    ) -> Option<LineClient> {
+        match tokio::time::timeout(PATIENCE, connecting)
             .await
             .expect("connect in time")
         {
@@ -225,18 +232,7 @@ impl LineClient {
     ) -> Option<LineClient> {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(source, 0)).unwrap();
-        match tokio::time::timeout(PATIENCE, socket.connect(addr))
-            .await
-            .expect("connect in time")
-        {
-            Err(error) => {
-                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
-                None
-            }
-            Ok(stream) => Some(LineClient {
-                reader: BufReader::new(stream),
-            }),
-        }
+        LineClient::connected(socket.connect(addr)).await
     }
 
     pub async fn connect(addr: SocketAddr) -> LineClient {
