@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Live;
-use crate::stats::{ClientGuards, Rejection};
+use crate::stats::Rejection;
 use crate::stop_signal::{Shutdown, StopSignal};
 use crate::throttle::Throttle;
 use crate::virtual_server::{self, Admitted, VirtualServer};
@@ -84,12 +84,9 @@ pub(crate) async fn accept_loop(
         };
         stats.count_accepted();
         crate::workers::check_placement();
-        let plan = &virtual_server.plan;
-        let guards = ClientGuards {
-            connections: plan.client_connection_limit,
-            rate: plan.client_rate_limit,
-        };
-        let admission = match stats.try_admit(plan.connection_limit, guards, peer.ip()) {
+        let guards = virtual_server.client_guards();
+        let limit = virtual_server.plan.connection_limit;
+        let admission = match stats.try_admit(limit, guards, peer.ip()) {
             Ok(admission) => admission,
             Err(refusal) => {
                 refuse(virtual_server, &client, peer, refusal);
@@ -126,7 +123,7 @@ fn refuse(
                 "this client has client_connection_limit connections open, closing its new ones",
             ),
             Rejection::ClientRate => (
-                format!("{}", plan.client_rate_limit),
+                plan.client_rate_limit.to_string(),
                 "this client opens connections faster than client_rate_limit, closing the excess",
             ),
             _ => (

@@ -311,12 +311,24 @@ impl VirtualStats {
     }
 
     /// The place of a client a predecessor process admitted (binary
-    /// upgrade): taken whatever the limit, as the connection exists.
-    pub fn adopt(self: &Arc<Self>) -> Admission {
+    /// upgrade): taken whatever the limits say, as the connection exists,
+    /// but counted for its client too, so the per-client limits still
+    /// hold after the upgrade.
+    pub fn adopt(self: &Arc<Self>, guards: ClientGuards, peer: std::net::IpAddr) -> Admission {
         self.active.fetch_add(1, Ordering::Relaxed);
+        let client = if guards.is_off() {
+            NO_CLIENT_SLOT
+        } else {
+            let table = self.clients.get_or_init(clients::ClientTable::default);
+            let now = crate::clock::millis().saturating_mul(1000);
+            match table.admit(peer, ConnectionLimit::Unlimited, RateLimit::Unlimited, now) {
+                Ok(Some(slot)) => slot,
+                _ => NO_CLIENT_SLOT,
+            }
+        };
         Admission {
             stats: self.clone(),
-            client: NO_CLIENT_SLOT,
+            client,
         }
     }
 
@@ -607,5 +619,14 @@ mod tests {
         drop(first);
         assert_eq!(stats.open_from(client), 0);
         assert!(stats.try_admit(unlimited, one_each, client).is_ok());
+        // A connection carried over by an upgrade is let in whatever the
+        // limit, and counted for its client: the next one is refused.
+        let carried = stats.adopt(one_each, other);
+        assert_eq!(stats.open_from(other), 1);
+        assert_eq!(
+            stats.try_admit(unlimited, one_each, other).err(),
+            Some(Rejection::ClientLimit)
+        );
+        drop(carried);
     }
 }

@@ -50,9 +50,10 @@ pub(crate) fn spawn(tasks: &TaskTracker, admitted: Admitted) {
         .then(|| Arc::clone(&admitted.virtual_server.stats));
     // Counted from the accept: an upgrade waits for connections still
     // connecting to a member, so that they move too.
-    let movable = match admitted.virtual_server.movable() {
-        true => admitted.virtual_server.hand_over.count_movable(),
-        false => MovableGuard::none(),
+    let movable = if admitted.virtual_server.movable() {
+        admitted.virtual_server.hand_over.count_movable()
+    } else {
+        MovableGuard::none()
     };
     let connection = Connection::Establishing {
         establishing: Box::pin(establish(admitted, movable)),
@@ -455,7 +456,9 @@ pub(crate) fn adopt(
         started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
         closing: shutdown.closing,
         _lease: lease,
-        _admission: virtual_server.stats.adopt(),
+        _admission: virtual_server
+            .stats
+            .adopt(virtual_server.client_guards(), connection.client.ip()),
         movable: virtual_server.hand_over.count_movable(),
         virtual_server,
     };

@@ -21,7 +21,7 @@ use crate::config::{SniRoute, VirtualPlan};
 use crate::dial::Dialer;
 use crate::http::HttpVirtual;
 use crate::pool::Pool;
-use crate::stats::VirtualStats;
+use crate::stats::{ClientGuards, VirtualStats};
 use crate::tls::Terminator;
 
 /// A virtual server as the data path sees it: its plan, its pool and its
@@ -155,6 +155,14 @@ impl VirtualServer {
                 route.pattern == "*" || server_name.is_some_and(|name| route.matches(name))
             })
             .map_or(&self.pool, |(_, pool)| pool)
+    }
+
+    /// The per-client limits of its plan.
+    pub fn client_guards(&self) -> ClientGuards {
+        ClientGuards {
+            connections: self.plan.client_connection_limit,
+            rate: self.plan.client_rate_limit,
+        }
     }
 
     /// The pool named `name`: the virtual's own, or an SNI route's.
