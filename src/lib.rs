@@ -76,6 +76,7 @@ pub mod admin;
 pub(crate) mod clock;
 pub mod commands;
 pub mod config;
+pub(crate) mod connections;
 pub mod demo;
 pub(crate) mod dial;
 pub mod f5;

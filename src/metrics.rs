@@ -16,6 +16,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::server::{Live, ReloadStats};
+use crate::pool::Departures;
 use crate::stats::Rejection;
 use crate::status::{MemberStatus, Status, VirtualStatus};
 
@@ -409,6 +410,35 @@ fn member_health(status: &Status, families: &mut Families) {
                 set(vec, &[pool, &member.address], 1);
             }
         },
+    );
+    let departures = |name: &str, help: &str, count: fn(&Departures) -> u64| {
+        let rows: Vec<(&str, &str, u64)> = in_pools()
+            .map(|(pool, member)| (pool, member.address.as_str(), count(&member.departures)))
+            .collect();
+        (name.to_string(), help.to_string(), rows)
+    };
+    for (name, help, rows) in [
+        departures("vipgate_rebalanced_total", "Connections of the member in this pool closed (with a FIN, while quiet) so that their clients reconnect to a member with room: the pool's rebalance.", |d| d.rebalanced),
+        departures("vipgate_lifetime_closed_total", "Connections of the member in this pool closed (while quiet) at their virtual's max_connection_lifetime.", |d| d.lifetime),
+        departures("vipgate_drained_total", "Connections of the member in this pool closed by the operator's timed drain of the member.", |d| d.drained),
+    ] {
+        families.counter(&name, &help, &["pool", "member"], |vec| {
+            for (pool, member, count) in &rows {
+                add(vec, &[pool, member], *count);
+            }
+        });
+    }
+    let rebalancing: Vec<(&str, i64)> = status
+        .pools
+        .iter()
+        .filter_map(|pool| Some((pool.name.as_str(), i64::from(pool.rebalance.as_ref()?.active))))
+        .collect();
+    families.gauge_each(
+        "vipgate_pool_rebalancing",
+        "1 while a pool with rebalance has a member off its share and moves connections, else 0.",
+        "pool",
+        &rebalancing,
+        |active| *active,
     );
     let pools: Vec<(&str, i64)> = status
         .pools

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Mode, Persistence, Tls};
 use crate::health::ProbeStatus;
-use crate::pool::{Health, MemberCounts};
+use crate::pool::{Departures, Drain, Health, MemberCounts};
 use crate::server::{ReloadCounts, Snapshot};
 use crate::snat::SourceNat;
 use crate::stats::{HttpCounts, VirtualCounts};
@@ -95,7 +95,47 @@ pub struct PoolStatus {
     /// The lowest priority group taking new connections, when the pool
     /// uses priority groups (`min_active_members` > 0).
     pub priority_in_use: Option<i64>,
+    /// Its `rebalance`, if set.
+    pub rebalance: Option<RebalanceStatus>,
     pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RebalanceStatus {
+    pub tolerance: f64,
+    /// Connections closed a second at most.
+    pub rate: u32,
+    /// Some member is off its share now, and connections are moving.
+    pub active: bool,
+}
+
+/// A member's timed drain.
+#[derive(Debug, Serialize)]
+pub struct DrainStatus {
+    /// How long the operator gave it, in seconds.
+    pub within_seconds: f64,
+    /// Until the deadline (0 once passed).
+    pub seconds_left: f64,
+    /// Its connections when the drain started.
+    pub started_with: usize,
+    /// Its connections now.
+    pub remaining: usize,
+    /// Its last connection is gone.
+    pub drained: bool,
+}
+
+impl DrainStatus {
+    fn of(drain: Drain, remaining: usize) -> DrainStatus {
+        let now = tokio::time::Instant::now();
+        let round = |seconds: f64| (seconds * 10.0).round() / 10.0;
+        DrainStatus {
+            within_seconds: round(drain.deadline.saturating_duration_since(drain.started).as_secs_f64()),
+            seconds_left: round(drain.deadline.saturating_duration_since(now).as_secs_f64()),
+            started_with: drain.initial,
+            remaining,
+            drained: drain.finished.is_some(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +157,14 @@ pub struct MemberStatus {
     pub usable: bool,
     #[serde(flatten)]
     pub counts: MemberCounts,
+    /// Its connections in this pool closed so that their clients
+    /// reconnect elsewhere, by why.
+    pub departures: Departures,
+    /// The operator's timed drain, while one runs or once it finished.
+    pub drain: Option<DrainStatus>,
+    /// The pool's rebalancing passes it over for new clients (it holds
+    /// its share or more).
+    pub over_share: bool,
     /// The monitors that decide its health here, with their last result.
     pub monitors: Vec<MonitorStatus>,
 }
@@ -232,6 +280,11 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
             name: pool.name().to_string(),
             algorithm: snapshot.plan().pools[pool.name()].algorithm.to_string(),
             priority_in_use: pool.priority_in_use(),
+            rebalance: pool.rebalance().map(|rebalance| RebalanceStatus {
+                tolerance: rebalance.tolerance,
+                rate: rebalance.rate,
+                active: pool.rebalancing(),
+            }),
             members: pool
                 .members()
                 .iter()
@@ -250,6 +303,11 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
                         ramp: (pool.ramp(index) * 1000.0).round() / 1000.0,
                         usable: member.usable(),
                         counts: member.state.counts(),
+                        departures: member.balance.departures(),
+                        drain: member.state.drain().map(|drain| {
+                            DrainStatus::of(drain, member.state.active_connections())
+                        }),
+                        over_share: member.balance.over_share(),
                         monitors: snapshot
                             .health()
                             .probes_of(pool.name(), address)

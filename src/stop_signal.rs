@@ -134,6 +134,15 @@ impl StopSignal {
     }
 }
 
+impl StopSignal {
+    /// A waker for the task that polls this watch: another thread that
+    /// wants the task to look at something (a request to leave) wakes it
+    /// through here, without a waker of its own in every connection.
+    pub fn waker(&self) -> Waker {
+        Waker::from(Arc::clone(&self.fired))
+    }
+}
+
 impl Future for StopSignal {
     type Output = ();
 

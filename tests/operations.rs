@@ -288,9 +288,27 @@ async fn admin_actions_answer_with_clear_errors() {
         ),
         (
             "POST",
+            format!("/pools/p/members/{first}/purge"),
+            400,
+            "unknown action \"purge\"",
+        ),
+        (
+            "POST",
             format!("/pools/p/members/{first}/drain"),
             400,
-            "unknown action \"drain\"",
+            "drain needs a deadline",
+        ),
+        (
+            "POST",
+            format!("/pools/p/members/{first}/drain?within=soon"),
+            400,
+            "within=soon: give a duration from 1s to 7d",
+        ),
+        (
+            "GET",
+            "/connections?sort=age".to_string(),
+            400,
+            "unknown parameter \"sort\"",
         ),
         (
             "GET",

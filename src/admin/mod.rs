@@ -7,17 +7,21 @@
 //! - `GET /ready`: 200 when every virtual listens and has a usable member,
 //!   else 503 naming what is missing (for load balancers, keepalived and
 //!   `vipgate ready`);
-//! - `POST /pools/{pool}/members/{member}/{enable|disable|offline}`;
+//! - `POST /pools/{pool}/members/{member}/{enable|disable|offline}`, and
+//!   `.../drain?within=10m` (a timed drain);
+//! - `GET /connections`: the open TCP connections, filtered, a page at a
+//!   time ([`crate::connections`]);
 //! - `POST /reload`: read the configuration file again.
 //!
 //! Errors are JSON `{"error": "..."}` with a fitting status: 404 for an
 //! unknown pool, member or path, 400 for a bad action or a configuration
 //! that does not load, 401 for a change without the token when
 //! `token_file` is set, 403 for a change sent by another site's page (its
-//! `Origin` is not this endpoint), 405 for a wrong method. Reading never
-//! needs the token.
+//! `Origin` is not this endpoint), 405 for a wrong method. Reading needs
+//! no token, except `/connections`, which names every client.
 
 pub mod client;
+mod connections;
 mod peers;
 
 use std::convert::Infallible;
@@ -380,6 +384,18 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                 ),
             }
         }
+        (["connections"], false) if method == Method::GET => {
+            if let Some(refused) = unauthorized(&request, token) {
+                return refused;
+            }
+            connections::list(control, request.uri().query())
+        }
+        (["pools", pool, "members", member, "drain"], true) => {
+            if let Some(refused) = unauthorized(&request, token) {
+                return refused;
+            }
+            connections::drain(control, pool, member, request.uri().query())
+        }
         (["pools", pool, "members", member, action], true) => {
             if let Some(refused) = unauthorized(&request, token) {
                 return refused;
@@ -391,7 +407,7 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                 other => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        format!("unknown action \"{other}\"; use enable, disable or offline"),
+                        format!("unknown action \"{other}\"; use enable, disable, offline or drain?within=10m"),
                     )
                 }
             };
@@ -406,13 +422,13 @@ async fn route(request: Request<Incoming>, calls: &Calls) -> Answer {
                 Err(refused) => error(StatusCode::NOT_FOUND, refused.to_string()),
             }
         }
-        ([""] | ["metrics"] | ["status"] | ["ready"] | ["decisions"], _) | (["reload"] | ["upgrade"], false) | (["pools", _, "members", _, _], false) => error(
+        ([""] | ["metrics"] | ["status"] | ["ready"] | ["decisions"] | ["connections"], _) | (["reload"] | ["upgrade"], false) | (["pools", _, "members", _, _], false) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}: read with GET /, GET /metrics and GET /status; change with POST"),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {path}; try GET / (the status page), GET /metrics, GET /status, GET /ready, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline"),
+            format!("no such endpoint {path}; try GET / (the status page), GET /metrics, GET /status, GET /ready, GET /connections, POST /reload, POST /pools/POOL/members/ADDRESS/enable|disable|offline, POST /pools/POOL/members/ADDRESS/drain?within=10m"),
         ),
     }
 }
@@ -487,7 +503,7 @@ fn unauthorized(request: &Request<Incoming>, token: Option<&str>) -> Option<Answ
     (!matches).then(|| {
         let mut refused = error(
             StatusCode::UNAUTHORIZED,
-            "this call changes vipgate and needs Authorization: Bearer <the content of admin.token_file>",
+            "this call needs Authorization: Bearer <the content of admin.token_file> (every change does, and the list of connections)",
         );
         refused
             .headers_mut()

@@ -16,6 +16,7 @@
 //! the configuration's folder.
 
 mod admin;
+mod balance;
 mod describe;
 mod http;
 mod monitors;
@@ -52,6 +53,7 @@ pub use plan::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_UPGRADE_DRAIN_TIMEOUT,
 };
+pub use balance::{Rebalance, DEFAULT_LIFETIME_RATE, DEFAULT_REBALANCE_RATE, DEFAULT_TOLERANCE};
 pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
 pub use tls::{

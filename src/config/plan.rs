@@ -94,6 +94,9 @@ pub struct PoolPlan {
     pub min_active_members: usize,
     /// TLS toward the members.
     pub tls: Reencrypt,
+    /// Keep the members' shares even by moving connections. `None`
+    /// (default): connections stay where they are.
+    pub rebalance: Option<super::balance::Rebalance>,
 }
 
 /// A pool member: one address and port of a backend server.
@@ -137,6 +140,13 @@ pub struct VirtualPlan {
     /// Most new connections a second from one client address, with a
     /// second of burst. Default unlimited.
     pub client_rate_limit: RateLimit,
+    /// Close a connection (while quiet, paced per pool) once it is this
+    /// old, give or take its jitter: each connection's own limit is
+    /// between 90% and 100% of it. `None` (default): no limit.
+    pub max_connection_lifetime: Option<Duration>,
+    /// Log a line for every connection still open this often (bytes so
+    /// far). `None` (default): only when it starts and ends.
+    pub log_interval: Option<Duration>,
     /// Listen backlog (pending connections the kernel queues). Default 4096.
     pub backlog: u32,
     /// Move bytes with splice(2) on Linux instead of through a user-space

@@ -60,6 +60,7 @@ pub struct RawPool {
     pub slow_ramp: Option<Spanned<RawDuration>>,
     pub min_active_members: Option<Spanned<i64>>,
     pub tls: Option<Spanned<RawPoolTls>>,
+    pub rebalance: Option<super::balance::RawRebalance>,
 }
 
 /// One entry of a pool's `members` array.
@@ -87,6 +88,8 @@ pub struct RawVirtual {
     pub connection_limit: Option<Spanned<i64>>,
     pub client_connection_limit: Option<Spanned<i64>>,
     pub client_rate_limit: Option<Spanned<i64>>,
+    pub max_connection_lifetime: Option<Spanned<RawDuration>>,
+    pub log_interval: Option<Spanned<RawDuration>>,
     pub backlog: Option<Spanned<i64>>,
     pub zero_copy: Option<bool>,
     pub tcp_keepalive: Option<Spanned<RawKeepalive>>,

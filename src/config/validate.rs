@@ -193,6 +193,10 @@ impl Checker<'_> {
                 None => Reencrypt::Off,
                 Some(tls) => self.reencrypt(&format!("{key}.tls"), tls),
             },
+            rebalance: pool
+                .rebalance
+                .as_ref()
+                .map(|raw| self.rebalance(&format!("{key}.rebalance"), raw)),
         })
     }
 
@@ -347,6 +351,12 @@ impl Checker<'_> {
             &format!("{key}.client_rate_limit"),
             virtual_server.client_rate_limit.as_ref(),
         );
+        let max_connection_lifetime = virtual_server.max_connection_lifetime.as_ref().map(|value| {
+            self.duration(&format!("{key}.max_connection_lifetime"), Some(value), Duration::ZERO)
+        });
+        let log_interval = virtual_server.log_interval.as_ref().map(|value| {
+            self.duration(&format!("{key}.log_interval"), Some(value), Duration::ZERO)
+        });
         let backlog = match &virtual_server.backlog {
             None => Some(DEFAULT_BACKLOG),
             Some(value) => self
@@ -378,6 +388,21 @@ impl Checker<'_> {
                 .map(|n| n as u64),
         };
         let mode = self.mode(&key, raw_virtual, tls.as_mut(), raw);
+        if matches!(mode, Some(super::Mode::Http(_))) {
+            for (name, given) in [
+                ("max_connection_lifetime", &virtual_server.max_connection_lifetime),
+                ("log_interval", &virtual_server.log_interval),
+            ] {
+                if let Some(value) = given {
+                    self.report(
+                        &format!("{key}.{name}"),
+                        Some(value.span()),
+                        "applies to TCP virtuals only".into(),
+                        Some("an HTTP virtual routes each request anew and logs each one; remove the key".into()),
+                    );
+                }
+            }
+        }
         Some(VirtualPlan {
             name: name.to_string(),
             listen: listen?,
@@ -387,6 +412,8 @@ impl Checker<'_> {
             connection_limit,
             client_connection_limit,
             client_rate_limit,
+            max_connection_lifetime,
+            log_interval,
             backlog: backlog?,
             zero_copy: virtual_server.zero_copy.unwrap_or(true),
             tcp_keepalive: tcp_keepalive?,

@@ -35,6 +35,35 @@ pub struct MemberState {
     failure_log: Throttle,
     /// Time from starting a connect to the member being connected.
     connect_seconds: prometheus::Histogram,
+    /// The operator's timed drain, if one was asked: read by the mover
+    /// and the status page, never by the data path.
+    drain: std::sync::Mutex<Option<Drain>>,
+}
+
+/// A timed drain of one member address: it takes no new clients, and its
+/// connections are closed at an even pace so the last is gone by
+/// `deadline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub started: tokio::time::Instant,
+    pub deadline: tokio::time::Instant,
+    /// Its connections when the drain started.
+    pub initial: usize,
+    /// When its last connection was gone: the member is drained.
+    pub finished: Option<tokio::time::Instant>,
+}
+
+impl Drain {
+    /// How many connections may still be open at `now` to keep the pace:
+    /// `initial` at the start, falling evenly to none at the deadline.
+    pub fn allowed_at(&self, now: tokio::time::Instant) -> usize {
+        let total = self.deadline.saturating_duration_since(self.started).as_secs_f64();
+        let left = self.deadline.saturating_duration_since(now).as_secs_f64();
+        if total <= 0.0 || left <= 0.0 {
+            return 0;
+        }
+        (self.initial as f64 * left / total).ceil() as usize
+    }
 }
 
 /// Buckets of the connect-latency histogram, in seconds: 100 us to 5 s.
@@ -68,7 +97,18 @@ impl MemberState {
             retired,
             failure_log: Throttle::default(),
             connect_seconds,
+            drain: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The timed drain asked of this member, if any (finished or not).
+    pub fn drain(&self) -> Option<Drain> {
+        *crate::sync::lock(&self.drain)
+    }
+
+    /// Starts, updates or (with `None`) ends a timed drain.
+    pub fn set_drain(&self, drain: Option<Drain>) {
+        *crate::sync::lock(&self.drain) = drain;
     }
 
     /// The signal a connection of a pool without `action_on_service_down

@@ -12,7 +12,9 @@
 //! they may choose from: healthy, enabled, under their limits, in the active
 //! priority group, and not yet tried for this connection.
 
+pub mod balance;
 mod member;
+mod member_balance;
 mod member_health;
 mod selection;
 
@@ -22,13 +24,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::stop_signal::StopTokens;
-pub use member::{ByteCounts, MemberCounts, MemberSlot, MemberState};
+pub use member::{ByteCounts, Drain, MemberCounts, MemberSlot, MemberState};
+pub use member_balance::{Departures, MemberBalance};
 pub use member_health::{ramp_fraction, Health, MemberHealth};
+pub(crate) use selection::unit_hash;
 pub use selection::{selector, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
 
 use crate::config::{
-    AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, ServiceDownAction,
+    AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, Rebalance, ServiceDownAction,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::tls::MemberTls;
 
 /// Every member's state, by address, and every pool member's health, by
@@ -38,6 +43,7 @@ use crate::tls::MemberTls;
 pub struct MemberRegistry {
     members: HashMap<SocketAddr, Arc<MemberState>>,
     health: HashMap<(String, SocketAddr), Arc<MemberHealth>>,
+    balance: HashMap<(String, SocketAddr), Arc<MemberBalance>>,
 }
 
 impl MemberRegistry {
@@ -80,6 +86,22 @@ impl MemberRegistry {
             .clone()
     }
 
+    /// The balance of `address` in `pool`: carried over from `previous`,
+    /// or new.
+    pub fn balance_for(
+        &mut self,
+        pool: &str,
+        address: SocketAddr,
+        previous: Option<&MemberRegistry>,
+    ) -> Arc<MemberBalance> {
+        let key = (pool.to_string(), address);
+        let carried = previous.and_then(|p| p.balance.get(&key).cloned());
+        self.balance
+            .entry(key)
+            .or_insert_with(|| carried.unwrap_or_default())
+            .clone()
+    }
+
     pub fn get(&self, address: &SocketAddr) -> Option<&Arc<MemberState>> {
         self.members.get(address)
     }
@@ -108,6 +130,8 @@ pub struct Member {
     pub state: Arc<MemberState>,
     /// This pool's verdict on it.
     pub health: Arc<MemberHealth>,
+    /// This pool's rebalancing of it.
+    pub balance: Arc<MemberBalance>,
 }
 
 impl Member {
@@ -139,6 +163,9 @@ pub struct Pool {
     /// choosing a member allocates nothing.
     priorities: Vec<i64>,
     member_tls: Option<MemberTls>,
+    rebalance: Option<Rebalance>,
+    /// Set by the mover while some member is off its share.
+    rebalancing: AtomicBool,
 }
 
 impl Pool {
@@ -158,7 +185,9 @@ impl Pool {
             .map(|member| {
                 let state = registry.state_for(member.address, previous, close_all);
                 let health = registry.health_for(&plan.name, &state, monitored(member), previous);
+                let balance = registry.balance_for(&plan.name, member.address, previous);
                 Member {
+                    balance,
                     connection_limit: member.connection_limit,
                     connect_rate_limit: member.connect_rate_limit,
                     ratio: member.ratio,
@@ -182,7 +211,23 @@ impl Pool {
             min_active_members: plan.min_active_members,
             priorities,
             member_tls: None,
+            rebalance: plan.rebalance,
+            rebalancing: AtomicBool::new(false),
         }
+    }
+
+    /// The pool's `rebalance`, if set.
+    pub fn rebalance(&self) -> Option<Rebalance> {
+        self.rebalance
+    }
+
+    /// Whether the pool is rebalancing now (some member off its share).
+    pub fn rebalancing(&self) -> bool {
+        self.rebalancing.load(Ordering::Relaxed)
+    }
+
+    pub fn set_rebalancing(&self, rebalancing: bool) {
+        self.rebalancing.store(rebalancing, Ordering::Relaxed);
     }
 
     /// Wraps connections to the members in TLS (re-encryption).
@@ -244,8 +289,16 @@ impl Pool {
                 pool: self,
                 tried,
                 lowest_priority,
+                balancing: true,
             };
-            let index = self.selection.select(&view)?;
+            // Members a rebalancing pool holds above their share are a last
+            // resort, not a refusal.
+            let index = self.selection.select(&view).or_else(|| {
+                self.selection.select(&View {
+                    balancing: false,
+                    ..view
+                })
+            })?;
             tried.insert(index);
             let member = &self.members[index];
             if let Some(slot) = member
@@ -364,6 +417,8 @@ struct View<'a> {
     pool: &'a Pool,
     tried: &'a Tried,
     lowest_priority: i64,
+    /// Pass over members the pool's rebalancing holds above their share.
+    balancing: bool,
 }
 
 impl PoolView for View<'_> {
@@ -376,6 +431,7 @@ impl PoolView for View<'_> {
         !self.tried.contains(index)
             && member.priority >= self.lowest_priority
             && member.usable()
+            && !(self.balancing && member.balance.over_share())
             && member
                 .connection_limit
                 .admits(member.state.active_connections())

@@ -73,7 +73,7 @@ fn first_admitted(view: &dyn PoolView, order: &[u32], turn: usize) -> Option<(us
 
 /// A number in [0, 1) that looks random but depends only on its inputs
 /// (splitmix64).
-fn unit_hash(turn: usize, index: usize) -> f64 {
+pub(crate) fn unit_hash(turn: usize, index: usize) -> f64 {
     let mut x = (turn as u64) ^ ((index as u64) << 40) ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

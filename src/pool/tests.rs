@@ -26,6 +26,7 @@ fn plan(members: Vec<MemberPlan>) -> PoolPlan {
         slow_ramp: Duration::ZERO,
         min_active_members: 0,
         tls: crate::config::Reencrypt::Off,
+        rebalance: None,
     }
 }
 

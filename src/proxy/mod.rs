@@ -21,6 +21,7 @@
 mod buffered;
 mod splice;
 pub mod stream;
+mod tally;
 
 use std::fmt;
 use std::future::Future;
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stop_signal::StopSignal;
+pub use tally::{Leave, LeaveReason, Tally, LEAVE_GRACE, QUIET};
 
 /// How one connection is pumped.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +63,14 @@ pub enum CloseReason {
     /// Its member went down in a pool with `action_on_service_down =
     /// "reset"`.
     MemberDown,
+    /// Closed (with a FIN, while quiet) so that its client reconnects to
+    /// a less loaded member: the pool's `rebalance`.
+    Rebalanced,
+    /// Closed (with a FIN, while quiet) at the virtual's
+    /// `max_connection_lifetime`.
+    LifetimeReached,
+    /// Closed (with a FIN) by the operator's timed drain of its member.
+    Drained,
 }
 
 impl CloseReason {
@@ -74,6 +84,9 @@ impl CloseReason {
             CloseReason::MemberError => "member error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::MemberDown => "member down",
+            CloseReason::Rebalanced => "rebalanced",
+            CloseReason::LifetimeReached => "lifetime reached",
+            CloseReason::Drained => "drained",
         }
     }
 }
@@ -164,6 +177,8 @@ pin_project_lite::pin_project! {
         idle: tokio::time::Sleep,
         #[pin]
         stopped: StopSignal,
+        // Asked to leave and leaving: the client was sent its FIN.
+        leaving: Option<LeaveReason>,
     }
 }
 
@@ -184,6 +199,7 @@ impl Pump {
             idle_timeout: options.idle_timeout,
             idle: tokio::time::sleep(options.idle_timeout),
             stopped: StopSignal::new(stop),
+            leaving: None,
         }
     }
 
@@ -221,14 +237,17 @@ impl Pump {
     /// Pumps until the connection ends, or until the stop signal fires
     /// and `may_release` says the connection moves (to a successor
     /// process): then it resolves to the sockets, and the bytes read but
-    /// not yet written, in pipes. Polled again after it resolved, it
-    /// panics.
+    /// not yet written, in pipes. Keeps `tally` up to date and heeds its
+    /// request to leave. Polled again after it resolved, it panics.
     pub fn poll_pump(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
+        tally: &Tally,
         may_release: impl FnOnce() -> bool,
     ) -> Poll<Pumped> {
         let mut this = self.project();
+        tally.set_waker(|| this.stopped.waker());
+        let before = (this.up.bytes, this.down.bytes);
         // The stop signal first: a connection that moves takes its bytes
         // along as they are.
         let stopped = this.stopped.as_mut().poll(cx).is_ready();
@@ -258,18 +277,44 @@ impl Pump {
             {
                 break 'ended error.blame(Side::Member, Side::Client);
             }
+            if this.leaving.is_none() {
+                if let Some(leave) = tally.leave() {
+                    let idle = this.up.idle() && this.down.idle();
+                    if idle && (leave.forced || this.last_activity.elapsed() >= QUIET) {
+                        // The client hears the end first and reconnects; what
+                        // it still sends reaches the member, and its FIN ends
+                        // the connection. The member's side is closed then.
+                        *this.leaving = Some(leave.reason);
+                        if !this.down.done {
+                            this.down.done = true;
+                            let _ = finish(client);
+                        }
+                        this.idle.as_mut().reset(Instant::now() + LEAVE_GRACE);
+                    } else if !leave.forced {
+                        tally.decline();
+                    }
+                }
+            }
             if this.up.done && this.down.done {
-                break 'ended (CloseReason::Finished, None);
+                let reason = this.leaving.map_or(CloseReason::Finished, LeaveReason::close_reason);
+                break 'ended (reason, None);
             }
             // The timer is not pushed back on every read (that would cost a
             // timer-wheel update per read); when it fires it checks, and
             // re-arms for the rest of the window if bytes moved meanwhile.
             while this.idle.as_mut().poll(cx).is_ready() {
+                if let Some(reason) = this.leaving {
+                    // The client did not close within the grace.
+                    break 'ended (reason.close_reason(), None);
+                }
                 if this.last_activity.elapsed() >= *this.idle_timeout {
                     break 'ended (CloseReason::IdleTimeout, None);
                 }
                 let deadline = *this.last_activity + *this.idle_timeout;
                 this.idle.as_mut().reset(deadline);
+            }
+            if (this.up.bytes, this.down.bytes) != before {
+                tally.publish(this.up.bytes, this.down.bytes, *this.last_activity);
             }
             return Poll::Pending;
         };
@@ -399,6 +444,14 @@ impl Direction {
 }
 
 impl Direction {
+    /// Nothing read and not yet written.
+    fn idle(&self) -> bool {
+        match &self.transfer {
+            Carried::Splice(transfer) => transfer.carrier.as_ref().is_none_or(|c| c.pending() == 0),
+            Carried::Buffered(transfer) => transfer.carrier.as_ref().is_none_or(|c| c.pending() == 0),
+        }
+    }
+
     /// The bytes read but not yet written, in a pipe; `None` when there
     /// are none (an idle connection: the usual case).
     fn take_in_flight(&mut self) -> io::Result<Option<InFlight>> {

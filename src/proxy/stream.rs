@@ -17,17 +17,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::buffered::Leased;
-use super::{CloseReason, PumpError, PumpOutcome, Side};
+use super::{CloseReason, LeaveReason, PumpError, PumpOutcome, Side, Tally, LEAVE_GRACE, QUIET};
 use crate::stop_signal::StopSignal;
 
-/// Pumps bytes between `client` and `member` until the connection ends.
-/// The outcome's `member_source` is left for the caller (a TLS stream
-/// hides its socket).
+/// Pumps bytes between `client` and `member` until the connection ends,
+/// keeping `tally` up to date and heeding its request to leave. The
+/// outcome's `member_source` is left for the caller (a TLS stream hides
+/// its socket).
 pub async fn run<C, M>(
     mut client: C,
     mut member: M,
     idle_timeout: Duration,
     shutdown: CancellationToken,
+    tally: std::sync::Arc<dyn AsRef<Tally> + Send + Sync>,
 ) -> PumpOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -36,21 +38,51 @@ where
     let mut up = Direction::default();
     let mut down = Direction::default();
     let mut last_activity = Instant::now();
+    let mut leaving: Option<LeaveReason> = None;
     let idle = tokio::time::sleep(idle_timeout);
     let cancelled = StopSignal::new(shutdown);
     tokio::pin!(idle, cancelled);
     let (reason, error) = std::future::poll_fn(|cx| {
-        if let Poll::Ready(Err(error)) = up.poll(cx, &mut client, &mut member, &mut last_activity) {
-            return Poll::Ready(error.blame(Side::Client, Side::Member));
-        }
-        if let Poll::Ready(Err(error)) = down.poll(cx, &mut member, &mut client, &mut last_activity)
-        {
-            return Poll::Ready(error.blame(Side::Member, Side::Client));
+        let tally = (*tally).as_ref();
+        tally.set_waker(|| cancelled.waker());
+        let before = (up.bytes, down.bytes);
+        loop {
+            if let Poll::Ready(Err(error)) =
+                up.poll(cx, &mut client, &mut member, &mut last_activity)
+            {
+                return Poll::Ready(error.blame(Side::Client, Side::Member));
+            }
+            if let Poll::Ready(Err(error)) =
+                down.poll(cx, &mut member, &mut client, &mut last_activity)
+            {
+                return Poll::Ready(error.blame(Side::Member, Side::Client));
+            }
+            match tally.leave() {
+                Some(leave) if leaving.is_none() => {
+                    let nothing_in_flight = up.idle() && down.idle();
+                    if nothing_in_flight && (leave.forced || last_activity.elapsed() >= QUIET) {
+                        // As the socket pump: the client hears the end first
+                        // (close_notify and FIN), the member once the client
+                        // closed.
+                        leaving = Some(leave.reason);
+                        down.closing = !down.done;
+                        idle.as_mut().reset(Instant::now() + LEAVE_GRACE);
+                        continue;
+                    } else if !leave.forced {
+                        tally.decline();
+                    }
+                }
+                _ => {}
+            }
+            break;
         }
         if up.done && down.done {
-            return Poll::Ready((CloseReason::Finished, None));
+            return Poll::Ready((leaving.map_or(CloseReason::Finished, LeaveReason::close_reason), None));
         }
         while idle.as_mut().poll(cx).is_ready() {
+            if let Some(reason) = leaving {
+                return Poll::Ready((reason.close_reason(), None));
+            }
             if last_activity.elapsed() >= idle_timeout {
                 return Poll::Ready((CloseReason::IdleTimeout, None));
             }
@@ -58,6 +90,9 @@ where
         }
         if cancelled.as_mut().poll(cx).is_ready() {
             return Poll::Ready((CloseReason::Shutdown, None));
+        }
+        if (up.bytes, down.bytes) != before {
+            tally.publish(up.bytes, down.bytes, last_activity);
         }
         Poll::Pending
     })
@@ -85,6 +120,11 @@ struct Direction {
 }
 
 impl Direction {
+    /// Nothing read and not yet written or flushed.
+    fn idle(&self) -> bool {
+        self.in_flight.is_none() && !self.flushing
+    }
+
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,

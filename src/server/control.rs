@@ -15,6 +15,8 @@ use super::member_decisions::{apply_decisions, configured_states, DecisionsStatu
 use super::reload_history::{config_hash, ReloadStats};
 use super::{ConfigSource, Live};
 use crate::config::AdminState;
+use crate::connections::{Filter, Page};
+use crate::pool::Drain;
 use crate::service::ServiceManager;
 use crate::state_file::{DecisionSet, Decisions};
 use crate::sync::lock;
@@ -332,6 +334,9 @@ impl Control {
             .find(|m| m.state.address() == address)
             .ok_or_else(unknown)?;
         target.state.set_admin_state(state);
+        // A new decision ends a timed drain (enabling it is how one is
+        // cancelled).
+        target.state.set_drain(None);
         tracing::info!(pool, member = %address, state = %state, "member admin state changed");
         let configured = configured_states(snapshot.plan())
             .get(&address)
@@ -345,5 +350,35 @@ impl Control {
             });
         self.decision_changes.send_modify(|version| *version += 1);
         Ok(MemberChange { address, saved })
+    }
+
+    /// Drains `member` of `pool` within `within`: it is disabled (no new
+    /// clients, kept across restarts like any decision), and its open
+    /// connections are closed at an even pace, idle ones first, the last
+    /// by the deadline. Enabling it cancels the drain.
+    pub fn drain_member(
+        &self,
+        pool: &str,
+        member: &str,
+        within: std::time::Duration,
+    ) -> Result<MemberChange, AdminError> {
+        let change = self.set_member_state(pool, member, AdminState::Disabled)?;
+        if let Some(state) = self.live.load().member(&change.address) {
+            let started = tokio::time::Instant::now();
+            let initial = state.active_connections();
+            state.set_drain(Some(Drain {
+                started,
+                deadline: started + within,
+                initial,
+                finished: None,
+            }));
+            tracing::info!(pool, member = %change.address, connections = initial, ?within, "draining member");
+        }
+        Ok(change)
+    }
+
+    /// A page of the open TCP connections `filter` asks for.
+    pub(crate) fn connections(&self, filter: &Filter) -> Page {
+        self.live.load().connections.list(filter)
     }
 }

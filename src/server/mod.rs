@@ -15,6 +15,7 @@ mod accept;
 mod control;
 mod handoff;
 mod member_decisions;
+mod mover;
 mod reload;
 mod reload_history;
 mod snapshot;
@@ -231,6 +232,10 @@ impl Server {
         service.ready(&live.load().status_line());
         let watched = Arc::clone(&live);
         background.spawn(service.keep_alive(move || watched.load().status_line()));
+        background.spawn(mover::run(
+            Arc::clone(&live),
+            lifecycle.shutdown.draining.clone(),
+        ));
 
         shutdown.await;
         lifecycle.shutdown.draining.cancel();

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::stop_signal::StopTokens;
+use crate::connections::Registry;
 use crate::virtual_server::hand_over::HandOver;
 
 use super::StartError;
@@ -37,6 +38,8 @@ pub struct Snapshot {
     /// Established connections moving to a successor; the same across
     /// snapshots.
     pub(super) hand_over: Arc<HandOver>,
+    /// The TCP connections open now; the same across snapshots.
+    pub(crate) connections: Arc<Registry>,
 }
 
 impl Snapshot {
@@ -45,6 +48,7 @@ impl Snapshot {
     pub fn build(plan: Plan, previous: Option<&Snapshot>) -> Result<Snapshot, StartError> {
         let closing = previous.map_or_else(StopTokens::root, |p| p.closing.clone());
         let hand_over = previous.map_or_else(Arc::default, |p| Arc::clone(&p.hand_over));
+        let connections = previous.map_or_else(Arc::default, |p| Arc::clone(&p.connections));
         let (pools, members) = build_pools(&plan, previous, &closing)?;
         let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
         let snat_pools = build_snat_pools(&plan, previous);
@@ -59,6 +63,7 @@ impl Snapshot {
                     &snat_pools,
                     previous,
                     &hand_over,
+                    &connections,
                 )?;
                 Ok((virtual_plan.name.clone(), Arc::new(built)))
             })
@@ -72,6 +77,7 @@ impl Snapshot {
             snat_pools,
             closing,
             hand_over,
+            connections,
         })
     }
 
@@ -222,6 +228,7 @@ fn build_virtual(
     snat_pools: &BTreeMap<String, Arc<SnatPool>>,
     previous: Option<&Snapshot>,
     hand_over: &Arc<HandOver>,
+    connections: &Arc<Registry>,
 ) -> Result<VirtualServer, StartError> {
     let name = &virtual_plan.name;
     let stats = previous.and_then(|p| p.virtuals.get(name)).map_or_else(
@@ -279,6 +286,8 @@ fn build_virtual(
         Mode::Tcp => None,
     };
     Ok(VirtualServer {
+        name: name.as_str().into(),
+        connections: Arc::clone(connections),
         plan: virtual_plan.clone(),
         pool,
         sni_routes,

@@ -19,10 +19,13 @@ use tokio_util::task::TaskTracker;
 use super::hand_over::{MovableGuard, MovedConnection, Moving};
 use super::{reset, VirtualServer};
 use crate::config::{ProxyProtocol, ServiceDownAction, Terminate, Tls};
+use crate::connections::{Open, Opening, Registered};
 use crate::dial::{Attempts, Dialed};
 use crate::logging::Address;
 use crate::pool::{Health, MemberSlot, Pool, Reservation, Tried};
-use crate::proxy::{self, CloseReason, Pump, PumpOptions, PumpOutcome, Pumped, Released};
+use crate::proxy::{
+    self, CloseReason, LeaveReason, Pump, PumpOptions, PumpOutcome, Pumped, Released, Tally,
+};
 use crate::proxy_protocol;
 use crate::stats::{Admission, Outcome, Rejection};
 use crate::stop_signal::{Shutdown, StopTokens};
@@ -121,12 +124,9 @@ pin_project_lite::pin_project! {
             pump: Pump,
         },
         /// TLS on either side: boxed, so that its larger state does not
-        /// size every plain connection. The member's source address, for
-        /// the close line, waits beside it (free here: the plain variant
-        /// is larger; inside the box an async fn would keep it twice).
+        /// size every plain connection.
         Streams {
             pump: Pin<Box<dyn Future<Output = PumpOutcome> + Send>>,
-            source: Option<SocketAddr>,
         },
     }
 }
@@ -136,11 +136,9 @@ pin_project_lite::pin_project! {
 /// admission, its place among the connections that may move).
 struct Ending {
     virtual_server: Arc<VirtualServer>,
-    pool: Arc<Pool>,
-    /// The member's index in `pool`.
-    index: usize,
-    peer: SocketAddr,
-    started: Instant,
+    /// Its record among the open connections: pool, member, client, the
+    /// counters and a request to leave.
+    open: Registered,
     /// The shutdown's last step: a stop signal that fired without it was
     /// the member going down.
     closing: CancellationToken,
@@ -158,7 +156,7 @@ impl Future for Session {
         let ending = &*this.ending;
         let outcome = match this.pumping.project() {
             PumpingProjection::Sockets { pump } => {
-                match ready!(pump.poll_pump(cx, || ending.may_move())) {
+                match ready!(pump.poll_pump(cx, &ending.open.tally, || ending.may_move())) {
                     Pumped::Ended(outcome) => outcome,
                     Pumped::Released(released) => {
                         ending.move_on(released);
@@ -166,11 +164,7 @@ impl Future for Session {
                     }
                 }
             }
-            PumpingProjection::Streams { pump, source } => {
-                let mut outcome = ready!(pump.as_mut().poll(cx));
-                outcome.member_source = *source;
-                outcome
-            }
+            PumpingProjection::Streams { pump } => ready!(pump.as_mut().poll(cx)),
         };
         this.ending.record(outcome);
         Poll::Ready(())
@@ -183,12 +177,13 @@ impl Ending {
     /// neither a shutdown, its member's retirement nor a reset of its
     /// member (down, in a pool that resets) fired it.
     fn may_move(&self) -> bool {
-        let member = &self.pool.members()[self.index];
+        let pool = &self.open.pool;
+        let member = &pool.members()[self.open.member];
         self.movable.counted()
             && self.virtual_server.hand_over.wanted()
             && !self.closing.is_cancelled()
             && !member.state.retired_signal().all.is_cancelled()
-            && !(self.pool.action_on_service_down() == ServiceDownAction::Reset
+            && !(pool.action_on_service_down() == ServiceDownAction::Reset
                 && member.health.health() == Health::Down)
     }
 
@@ -207,18 +202,18 @@ impl Ending {
         let (client, member) = match (client.into_std(), member.into_std()) {
             (Ok(client), Ok(member)) => (client, member),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(virtual_server = %name, client = %self.peer, %error, "cannot hand a connection over, closed");
+                tracing::warn!(virtual_server = %name, client = %self.open.client, %error, "cannot hand a connection over, closed");
                 return;
             }
         };
         let moving = Moving {
             connection: MovedConnection {
                 virtual_name: name.clone(),
-                pool: self.pool.name().to_string(),
+                pool: self.open.pool.name().to_string(),
                 member: self.slot.member().address(),
-                client: self.peer,
+                client: self.open.client,
                 source,
-                age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                age_ms: u64::try_from(self.open.tally.age().as_millis()).unwrap_or(u64::MAX),
                 standing,
                 pending_to_member: to_member.as_ref().map_or(0, |bytes| bytes.pending),
                 pending_to_client: to_client.as_ref().map_or(0, |bytes| bytes.pending),
@@ -229,8 +224,20 @@ impl Ending {
             to_client,
         };
         if !self.virtual_server.hand_over.put(moving) {
-            tracing::info!(target: "vipgate::connection", virtual_server = %name, client = %Address(self.peer), "connection closed: the upgrade stopped waiting for it");
+            tracing::info!(target: "vipgate::connection", virtual_server = %name, client = %Address(self.open.client), "connection closed: the upgrade stopped waiting for it");
         }
+    }
+
+    /// Counts a connection that left because it was asked to, for its
+    /// member in its pool.
+    fn count_departure(&self, reason: CloseReason) {
+        let left = match reason {
+            CloseReason::Rebalanced => LeaveReason::Rebalance,
+            CloseReason::LifetimeReached => LeaveReason::Lifetime,
+            CloseReason::Drained => LeaveReason::Drain,
+            _ => return,
+        };
+        self.open.pool.members()[self.open.member].balance.count(left);
     }
 
     /// Counts and logs how the connection ended.
@@ -240,14 +247,15 @@ impl Ending {
         }
         let state = self.slot.member();
         state.record_bytes(outcome.bytes_to_member, outcome.bytes_to_client);
-        let duration = self.started.elapsed();
+        let duration = self.open.tally.age();
+        self.count_departure(outcome.reason);
         self.virtual_server.stats.record_duration(duration);
         tracing::info!(
             target: "vipgate::connection",
             virtual_server = %self.virtual_server.plan.name,
-            client = %Address(self.peer),
+            client = %Address(self.open.client),
             member = %Address(state.address()),
-            source = outcome.member_source.map(|source| tracing::field::display(Address(source))),
+            source = outcome.member_source.or(self.open.source).map(|source| tracing::field::display(Address(source))),
             bytes_to_member = outcome.bytes_to_member,
             bytes_to_client = outcome.bytes_to_client,
             duration_ms = duration.as_millis() as u64,
@@ -299,20 +307,19 @@ async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Sess
     // the shutdown.
     let stops = member_stops(pool, index);
     let bare = matches!((&client, &member), (Front::Plain(_), Back::Plain(_)));
-    // Only the close log needs the source address: a plain pump finds it
-    // as the connection ends; a TLS one keeps it in its box.
-    let source = (!bare)
-        .then(|| proxy::source_for_log(member.socket()))
-        .flatten();
-    log_established(
-        &virtual_server,
-        peer,
-        slot.member().address(),
-        source.or_else(|| proxy::source_for_log(member.socket())),
-    );
+    let source = member.socket().local_addr().ok();
+    log_established(&virtual_server, peer, slot.member().address(), source);
     if !bare {
         movable.release();
     }
+    let open = virtual_server.connections.register(Opening {
+        virtual_name: Arc::clone(&virtual_server.name),
+        pool: Arc::clone(pool),
+        member: index,
+        client: peer,
+        source,
+        tally: Tally::resumed(started.elapsed(), Duration::ZERO, 0, 0),
+    });
     let stop = stops.for_connection(movable.counted());
     let idle = plan.idle_timeout;
     let pumping = match (client, member) {
@@ -329,26 +336,20 @@ async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Sess
         // twice (once captured, once awaited), 500 bytes more per idle TLS
         // connection.
         (Front::Tls(client), Back::Plain(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-            source,
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop, tally(&open))),
         },
         (Front::Plain(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-            source,
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop, tally(&open))),
         },
         (Front::Tls(client), Back::Tls(member)) => Pumping::Streams {
-            pump: Box::pin(proxy::stream::run(client, member, idle, stop)),
-            source,
+            pump: Box::pin(proxy::stream::run(client, member, idle, stop, tally(&open))),
         },
     };
     Some(Session {
         pumping,
         ending: Ending {
-            pool: Arc::clone(pool),
-            index,
+            open,
             virtual_server: Arc::clone(&virtual_server),
-            peer,
-            started,
             closing: shutdown.closing,
             slot,
             _lease: lease,
@@ -356,6 +357,12 @@ async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Sess
             movable,
         },
     })
+}
+
+/// The record's counters, as a TLS pump keeps them.
+fn tally(open: &Registered) -> Arc<dyn AsRef<Tally> + Send + Sync> {
+    let open: Arc<Open> = Arc::clone(open.open());
+    open
 }
 
 /// The connection log's first line for a connection: a session of ten
@@ -447,13 +454,23 @@ pub(crate) fn adopt(
         Some(source) => virtual_server.dialer.snat.adopt(source, connection.member),
         None => crate::snat::SourceLease::Kernel,
     };
-    let age = Duration::from_millis(connection.age_ms);
+    let standing = &connection.standing;
+    let open = virtual_server.connections.register(Opening {
+        virtual_name: Arc::clone(&virtual_server.name),
+        pool: Arc::clone(&pool),
+        member: index,
+        client: connection.client,
+        source: connection.source,
+        tally: Tally::resumed(
+            Duration::from_millis(connection.age_ms),
+            Duration::from_millis(standing.idle_ms),
+            standing.bytes_to_member,
+            standing.bytes_to_client,
+        ),
+    });
     let ending = Ending {
         slot: pool.members()[index].state.adopt(),
-        pool,
-        index,
-        peer: connection.client,
-        started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        open,
         closing: shutdown.closing,
         _lease: lease,
         _admission: virtual_server

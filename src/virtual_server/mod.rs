@@ -28,6 +28,8 @@ use crate::tls::Terminator;
 /// counters.
 #[derive(Debug)]
 pub struct VirtualServer {
+    /// The plan's name, shared by every connection's record.
+    pub name: Arc<str>,
     pub plan: VirtualPlan,
     /// The pool for clients no SNI route claims.
     pub pool: Arc<Pool>,
@@ -43,6 +45,9 @@ pub struct VirtualServer {
     /// The process's hand-over of established connections to a successor
     /// (binary upgrade); the same for every virtual and snapshot.
     pub hand_over: Arc<hand_over::HandOver>,
+    /// The process's open connections; the same for every virtual and
+    /// snapshot.
+    pub connections: Arc<crate::connections::Registry>,
 }
 
 /// Why a listener could not be opened.
