@@ -44,7 +44,12 @@
 //!   `secret`: the secret a pair shares and the keys derived from it.
 //! - `streams`: the client and member sides of a connection, plain or TLS;
 //!   `proxy`: the byte pump, splice(2) zero-copy or buffered; half-close,
-//!   resets and the idle timeout.
+//!   resets and the idle timeout; its `Tally` of bytes and idle time, and
+//!   a request to leave.
+//! - `connections`: every open TCP connection's record (`GET
+//!   /connections`), which the mover in [`server`] reads to rebalance
+//!   pools, drain members on a deadline and close connections at their
+//!   lifetime.
 //! - [`http`]: HTTP virtuals: HTTP/1.1 and HTTP/2 clients, requests routed
 //!   one by one with persistence (URL-parameter routes, encrypted
 //!   cookies), kept-alive HTTP/1.1 member connections, WebSocket tunnels.

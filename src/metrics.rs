@@ -15,8 +15,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::server::{Live, ReloadStats};
 use crate::pool::Departures;
+use crate::server::{Live, ReloadStats};
 use crate::stats::Rejection;
 use crate::status::{MemberStatus, Status, VirtualStatus};
 
@@ -431,7 +431,12 @@ fn member_health(status: &Status, families: &mut Families) {
     let rebalancing: Vec<(&str, i64)> = status
         .pools
         .iter()
-        .filter_map(|pool| Some((pool.name.as_str(), i64::from(pool.rebalance.as_ref()?.active))))
+        .filter_map(|pool| {
+            Some((
+                pool.name.as_str(),
+                i64::from(pool.rebalance.as_ref()?.active),
+            ))
+        })
         .collect();
     families.gauge_each(
         "vipgate_pool_rebalancing",

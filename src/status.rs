@@ -129,7 +129,12 @@ impl DrainStatus {
         let now = tokio::time::Instant::now();
         let round = |seconds: f64| (seconds * 10.0).round() / 10.0;
         DrainStatus {
-            within_seconds: round(drain.deadline.saturating_duration_since(drain.started).as_secs_f64()),
+            within_seconds: round(
+                drain
+                    .deadline
+                    .saturating_duration_since(drain.started)
+                    .as_secs_f64(),
+            ),
             seconds_left: round(drain.deadline.saturating_duration_since(now).as_secs_f64()),
             started_with: drain.initial,
             remaining,
@@ -304,9 +309,10 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
                         usable: member.usable(),
                         counts: member.state.counts(),
                         departures: member.balance.departures(),
-                        drain: member.state.drain().map(|drain| {
-                            DrainStatus::of(drain, member.state.active_connections())
-                        }),
+                        drain: member
+                            .state
+                            .drain()
+                            .map(|drain| DrainStatus::of(drain, member.state.active_connections())),
                         over_share: member.balance.over_share(),
                         monitors: snapshot
                             .health()

@@ -71,7 +71,11 @@ impl Fleet {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let fleet = Fleet { events, stop, tasks };
+        let fleet = Fleet {
+            events,
+            stop,
+            tasks,
+        };
         eventually_async("every agent connected", || async {
             fleet.connected_now().len() == count
         })
@@ -118,7 +122,10 @@ impl Fleet {
     }
 }
 
-async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !condition().await {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -151,7 +158,9 @@ async fn run_agent(
     };
     while !stop.load(Ordering::Relaxed) {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(agent_address(agent), 0)).unwrap();
+        socket
+            .bind(SocketAddr::new(agent_address(agent), 0))
+            .unwrap();
         let Ok(Ok(stream)) = tokio::time::timeout(PATIENCE, socket.connect(vip)).await else {
             record(Seen::Refused);
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -177,6 +186,8 @@ async fn run_agent(
         loop {
             let pause = Duration::from_millis(3000 + next(2000));
             tokio::select! {
+                // A close that came first is seen first.
+                biased;
                 read = lines.next_line() => {
                     match read {
                         Ok(Some(_)) => record(Seen::Lost),
@@ -197,6 +208,8 @@ async fn run_agent(
                 }
             }
         }
+        // Closed at once, as a desktop does; back after its pause.
+        drop((lines, write));
         tokio::time::sleep(Duration::from_millis(next(2000))).await;
     }
 }
@@ -219,7 +232,10 @@ fn most_in_a_second(times: &[Instant]) -> usize {
 /// A pool of `members` watched by a tcp monitor every 100 ms, resetting
 /// the connections of a member that goes down, with `pool_extra` lines.
 fn pool_config(members: &[SocketAddr], pool_extra: &str, virtual_extra: &str) -> String {
-    let listed: Vec<String> = members.iter().map(|m| format!("{{ address = \"{m}\" }}")).collect();
+    let listed: Vec<String> = members
+        .iter()
+        .map(|m| format!("{{ address = \"{m}\" }}"))
+        .collect();
     format!(
         "{ADMIN}[settings]\nworker_threads = 2\n\
          [monitors.TCP]\ntype = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\n\
@@ -279,13 +295,20 @@ async fn rebalance_after_a_proxy_returns(slow_ramp: Option<u64>) {
         if even(&counts) && fleet.connected_now().len() == AGENTS {
             break;
         }
-        assert!(returned.elapsed() < deadline, "not even after {deadline:?}: {counts:?}");
+        assert!(
+            returned.elapsed() < deadline,
+            "not even after {deadline:?}: {counts:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = returned.elapsed();
     // A few more seconds: the rebalance must have stopped.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let events: Vec<Event> = fleet.events().into_iter().filter(|e| e.at >= returned).collect();
+    let events: Vec<Event> = fleet
+        .events()
+        .into_iter()
+        .filter(|e| e.at >= returned)
+        .collect();
     let moves: Vec<&Event> = events
         .iter()
         .filter(|e| matches!(e.seen, Seen::Closed(_) | Seen::ClosedAsking(_)))
@@ -296,14 +319,29 @@ async fn rebalance_after_a_proxy_returns(slow_ramp: Option<u64>) {
     }
     let twice = moved_per_agent.values().filter(|&&n| n > 1).count();
     let refused = events.iter().filter(|e| e.seen == Seen::Refused).count();
-    let lost = fleet.events().iter().filter(|e| e.seen == Seen::Lost).count();
-    let cut = moves.iter().filter(|e| matches!(e.seen, Seen::ClosedAsking(_))).count();
+    let lost = fleet
+        .events()
+        .iter()
+        .filter(|e| e.seen == Seen::Lost)
+        .count();
+    let cut = moves
+        .iter()
+        .filter(|e| matches!(e.seen, Seen::ClosedAsking(_)))
+        .count();
     let fastest = most_in_a_second(&moves.iter().map(|e| e.at).collect::<Vec<_>>());
-    let from_c = moves.iter().filter(|e| matches!(e.seen, Seen::Closed(2) | Seen::ClosedAsking(2))).count();
+    let from_c = moves
+        .iter()
+        .filter(|e| matches!(e.seen, Seen::Closed(2) | Seen::ClosedAsking(2)))
+        .count();
     let scrape = Scrape::of(&vipgate).await;
     let rebalanced: f64 = addresses
         .iter()
-        .map(|m| scrape.get("vipgate_rebalanced_total", &[("pool", "p"), ("member", &m.to_string())]))
+        .map(|m| {
+            scrape.get(
+                "vipgate_rebalanced_total",
+                &[("pool", "p"), ("member", &m.to_string())],
+            )
+        })
         .sum();
     println!(
         "rebalance (slow_ramp {slow_ramp:?}): even after {:.1} s ({} moved, {:.1} s at {RATE}/s): {:?}; \
@@ -320,9 +358,17 @@ async fn rebalance_after_a_proxy_returns(slow_ramp: Option<u64>) {
     assert_eq!(lost, 0, "no line lost");
     assert_eq!(from_c, 0, "nobody moved off the member that came back");
     assert_eq!(rebalanced as usize, moves.len(), "every move counted");
-    assert!(moves.len() >= 800 && moves.len() <= 1100, "{} moved", moves.len());
+    assert!(
+        moves.len() >= 800 && moves.len() <= 1100,
+        "{} moved",
+        moves.len()
+    );
     let status = common::admin::status(&vipgate).await;
-    assert_eq!(status["pools"][0]["rebalance"]["active"], false, "{}", status["pools"][0]);
+    assert_eq!(
+        status["pools"][0]["rebalance"]["active"], false,
+        "{}",
+        status["pools"][0]
+    );
     fleet.stop().await;
     for member in &mut members {
         member.close().await;
@@ -380,8 +426,16 @@ async fn a_timed_drain_closes_at_an_even_pace_and_everyone_reconnects_elsewhere(
     }
     let average = on_c as f64 / WITHIN as f64;
     let last = closes.iter().max().map(|at| at.duration_since(asked));
-    let refused = fleet.events().iter().filter(|e| e.seen == Seen::Refused).count();
-    let lost = fleet.events().iter().filter(|e| e.seen == Seen::Lost).count();
+    let refused = fleet
+        .events()
+        .iter()
+        .filter(|e| e.seen == Seen::Refused)
+        .count();
+    let lost = fleet
+        .events()
+        .iter()
+        .filter(|e| e.seen == Seen::Lost)
+        .count();
     println!(
         "drain of {on_c} agents within {WITHIN} s: closes per second {per_second:?} (average {average:.0}); \
          last close after {:.1} s; drained (status) after {:.1} s; now {:?}; refused {refused}; lines lost {lost}",
@@ -391,18 +445,36 @@ async fn a_timed_drain_closes_at_an_even_pace_and_everyone_reconnects_elsewhere(
     );
     assert!((550..=650).contains(&on_c), "{on_c} agents on C");
     assert_eq!(closes.len(), on_c, "each of C's agents closed once");
-    assert!(per_second.iter().all(|&n| n as f64 <= 2.0 * average), "{per_second:?}");
-    assert!(last.is_some_and(|last| asked + last <= deadline + Duration::from_secs(1)), "{last:?}");
+    assert!(
+        per_second.iter().all(|&n| n as f64 <= 2.0 * average),
+        "{per_second:?}"
+    );
+    assert!(
+        last.is_some_and(|last| asked + last <= deadline + Duration::from_secs(1)),
+        "{last:?}"
+    );
     assert_eq!(fleet.per_member(3)[2], 0, "nobody went back to C");
     assert_eq!((refused, lost), (0, 0));
     let scrape = Scrape::of(&vipgate).await;
-    let drained = scrape.get("vipgate_drained_total", &[("pool", "p"), ("member", &addresses[2].to_string())]);
+    let drained = scrape.get(
+        "vipgate_drained_total",
+        &[("pool", "p"), ("member", &addresses[2].to_string())],
+    );
     assert_eq!(drained as usize, on_c, "each counted once");
     // Enabling it ends the drain and takes clients again.
-    let enabled = admin(&vipgate, "POST", &format!("/pools/p/members/{}/enable", addresses[2]), None).await;
+    let enabled = admin(
+        &vipgate,
+        "POST",
+        &format!("/pools/p/members/{}/enable", addresses[2]),
+        None,
+    )
+    .await;
     assert_eq!(enabled.status, 200);
     let status = common::admin::status(&vipgate).await;
-    assert!(status["pools"][0]["members"][2]["drain"].is_null(), "{status}");
+    assert!(
+        status["pools"][0]["members"][2]["drain"].is_null(),
+        "{status}"
+    );
     fleet.stop().await;
 }
 
@@ -423,7 +495,11 @@ async fn connections_past_their_lifetime_come_back_through_the_balancer() {
     let fleet = Fleet::start(vipgate.addr("vs"), AGENTS, &["A"]).await;
     eventually_async("every agent closed once at its lifetime", || async {
         let events = fleet.events();
-        (0..AGENTS).all(|agent| events.iter().any(|e| e.agent == agent && matches!(e.seen, Seen::Closed(_))))
+        (0..AGENTS).all(|agent| {
+            events
+                .iter()
+                .any(|e| e.agent == agent && matches!(e.seen, Seen::Closed(_)))
+        })
     })
     .await;
     let closes: Vec<Instant> = fleet
@@ -439,7 +515,10 @@ async fn connections_past_their_lifetime_come_back_through_the_balancer() {
         first.as_secs_f64(),
         closes.len()
     );
-    assert!(first >= Duration::from_millis(3600), "{first:?}: no connection closed before 90% of its lifetime");
+    assert!(
+        first >= Duration::from_millis(3600),
+        "{first:?}: no connection closed before 90% of its lifetime"
+    );
     assert!(fastest <= 11, "{fastest} in one second at a rate of 10");
     // Counted as each connection ends: once its client closed too.
     let member_label = member.addr.to_string();
@@ -463,12 +542,17 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
     let token_file = dir.join("admin-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let toml = config(&[first, second], "snat = \"automap\"")
-        + &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", token_file.display());
+        + &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        );
     let vipgate = start(&toml).await;
     let vip = vipgate.addr("vs");
     let mut agents = Vec::new();
     for n in 0..10 {
-        let mut agent = LineClient::try_connect_from(agent_address(n), vip).await.unwrap();
+        let mut agent = LineClient::try_connect_from(agent_address(n), vip)
+            .await
+            .unwrap();
         assert!(agent.ask("hello").await.is_some());
         agents.push(agent);
     }
@@ -490,13 +574,28 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
     let one = &listed[0];
     assert_eq!(one["virtual"], "vs");
     assert_eq!(one["pool"], "p");
-    assert_eq!(one["client"].as_str().unwrap().split(':').next(), Some("127.1.0.1"));
+    assert_eq!(
+        one["client"].as_str().unwrap().split(':').next(),
+        Some("127.1.0.1")
+    );
     assert_eq!(one["bytes_to_member"], 6, "{one}");
-    assert!(one["source"].as_str().is_some_and(|s| s.starts_with("127.")), "{one}");
+    assert!(
+        one["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("127.")),
+        "{one}"
+    );
     assert!(one["age_seconds"].as_f64().is_some() && one["idle_seconds"].as_f64().is_some());
     // By member: the two lists split the ten.
-    let on_first = list(format!("?member={first}")).await["connections"].as_array().unwrap().len();
-    let on_second = list(format!("?member={}", second.to_string().replace(':', "%3A"))).await["connections"]
+    let on_first = list(format!("?member={first}")).await["connections"]
+        .as_array()
+        .unwrap()
+        .len();
+    let on_second = list(format!(
+        "?member={}",
+        second.to_string().replace(':', "%3A")
+    ))
+    .await["connections"]
         .as_array()
         .unwrap()
         .len();
@@ -510,7 +609,12 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
     let mut after = 0;
     loop {
         let page = list(format!("?limit=4&after={after}")).await;
-        let ids: Vec<u64> = page["connections"].as_array().unwrap().iter().map(|c| c["id"].as_u64().unwrap()).collect();
+        let ids: Vec<u64> = page["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect();
         assert!(ids.len() <= 4);
         seen.extend(&ids);
         match page["next"].as_u64() {
@@ -524,6 +628,9 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
     let bad = admin(&vipgate, "GET", "/connections?limit=0", Some(token)).await;
     assert_eq!(bad.status, 400);
     drop(agents);
-    eventually("the list empties", || vipgate.snapshot().active_connections() == 0).await;
+    eventually("the list empties", || {
+        vipgate.snapshot().active_connections() == 0
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -307,6 +307,47 @@ fn json_logs_carry_every_field_of_a_connection() {
     assert!(running.stop().success());
 }
 
+/// With `log_interval`, a connection still open is in the log every
+/// interval with its bytes so far: a ten-hour session shows all along.
+#[test]
+fn a_long_connection_is_logged_every_log_interval() {
+    let member = line_member("127.0.0.11");
+    let port = free_port("127.0.0.100");
+    let dir = temp_dir("log-interval");
+    let config = dir.join("vipgate.toml");
+    std::fs::write(
+        &config,
+        format!("[pools.p]\nmembers = [ {{ address = \"{member}\" }} ]\n[virtuals.v]\nlisten = \"127.0.0.100:{port}\"\npool = \"p\"\nlog_interval = \"1s\"\n"),
+    )
+    .unwrap();
+    let mut running = Running::spawn(
+        Command::new(BINARY)
+            .args(["--log-format", "json", "run", "-c"])
+            .arg(&config),
+    );
+    running.wait_for("listening").expect("a listening line");
+    let stream = TcpStream::connect(("127.0.0.100", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (&stream).write_all(b"hi\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    let open = running
+        .wait_for("connection open")
+        .expect("a line while the connection is open");
+    let open: serde_json::Value = serde_json::from_str(&open).expect("JSON");
+    assert_eq!(open["target"], "vipgate::connection");
+    assert_eq!(open["fields"]["member"], member.to_string());
+    assert_eq!(open["fields"]["bytes_to_member"], 3, "{open}");
+    assert!(open["fields"]["source"].is_string(), "{open}");
+    // And again a second later.
+    assert!(running.wait_for("connection open").is_some());
+    drop(stream);
+    assert!(running.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_follows_the_last_usable_member_of_each_virtual() {
     let mut member = SwitchablePort::open("127.0.0.12", "csp").await;

@@ -48,6 +48,7 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
 
     let mut agents = connect_agents(vip, AGENTS).await;
     let loaded_memory = resident_kib(old.child.id());
+    let listing = list_connections(&admin, first).await;
     let streaming: Vec<Agent> = agents.drain(..STREAMING).collect();
     let talk = Talk::start(streaming);
     let newcomers = Newcomers::start(vip);
@@ -87,7 +88,7 @@ async fn eight_thousand_agents_move_to_the_new_process_and_none_notices() {
         "upgrade under load: {moved} connections moved in {took_ms} ms (the command answered after {} ms); \
          the old process (pid {old_pid}) was gone {} ms after the command was sent; \
          {served} newcomers served, {refused} refused; {STREAMING} agents exchanged {lines} lines through it; \
-         memory per connection: old {:.1} KiB, new {:.1} KiB",
+         memory per connection: old {:.1} KiB, new {:.1} KiB; {listing}",
         answered.as_millis(),
         old_gone_after.as_millis(),
         per_connection(idle_memory, loaded_memory),
@@ -183,6 +184,53 @@ async fn a_bulk_stream_moves_in_the_middle_without_losing_a_byte() {
     // SAFETY: kill(2) on the process this test started (through vipgate).
     unsafe { libc::kill(successor as i32, libc::SIGTERM) };
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pages through `GET /connections` with every agent connected: each of
+/// the 8,000 listed once, each page bounded, and a member's filter. What
+/// it took, in words.
+async fn list_connections(admin: &str, first: SocketAddr) -> String {
+    let address: SocketAddr = admin.parse().unwrap();
+    let get = |path: String| async move {
+        let mut client = common::http_client::HttpClient::connect(address).await;
+        let reply = client
+            .send("GET", &path, &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        serde_json::from_str::<serde_json::Value>(&reply.body).unwrap()
+    };
+    let started = Instant::now();
+    let first_page = get("/connections?limit=1000".to_string()).await;
+    let first_page_took = started.elapsed();
+    let mut ids = std::collections::HashSet::new();
+    let mut page = first_page;
+    let mut pages = 1;
+    loop {
+        let listed = page["connections"].as_array().unwrap();
+        assert!(listed.len() <= 1000);
+        ids.extend(listed.iter().map(|c| c["id"].as_u64().unwrap()));
+        match page["next"].as_u64() {
+            Some(next) => {
+                page = get(format!("/connections?limit=1000&after={next}")).await;
+                pages += 1;
+            }
+            None => break,
+        }
+    }
+    let all_took = started.elapsed();
+    assert_eq!(ids.len(), AGENTS, "every agent listed once");
+    let on_first = get(format!("/connections?member={first}&limit=1000")).await;
+    assert!(on_first["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["member"] == first.to_string()));
+    format!(
+        "GET /connections with {AGENTS} open: the first page of 1,000 in {} ms, all {pages} pages in {} ms",
+        first_page_took.as_millis(),
+        all_took.as_millis()
+    )
 }
 
 /// Connects `count` agents, a few hundred at a time; each says hello and

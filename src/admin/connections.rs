@@ -13,7 +13,8 @@ use crate::connections::Filter;
 use crate::server::Control;
 
 /// Shortest and longest drain an operator may ask for.
-const DRAIN_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+const DRAIN_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
 
 /// A query string's `key=value` pairs, decoded.
 fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
@@ -24,8 +25,9 @@ fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let decode = |text: &str| {
-                percent_decode(&text.replace('+', " "))
-                    .ok_or_else(|| format!("{pair}: a %-escape is not two hex digits of UTF-8 text"))
+                percent_decode(&text.replace('+', " ")).ok_or_else(|| {
+                    format!("{pair}: a %-escape is not two hex digits of UTF-8 text")
+                })
             };
             Ok((decode(key)?, decode(value)?))
         })
@@ -56,7 +58,10 @@ pub(super) fn drain(control: &Control, pool: &str, member: &str, query: Option<&
         .find(|(key, _)| key == "within")
         .map(|(_, value)| value.as_str());
     let Some(within) = within else {
-        return error(StatusCode::BAD_REQUEST, "drain needs a deadline: POST .../drain?within=10m");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "drain needs a deadline: POST .../drain?within=10m",
+        );
     };
     let within = match humantime::parse_duration(within) {
         Ok(within) if (DRAIN_RANGE.0..=DRAIN_RANGE.1).contains(&within) => within,

@@ -45,7 +45,10 @@ impl Checker<'_> {
                     &format!("{key}.tolerance"),
                     Some(value.span()),
                     format!("{} is not a fraction from 0.01 to 1", value.get_ref()),
-                    Some("0.1 lets a member be 10% off its fair share before connections move".into()),
+                    Some(
+                        "0.1 lets a member be 10% off its fair share before connections move"
+                            .into(),
+                    ),
                 );
                 DEFAULT_TOLERANCE
             }

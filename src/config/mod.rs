@@ -36,6 +36,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use admin::{Admin, AdminAuth, DEFAULT_ADMIN_LISTEN};
+pub use balance::{Rebalance, DEFAULT_LIFETIME_RATE, DEFAULT_REBALANCE_RATE, DEFAULT_TOLERANCE};
 pub use http::{
     is_managed_header, HttpPlan, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_HEADER_SIZE, HTTP_ALPN,
@@ -53,7 +54,6 @@ pub use plan::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_UPGRADE_DRAIN_TIMEOUT,
 };
-pub use balance::{Rebalance, DEFAULT_LIFETIME_RATE, DEFAULT_REBALANCE_RATE, DEFAULT_TOLERANCE};
 pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
 pub use tls::{

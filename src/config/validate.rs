@@ -351,9 +351,17 @@ impl Checker<'_> {
             &format!("{key}.client_rate_limit"),
             virtual_server.client_rate_limit.as_ref(),
         );
-        let max_connection_lifetime = virtual_server.max_connection_lifetime.as_ref().map(|value| {
-            self.duration(&format!("{key}.max_connection_lifetime"), Some(value), Duration::ZERO)
-        });
+        let max_connection_lifetime =
+            virtual_server
+                .max_connection_lifetime
+                .as_ref()
+                .map(|value| {
+                    self.duration(
+                        &format!("{key}.max_connection_lifetime"),
+                        Some(value),
+                        Duration::ZERO,
+                    )
+                });
         let log_interval = virtual_server.log_interval.as_ref().map(|value| {
             self.duration(&format!("{key}.log_interval"), Some(value), Duration::ZERO)
         });
@@ -390,7 +398,10 @@ impl Checker<'_> {
         let mode = self.mode(&key, raw_virtual, tls.as_mut(), raw);
         if matches!(mode, Some(super::Mode::Http(_))) {
             for (name, given) in [
-                ("max_connection_lifetime", &virtual_server.max_connection_lifetime),
+                (
+                    "max_connection_lifetime",
+                    &virtual_server.max_connection_lifetime,
+                ),
                 ("log_interval", &virtual_server.log_interval),
             ] {
                 if let Some(value) = given {

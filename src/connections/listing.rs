@@ -76,7 +76,10 @@ impl Filter {
                 "pool" => filter.pool = Some(value.to_string()),
                 "member" => {
                     filter.member = Some(value.parse().map_err(|_| {
-                        invalid("member", "a member is its address and port, e.g. 10.0.0.11:9070")
+                        invalid(
+                            "member",
+                            "a member is its address and port, e.g. 10.0.0.11:9070",
+                        )
                     })?)
                 }
                 "client" => {
@@ -84,14 +87,17 @@ impl Filter {
                         ClientFilter::Socket(socket)
                     } else {
                         ClientFilter::Address(value.parse().map_err(|_| {
-                            invalid("client", "a client is an address (every port) or address:port")
+                            invalid(
+                                "client",
+                                "a client is an address (every port) or address:port",
+                            )
                         })?)
                     })
                 }
                 "after" => {
-                    filter.after = value
-                        .parse()
-                        .map_err(|_| invalid("after", "the `next` of the previous page, a number"))?
+                    filter.after = value.parse().map_err(|_| {
+                        invalid("after", "the `next` of the previous page, a number")
+                    })?
                 }
                 "limit" => {
                     filter.limit = value
@@ -112,8 +118,13 @@ impl Filter {
                 .virtual_name
                 .as_deref()
                 .is_none_or(|name| *open.virtual_name == *name)
-            && self.pool.as_deref().is_none_or(|pool| open.pool.name() == pool)
-            && self.member.is_none_or(|member| open.member_address() == member)
+            && self
+                .pool
+                .as_deref()
+                .is_none_or(|pool| open.pool.name() == pool)
+            && self
+                .member
+                .is_none_or(|member| open.member_address() == member)
             && self.client.is_none_or(|client| match client {
                 ClientFilter::Address(address) => open.client.ip() == address,
                 ClientFilter::Socket(socket) => open.client == socket,

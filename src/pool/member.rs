@@ -57,7 +57,10 @@ impl Drain {
     /// How many connections may still be open at `now` to keep the pace:
     /// `initial` at the start, falling evenly to none at the deadline.
     pub fn allowed_at(&self, now: tokio::time::Instant) -> usize {
-        let total = self.deadline.saturating_duration_since(self.started).as_secs_f64();
+        let total = self
+            .deadline
+            .saturating_duration_since(self.started)
+            .as_secs_f64();
         let left = self.deadline.saturating_duration_since(now).as_secs_f64();
         if total <= 0.0 || left <= 0.0 {
             return 0;

@@ -33,8 +33,8 @@ pub use selection::{selector, LeastConnections, PoolView, Ratio, RoundRobin, Sel
 use crate::config::{
     AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, Rebalance, ServiceDownAction,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::tls::MemberTls;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every member's state, by address, and every pool member's health, by
 /// pool and address. Rebuilt on each configuration change, carrying over

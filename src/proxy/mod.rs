@@ -296,7 +296,9 @@ impl Pump {
                 }
             }
             if this.up.done && this.down.done {
-                let reason = this.leaving.map_or(CloseReason::Finished, LeaveReason::close_reason);
+                let reason = this
+                    .leaving
+                    .map_or(CloseReason::Finished, LeaveReason::close_reason);
                 break 'ended (reason, None);
             }
             // The timer is not pushed back on every read (that would cost a
@@ -448,7 +450,9 @@ impl Direction {
     fn idle(&self) -> bool {
         match &self.transfer {
             Carried::Splice(transfer) => transfer.carrier.as_ref().is_none_or(|c| c.pending() == 0),
-            Carried::Buffered(transfer) => transfer.carrier.as_ref().is_none_or(|c| c.pending() == 0),
+            Carried::Buffered(transfer) => {
+                transfer.carrier.as_ref().is_none_or(|c| c.pending() == 0)
+            }
         }
     }
 

@@ -77,7 +77,10 @@ where
             break;
         }
         if up.done && down.done {
-            return Poll::Ready((leaving.map_or(CloseReason::Finished, LeaveReason::close_reason), None));
+            return Poll::Ready((
+                leaving.map_or(CloseReason::Finished, LeaveReason::close_reason),
+                None,
+            ));
         }
         while idle.as_mut().poll(cx).is_ready() {
             if let Some(reason) = leaving {

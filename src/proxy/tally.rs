@@ -109,7 +109,12 @@ impl Tally {
 
     /// A connection that started `age` ago and has been idle for `idle`,
     /// with these counts so far (one a predecessor process handed over).
-    pub fn resumed(age: Duration, idle: Duration, bytes_to_member: u64, bytes_to_client: u64) -> Tally {
+    pub fn resumed(
+        age: Duration,
+        idle: Duration,
+        bytes_to_member: u64,
+        bytes_to_client: u64,
+    ) -> Tally {
         let now = Instant::now();
         Tally {
             started: now.checked_sub(age).unwrap_or(now),

@@ -71,8 +71,22 @@ struct Mover {
 struct Pacer {
     tokens: f64,
     refilled: Instant,
+    /// Moves this tick may still make: `rate` spread over the ticks, so a
+    /// late tick does not move two at once.
+    this_tick: u32,
     /// When the current rebalance began; `None` while the pool is even.
     rebalancing_since: Option<Instant>,
+}
+
+impl Pacer {
+    fn may_move(&self) -> bool {
+        self.tokens >= 1.0 && self.this_tick > 0
+    }
+
+    fn moved(&mut self) {
+        self.tokens -= 1.0;
+        self.this_tick -= 1;
+    }
 }
 
 /// What one look at the open connections found for one pool.
@@ -118,8 +132,7 @@ impl Mover {
         for pool in snapshot.pools().filter(|pool| pool.rebalance().is_none()) {
             settle(pool);
         }
-        if drained.is_empty() && lifetimes.is_empty() && log_intervals.is_empty() && !rebalancing
-        {
+        if drained.is_empty() && lifetimes.is_empty() && log_intervals.is_empty() && !rebalancing {
             return;
         }
         let mut looked = self.look(snapshot, now, &drained, &lifetimes, &log_intervals);
@@ -204,7 +217,9 @@ impl Mover {
             if let Some(lifetime) = lifetimes.get(&*open.virtual_name) {
                 let limit = lifetime.mul_f64(0.9 + 0.1 * unit_hash(open.id));
                 let older = |other: &Arc<Open>| open.tally.started() < other.tally.started();
-                if open.tally.started() + limit <= now && findings.expired.as_ref().is_none_or(older) {
+                if open.tally.started() + limit <= now
+                    && findings.expired.as_ref().is_none_or(older)
+                {
                     findings.expired = Some(Arc::clone(open));
                 }
             }
@@ -221,21 +236,45 @@ impl Mover {
         let pacer = self.pools.entry(pool.name().to_string()).or_insert(Pacer {
             tokens: 1.0,
             refilled: now,
+            this_tick: 0,
             rebalancing_since: None,
         });
-        // A bucket of one: never more than `rate` in any second, plus one.
+        // A bucket that holds one between ticks, and at most rate x TICK
+        // moves a tick: never more than `rate` in any second, plus one.
+        // Capped after spending, not before, so a tick that comes a little
+        // early loses no fraction of a token.
         let elapsed = now.saturating_duration_since(pacer.refilled).as_secs_f64();
-        pacer.tokens = (pacer.tokens + elapsed * f64::from(rate)).min(1.0);
+        pacer.tokens += elapsed * f64::from(rate);
         pacer.refilled = now;
+        pacer.this_tick = (f64::from(rate) * TICK.as_secs_f64()).ceil().max(1.0) as u32;
+        self.spend(pool, findings, now);
+        if let Some(pacer) = self.pools.get_mut(pool.name()) {
+            pacer.tokens = pacer.tokens.min(1.0);
+        }
+    }
+
+    /// Moves what `pool`'s budget allows.
+    fn spend(&mut self, pool: &Pool, findings: Option<&PoolFindings>, now: Instant) {
+        let Some(pacer) = self.pools.get_mut(pool.name()) else {
+            return;
+        };
         let Some(findings) = findings else { return };
         if let Some(rebalance) = pool.rebalance() {
-            let judgement = judge(&loads(pool, &findings.held), rebalance.tolerance);
+            // Hysteresis: a rebalance starts past the tolerance and goes on
+            // to half of it, so the pool does not hover at the edge (and
+            // clients still reconnecting land well inside it).
+            let tolerance = if pacer.rebalancing_since.is_some() {
+                rebalance.tolerance / 2.0
+            } else {
+                rebalance.tolerance
+            };
+            let judgement = judge(&loads(pool, &findings.held), tolerance);
             rebalance_pool(pool, pacer, &judgement, findings, now);
         }
-        if pacer.tokens >= 1.0 {
+        if pacer.may_move() {
             if let Some(open) = &findings.expired {
                 if ask(open, LeaveReason::Lifetime, false) {
-                    pacer.tokens -= 1.0;
+                    pacer.moved();
                     tracing::info!(target: "vipgate::connection", virtual_server = %open.virtual_name, client = %Address(open.client), member = %Address(open.member_address()), age_s = open.tally.age().as_secs(), "closing a connection at its max_connection_lifetime");
                 }
             }
@@ -304,15 +343,12 @@ fn rebalance_pool(
     }
     let Some(to) = judgement.emptiest else { return };
     for &from in &judgement.sources {
-        if pacer.tokens < 1.0 {
-            return;
-        }
         for open in &findings.movable[from] {
-            if pacer.tokens < 1.0 {
+            if !pacer.may_move() {
                 return;
             }
             if open.tally.idle() >= QUIET && ask(open, LeaveReason::Rebalance, false) {
-                pacer.tokens -= 1.0;
+                pacer.moved();
                 let share = |index: usize| {
                     format!(
                         "{} holds {} of a share of {:.0}",
@@ -336,9 +372,18 @@ fn settle(pool: &Pool) {
 }
 
 /// One tick of a member's timed drain.
-fn drain_member(snapshot: &Snapshot, address: SocketAddr, mut findings: DrainFindings, now: Instant) {
-    let Some(member) = snapshot.member(&address) else { return };
-    let Some(mut drain) = member.drain() else { return };
+fn drain_member(
+    snapshot: &Snapshot,
+    address: SocketAddr,
+    mut findings: DrainFindings,
+    now: Instant,
+) {
+    let Some(member) = snapshot.member(&address) else {
+        return;
+    };
+    let Some(mut drain) = member.drain() else {
+        return;
+    };
     let open = findings.waiting.len();
     if open + findings.asked == 0 {
         drain.finished = Some(now);
@@ -384,7 +429,11 @@ fn shares_line(pool: &Pool, held: &[usize], judgement: &Judgement) -> String {
         .iter()
         .enumerate()
         .map(|(index, member)| {
-            let health = if member.health.health() == Health::Up { "" } else { " (not up)" };
+            let health = if member.health.health() == Health::Up {
+                ""
+            } else {
+                " (not up)"
+            };
             format!(
                 "{} {}/{:.0}{health}",
                 member.state.address(),

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::stop_signal::StopTokens;
 use crate::connections::Registry;
+use crate::stop_signal::StopTokens;
 use crate::virtual_server::hand_over::HandOver;
 
 use super::StartError;

@@ -237,7 +237,9 @@ impl Ending {
             CloseReason::Drained => LeaveReason::Drain,
             _ => return,
         };
-        self.open.pool.members()[self.open.member].balance.count(left);
+        self.open.pool.members()[self.open.member]
+            .balance
+            .count(left);
     }
 
     /// Counts and logs how the connection ended.
