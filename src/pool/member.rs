@@ -351,4 +351,21 @@ mod tests {
         );
         assert!(bucket.take(RateLimit::Unlimited, start));
     }
+
+    #[test]
+    fn a_drain_allows_fewer_connections_evenly_to_none_at_its_deadline() {
+        let started = tokio::time::Instant::now();
+        let drain = Drain {
+            started,
+            deadline: started + Duration::from_secs(20),
+            initial: 600,
+            finished: None,
+        };
+        assert_eq!(drain.allowed_at(started), 600);
+        assert_eq!(drain.allowed_at(started + Duration::from_secs(5)), 450);
+        assert_eq!(drain.allowed_at(started + Duration::from_secs(10)), 300);
+        assert_eq!(drain.allowed_at(started + Duration::from_millis(19_990)), 1);
+        assert_eq!(drain.allowed_at(started + Duration::from_secs(20)), 0);
+        assert_eq!(drain.allowed_at(started + Duration::from_secs(30)), 0);
+    }
 }

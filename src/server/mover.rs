@@ -37,8 +37,11 @@ use crate::proxy::{Leave, LeaveReason, QUIET};
 /// How often the mover looks: fine enough that a rate of 20 a second is
 /// one connection a tick.
 const TICK: Duration = Duration::from_millis(50);
-/// Ticks between two looks for `log_interval` lines: one a second.
-const LOG_TICKS: u32 = 20;
+/// How often the mover looks while it has nothing to move: a rebalance
+/// or a drain starts within a second.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Between two looks for `log_interval` lines.
+const LOG_LOOK: Duration = Duration::from_secs(1);
 /// Quiet connections kept per member as candidates in one look.
 const CANDIDATES: usize = 8;
 
@@ -46,17 +49,25 @@ const CANDIDATES: usize = 8;
 /// then could not come back).
 pub(super) async fn run(live: Live, stopping: CancellationToken) {
     let mut mover = Mover::default();
-    let mut interval = tokio::time::interval(TICK);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u32 = 0;
+    let mut last_log_look = Instant::now();
+    let mut pause = IDLE_TICK;
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            () = tokio::time::sleep(pause) => {}
             () = stopping.cancelled() => return,
         }
-        ticks = ticks.wrapping_add(1);
         let snapshot = live.load_full();
-        mover.tick(&snapshot, Instant::now(), ticks % LOG_TICKS == 0);
+        let now = Instant::now();
+        let log_due = now.saturating_duration_since(last_log_look) >= LOG_LOOK;
+        if log_due {
+            last_log_look = now;
+        }
+        // Idle (nothing to move), it wakes once a second, not twenty times.
+        pause = if mover.tick(&snapshot, now, log_due) {
+            TICK
+        } else {
+            IDLE_TICK
+        };
     }
 }
 
@@ -109,7 +120,9 @@ struct DrainFindings {
 }
 
 impl Mover {
-    fn tick(&mut self, snapshot: &Snapshot, now: Instant, log_due: bool) {
+    /// One look; true while there is something to move (a drain, a
+    /// lifetime, a pool off its share), so the next comes a tick later.
+    fn tick(&mut self, snapshot: &Snapshot, now: Instant, log_due: bool) -> bool {
         let drained: Vec<SocketAddr> = snapshot
             .members()
             .filter(|member| member.drain().is_some_and(|drain| drain.finished.is_none()))
@@ -128,12 +141,13 @@ impl Mover {
             .filter_map(|v| Some((v.name.as_str(), v.log_interval?)))
             .filter(|_| log_due)
             .collect();
-        let rebalancing = snapshot.pools().any(|pool| pool.rebalance().is_some());
         for pool in snapshot.pools().filter(|pool| pool.rebalance().is_none()) {
             settle(pool);
         }
-        if drained.is_empty() && lifetimes.is_empty() && log_intervals.is_empty() && !rebalancing {
-            return;
+        let rebalancing = snapshot.pools().any(|pool| self.may_be_uneven(pool));
+        let busy = !drained.is_empty() || !lifetimes.is_empty() || rebalancing;
+        if !busy && log_intervals.is_empty() {
+            return false;
         }
         let mut looked = self.look(snapshot, now, &drained, &lifetimes, &log_intervals);
         // Every member being drained, also one with nothing left open.
@@ -148,6 +162,29 @@ impl Mover {
         for open in looked.to_log {
             log_open(&open);
         }
+        busy
+    }
+
+    /// Whether `pool` rebalances, or may need to: judged first from the
+    /// members' own counts (no look at the connections), which a member
+    /// shared with another pool overstates; the look then decides.
+    fn may_be_uneven(&self, pool: &Pool) -> bool {
+        let Some(rebalance) = pool.rebalance() else {
+            return false;
+        };
+        if self
+            .pools
+            .get(pool.name())
+            .is_some_and(|pacer| pacer.rebalancing_since.is_some())
+        {
+            return true;
+        }
+        let held: Vec<usize> = pool
+            .members()
+            .iter()
+            .map(|member| member.state.active_connections())
+            .collect();
+        judge(&loads(pool, &held), rebalance.tolerance).uneven
     }
 
     /// One pass over the open connections, collecting what this tick
