@@ -634,3 +634,67 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With round-robin, a rebalancing pool sends new clients only to the
+/// members below their share: the moved clients land on the member that
+/// came back, not back where they were, and the pool evens out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_moves_land_on_the_emptier_member() {
+    raise_file_limit();
+    const AGENTS: usize = 600;
+    let mut members = vec![
+        SwitchablePort::open("127.0.0.11", "A").await,
+        SwitchablePort::open("127.0.0.12", "B").await,
+        SwitchablePort::open("127.0.0.13", "C").await,
+    ];
+    let addresses: Vec<SocketAddr> = members.iter().map(|m| m.addr).collect();
+    let toml = pool_config(&addresses, "rebalance = { rate = 20 }", "").replace(
+        "algorithm = \"least-connections\"",
+        "algorithm = \"round-robin\"",
+    );
+    let vipgate = start(&toml).await;
+    for address in &addresses {
+        wait_health(&vipgate, *address, vipgate::pool::Health::Up).await;
+    }
+    let fleet = Fleet::start(vipgate.addr("vs"), AGENTS, &["A", "B", "C"]).await;
+    members[2].close().await;
+    eventually_async("C's agents moved to A and B", || async {
+        let counts = fleet.per_member(3);
+        counts[2] == 0 && counts[0] + counts[1] == AGENTS
+    })
+    .await;
+    let returned = Instant::now();
+    members[2].reopen().await;
+    wait_health(&vipgate, addresses[2], vipgate::pool::Health::Up).await;
+    eventually_async("the pool even again", || async {
+        let counts = fleet.per_member(3);
+        fleet.connected_now().len() == AGENTS && counts.iter().all(|&c| (180..=220).contains(&c))
+    })
+    .await;
+    let took = returned.elapsed();
+    let events: Vec<Event> = fleet
+        .events()
+        .into_iter()
+        .filter(|e| e.at >= returned)
+        .collect();
+    let moved = events
+        .iter()
+        .filter(|e| matches!(e.seen, Seen::Closed(_) | Seen::ClosedAsking(_)))
+        .count();
+    let landed_on_c = events
+        .iter()
+        .filter(|e| e.seen == Seen::Connected(2))
+        .count();
+    println!(
+        "round-robin rebalance: even after {:.1} s: {:?}; {moved} moved, {landed_on_c} reconnected to C",
+        took.as_secs_f64(),
+        fleet.per_member(3)
+    );
+    // Without the skip, round-robin would send two of three back to A
+    // and B; clients still away when the rebalance stops go anywhere.
+    assert!(
+        landed_on_c as f64 >= 0.8 * moved as f64,
+        "{landed_on_c} of {moved} moved clients landed on the member with room"
+    );
+    fleet.stop().await;
+}
