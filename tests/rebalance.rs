@@ -642,7 +642,7 @@ async fn the_connection_list_answers_which_agents_are_on_a_proxy() {
 async fn round_robin_moves_land_on_the_emptier_member() {
     raise_file_limit();
     const AGENTS: usize = 600;
-    let mut members = vec![
+    let mut members = [
         SwitchablePort::open("127.0.0.11", "A").await,
         SwitchablePort::open("127.0.0.12", "B").await,
         SwitchablePort::open("127.0.0.13", "C").await,
