@@ -37,6 +37,9 @@ impl Plan {
                 for certificate in &mut terminate.certs {
                     visit(&mut certificate.cert);
                     visit(&mut certificate.key);
+                    if let Some(chain) = &mut certificate.chain {
+                        visit(chain);
+                    }
                 }
                 if let ClientAuth::Optional(ca) | ClientAuth::Required(ca) =
                     &mut terminate.client_auth

@@ -83,8 +83,12 @@ pub enum SessionTickets {
 /// PEM files of one certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFiles {
+    /// The certificate, optionally followed by its intermediates.
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
+    /// Intermediates kept in a file of their own (F5's `chain`), sent
+    /// after the certificate's.
+    pub chain: Option<std::path::PathBuf>,
 }
 
 /// Client certificates (mutual TLS).
@@ -163,6 +167,7 @@ pub struct RawTls {
 pub struct RawCert {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    pub chain: Option<Spanned<String>>,
 }
 
 /// A pool's `tls = { ca = "...", server_name = "..." }`: re-encryption
@@ -207,6 +212,7 @@ impl Checker<'_> {
                         .map(|c| CertFiles {
                             cert: c.cert.get_ref().into(),
                             key: c.key.get_ref().into(),
+                            chain: c.chain.as_ref().map(|chain| chain.get_ref().into()),
                         })
                         .collect(),
                     other => {

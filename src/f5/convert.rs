@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use super::model::{find, MemberState, Model, RuleSpec, SnatChoice, Virtual};
+use super::model::{
+    find, Certificate, MemberState, Model, RuleSpec, SnatChoice, Virtual, DEFAULT_SNAT,
+};
 use super::monitors::{Check, Converted};
 use super::profiles::{header_field, Role};
 use super::syntax::Position;
@@ -56,7 +58,7 @@ pub(super) struct VirtualOut {
     pub http: bool,
     /// The http profile's `header-insert`, as `(name, value)`.
     pub request_headers: Vec<(String, String)>,
-    pub certificates: Vec<(String, String)>,
+    pub certificates: Vec<Certificate>,
     /// Cookie persistence: `(cookie name, max age)`.
     pub cookie: Option<(String, Option<u64>)>,
 }
@@ -71,49 +73,88 @@ pub(super) struct Output {
     pub virtuals: Vec<VirtualOut>,
 }
 
-/// vipgate names for F5 objects: the name without partition, in vipgate's
-/// alphabet; a second object with the same name gets its partition in
-/// front, then a number.
+/// vipgate names for F5 objects, the same whatever order they are met
+/// in: an object's own name (in vipgate's alphabet) when no other object
+/// of its kind in the file has that name; otherwise its whole path
+/// without `/Common` (`/Tenant/app1/serviceMain` becomes
+/// `Tenant_app1_serviceMain`), so names stay unique and say where they
+/// came from. Every such rename is reported.
 #[derive(Debug, Default)]
 struct Names {
+    /// Names two or more paths of this kind end in.
+    shared: BTreeSet<String>,
     given: BTreeMap<String, String>,
     taken: BTreeSet<String>,
+    /// `(path, name)` of the objects not named by their own name.
+    renamed: Vec<(String, String)>,
+}
+
+/// `text` in vipgate's alphabet for names.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl Names {
+    /// Names for objects among `paths` (every object of the kind in the
+    /// file, whether converted or not).
+    fn over<'p>(paths: impl IntoIterator<Item = &'p String>) -> Names {
+        let mut seen = BTreeSet::new();
+        let mut shared = BTreeSet::new();
+        for path in paths {
+            let base = clean(name(path));
+            if !seen.insert(base.clone()) {
+                shared.insert(base);
+            }
+        }
+        Names {
+            shared,
+            ..Names::default()
+        }
+    }
+
+    /// How the report names the object: its own name, or its whole path
+    /// when another object of its kind has the same name.
+    fn label<'p>(&self, path: &'p str) -> &'p str {
+        if self.shared.contains(&clean(name(path))) {
+            path
+        } else {
+            name(path)
+        }
+    }
+
     fn of(&mut self, path: &str) -> String {
         if let Some(given) = self.given.get(path) {
             return given.clone();
         }
-        let clean = |text: &str| -> String {
-            text.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
         let base = match clean(name(path)) {
             empty if empty.is_empty() => "unnamed".to_string(),
             base => base,
         };
-        let partition = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        let mut candidates = vec![base.clone()];
-        if path.starts_with('/') && !partition.is_empty() {
-            candidates.push(format!("{}_{base}", clean(partition)));
-        }
-        let chosen = candidates
-            .into_iter()
+        let preferred = if self.shared.contains(&base) {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let segments = match segments.as_slice() {
+                ["Common", rest @ ..] if !rest.is_empty() => rest,
+                all => all,
+            };
+            clean(&segments.join("_"))
+        } else {
+            base.clone()
+        };
+        let chosen = std::iter::once(preferred.clone())
+            .chain((2..).map(|n| format!("{preferred}_{n}")))
             .find(|candidate| !self.taken.contains(candidate))
-            .unwrap_or_else(|| {
-                (2..)
-                    .map(|n| format!("{base}_{n}"))
-                    .find(|candidate| !self.taken.contains(candidate))
-                    .unwrap_or(base)
-            });
+            .unwrap_or(preferred);
+        if chosen != base {
+            self.renamed.push((path.to_string(), chosen.clone()));
+        }
         self.taken.insert(chosen.clone());
         self.given.insert(path.to_string(), chosen.clone());
         chosen
@@ -138,13 +179,17 @@ pub(super) struct Converter<'a> {
 
 impl<'a> Converter<'a> {
     pub(super) fn run(model: &'a mut Model) -> Output {
+        let pool_names = Names::over(model.pools.keys());
+        let virtual_names = Names::over(model.virtuals.keys());
+        let monitor_names = Names::over(model.monitors.keys());
+        let snat_names = Names::over(model.snat_pools.keys());
         let mut converter = Converter {
             model,
             output: Output::default(),
-            pool_names: Names::default(),
-            virtual_names: Names::default(),
-            monitor_names: Names::default(),
-            snat_names: Names::default(),
+            pool_names,
+            virtual_names,
+            monitor_names,
+            snat_names,
             monitors: BTreeMap::new(),
             pools: BTreeMap::new(),
             listens: BTreeMap::new(),
@@ -159,7 +204,10 @@ impl<'a> Converter<'a> {
             if let Err(reason) = converter.virtual_server(&path, &virtual_server) {
                 converter.model.detail(
                     virtual_server.at,
-                    format!("virtual {}: {reason}; left out", name(&path)),
+                    format!(
+                        "virtual {}: {reason}; left out",
+                        converter.virtual_names.label(&path)
+                    ),
                 );
             }
         }
@@ -174,13 +222,37 @@ impl<'a> Converter<'a> {
             converter.model.dropped(at, "pool not used by a converted virtual", "only pools behind a converted virtual are written (pools chosen by iRules or policies have no virtual to serve them)");
         }
         converter.nodes();
+        converter.report_renames();
         converter.output
+    }
+
+    /// One line for each object named by its path rather than its name.
+    fn report_renames(&mut self) {
+        let kinds = [
+            ("virtual", &self.virtual_names),
+            ("pool", &self.pool_names),
+            ("monitor", &self.monitor_names),
+            ("SNAT pool", &self.snat_names),
+        ];
+        let mut lines = Vec::new();
+        for (kind, names) in kinds {
+            for (path, chosen) in &names.renamed {
+                lines.push(format!(
+                    "{kind} {path} is named {chosen}: another {kind} in the file is also called {}",
+                    name(path)
+                ));
+            }
+        }
+        for line in lines {
+            self.model.detail(Position::default(), line);
+        }
     }
 
     fn virtual_server(&mut self, path: &str, source: &Virtual) -> Result<(), String> {
         source.balances_tcp()?;
         let listen = source.listen_address()?;
         let pool_word = source.pool_word()?;
+        self.undefined_profiles_are_known(source)?;
         // As vipgate's own check: a wildcard address takes its port on
         // every address of its family.
         let overlapping = self.listens.iter().find(|(other, _)| {
@@ -190,10 +262,22 @@ impl<'a> Converter<'a> {
                     || other.ip().is_unspecified()
                     || listen.ip().is_unspecified())
         });
+        let in_route_domain = source
+            .destination
+            .as_ref()
+            .is_some_and(|d| d.text.contains('%'));
         if let Some((other_listen, other)) = overlapping {
+            let why = if in_route_domain {
+                " (on the BIG-IP they may differ in route domain, which vipgate does not have)"
+            } else {
+                ""
+            };
             return Err(format!(
-                "{listen} overlaps {other_listen} of virtual {other}, converted first"
+                "{listen} overlaps {other_listen} of virtual {other}, converted first{why}"
             ));
+        }
+        if let Some(destination) = source.destination.as_ref().filter(|_| in_route_domain) {
+            self.route_domain(destination.at);
         }
         let pool = self.pool(&pool_word.text)?;
         let vip_name = self.virtual_names.of(path);
@@ -209,7 +293,10 @@ impl<'a> Converter<'a> {
             certificates: Vec::new(),
             cookie: None,
         };
-        let owner = format!("virtual {}", name(path));
+        let owner = format!("virtual {}", self.virtual_names.label(path));
+        for (at, group, why) in &source.unsupported {
+            self.model.dropped(*at, group.clone(), why.clone());
+        }
         self.profiles(&owner, source, pool, &mut out);
         self.persistence(&owner, source, &mut out);
         self.not_carried_over(&owner, source);
@@ -255,7 +342,7 @@ impl<'a> Converter<'a> {
                 .clone()
                 .map_err(|why| format!("its pool {} {why}", name(&path)));
         }
-        let owner = format!("pool {}", name(&path));
+        let owner = format!("pool {}", self.pool_names.label(&path));
         let monitor = pool.monitor.as_ref().and_then(|rule| {
             let converted = self.rule(rule, &owner);
             if converted.is_none() {
@@ -398,6 +485,11 @@ impl<'a> Converter<'a> {
     /// A member's address: its `address`, or the address in its name, or
     /// the address of the node it names.
     fn member_address(&mut self, member: &super::model::Member) -> Result<SocketAddr, String> {
+        let route_domain = member.written.contains('%')
+            || member.address.as_deref().is_some_and(|a| a.contains('%'));
+        if route_domain {
+            self.route_domain(member.at);
+        }
         if let Some(fqdn) = &member.fqdn {
             return Err(format!("is an FQDN member ({fqdn}), and vipgate does not resolve host names: list the addresses instead"));
         }
@@ -488,9 +580,31 @@ impl<'a> Converter<'a> {
         result
     }
 
+    /// A virtual whose profile is neither defined in the file nor a
+    /// BIG-IP built-in, and looks like TLS without saying which side, is
+    /// left out: written without it, it would be plain text where the
+    /// BIG-IP had TLS.
+    fn undefined_profiles_are_known(&self, source: &Virtual) -> Result<(), String> {
+        for (profile, _, context) in &source.profiles {
+            if self.model.role(profile) == Role::Undefined
+                && undefined_tls(profile, context.as_deref()) == Some(TlsSide::Unknown)
+            {
+                return Err(format!(
+                    "its profile {profile} looks like TLS but is not defined in this file and no `context` says which side it is on; import together with the file that defines it (bigip.conf of /Common), so that no TLS becomes plain text"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn profiles(&mut self, owner: &str, source: &Virtual, pool: usize, out: &mut VirtualOut) {
-        for (profile, at) in &source.profiles {
-            match self.model.role(profile) {
+        for (profile, at, context) in &source.profiles {
+            let role = match self.model.role(profile) {
+                Role::Undefined => self.undefined_profile(owner, profile, *at, context.as_deref()),
+                role => role,
+            };
+            match role {
+                Role::Undefined => {}
                 Role::Tcp(idle) => {
                     let idle = out.idle_timeout.map_or(idle, |other| other.max(idle));
                     out.idle_timeout = Some(idle);
@@ -518,6 +632,12 @@ impl<'a> Converter<'a> {
                 }
                 Role::ClientSsl(certificates) => {
                     for certificate in certificates {
+                        if let Some(chain) = &certificate.chain {
+                            self.model.detail(*at, format!("{owner}: client-ssl profile {}'s chain {chain} is carried as `chain` beside {}: export it too (or append it to the certificate's file and remove `chain`)", name(profile), certificate.cert));
+                        }
+                        if certificate.encrypted {
+                            self.model.detail(*at, format!("{owner}: client-ssl profile {}'s key {} is encrypted on the BIG-IP (a passphrase protects it); vipgate reads unencrypted keys: after exporting it, decrypt it with `openssl pkey -in {1} -out {1}` (it asks for the passphrase) and keep it readable by vipgate alone", name(profile), certificate.key));
+                        }
                         if !out.certificates.contains(&certificate) {
                             out.certificates.push(certificate);
                         }
@@ -565,6 +685,53 @@ impl<'a> Converter<'a> {
             .map(|idle| idle.min(MAX_SECONDS));
     }
 
+    /// An address written with a route domain (`10.1.1.1%10`): one grouped
+    /// line says what became of it.
+    fn route_domain(&mut self, at: Position) {
+        self.model.dropped(at, "route domain (`%N` after an address)", "vipgate has no route domains: the address is used without it, in the host's one routing table; two virtuals that differ only in route domain cannot both be converted (the second is left out)");
+    }
+
+    /// What to make of a profile not defined in the file: TLS on the side
+    /// its context (or name) says, with the files to export named, so that
+    /// no TLS becomes plain text; anything else is reported.
+    fn undefined_profile(
+        &mut self,
+        owner: &str,
+        profile: &str,
+        at: Position,
+        context: Option<&str>,
+    ) -> Role {
+        let file = export_name(profile);
+        match undefined_tls(profile, context) {
+            Some(TlsSide::Client) => {
+                self.model.detail(at, format!("{owner}: client-ssl profile {profile} is not defined in this file (it lives in /Common or another partition's file): TLS termination is written with the certificate and key it presents to fill in, f5-export/{file}.crt and f5-export/{file}.key (`tmsh list ltm profile client-ssl {profile} cert-key-chain` names them on the BIG-IP); `vipgate check` fails until they exist. Importing together with the file that defines it fills them in."));
+                Role::ClientSsl(vec![Certificate {
+                    cert: format!("f5-export/{file}.crt"),
+                    key: format!("f5-export/{file}.key"),
+                    ..Certificate::default()
+                }])
+            }
+            Some(TlsSide::Server) => {
+                self.model.detail(at, format!("{owner}: server-ssl profile {profile} is not defined in this file: re-encryption toward the members is written with a CA to fill in, f5-export/{file}-ca.pem (the CA that signed the members' certificates; write `verify = false` instead only if the BIG-IP did not verify them); `vipgate check` fails until it exists"));
+                Role::ServerSsl {
+                    ca: Some(format!("f5-export/{file}-ca.pem")),
+                    server_name: None,
+                }
+            }
+            // Refused before the virtual was converted.
+            Some(TlsSide::Unknown) => Role::Undefined,
+            None => {
+                let server_side = if context == Some("serverside") {
+                    "; if it is a server-ssl profile, the members must be spoken to in TLS: add `tls = { ca = ... }` to the pool"
+                } else {
+                    ""
+                };
+                self.model.detail(at, format!("{owner}: profile {profile} is neither defined in this file nor a BIG-IP built-in; not carried over (import together with the file that defines it to know what it does){server_side}"));
+                Role::Undefined
+            }
+        }
+    }
+
     fn persistence(&mut self, owner: &str, source: &Virtual, out: &mut VirtualOut) {
         for (persist, at) in &source.persist {
             match self.model.role(persist) {
@@ -593,6 +760,7 @@ impl<'a> Converter<'a> {
                 role => {
                     let kind = match role {
                         Role::Other(kind) => kind,
+                        Role::Undefined => "not defined in this file".into(),
                         _ => "a second persistence".into(),
                     };
                     self.model.detail(*at, format!("{owner}: persistence {} ({kind}) is not carried over; clients are balanced per connection", name(persist)));
@@ -612,6 +780,10 @@ impl<'a> Converter<'a> {
 
     fn snat(&mut self, owner: &str, source: &Virtual, pool: usize) -> Option<String> {
         let reference = match &source.snat {
+            SnatChoice::None if self.model.snat_pools.contains_key(DEFAULT_SNAT) => {
+                self.model.detail(source.at, format!("{owner}: the `snat map` default applies to its connections, as on the BIG-IP: written as snat = \"{DEFAULT_SNAT}\""));
+                DEFAULT_SNAT.to_string()
+            }
             SnatChoice::None => return None,
             SnatChoice::Automap => return Some("automap".into()),
             SnatChoice::Pool(reference) => reference.clone(),
@@ -728,4 +900,44 @@ impl<'a> Converter<'a> {
             self.output.nodes.insert(address, out);
         }
     }
+}
+
+/// Which side an undefined TLS profile is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsSide {
+    Client,
+    Server,
+    /// Its name says TLS, nothing says which side.
+    Unknown,
+}
+
+/// Whether a profile not defined in the file is TLS, and on which side:
+/// by the virtual's `context` for it, else by its name. `None`: not TLS
+/// by its name.
+fn undefined_tls(profile: &str, context: Option<&str>) -> Option<TlsSide> {
+    let lower = name(profile).to_ascii_lowercase();
+    if !lower.contains("ssl") && !lower.contains("tls") {
+        return None;
+    }
+    Some(match context {
+        Some("clientside") => TlsSide::Client,
+        Some("serverside") => TlsSide::Server,
+        _ if lower.contains("client") => TlsSide::Client,
+        _ if lower.contains("server") => TlsSide::Server,
+        _ => TlsSide::Unknown,
+    })
+}
+
+/// A profile's name as a file name: what the operator exports it as.
+fn export_name(profile: &str) -> String {
+    name(profile)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

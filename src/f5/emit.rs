@@ -264,7 +264,19 @@ fn virtual_table(out: &mut String, virtual_server: &VirtualOut) -> bool {
         let certs: Vec<String> = virtual_server
             .certificates
             .iter()
-            .map(|(cert, key)| format!("{{ cert = {}, key = {} }}", quote(cert), quote(key)))
+            .map(|certificate| match &certificate.chain {
+                Some(chain) => format!(
+                    "{{ cert = {}, key = {}, chain = {} }}",
+                    quote(&certificate.cert),
+                    quote(&certificate.key),
+                    quote(chain)
+                ),
+                None => format!(
+                    "{{ cert = {}, key = {} }}",
+                    quote(&certificate.cert),
+                    quote(&certificate.key)
+                ),
+            })
             .collect();
         put!(out, "# Export the client-ssl certificates and keys from the BIG-IP as PEM files\n# under these names, next to this file.\ntls = {{ mode = \"terminate\", certs = [ {} ] }}", certs.join(", "));
     }

@@ -99,7 +99,9 @@ pub(super) struct Virtual {
     pub pool: Option<Word>,
     pub snat: SnatChoice,
     /// Profile references, where written.
-    pub profiles: Vec<(String, Position)>,
+    /// Each profile with where it is named and its `context`
+    /// (`clientside`, `serverside`, `all`) when the virtual says it.
+    pub profiles: Vec<(String, Position, Option<String>)>,
     pub persist: Vec<(String, Position)>,
     pub fallback_persistence: Option<(String, Position)>,
     /// iRules and LTM policies.
@@ -113,6 +115,10 @@ pub(super) struct Virtual {
     pub special: Option<(String, Position)>,
     pub translate_address: Option<(bool, Position)>,
     pub source: Option<(String, Position)>,
+    /// Settings vipgate has no equivalent for: `(where, group, why)`,
+    /// reported only if the virtual is converted (a virtual left out says
+    /// so in one line).
+    pub unsupported: Vec<(Position, String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -124,8 +130,19 @@ pub(super) struct Profile {
     pub parent: Option<String>,
     /// Settings by key (`idle-timeout`, `cookie-name`, `ca-file`, ...).
     pub settings: BTreeMap<String, String>,
-    /// `(cert, key)` pairs of a client-ssl profile.
-    pub certificates: Vec<(String, String)>,
+    /// The certificates of a client-ssl profile.
+    pub certificates: Vec<Certificate>,
+}
+
+/// One certificate a client-ssl profile presents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Certificate {
+    pub cert: String,
+    pub key: String,
+    /// Intermediates in a file of their own (`chain`).
+    pub chain: Option<String>,
+    /// A `passphrase` protects the key on the BIG-IP.
+    pub encrypted: bool,
 }
 
 /// Everything read from the file.
@@ -144,6 +161,9 @@ pub(super) struct Model {
     /// Template placeholders where vipgate needs a value.
     pub templates: Vec<Note>,
 }
+
+/// The SNAT pool v4's `snat map` default becomes.
+pub(super) const DEFAULT_SNAT: &str = "snat_map_default";
 
 /// Top-level words of statements that are the host's business.
 fn host_setup(word: &str) -> bool {
@@ -234,7 +254,7 @@ impl Model {
             kind: NoteKind::Detail,
             message: format!(
                 "`{}` is a template placeholder, not a value; fill it in and import again",
-                word.text
+                words::excerpt(&word.text)
             ),
         });
         true
@@ -252,17 +272,17 @@ impl Model {
                     if !model.template(&statement.words[0]) {
                         model.dropped(
                             statement.at,
-                            format!("`{first}`"),
+                            format!("`{}`", words::excerpt(first)),
                             "a statement vipgate does not know",
                         );
                     }
                 }
                 first => {
-                    let first = first.to_string();
+                    let first = words::excerpt(first);
                     // tmsh says `net vlan`, bigpipe `vlan`: group by both
                     // words where the first is only a module.
                     let group = if matches!(first.as_str(), "net" | "sys" | "cm" | "auth") {
-                        format!("{first} {}", statement.word(1))
+                        format!("{first} {}", words::excerpt(statement.word(1)))
                     } else {
                         first.clone()
                     };
@@ -271,7 +291,7 @@ impl Model {
                     } else if let Some(module) = other_module(&first) {
                         model.dropped(
                             statement.at,
-                            format!("{first} {}", statement.word(1)),
+                            format!("{first} {}", words::excerpt(statement.word(1))),
                             format!("{module}, which vipgate does not replace"),
                         );
                     } else {
@@ -312,10 +332,31 @@ impl Model {
             "profile" => self.profile(statement.word(1), statement.word(2), statement),
             "node" => self.node(statement.word(1), statement),
             "pool" => self.pool(statement.word(1), statement),
-            "virtual" => self.virtual_server(statement.word(1), statement),
+            // v4 writes a virtual as `vip 10.1.1.10:http unit 1 { ... }`.
+            "virtual" | "vip" => self.virtual_server(statement.word(1), statement),
             "snatpool" | "snat-pool" => self.snat_pool(statement.word(1), statement),
+            "snat" if statement.word(1) == "map" => self.snat_map(statement),
             "rule" => self.dropped(statement.at, "rule", "iRules: vipgate has no scripting; express their routing with pools, SNI routes or persistence"),
-            other => self.dropped(statement.at, other.to_string(), "not something vipgate carries over"),
+            other => self.dropped(statement.at, words::excerpt(other), "not something vipgate carries over"),
+        }
+    }
+
+    /// v4's `snat map { default to 10.1.1.9 unit 1 }`: the default
+    /// translation, which applies to every virtual without a SNAT of its
+    /// own, becomes a SNAT pool; translations by origin are reported.
+    fn snat_map(&mut self, statement: &Statement) {
+        for entry in statement.children() {
+            let words: Vec<&str> = entry.words.iter().map(|w| w.text.as_str()).collect();
+            match words.as_slice() {
+                ["default", "to", address, ..] => {
+                    let word = entry.words[2].clone();
+                    if words::ip(address).is_some() {
+                        self.snat_pools
+                            .insert(DEFAULT_SNAT.to_string(), (entry.at, vec![word]));
+                    }
+                }
+                _ => self.dropped(entry.at, "`snat map` by origin", "vipgate translates per virtual (its `snat`), not by the client's address; write the translation on the virtuals those clients use"),
+            }
         }
     }
 
@@ -351,8 +392,10 @@ impl Model {
     }
 
     fn node(&mut self, written: &str, statement: &Statement) {
-        const KEYS: [(&str, Arity); 12] = [
+        const KEYS: [(&str, Arity); 14] = [
             ("address", Arity::One),
+            ("partition", Arity::One),
+            ("app-service", Arity::One),
             ("monitor", Arity::Many),
             ("fqdn", Arity::One),
             ("description", Arity::Rest),
@@ -386,7 +429,9 @@ impl Model {
                         .map(|a| a.value().to_string());
                 }
                 "monitor" => node.monitor = self.rule(&attribute),
-                "description" | "session" | "state" => {}
+                // `partition` (old `tmsh list` prints it) only says whose
+                // the node is.
+                "description" | "session" | "state" | "partition" | "app-service" => {}
                 other => self.dropped(
                     attribute.at,
                     format!("node `{other}`"),

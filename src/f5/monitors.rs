@@ -83,6 +83,55 @@ fn builtin(kind: &str) -> &str {
     }
 }
 
+/// The monitors every BIG-IP has without defining them: a reference to
+/// one of these is not a reference to a missing definition.
+const F5_BUILT_IN: [&str; 44] = [
+    "tcp",
+    "tcp_half_open",
+    "tcp_echo",
+    "http",
+    "https",
+    "http_head_f5",
+    "https_head_f5",
+    "https_443",
+    "http2",
+    "http2_head_f5",
+    "icmp",
+    "gateway_icmp",
+    "udp",
+    "smtp",
+    "ftp",
+    "dns",
+    "ldap",
+    "mysql",
+    "mssql",
+    "oracle",
+    "postgresql",
+    "radius",
+    "radius_accounting",
+    "sip",
+    "snmp_dca",
+    "snmp_dca_base",
+    "external",
+    "inband",
+    "imap",
+    "pop3",
+    "nntp",
+    "rpc",
+    "sasp",
+    "soap",
+    "virtual_location",
+    "wap",
+    "wmi",
+    "diameter",
+    "firepass",
+    "module_score",
+    "real_server",
+    "scripted",
+    "none",
+    "mqtt",
+];
+
 impl Model {
     pub(super) fn monitor(&mut self, written: &str, kind: Option<&str>, statement: &Statement) {
         let mut monitor = Monitor {
@@ -126,6 +175,11 @@ impl Model {
         reference: &str,
         note: Option<Position>,
     ) -> Result<Converted, String> {
+        if super::model::find(&self.monitors, reference).is_none()
+            && !F5_BUILT_IN.contains(&builtin(name(reference)))
+        {
+            return Err("it is not defined in this file, nor is it a BIG-IP built-in (it may live in /Common or another partition's file); until a monitor is added for it here, the members it watched count as up, or import together with the file that defines it".into());
+        }
         let merged = self.inherited(reference);
         let mut details: Vec<String> = Vec::new();
         let check = check(&merged, &mut details)?;

@@ -3,7 +3,7 @@
 //! idle timeout, HTTP, the certificates to present, how members are
 //! verified, cookie persistence.
 
-use super::model::{find, Model, Profile};
+use super::model::{find, Certificate, Model, Profile};
 use super::syntax::{Position, Statement};
 use super::words::{attributes, name, Arity};
 
@@ -13,7 +13,8 @@ const F5_IDLE_TIMEOUT: u64 = 300;
 /// An indefinite idle timeout, carried over as a day.
 const INDEFINITE: u64 = 86_400;
 
-const KEYS: [(&str, Arity); 20] = [
+const KEYS: [(&str, Arity); 21] = [
+    ("passphrase", Arity::One),
     ("defaults-from", Arity::One),
     ("idle-timeout", Arity::One),
     ("cert", Arity::One),
@@ -43,8 +44,8 @@ pub(super) enum Role {
     Tcp(u64),
     /// http: the `header-insert` text (`"Name: value"`), if any.
     Http { header_insert: Option<String> },
-    /// client-ssl: `(cert, key)` files to present.
-    ClientSsl(Vec<(String, String)>),
+    /// client-ssl: the certificates to present.
+    ClientSsl(Vec<Certificate>),
     /// server-ssl: the CA to verify members with (when F5 verifies them)
     /// and the name to ask for.
     ServerSsl {
@@ -58,6 +59,9 @@ pub(super) enum Role {
     },
     /// Anything else: its kind (`udp`, `oneconnect`, `persist source_addr`).
     Other(String),
+    /// Neither defined in the file nor a BIG-IP built-in: what it does is
+    /// in another file (`/Common`, another partition).
+    Undefined,
 }
 
 /// The flavour of a built-in profile or persistence method by its name.
@@ -131,7 +135,12 @@ impl Model {
                         if let (Some(cert), Some(key)) =
                             (pair.settings.get("cert"), pair.settings.get("key"))
                         {
-                            profile.certificates.push((cert.clone(), key.clone()));
+                            profile.certificates.push(Certificate {
+                                cert: cert.clone(),
+                                key: key.clone(),
+                                chain: pair.settings.get("chain").filter(|c| *c != "none").cloned(),
+                                encrypted: pair.settings.contains_key("passphrase"),
+                            });
                         }
                     }
                 }
@@ -157,7 +166,16 @@ impl Model {
         if let (Some(cert), Some(key)) = (profile.settings.get("cert"), profile.settings.get("key"))
         {
             if profile.certificates.is_empty() && cert != "none" {
-                profile.certificates.push((cert.clone(), key.clone()));
+                profile.certificates.push(Certificate {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    chain: profile
+                        .settings
+                        .get("chain")
+                        .filter(|c| *c != "none")
+                        .cloned(),
+                    encrypted: profile.settings.contains_key("passphrase"),
+                });
             }
         }
     }
@@ -166,7 +184,7 @@ impl Model {
     /// settings of the profile win over its parent's.
     pub(super) fn role(&self, reference: &str) -> Role {
         let mut settings = std::collections::BTreeMap::new();
-        let mut certificates: Vec<(String, String)> = Vec::new();
+        let mut certificates: Vec<Certificate> = Vec::new();
         let mut current = reference.to_string();
         let mut kind = String::new();
         for _ in 0..16 {
@@ -193,7 +211,11 @@ impl Model {
                     // F5's built-in client-ssl profiles present its default
                     // certificate.
                     if kind == "client-ssl" && certificates.is_empty() {
-                        certificates.push(("default.crt".into(), "default.key".into()));
+                        certificates.push(Certificate {
+                            cert: "default.crt".into(),
+                            key: "default.key".into(),
+                            ..Certificate::default()
+                        });
                     }
                     break;
                 }
@@ -214,7 +236,17 @@ impl Model {
             "http" => Role::Http {
                 header_insert: get("header-insert"),
             },
-            "client-ssl" => Role::ClientSsl(certificates),
+            "client-ssl" => {
+                // A chain or passphrase set on the profile (or its parent)
+                // applies to the certificate its cert/key pair named.
+                let chain = get("chain");
+                let encrypted = settings.contains_key("passphrase");
+                for certificate in &mut certificates {
+                    certificate.chain = certificate.chain.take().or_else(|| chain.clone());
+                    certificate.encrypted |= encrypted;
+                }
+                Role::ClientSsl(certificates)
+            }
             "server-ssl" => Role::ServerSsl {
                 ca: get("ca-file").filter(|_| get("peer-cert-mode").as_deref() == Some("require")),
                 server_name: get("server-name"),
@@ -234,7 +266,7 @@ impl Model {
                         .and_then(|e| expiration(&e)),
                 }
             }
-            "" => Role::Other(format!("unknown profile {}", name(reference))),
+            "" => Role::Undefined,
             other => Role::Other(other.replace("persist-", "persistence ").replace('-', " ")),
         }
     }

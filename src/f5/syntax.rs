@@ -149,12 +149,22 @@ impl Lexer {
         Some(next)
     }
 
-    /// The length of a template placeholder starting here, if one does:
+    /// The length of a template placeholder starting here, if one does
+    /// (at most [`MAX_PLACEHOLDER`] characters):
     /// `<words>`, `{{ name }}` or `${name}`, on one line.
     fn template_length(&self) -> Option<usize> {
         let rest = &self.chars[self.index..];
-        let line_end = rest.iter().position(|&c| c == '\n').unwrap_or(rest.len());
-        let line = &rest[..line_end];
+        if !matches!(rest.first(), Some('<' | '{' | '$')) {
+            return None;
+        }
+        // A placeholder is short: looking no further than this keeps the
+        // lexer linear on a long line of `<`.
+        let window = &rest[..rest.len().min(MAX_PLACEHOLDER)];
+        let line_end = window
+            .iter()
+            .position(|&c| c == '\n')
+            .unwrap_or(window.len());
+        let line = &window[..line_end];
         let (opening, closing, allowed): (usize, &[char], fn(char) -> bool) = match line {
             ['<', ..] => (1, &['>'], |c| {
                 !matches!(c, '{' | '}' | '"' | ';' | '#' | '<')
@@ -234,6 +244,9 @@ impl Lexer {
         }
     }
 }
+
+/// The longest template placeholder recognised, in characters.
+const MAX_PLACEHOLDER: usize = 200;
 
 fn lex(text: &str) -> Result<Vec<Token>, SyntaxError> {
     let mut lexer = Lexer {

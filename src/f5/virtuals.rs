@@ -8,7 +8,9 @@ use super::model::{Model, SnatChoice, Virtual};
 use super::syntax::{Position, Statement, Word};
 use super::words::{attributes, endpoint, name, Arity, Attribute, Host, Port};
 
-const KEYS: [(&str, Arity); 45] = [
+const KEYS: [(&str, Arity); 47] = [
+    ("netmask", Arity::One),
+    ("unit", Arity::One),
     ("destination", Arity::One),
     ("pool", Arity::One),
     ("use-pool", Arity::One),
@@ -57,7 +59,10 @@ const KEYS: [(&str, Arity); 45] = [
 ];
 
 /// Settings that change nothing vipgate does.
-const QUIET: [&str; 11] = [
+const QUIET: [&str; 13] = [
+    // v4: the VIP's own netmask and its failover unit.
+    "netmask",
+    "unit",
     "description",
     "creation-time",
     "last-modified-time",
@@ -85,6 +90,29 @@ fn references(attribute: &Attribute) -> Vec<(String, Position)> {
         }
     }
     found.retain(|(text, _)| !text.is_empty() && text != "none");
+    found
+}
+
+/// The profiles attached, each with its `context` when the block says it
+/// (`/Common/www_clientssl { context clientside }`): for a profile not
+/// defined in the file, the context is what tells client-ssl from
+/// server-ssl.
+fn profile_references(attribute: &Attribute) -> Vec<(String, Position, Option<String>)> {
+    let mut found: Vec<(String, Position, Option<String>)> = attribute
+        .values
+        .iter()
+        .map(|w| (w.text.clone(), w.at, None))
+        .collect();
+    for statement in attribute.block.unwrap_or(&[]) {
+        if let Some(word) = statement.words.first() {
+            let context = attributes(statement.children(), &[("context", Arity::One)])
+                .into_iter()
+                .find(|a| a.key == "context")
+                .map(|a| a.value().to_string());
+            found.push((word.text.clone(), word.at, context));
+        }
+    }
+    found.retain(|(text, _, _)| !text.is_empty() && text != "none");
     found
 }
 
@@ -133,7 +161,9 @@ impl Model {
                         _ => SnatChoice::None,
                     };
                 }
-                "profiles" | "profile" => virtual_server.profiles.extend(references(&attribute)),
+                "profiles" | "profile" => {
+                    virtual_server.profiles.extend(profile_references(&attribute))
+                }
                 "persist" => virtual_server.persist.extend(references(&attribute)),
                 "fallback-persistence" => {
                     virtual_server.fallback_persistence =
@@ -156,9 +186,9 @@ impl Model {
                 "ip-forward" | "l2-forward" | "reject" | "stateless" | "internal" | "dhcp-relay" => {
                     virtual_server.special = Some((attribute.key.clone(), at))
                 }
-                "vlans" | "vlans-enabled" => self.dropped(at, "virtual `vlans`", "vipgate listens on its address on every interface; limit clients with the host's firewall"),
+                "vlans" | "vlans-enabled" => virtual_server.unsupported.push((at, "virtual `vlans`".into(), "vipgate listens on its address on every interface; limit clients with the host's firewall".into())),
                 key if QUIET.contains(&key) => {}
-                key => self.dropped(at, format!("virtual `{key}`"), "a virtual setting vipgate does not have"),
+                key => virtual_server.unsupported.push((at, format!("virtual `{key}`"), "a virtual setting vipgate does not have".into())),
             }
         }
         // bigpipe v4 names a virtual by its address: `virtual 10.0.0.1:80 {`.

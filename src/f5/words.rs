@@ -112,6 +112,29 @@ pub(super) fn endpoint(text: &str) -> Endpoint {
     }
 }
 
+/// The largest index at most `at` that starts a character of `text`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// At most the first 60 characters of `text`, for a report line: a
+/// statement of a megabyte is not printed whole.
+pub(super) fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 60;
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    format!(
+        "{}... ({} bytes)",
+        &text[..floor_char_boundary(text, SHOWN)],
+        text.len()
+    )
+}
+
 /// An IP address, without its route domain.
 pub(super) fn ip(text: &str) -> Option<IpAddr> {
     text.split('%').next().unwrap_or(text).parse().ok()
@@ -124,6 +147,9 @@ pub(super) fn is_template(word: &Word) -> bool {
         let text = &word.text;
         text.match_indices("__").any(|(start, _)| {
             let rest = &text[start + 2..];
+            // A name between the underscores is short: looking no further
+            // keeps this linear on a word of underscores.
+            let rest = &rest[..floor_char_boundary(rest, 64)];
             rest.find("__").is_some_and(|end| {
                 end > 0
                     && rest[..end]

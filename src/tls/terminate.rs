@@ -74,7 +74,7 @@ fn server_config(plan: &Terminate) -> Result<rustls::ServerConfig, TlsError> {
         let certs = plan
             .certs
             .iter()
-            .map(|files| certified_key(&files.cert, &files.key, &provider))
+            .map(|files| certified_key(files, &provider))
             .collect::<Result<Vec<_>, _>>()?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
@@ -137,14 +137,17 @@ pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 }
 
 fn certified_key(
-    cert: &Path,
-    key: &Path,
+    files: &crate::config::CertFiles,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = read_certificates(cert)?;
+    let (cert, key) = (&files.cert, &files.key);
+    let mut chain = read_certificates(cert)?;
+    if let Some(intermediates) = &files.chain {
+        chain.extend(read_certificates(intermediates)?);
+    }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_path_buf(),
-        error: e.to_string(),
+        error: key_error(key, e.to_string()),
     })?;
     let signing_key = provider
         .key_provider
@@ -161,6 +164,20 @@ fn certified_key(
         )
     })?;
     Ok(Arc::new(certified))
+}
+
+/// Why a key file gave no key, in words an operator can act on: an
+/// encrypted key (a passphrase protects it, as F5 profiles often have) is
+/// named as such, with the command that decrypts it.
+fn key_error(path: &Path, error: String) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return format!(
+            "the key is encrypted (a passphrase protects it) and vipgate reads unencrypted keys only: decrypt it with `openssl pkey -in {0} -out {0}.plain` (it asks for the passphrase), keep the result readable by vipgate alone, and name it as `key`",
+            path.display()
+        );
+    }
+    error
 }
 
 /// Picks the first certificate valid for the client's server name, or the

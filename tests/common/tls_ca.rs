@@ -97,6 +97,11 @@ impl TestCa {
         )
     }
 
+    /// The CA's own certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
     pub fn write_ca(&self, dir: &std::path::Path) -> String {
         let path = dir.join("client-ca.pem");
         std::fs::write(&path, self.cert.pem()).unwrap();
