@@ -11,7 +11,8 @@ use super::model::{
     find, Certificate, MemberState, Model, RuleSpec, SnatChoice, Virtual, DEFAULT_SNAT,
 };
 use super::monitors::{Check, Converted};
-use super::profiles::{header_field, Role};
+use super::names::Names;
+use super::profiles::{export_name, header_field, undefined_tls, Role, TlsSide};
 use super::syntax::Position;
 use super::words::{endpoint, ip, name, Host, Port, MAX_SECONDS};
 
@@ -71,94 +72,6 @@ pub(super) struct Output {
     pub snat_pools: BTreeMap<String, Vec<IpAddr>>,
     pub pools: Vec<PoolOut>,
     pub virtuals: Vec<VirtualOut>,
-}
-
-/// vipgate names for F5 objects, the same whatever order they are met
-/// in: an object's own name (in vipgate's alphabet) when no other object
-/// of its kind in the file has that name; otherwise its whole path
-/// without `/Common` (`/Tenant/app1/serviceMain` becomes
-/// `Tenant_app1_serviceMain`), so names stay unique and say where they
-/// came from. Every such rename is reported.
-#[derive(Debug, Default)]
-struct Names {
-    /// Names two or more paths of this kind end in.
-    shared: BTreeSet<String>,
-    given: BTreeMap<String, String>,
-    taken: BTreeSet<String>,
-    /// `(path, name)` of the objects not named by their own name.
-    renamed: Vec<(String, String)>,
-}
-
-/// `text` in vipgate's alphabet for names.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-impl Names {
-    /// Names for objects among `paths` (every object of the kind in the
-    /// file, whether converted or not).
-    fn over<'p>(paths: impl IntoIterator<Item = &'p String>) -> Names {
-        let mut seen = BTreeSet::new();
-        let mut shared = BTreeSet::new();
-        for path in paths {
-            let base = clean(name(path));
-            if !seen.insert(base.clone()) {
-                shared.insert(base);
-            }
-        }
-        Names {
-            shared,
-            ..Names::default()
-        }
-    }
-
-    /// How the report names the object: its own name, or its whole path
-    /// when another object of its kind has the same name.
-    fn label<'p>(&self, path: &'p str) -> &'p str {
-        if self.shared.contains(&clean(name(path))) {
-            path
-        } else {
-            name(path)
-        }
-    }
-
-    fn of(&mut self, path: &str) -> String {
-        if let Some(given) = self.given.get(path) {
-            return given.clone();
-        }
-        let base = match clean(name(path)) {
-            empty if empty.is_empty() => "unnamed".to_string(),
-            base => base,
-        };
-        let preferred = if self.shared.contains(&base) {
-            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            let segments = match segments.as_slice() {
-                ["Common", rest @ ..] if !rest.is_empty() => rest,
-                all => all,
-            };
-            clean(&segments.join("_"))
-        } else {
-            base.clone()
-        };
-        let chosen = std::iter::once(preferred.clone())
-            .chain((2..).map(|n| format!("{preferred}_{n}")))
-            .find(|candidate| !self.taken.contains(candidate))
-            .unwrap_or(preferred);
-        if chosen != base {
-            self.renamed.push((path.to_string(), chosen.clone()));
-        }
-        self.taken.insert(chosen.clone());
-        self.given.insert(path.to_string(), chosen.clone());
-        chosen
-    }
 }
 
 /// The conversion in progress.
@@ -900,44 +813,4 @@ impl<'a> Converter<'a> {
             self.output.nodes.insert(address, out);
         }
     }
-}
-
-/// Which side an undefined TLS profile is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsSide {
-    Client,
-    Server,
-    /// Its name says TLS, nothing says which side.
-    Unknown,
-}
-
-/// Whether a profile not defined in the file is TLS, and on which side:
-/// by the virtual's `context` for it, else by its name. `None`: not TLS
-/// by its name.
-fn undefined_tls(profile: &str, context: Option<&str>) -> Option<TlsSide> {
-    let lower = name(profile).to_ascii_lowercase();
-    if !lower.contains("ssl") && !lower.contains("tls") {
-        return None;
-    }
-    Some(match context {
-        Some("clientside") => TlsSide::Client,
-        Some("serverside") => TlsSide::Server,
-        _ if lower.contains("client") => TlsSide::Client,
-        _ if lower.contains("server") => TlsSide::Server,
-        _ => TlsSide::Unknown,
-    })
-}
-
-/// A profile's name as a file name: what the operator exports it as.
-fn export_name(profile: &str) -> String {
-    name(profile)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

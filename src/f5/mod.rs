@@ -9,7 +9,7 @@
 //! - `model` (with `monitors`, `pools`, `virtuals`, `profiles`): the F5
 //!   objects as written;
 //! - `convert`: what vipgate will do, leaving out with a note whatever it
-//!   cannot carry over;
+//!   cannot carry over; `names`: the vipgate name of each object;
 //! - `emit`: the TOML; `report`: the notes, grouped.
 //!
 //! The result always passes `vipgate check` but for the files it names
@@ -20,6 +20,7 @@ mod convert;
 mod emit;
 mod model;
 mod monitors;
+mod names;
 mod pools;
 mod profiles;
 mod report;

@@ -313,6 +313,46 @@ pub(super) fn header_field(text: &str) -> Option<(String, String)> {
     (plain && valid && settable).then(|| (field.to_string(), value.to_string()))
 }
 
+/// Which side an undefined TLS profile is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TlsSide {
+    Client,
+    Server,
+    /// Its name says TLS, nothing says which side.
+    Unknown,
+}
+
+/// Whether a profile not defined in the file is TLS, and on which side:
+/// by the virtual's `context` for it, else by its name. `None`: not TLS
+/// by its name.
+pub(super) fn undefined_tls(profile: &str, context: Option<&str>) -> Option<TlsSide> {
+    let lower = name(profile).to_ascii_lowercase();
+    if !lower.contains("ssl") && !lower.contains("tls") {
+        return None;
+    }
+    Some(match context {
+        Some("clientside") => TlsSide::Client,
+        Some("serverside") => TlsSide::Server,
+        _ if lower.contains("client") => TlsSide::Client,
+        _ if lower.contains("server") => TlsSide::Server,
+        _ => TlsSide::Unknown,
+    })
+}
+
+/// A profile's name as a file name: what the operator exports it as.
+pub(super) fn export_name(profile: &str) -> String {
+    name(profile)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
