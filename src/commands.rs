@@ -193,16 +193,30 @@ pub enum ImportF5Error {
 
 /// `vipgate import-f5 FILE`: the converted configuration and the report
 /// on what changed and what was not carried over.
-pub fn import_f5(path: &Path) -> Result<crate::f5::Imported, ImportF5Error> {
-    let bytes = std::fs::read(path).map_err(|error| ImportF5Error::Read {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let source = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    Ok(crate::f5::import_bytes(&bytes, &source)?)
+pub fn import_f5(paths: &[std::path::PathBuf]) -> Result<crate::f5::Imported, ImportF5Error> {
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|error| ImportF5Error::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        // One file: its name; several: as given, so that two partitions'
+        // bigip.conf stay apart.
+        let source = if paths.len() == 1 {
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        } else {
+            path.display().to_string()
+        };
+        files.push((source, bytes));
+    }
+    let borrowed: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
+        .collect();
+    Ok(crate::f5::import_files(&borrowed)?)
 }
 
 /// Why `vipgate ready` did not answer "ready".

@@ -82,10 +82,14 @@ enum Command {
     Demo,
     /// Convert a BIG-IP configuration (bigpipe or tmsh) to vipgate TOML on
     /// stdout; what changed or was not carried over is listed on stderr.
-    /// Exits 1 when no virtual server could be converted.
+    /// Exits 1 when no virtual server could be converted. Several files
+    /// are read as one BIG-IP: `import-f5 bigip.conf bigip_base.conf
+    /// partitions/*/bigip.conf`, so that a partition's virtuals find the
+    /// profiles and monitors of /Common.
     ImportF5 {
-        /// The BIG-IP configuration file (bigip.conf, or a bigpipe export).
-        file: PathBuf,
+        /// The BIG-IP configuration files (bigip.conf, or a bigpipe export).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Print the shell completion script for bash, zsh, fish, elvish or
     /// powershell (built with `--features assets`, as the package is).
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
         } => vipgate::commands::upgrade(admin.as_deref(), &config, timeout)
             .map(|answer| println!("{answer}"))
             .map_err(anyhow::Error::from),
-        Command::ImportF5 { file } => vipgate::commands::import_f5(&file)
+        Command::ImportF5 { files } => vipgate::commands::import_f5(&files)
             .map(|imported| {
                 print!("{}", imported.toml);
                 eprint!("{}", imported.report);

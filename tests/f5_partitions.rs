@@ -270,3 +270,46 @@ fn large_and_hostile_files_convert_in_linear_time_with_short_report_lines() {
         assert!(line.len() < 1_000, "a report line of {} bytes", line.len());
     }
 }
+
+/// Several files read as one BIG-IP: the partition's virtuals find the
+/// profiles and monitors of /Common, and each note names its file.
+#[test]
+fn a_partition_imported_with_common_finds_its_profiles_and_monitors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/f5");
+    let output = Command::new(BINARY)
+        .arg("import-f5")
+        .arg(dir.join("common-base.conf"))
+        .arg(dir.join("partitions-as3.conf"))
+        .output()
+        .unwrap();
+    let toml = String::from_utf8_lossy(&output.stdout).to_string();
+    let report = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{report}");
+    let plan = vipgate::config::parse(&toml, "converted").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    // The client-ssl profile's own files, chain included, and the
+    // server-ssl profile's CA and name.
+    let Tls::Terminate(terminate) = &plan.virtuals[0].tls else {
+        panic!("TLS: {:?}", plan.virtuals[0].tls);
+    };
+    assert!(
+        terminate.certs[0].cert.ends_with("www.example.com.crt"),
+        "{toml}"
+    );
+    assert!(terminate.certs[0]
+        .chain
+        .as_ref()
+        .is_some_and(|c| c.ends_with("example-intermediate.crt")));
+    assert!(
+        toml.contains("ca = \"members-ca.crt\"") && toml.contains("server_name = \"csp.internal\""),
+        "{toml}"
+    );
+    assert!(!toml.contains("f5-export/"), "{toml}");
+    // The monitor of /Common watches the members.
+    assert!(plan.monitors.contains_key("custom_csp_monitor"), "{toml}");
+    // The profile whose side was unknown is a client-ssl profile: the
+    // third virtual is converted.
+    assert_eq!(plan.virtuals.len(), 3, "{report}");
+    // Notes name their file.
+    assert!(report.contains("partitions-as3.conf:"), "{report}");
+    assert!(!report.contains("not defined in this file"), "{report}");
+}

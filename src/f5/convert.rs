@@ -139,8 +139,10 @@ impl<'a> Converter<'a> {
         converter.output
     }
 
-    /// One line for each object named by its path rather than its name.
+    /// One line for each object named by its path rather than its name,
+    /// where the object is written.
     fn report_renames(&mut self) {
+        let model = &self.model;
         let kinds = [
             ("virtual", &self.virtual_names),
             ("pool", &self.pool_names),
@@ -150,14 +152,17 @@ impl<'a> Converter<'a> {
         let mut lines = Vec::new();
         for (kind, names) in kinds {
             for (path, chosen) in &names.renamed {
-                lines.push(format!(
-                    "{kind} {path} is named {chosen}: another {kind} in the file is also called {}",
-                    name(path)
-                ));
+                let at = match kind {
+                    "virtual" => model.virtuals.get(path).map(|v| v.at),
+                    "pool" => model.pools.get(path).map(|p| p.at),
+                    "monitor" => model.monitors.get(path).map(|m| m.at),
+                    _ => model.snat_pools.get(path).map(|(at, _)| *at),
+                };
+                lines.push((at.unwrap_or_default(), format!("{kind} {path} is named {chosen}: another {kind} in the file is also called {}", name(path))));
             }
         }
-        for line in lines {
-            self.model.detail(Position::default(), line);
+        for (at, line) in lines {
+            self.model.detail(at, line);
         }
     }
 

@@ -53,11 +53,15 @@ pub enum ImportError {
     },
     /// Template placeholders (`<node1 IP address>`, `__VS_ADDR__`) where
     /// vipgate needs values.
-    #[error("{}", Placeholders { source_name, notes })]
+    #[error("{}", Placeholders { source_name, files, notes })]
     Placeholders {
         source_name: String,
+        /// The files' names when there were several.
+        files: Vec<String>,
         notes: Vec<Note>,
     },
+    #[error("{count} files at once is more than import-f5 reads (4,096); import the partitions in groups")]
+    TooManyFiles { count: usize },
     /// No virtual server could be converted; the report says why.
     #[error("no virtual server of {} could be converted, so there is nothing to run:\n{report}", report.source_name)]
     NothingUsable { report: Report },
@@ -69,6 +73,7 @@ pub enum ImportError {
 
 struct Placeholders<'a> {
     source_name: &'a str,
+    files: &'a [String],
     notes: &'a [Note],
 }
 
@@ -82,7 +87,11 @@ impl fmt::Display for Placeholders<'_> {
             if self.notes.len() == 1 { "" } else { "s" }
         )?;
         for note in self.notes {
-            write!(f, "\n  {}:{note}", self.source_name)?;
+            let file = self
+                .files
+                .get(usize::from(note.at.file))
+                .map_or(self.source_name, String::as_str);
+            write!(f, "\n  {file}:{note}")?;
         }
         Ok(())
     }
@@ -100,59 +109,86 @@ pub fn decode(bytes: &[u8]) -> (String, bool) {
 /// Converts the F5 configuration in `bytes` (named `source_name` in
 /// messages and in the output's header).
 pub fn import_bytes(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> {
-    let (text, latin1) = decode(bytes);
-    let mut imported = import(&text, source_name);
-    if latin1 {
-        let note = Note {
-            at: Position::default(),
-            kind: NoteKind::Detail,
-            message: "the file is not UTF-8; it was read as Latin-1".into(),
-        };
-        match &mut imported {
-            Ok(Imported { report, .. }) | Err(ImportError::NothingUsable { report }) => {
-                report.notes.insert(0, note)
-            }
-            Err(_) => {}
-        }
-    }
-    imported
+    import_files(&[(source_name, bytes)])
 }
 
 /// Converts the F5 configuration `text` (named `source_name` in messages
 /// and in the output's header).
 pub fn import(text: &str, source_name: &str) -> Result<Imported, ImportError> {
-    let parsed = syntax::parse(text).map_err(|error| ImportError::Syntax {
-        source_name: source_name.to_string(),
-        error,
-    })?;
-    let mut model = model::Model::read(&parsed.statements);
-    for (at, opened) in &parsed.assumed_braces {
+    import_files(&[(source_name, text.as_bytes())])
+}
+
+/// Most files one import reads.
+const MAX_FILES: usize = 4096;
+
+/// Converts several files as one BIG-IP, as it keeps them under /config:
+/// `bigip.conf` and `bigip_base.conf` of /Common and each partition's
+/// `partitions/NAME/bigip.conf`, so that a virtual in one file finds the
+/// profiles, monitors and SNAT pools of /Common in another. Each is
+/// `(name in messages, bytes)`; notes say which file they are about.
+pub fn import_files(files: &[(&str, &[u8])]) -> Result<Imported, ImportError> {
+    let names: Vec<String> = files.iter().map(|(name, _)| name.to_string()).collect();
+    let source_name = names.join(" + ");
+    if files.len() > MAX_FILES {
+        return Err(ImportError::TooManyFiles { count: files.len() });
+    }
+    let mut statements = Vec::new();
+    let mut assumed_braces = Vec::new();
+    let mut latin1 = Vec::new();
+    for (index, (name, bytes)) in files.iter().enumerate() {
+        let file = index as u16;
+        let (text, was_latin1) = decode(bytes);
+        let parsed = syntax::parse_file(&text, file).map_err(|error| ImportError::Syntax {
+            source_name: name.to_string(),
+            error,
+        })?;
+        statements.extend(parsed.statements);
+        assumed_braces.extend(parsed.assumed_braces);
+        if was_latin1 {
+            latin1.push(file);
+        }
+    }
+    let mut model = model::Model::read(&statements);
+    for file in latin1 {
+        model.detail(
+            Position {
+                file,
+                line: 0,
+                column: 0,
+            },
+            "the file is not UTF-8; it was read as Latin-1",
+        );
+    }
+    for (at, opened) in &assumed_braces {
         model.detail(
             *at,
             format!("the block opened at {opened} is never closed; it is read as ending before this line (a `}}` is missing)"),
         );
     }
+    let files_named = if files.len() > 1 { names } else { Vec::new() };
     if !model.templates.is_empty() {
         let mut notes = std::mem::take(&mut model.templates);
         notes.sort_by_key(|note| note.at);
         notes.dedup();
         return Err(ImportError::Placeholders {
-            source_name: source_name.to_string(),
+            source_name: source_name.clone(),
+            files: files_named,
             notes,
         });
     }
     let output = convert::Converter::run(&mut model);
-    let (toml, summary) = emit::emit(&output, source_name);
+    let (toml, summary) = emit::emit(&output, &source_name);
     let mut notes = std::mem::take(&mut model.notes);
     notes.sort_by_key(|note| note.at);
     let report = Report {
-        source_name: source_name.to_string(),
+        source_name: source_name.clone(),
+        files: files_named,
         summary,
         notes,
     };
     if summary.virtuals == 0 {
         return Err(ImportError::NothingUsable { report });
     }
-    crate::config::parse(&toml, source_name).map_err(|error| ImportError::Invalid { error })?;
+    crate::config::parse(&toml, &source_name).map_err(|error| ImportError::Invalid { error })?;
     Ok(Imported { toml, report })
 }

@@ -62,6 +62,9 @@ pub struct Summary {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub source_name: String,
+    /// The names of the files read, when there were several: each note's
+    /// place then says its file. Empty for one file (`source_name`).
+    pub files: Vec<String>,
     pub summary: Summary,
     /// Every note, in file order.
     pub notes: Vec<Note>,
@@ -97,6 +100,15 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The file a position is in.
+    fn file_of(&self, at: Position) -> &str {
+        self.files
+            .get(usize::from(at.file))
+            .map_or(self.source_name.as_str(), String::as_str)
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = &self.source_name;
@@ -123,7 +135,7 @@ impl fmt::Display for Report {
             for note in details {
                 // A note about the whole file has no line.
                 let separator = if note.at.line == 0 { ": " } else { ":" };
-                writeln!(f, "  {source}{separator}{note}")?;
+                writeln!(f, "  {}{separator}{note}", self.file_of(note.at))?;
             }
         }
         let dropped = self.dropped();
@@ -137,10 +149,19 @@ impl fmt::Display for Report {
                 plural(dropped.len())
             )?;
             for (group, why, places) in dropped {
+                let several = self.files.len() > 1;
                 let first: Vec<String> = places
                     .iter()
                     .take(FIRST_PLACES)
-                    .map(ToString::to_string)
+                    .enumerate()
+                    .map(|(index, at)| {
+                        // One file: its name once, before the first place.
+                        if several || index == 0 {
+                            format!("{}:{at}", self.file_of(*at))
+                        } else {
+                            at.to_string()
+                        }
+                    })
                     .collect();
                 let more = places.len().saturating_sub(FIRST_PLACES);
                 let more = if more > 0 {
@@ -150,7 +171,7 @@ impl fmt::Display for Report {
                 };
                 writeln!(
                     f,
-                    "  {group} ({}): {why}; at {source}:{}{more}",
+                    "  {group} ({}): {why}; at {}{more}",
                     places.len(),
                     first.join(", ")
                 )?;
@@ -173,7 +194,11 @@ mod tests {
     use super::*;
 
     fn at(line: usize) -> Position {
-        Position { line, column: 1 }
+        Position {
+            line,
+            column: 1,
+            file: 0,
+        }
     }
 
     #[test]
@@ -195,6 +220,7 @@ mod tests {
         });
         let report = Report {
             source_name: "bigip.conf".into(),
+            files: Vec::new(),
             summary: Summary {
                 virtuals: 1,
                 pools: 1,

@@ -50,9 +50,11 @@ const TOP_LEVEL: [&str; 24] = [
     "partition",
 ];
 
-/// A position in the file, 1-based.
+/// A position in a file, 1-based; `file` counts the files of one import
+/// from 0 (most imports have one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
+    pub file: u16,
     pub line: usize,
     pub column: usize,
 }
@@ -120,6 +122,7 @@ enum Token {
 
 struct Lexer {
     chars: Vec<char>,
+    file: u16,
     index: usize,
     line: usize,
     column: usize,
@@ -132,6 +135,7 @@ impl Lexer {
 
     fn position(&self) -> Position {
         Position {
+            file: self.file,
             line: self.line,
             column: self.column,
         }
@@ -248,9 +252,10 @@ impl Lexer {
 /// The longest template placeholder recognised, in characters.
 const MAX_PLACEHOLDER: usize = 200;
 
-fn lex(text: &str) -> Result<Vec<Token>, SyntaxError> {
+fn lex(text: &str, file: u16) -> Result<Vec<Token>, SyntaxError> {
     let mut lexer = Lexer {
         chars: text.chars().collect(),
+        file,
         index: 0,
         line: 1,
         column: 1,
@@ -300,8 +305,15 @@ fn lex(text: &str) -> Result<Vec<Token>, SyntaxError> {
 }
 
 /// Reads a whole file into its top-level statements.
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
-    let tokens = lex(text)?;
+    parse_file(text, 0)
+}
+
+/// Reads a whole file, number `file` of an import (0 for the first),
+/// into its top-level statements.
+pub fn parse_file(text: &str, file: u16) -> Result<Parsed, SyntaxError> {
+    let tokens = lex(text, file)?;
     let error = match block(&tokens, &mut 0, 0, None) {
         Ok(statements) => {
             return Ok(Parsed {
@@ -445,7 +457,14 @@ mod tests {
         let top = top(text);
         assert_eq!(top.len(), 2);
         assert_eq!(words(&top[0]), ["ltm", "pool", "/Common/p"]);
-        assert_eq!(top[0].at, Position { line: 2, column: 1 });
+        assert_eq!(
+            top[0].at,
+            Position {
+                line: 2,
+                column: 1,
+                file: 0
+            }
+        );
         let inner = top[0].children();
         assert_eq!(words(&inner[0]), ["members"]);
         assert_eq!(words(&inner[0].children()[0]), ["/Common/10.0.0.1:80"]);
@@ -499,7 +518,14 @@ mod tests {
         let error = parse("pool p {\n}\n}\n").unwrap_err();
         assert_eq!(error.to_string(), "3:1: this `}` closes nothing");
         let error = parse("monitor m {\n send \"GET /\n").unwrap_err();
-        assert_eq!(error.at, Position { line: 2, column: 7 });
+        assert_eq!(
+            error.at,
+            Position {
+                line: 2,
+                column: 7,
+                file: 0
+            }
+        );
         let deep = "{".repeat(100) + &"}".repeat(100);
         assert!(parse(&deep).unwrap_err().message.contains("nest deeper"));
     }
@@ -513,8 +539,16 @@ mod tests {
         assert_eq!(
             parsed.assumed_braces,
             vec![(
-                Position { line: 4, column: 1 },
-                Position { line: 1, column: 8 }
+                Position {
+                    line: 4,
+                    column: 1,
+                    file: 0
+                },
+                Position {
+                    line: 1,
+                    column: 8,
+                    file: 0
+                }
             )]
         );
     }
