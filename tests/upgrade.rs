@@ -710,3 +710,54 @@ fn a_new_binary_that_exits_at_once_leaves_the_old_process_serving() {
     drop(held);
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+/// A timed drain under way goes on at its pace in the new process: the
+/// deadline and the count it started with come along, and the member is
+/// drained by the deadline.
+#[test]
+fn a_timed_drain_goes_on_through_an_upgrade() {
+    let setup = setup("drain");
+    let old = Running::start(&setup.config, "");
+    wait_serving(setup.port);
+    let first = std::fs::read_to_string(&setup.config).unwrap();
+    let first = first
+        .split("address = \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    // Connections on the first member (round-robin: every other one).
+    let mut held: Vec<_> = (0..20).map(|_| held_connection(setup.port)).collect();
+    for connection in &mut held {
+        assert_eq!(say(connection, "hi"), "member hi\n");
+    }
+    let asked = std::time::Instant::now();
+    let drained = admin_call(
+        &setup.admin,
+        "POST",
+        &format!("/pools/p/members/{first}/drain?within=6s"),
+    );
+    assert!(
+        drained.contains("\"draining_within_seconds\": 6.0"),
+        "{drained}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    upgrade_ok(&setup.admin, &setup.config);
+    let successor = successor_of(&old);
+    let _reap = KillOnDrop(successor);
+    let status = admin_call(&setup.admin, "GET", "/status");
+    assert!(status.contains("\"started_with\": 10"), "{status}");
+    let done = eventually_blocking("the member drained in the new process", PATIENCE, || {
+        admin_call(&setup.admin, "GET", "/status")
+            .contains("\"drained\": true")
+            .then(|| asked.elapsed())
+    });
+    println!(
+        "drain of 10 within 6 s through an upgrade: drained after {:.1} s",
+        done.as_secs_f64()
+    );
+    assert!(done < Duration::from_secs(8), "{done:?}");
+    drop(held);
+    stop_process(successor);
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}

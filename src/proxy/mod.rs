@@ -277,6 +277,10 @@ impl Pump {
             {
                 break 'ended error.blame(Side::Member, Side::Client);
             }
+            if let Some(leave) = tally.leave().filter(|leave| leave.at_once) {
+                // A drain's deadline: no waiting for the client's close.
+                break 'ended (leave.reason.close_reason(), None);
+            }
             if this.leaving.is_none() {
                 if let Some(leave) = tally.leave() {
                     let idle = this.up.idle() && this.down.idle();

@@ -58,6 +58,10 @@ where
                 return Poll::Ready(error.blame(Side::Member, Side::Client));
             }
             match tally.leave() {
+                // A drain's deadline: no waiting for the client's close.
+                Some(leave) if leave.at_once => {
+                    return Poll::Ready((leave.reason.close_reason(), None));
+                }
                 Some(leave) if leaving.is_none() => {
                     let nothing_in_flight = up.idle() && down.idle();
                     if nothing_in_flight && (leave.forced || last_activity.elapsed() >= QUIET) {

@@ -59,22 +59,33 @@ impl LeaveReason {
 }
 
 /// A request to leave: why, and whether it waits for the connection to be
-/// quiet ([`QUIET`]) or not (a drain at its deadline, or behind its pace).
+/// quiet ([`QUIET`]) or not (a drain behind its pace), or does not even
+/// wait for the client's own close after its FIN (a drain at its
+/// deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leave {
     pub reason: LeaveReason,
     pub forced: bool,
+    pub at_once: bool,
 }
 
 const FORCED: u8 = 0x80;
+const AT_ONCE: u8 = 0x40;
 
 impl Leave {
     fn encode(self) -> u8 {
-        self.reason as u8 | if self.forced { FORCED } else { 0 }
+        self.reason as u8
+            | if self.forced { FORCED } else { 0 }
+            | if self.at_once { AT_ONCE } else { 0 }
+    }
+
+    /// How insistent: a request replaces a weaker one.
+    fn strength(value: u8) -> u8 {
+        value & (FORCED | AT_ONCE)
     }
 
     fn decode(value: u8) -> Option<Leave> {
-        let reason = match value & !FORCED {
+        let reason = match value & !(FORCED | AT_ONCE) {
             1 => LeaveReason::Rebalance,
             2 => LeaveReason::Lifetime,
             3 => LeaveReason::Drain,
@@ -83,6 +94,7 @@ impl Leave {
         Some(Leave {
             reason,
             forced: value & FORCED != 0,
+            at_once: value & AT_ONCE != 0,
         })
     }
 }
@@ -158,19 +170,17 @@ impl Tally {
     }
 
     /// Asks the connection to leave. Answers false if it was already asked
-    /// (a forced request replaces one that waits for quiet).
+    /// as insistently (a forced request replaces one that waits for quiet,
+    /// one at once either).
     pub fn ask_to_leave(&self, leave: Leave) -> bool {
-        let asked = match self.leave.load(Ordering::Relaxed) {
-            0 => self
+        let wanted = leave.encode();
+        let held = self.leave.load(Ordering::Relaxed);
+        let stronger = held == 0 || Leave::strength(wanted) > Leave::strength(held);
+        let asked = stronger
+            && self
                 .leave
-                .compare_exchange(0, leave.encode(), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok(),
-            held if leave.forced && held & FORCED == 0 => {
-                self.leave.store(leave.encode(), Ordering::Relaxed);
-                true
-            }
-            _ => false,
-        };
+                .compare_exchange(held, wanted, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         if asked {
             if let Some(waker) = self.waker.get() {
                 waker.wake_by_ref();
@@ -215,6 +225,7 @@ mod tests {
         let quiet = Leave {
             reason: LeaveReason::Rebalance,
             forced: false,
+            at_once: false,
         };
         assert!(tally.ask_to_leave(quiet));
         assert!(!tally.ask_to_leave(quiet));
@@ -222,10 +233,19 @@ mod tests {
         let forced = Leave {
             reason: LeaveReason::Drain,
             forced: true,
+            at_once: false,
         };
         assert!(tally.ask_to_leave(forced));
         assert!(!tally.ask_to_leave(forced));
+        assert!(!tally.ask_to_leave(quiet));
         assert_eq!(tally.leave(), Some(forced));
+        let at_once = Leave {
+            at_once: true,
+            ..forced
+        };
+        assert!(tally.ask_to_leave(at_once));
+        assert_eq!(tally.leave(), Some(at_once));
+        assert!(!tally.ask_to_leave(forced));
         tally.decline();
         assert_eq!(tally.leave(), None);
     }

@@ -7,13 +7,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::control::Running;
 use super::{Control, Snapshot};
 use crate::health::ProbeKey;
-use crate::pool::Health;
+use crate::pool::{Drain, Health};
 use crate::state_file::DecisionSet;
 use crate::virtual_server::{self, hand_over::HandOver, hand_over::Moving};
 
@@ -26,6 +27,22 @@ pub struct CarriedState {
     /// Binary upgrades the old process had gone through.
     #[serde(default)]
     pub upgrades: u64,
+    /// Timed drains under way (or finished), so a drain goes on at its
+    /// pace through an upgrade.
+    #[serde(default)]
+    pub drains: Vec<CarriedDrain>,
+}
+
+/// One member's timed drain, in times relative to the hand-over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CarriedDrain {
+    pub member: SocketAddr,
+    /// Since the drain started.
+    pub elapsed_ms: u64,
+    /// From its start to its deadline.
+    pub within_ms: u64,
+    pub initial: usize,
+    pub finished: bool,
 }
 
 /// One probe's last verdict.
@@ -95,6 +112,20 @@ pub(super) fn restore(snapshot: &Snapshot, state: &CarriedState) {
             status.carry(health, carried.detail.clone());
         }
     }
+    let now = tokio::time::Instant::now();
+    for carried in &state.drains {
+        if let Some(member) = snapshot.member(&carried.member) {
+            let started = now
+                .checked_sub(Duration::from_millis(carried.elapsed_ms))
+                .unwrap_or(now);
+            member.set_drain(Some(Drain {
+                started,
+                deadline: started + Duration::from_millis(carried.within_ms),
+                initial: carried.initial,
+                finished: carried.finished.then_some(now),
+            }));
+        }
+    }
     for carried in &state.members {
         let health = Health::from_name(&carried.health);
         if let (Some(member), Some(health)) = (
@@ -133,11 +164,26 @@ impl Control {
                 })
             })
             .collect();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let drains = snapshot
+            .members()
+            .filter_map(|member| {
+                let drain = member.drain()?;
+                Some(CarriedDrain {
+                    member: member.address(),
+                    elapsed_ms: millis(drain.started.elapsed()),
+                    within_ms: millis(drain.deadline.saturating_duration_since(drain.started)),
+                    initial: drain.initial,
+                    finished: drain.finished.is_some(),
+                })
+            })
+            .collect();
         CarriedState {
             probes,
             members,
             decisions: Some(self.decisions_to_share()),
             upgrades: self.reloads.counts().upgrades,
+            drains,
         }
     }
 

@@ -116,7 +116,8 @@ struct PoolFindings {
 struct DrainFindings {
     /// Not yet asked, most idle first once sorted.
     waiting: Vec<Arc<Open>>,
-    asked: usize,
+    /// Asked, and not gone yet (waiting for their client's close).
+    asked: Vec<Arc<Open>>,
 }
 
 impl Mover {
@@ -215,7 +216,7 @@ impl Mover {
             if drained.contains(&address) {
                 let findings = looked.drains.entry(address).or_default();
                 if asked {
-                    findings.asked += 1;
+                    findings.asked.push(Arc::clone(open));
                 } else {
                     findings.waiting.push(Arc::clone(open));
                 }
@@ -422,10 +423,22 @@ fn drain_member(
         return;
     };
     let open = findings.waiting.len();
-    if open + findings.asked == 0 {
+    if open + findings.asked.len() == 0 {
         drain.finished = Some(now);
         member.set_drain(Some(drain));
         tracing::info!(member = %address, took_s = now.saturating_duration_since(drain.started).as_secs(), "member drained: its last connection is gone");
+        return;
+    }
+    if now >= drain.deadline {
+        // The deadline: whatever is left goes now, without waiting for a
+        // client that ignores its FIN.
+        for open in findings.waiting.iter().chain(&findings.asked) {
+            open.tally.ask_to_leave(Leave {
+                reason: LeaveReason::Drain,
+                forced: true,
+                at_once: true,
+            });
+        }
         return;
     }
     let excess = open.saturating_sub(drain.allowed_at(now));
@@ -440,7 +453,11 @@ fn drain_member(
 
 /// Asks `open` to leave; false if it already was.
 fn ask(open: &Open, reason: LeaveReason, forced: bool) -> bool {
-    open.tally.ask_to_leave(Leave { reason, forced })
+    open.tally.ask_to_leave(Leave {
+        reason,
+        forced,
+        at_once: false,
+    })
 }
 
 /// `log_interval`'s line for a connection still open.
