@@ -27,23 +27,23 @@ pub use listing::{Filter, Page};
 /// same moment rarely meet on one lock.
 const SHARDS: usize = 32;
 
-/// One open connection.
+/// One open connection: what it registered with, under an id.
 #[derive(Debug)]
 pub struct Open {
     /// Unique in this process, rising: `GET /connections` pages by it.
     pub id: u64,
-    pub virtual_name: Arc<str>,
-    pub pool: Arc<Pool>,
-    /// The member's index in `pool`.
-    pub member: usize,
-    pub client: SocketAddr,
-    /// The address the member sees the connection come from (the SNAT
-    /// address and port, or vipgate's own).
-    pub source: Option<SocketAddr>,
-    pub tally: Tally,
+    opening: Opening,
     /// The connection's age, in milliseconds, when the periodic log line
     /// was last written for it.
     logged_ms: AtomicU64,
+}
+
+impl std::ops::Deref for Open {
+    type Target = Opening;
+
+    fn deref(&self) -> &Opening {
+        &self.opening
+    }
 }
 
 impl AsRef<Tally> for Open {
@@ -77,8 +77,11 @@ impl Open {
 pub struct Opening {
     pub virtual_name: Arc<str>,
     pub pool: Arc<Pool>,
+    /// The member's index in `pool`.
     pub member: usize,
     pub client: SocketAddr,
+    /// The address the member sees the connection come from (the SNAT
+    /// address and port, or vipgate's own).
     pub source: Option<SocketAddr>,
     pub tally: Tally,
 }
@@ -114,12 +117,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let open = Arc::new(Open {
             id,
-            virtual_name: opening.virtual_name,
-            pool: opening.pool,
-            member: opening.member,
-            client: opening.client,
-            source: opening.source,
-            tally: opening.tally,
+            opening,
             logged_ms: AtomicU64::new(0),
         });
         let shard = &self.shards[id as usize % SHARDS];
