@@ -285,36 +285,33 @@ impl Mover {
         pacer.tokens += elapsed * f64::from(rate);
         pacer.refilled = now;
         pacer.this_tick = (f64::from(rate) * TICK.as_secs_f64()).ceil().max(1.0) as u32;
-        self.spend(pool, findings, now);
-        if let Some(pacer) = self.pools.get_mut(pool.name()) {
-            pacer.tokens = pacer.tokens.min(1.0);
+        if let Some(findings) = findings {
+            spend(pool, pacer, findings, now);
         }
+        pacer.tokens = pacer.tokens.min(1.0);
     }
+}
 
-    /// Moves what `pool`'s budget allows.
-    fn spend(&mut self, pool: &Pool, findings: Option<&PoolFindings>, now: Instant) {
-        let Some(pacer) = self.pools.get_mut(pool.name()) else {
-            return;
+/// Moves what `pool`'s budget allows: a rebalance first, then the oldest
+/// connection past its lifetime.
+fn spend(pool: &Pool, pacer: &mut Pacer, findings: &PoolFindings, now: Instant) {
+    if let Some(rebalance) = pool.rebalance() {
+        // Hysteresis: a rebalance starts past the tolerance and goes on
+        // to half of it, so the pool does not hover at the edge (and
+        // clients still reconnecting land well inside it).
+        let tolerance = if pacer.rebalancing_since.is_some() {
+            rebalance.tolerance / 2.0
+        } else {
+            rebalance.tolerance
         };
-        let Some(findings) = findings else { return };
-        if let Some(rebalance) = pool.rebalance() {
-            // Hysteresis: a rebalance starts past the tolerance and goes on
-            // to half of it, so the pool does not hover at the edge (and
-            // clients still reconnecting land well inside it).
-            let tolerance = if pacer.rebalancing_since.is_some() {
-                rebalance.tolerance / 2.0
-            } else {
-                rebalance.tolerance
-            };
-            let judgement = judge(&loads(pool, &findings.held), tolerance);
-            rebalance_pool(pool, pacer, &judgement, findings, now);
-        }
-        if pacer.may_move() {
-            if let Some(open) = &findings.expired {
-                if ask(open, LeaveReason::Lifetime, false) {
-                    pacer.moved();
-                    tracing::info!(target: "vipgate::connection", virtual_server = %open.virtual_name, client = %Address(open.client), member = %Address(open.member_address()), age_s = open.tally.age().as_secs(), "closing a connection at its max_connection_lifetime");
-                }
+        let judgement = judge(&loads(pool, &findings.held), tolerance);
+        rebalance_pool(pool, pacer, &judgement, findings, now);
+    }
+    if pacer.may_move() {
+        if let Some(open) = &findings.expired {
+            if ask(open, LeaveReason::Lifetime, false) {
+                pacer.moved();
+                tracing::info!(target: "vipgate::connection", virtual_server = %open.virtual_name, client = %Address(open.client), member = %Address(open.member_address()), age_s = open.tally.age().as_secs(), "closing a connection at its max_connection_lifetime");
             }
         }
     }
