@@ -26,7 +26,7 @@ mod tally;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -145,17 +145,6 @@ pub struct PumpOutcome {
     pub reason: CloseReason,
     /// The error behind an error or reset close.
     pub error: Option<io::Error>,
-    /// The member side's local address (its source, SNAT or not), when
-    /// the connection log is on: found as the connection ends, so an idle
-    /// connection does not carry it.
-    pub member_source: Option<SocketAddr>,
-}
-
-/// The member side's local address, if the connection log will show it.
-pub fn source_for_log(member: &TcpStream) -> Option<SocketAddr> {
-    tracing::enabled!(target: "vipgate::connection", tracing::Level::INFO)
-        .then(|| member.local_addr().ok())
-        .flatten()
 }
 
 pin_project_lite::pin_project! {
@@ -337,14 +326,12 @@ impl Pump {
         for socket in reset {
             let _ = SockRef::from(*socket).set_linger(Some(Duration::ZERO));
         }
-        let member_source = source_for_log(member);
         *this.sockets = None;
         Poll::Ready(Pumped::Ended(PumpOutcome {
             bytes_to_member: this.up.bytes,
             bytes_to_client: this.down.bytes,
             reason,
             error,
-            member_source,
         }))
     }
 }

@@ -21,9 +21,7 @@ use super::{CloseReason, LeaveReason, PumpError, PumpOutcome, Side, Tally, LEAVE
 use crate::stop_signal::StopSignal;
 
 /// Pumps bytes between `client` and `member` until the connection ends,
-/// keeping `tally` up to date and heeding its request to leave. The
-/// outcome's `member_source` is left for the caller (a TLS stream hides
-/// its socket).
+/// keeping `tally` up to date and heeding its request to leave.
 pub async fn run<C, M>(
     mut client: C,
     mut member: M,
@@ -109,7 +107,6 @@ where
         bytes_to_client: down.bytes,
         reason,
         error,
-        member_source: None,
     }
 }
 

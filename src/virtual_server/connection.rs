@@ -257,7 +257,7 @@ impl Ending {
             virtual_server = %self.virtual_server.plan.name,
             client = %Address(self.open.client),
             member = %Address(state.address()),
-            source = outcome.member_source.or(self.open.source).map(|source| tracing::field::display(Address(source))),
+            source = self.open.source.map(|source| tracing::field::display(Address(source))),
             bytes_to_member = outcome.bytes_to_member,
             bytes_to_client = outcome.bytes_to_client,
             duration_ms = duration.as_millis() as u64,
