@@ -45,30 +45,41 @@ pub trait Selection: Send + Sync + fmt::Debug {
 /// Goes through `order` from `turn` and takes the first eligible member
 /// that its ramp admits. A ramping member (share `r` < 1) is admitted on a
 /// fraction `r` of its turns, decided by a hash of the turn so that no
-/// random source or lock is needed. If only ramping members are eligible
-/// and none is admitted, the first of them is taken anyway: a slow member
-/// beats a refused client.
+/// random source or lock is needed. A turn its ramp refuses goes to one of
+/// the other admitted members chosen evenly by the same hash, not to the
+/// next in order (which would give one neighbour the whole of it). If only
+/// ramping members are eligible and none is admitted, the first of them is
+/// taken anyway: a slow member beats a refused client.
 ///
 /// Also returns how many turns to skip: those of ineligible members passed
 /// over, so their turns do not fall to the next member twice in a row. A
 /// turn refused by a ramp is not skipped: the turn counter moves on
 /// normally, which is what keeps a ramping member at its fraction.
 fn first_admitted(view: &dyn PoolView, order: &[u32], turn: usize) -> Option<(usize, usize)> {
-    let mut fallback = None;
-    let mut ramp_refused = false;
-    for skipped in 0..order.len() {
-        let index = order[turn.wrapping_add(skipped) % order.len()] as usize;
-        if !view.eligible(index) {
-            continue;
-        }
+    let at = |skipped: usize| order[turn.wrapping_add(skipped) % order.len()] as usize;
+    let admitted = |index: usize| {
         let ramp = view.ramp(index);
-        if ramp >= 1.0 || unit_hash(turn, index) < ramp {
-            return Some((index, if ramp_refused { 0 } else { skipped }));
-        }
-        ramp_refused = true;
-        fallback.get_or_insert((index, 0));
+        ramp >= 1.0 || unit_hash(turn, index) < ramp
+    };
+    let (skipped, first) = (0..order.len())
+        .map(|skipped| (skipped, at(skipped)))
+        .find(|&(_, index)| view.eligible(index))?;
+    if admitted(first) {
+        return Some((first, skipped));
     }
-    fallback
+    // Two passes over the order rather than a list: nothing allocated per
+    // connection.
+    let others = || {
+        (skipped + 1..order.len())
+            .map(at)
+            .filter(|&index| index != first && view.eligible(index) && admitted(index))
+    };
+    let count = others().count();
+    if count == 0 {
+        return Some((first, 0));
+    }
+    let pick = ((unit_hash(turn, usize::MAX) * count as f64) as usize).min(count - 1);
+    others().nth(pick).map(|index| (index, 0))
 }
 
 /// A number in [0, 1) that looks random but depends only on its inputs

@@ -187,6 +187,24 @@ fn slow_ramp_holds_back_least_connections_too() {
 }
 
 #[test]
+fn a_ramping_members_refused_turns_are_spread_over_the_others() {
+    for algorithm in [Algorithm::RoundRobin, Algorithm::Ratio] {
+        let selection = selector(algorithm, &[1, 1, 1]);
+        let mut table = Table::even(3);
+        // Just back up: the first member refuses every turn.
+        table.ramp[0] = 0.0;
+        let counts = shares(&picks(selection.as_ref(), &table, 3000), 3);
+        assert_eq!(counts[0], 0, "{algorithm}: {counts:?}");
+        // Its 1,000 turns go half to each other member, not all to the next:
+        // 1,500 each (within the hash's spread), not 2,000 / 1,000.
+        assert!(
+            counts[1..].iter().all(|&n| (1400..=1600).contains(&n)),
+            "{algorithm}: {counts:?}"
+        );
+    }
+}
+
+#[test]
 fn ramping_members_are_used_when_nothing_else_is_eligible() {
     let rr = RoundRobin::new(2);
     let mut table = Table::even(2);
