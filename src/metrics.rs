@@ -368,6 +368,9 @@ fn http(status: &Status, families: &mut Families) {
     );
 }
 
+/// Which count of a member's departures a metric shows.
+type DepartureCount = fn(&Departures) -> u64;
+
 /// Every (pool, member) pair.
 fn in_pools(status: &Status) -> impl Iterator<Item = (&str, &MemberStatus)> {
     status.pools.iter().flat_map(|pool| {
@@ -411,20 +414,15 @@ fn member_health(status: &Status, families: &mut Families) {
             }
         },
     );
-    let departures = |name: &str, help: &str, count: fn(&Departures) -> u64| {
-        let rows: Vec<(&str, &str, u64)> = in_pools()
-            .map(|(pool, member)| (pool, member.address.as_str(), count(&member.departures)))
-            .collect();
-        (name.to_string(), help.to_string(), rows)
-    };
-    for (name, help, rows) in [
-        departures("vipgate_rebalanced_total", "Connections of the member in this pool closed (with a FIN, while quiet) so that their clients reconnect to a member with room: the pool's rebalance.", |d| d.rebalanced),
-        departures("vipgate_lifetime_closed_total", "Connections of the member in this pool closed (while quiet) at their virtual's max_connection_lifetime.", |d| d.lifetime),
-        departures("vipgate_drained_total", "Connections of the member in this pool closed by the operator's timed drain of the member.", |d| d.drained),
-    ] {
-        families.counter(&name, &help, &["pool", "member"], |vec| {
-            for (pool, member, count) in &rows {
-                add(vec, &[pool, member], *count);
+    let departures: [(&str, &str, DepartureCount); 3] = [
+        ("vipgate_rebalanced_total", "Connections of the member in this pool closed (with a FIN, while quiet) so that their clients reconnect to a member with room: the pool's rebalance.", |d| d.rebalanced),
+        ("vipgate_lifetime_closed_total", "Connections of the member in this pool closed (while quiet) at their virtual's max_connection_lifetime.", |d| d.lifetime),
+        ("vipgate_drained_total", "Connections of the member in this pool closed by the operator's timed drain of the member.", |d| d.drained),
+    ];
+    for (name, help, count) in departures {
+        families.counter(name, help, &["pool", "member"], |vec| {
+            for (pool, member) in in_pools() {
+                add(vec, &[pool, &member.address], count(&member.departures));
             }
         });
     }

@@ -140,15 +140,6 @@ impl Registry {
         }
     }
 
-    /// Connections open now.
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).count).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Calls `visit` with every open connection, one shard's lock held at
     /// a time: `visit` must be quick and must not register or end a
     /// connection.
