@@ -29,6 +29,8 @@
 //!   are handed to [`http`].
 //! - [`pool`]: members, their runtime state in atomics keyed by address, and
 //!   the load-balancing algorithms behind one trait.
+//! - `source_persistence`: the process's table of which member each client
+//!   address used last (F5's `source_addr`), bounded, kept across reloads.
 //! - `dial`: the one way to reach a member, for both kinds of virtual:
 //!   SNAT source, connect, PROXY header, re-encryption, and whose fault a
 //!   failure was.
@@ -97,6 +99,7 @@ pub(crate) mod secret;
 pub mod server;
 pub mod service;
 pub(crate) mod snat;
+pub(crate) mod source_persistence;
 pub mod state_file;
 pub mod stats;
 pub mod status;

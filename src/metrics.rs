@@ -77,6 +77,19 @@ impl Collector for Exporter {
         member_counters(&status, &mut families);
         snat(&status, &mut families);
         config(&status, &mut families);
+        let records = &status.persistence_records;
+        families.gauge(
+            "vipgate_persistence_records",
+            "Source-address persistence records held now, over every virtual.",
+            &[],
+            |vec| set(vec, &[], records.records as i64),
+        );
+        families.counter(
+            "vipgate_persistence_records_dropped_total",
+            "Source-address persistence records dropped to make room (settings.persistence_records reached): raise the setting if this grows.",
+            &[],
+            |vec| add(vec, &[], records.dropped),
+        );
         families.counter(
             "vipgate_worker_cpu_moves_total",
             "Times a worker thread moved itself off a CPU it shared with another busy worker to one where none was busy (settings.cpu_affinity = \"spread\").",

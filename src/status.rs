@@ -31,6 +31,18 @@ pub struct Status {
     /// member, per virtual.
     #[serde(skip)]
     pub automap: Vec<AutomapUse>,
+    pub persistence_records: PersistenceRecordsStatus,
+}
+
+/// The source-address persistence table, shared by every virtual.
+#[derive(Debug, Serialize)]
+pub struct PersistenceRecordsStatus {
+    /// Records held now.
+    pub records: usize,
+    /// The most it holds (`settings.persistence_records`).
+    pub capacity: usize,
+    /// Records dropped to make room since the start.
+    pub dropped: u64,
 }
 
 /// What the admin endpoint asks of callers.
@@ -236,6 +248,11 @@ impl Status {
             pools: pools(snapshot),
             snat_pools: snat_pools(snapshot),
             automap: automap(snapshot),
+            persistence_records: PersistenceRecordsStatus {
+                records: snapshot.persistence_records.len(),
+                capacity: snapshot.persistence_records.capacity(),
+                dropped: snapshot.persistence_records.dropped(),
+            },
         }
     }
 }

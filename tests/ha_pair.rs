@@ -11,6 +11,9 @@
 //!   client holds a sticky cookie, a TLS client has a session;
 //! - vipgate on lb1 is killed: the VIP moves to lb2, every agent is served
 //!   again, the cookie lands on its member, the TLS session resumes;
+//!   eight client addresses on the source-persistence virtual reach the
+//!   same proxies through lb2 as through lb1 (rendezvous hashing: no
+//!   records exchanged);
 //! - vipgate on lb1 comes back: with nopreempt the VIP stays, nobody is
 //!   disturbed;
 //! - vipgate on lb2 hangs (SIGSTOP): the track script notices, the VIP
@@ -92,10 +95,21 @@ impl Lab {
             namespace.ip(&["link", "set", "eth0", "up"]);
             namespace
         };
+        let client = host("client", 20);
+        // More client addresses, for source-address persistence.
+        for last in STICKY_CLIENTS {
+            client.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", address(last)),
+                "dev",
+                "eth0",
+            ]);
+        }
         let lab = Lab {
             lb1: host("lb1", 11),
             lb2: host("lb2", 12),
-            client: host("client", 20),
+            client,
             members: vec![host("m1", 31), host("m2", 32), host("m3", 33)],
             _switch: switch,
             dir: temp_dir("ha-pair"),
@@ -400,6 +414,29 @@ impl Fleet {
     }
 }
 
+/// The last bytes of the client's extra addresses.
+const STICKY_CLIENTS: std::ops::Range<u8> = 21..29;
+
+/// The proxy each extra client address reaches through the
+/// source-persistence virtual (port 9071), as "21:m1 22:m3 ...".
+async fn sticky_sources() -> String {
+    let mut answers = Vec::new();
+    for last in STICKY_CLIENTS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{}:0", address(last)).parse().unwrap())
+            .unwrap();
+        let stream = socket.connect(vip(9071)).await.expect("connected");
+        let mut stream = BufReader::new(stream);
+        stream.get_mut().write_all(b"hello\n").await.unwrap();
+        let mut answer = String::new();
+        stream.read_line(&mut answer).await.unwrap();
+        let tag = answer.split(' ').next().unwrap_or_default().to_string();
+        answers.push(format!("{last}:{tag}"));
+    }
+    answers.join(" ")
+}
+
 fn tls_client(ca: &TestCa) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.ca_der()).unwrap();
@@ -517,6 +554,7 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
                             format!("{} (first {member})", reply.served_by())
                         }
                         "tls" => format!("{:?}", tls_session(&connector).await),
+                        "sticky sources" => sticky_sources().await,
                         _ => return,
                     };
                     let _ = to_test.send(answer);
@@ -554,6 +592,17 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
             .is_some_and(|(state, _)| state == "disabled")
     });
 
+    // Clients of the source-persistence virtual, each at its proxy.
+    let sticky = ask("sticky sources");
+    let proxies: std::collections::BTreeSet<&str> = sticky
+        .split(' ')
+        .filter_map(|pair| pair.split(':').nth(1))
+        .collect();
+    assert!(
+        proxies.len() == 2 && !proxies.contains("m2"),
+        "eight clients over m1 and m3 (m2 is under maintenance): {sticky}"
+    );
+
     // 1. vipgate on lb1 dies.
     let killed = now();
     let started = Instant::now();
@@ -583,6 +632,11 @@ fn a_keepalived_pair_of_vipgates_replaces_an_f5_pair() {
         "the cookie lands on its member through lb2"
     );
     assert_eq!(ask("tls"), "Resumed", "the TLS session resumes on lb2");
+    assert_eq!(
+        ask("sticky sources"),
+        sticky,
+        "lb2 sends each client address to the proxy lb1 did, without its records"
+    );
     println!(
         "failover after SIGKILL: VIP on lb2 in {} ms, {AGENTS} agents served again in {} ms",
         failover.as_millis(),

@@ -112,6 +112,9 @@ impl Plan {
         if let Mode::Http(http) = &virtual_server.mode {
             write!(f, ", mode http ({})", http)?;
         }
+        if let Some(source) = &virtual_server.source_persistence {
+            write!(f, ", {source}")?;
+        }
         writeln!(f)
     }
 

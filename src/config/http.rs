@@ -166,7 +166,12 @@ impl Checker<'_> {
         let http_only = [
             (
                 "persistence",
-                virtual_server.persistence.as_ref().map(|p| p.span()),
+                virtual_server
+                    .persistence
+                    .as_ref()
+                    // Source-address persistence works on TCP too.
+                    .filter(|p| p.get_ref().source_address.is_none())
+                    .map(|p| p.span()),
             ),
             (
                 "header_timeout",

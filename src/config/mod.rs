@@ -46,13 +46,14 @@ pub use monitors::{
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_TIMEOUT,
 };
 pub use persistence::{
-    CookieAttributes, CookieLifetime, CookieSecure, Persistence, SameSite, MIN_SECRET_BYTES,
+    CookieAttributes, CookieLifetime, CookieSecure, Persistence, SameSite, SourcePersistence,
+    DEFAULT_SOURCE_TIMEOUT, MIN_SECRET_BYTES,
 };
 pub use plan::{
     AdminState, Algorithm, ConnectionLimit, Keepalive, MemberPlan, Mode, Plan, PoolPlan, RateLimit,
     ServiceDownAction, Settings, VirtualMode, VirtualPlan, DEFAULT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_UPGRADE_DRAIN_TIMEOUT,
+    DEFAULT_PERSISTENCE_RECORDS, DEFAULT_UPGRADE_DRAIN_TIMEOUT,
 };
 pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};

@@ -145,6 +145,57 @@ impl std::fmt::Display for Persistence {
     }
 }
 
+/// Default `source_address.timeout`: 180 s, as F5's `source_addr`.
+pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `persistence = { source_address = { ... } }`: a client address goes
+/// back to the member it used before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePersistence {
+    /// How long a record outlives the client's last connection (TCP) or
+    /// request (HTTP). Default 180 s.
+    pub timeout: Duration,
+    /// IPv4 clients sharing this many leading bits share a record. Default
+    /// 32 (each address its own).
+    pub ipv4_prefix: u8,
+    /// The same for IPv6 clients. Default 128.
+    pub ipv6_prefix: u8,
+}
+
+impl SourcePersistence {
+    /// The part of `client` that names its record: the address cut to its
+    /// prefix.
+    pub fn record_key(&self, client: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        match client {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.ipv4_prefix))
+                    .unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SourcePersistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "persistence by source address (/{}, IPv6 /{}) for {}",
+            self.ipv4_prefix,
+            self.ipv6_prefix,
+            humantime::format_duration(self.timeout)
+        )
+    }
+}
+
 // As written: the raw serde types.
 
 /// `persistence = { url_param = "jsessionid" }` or
@@ -161,6 +212,35 @@ pub struct RawPersistence {
     pub same_site: Option<Spanned<SameSite>>,
     pub domain: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
+    pub source_address: Option<Spanned<RawSourceAddress>>,
+}
+
+/// `source_address = { timeout = "180s", mask = 24, ipv6_mask = 64 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceAddress {
+    pub timeout: Option<Spanned<RawDuration>>,
+    pub mask: Option<Spanned<i64>>,
+    pub ipv6_mask: Option<Spanned<i64>>,
+}
+
+impl RawPersistence {
+    /// The settings given besides `source_address`, with where.
+    fn other_kinds(&self) -> impl Iterator<Item = (&'static str, std::ops::Range<usize>)> + '_ {
+        [
+            ("url_param", self.url_param.as_ref().map(|v| v.span())),
+            ("in_cookie", self.in_cookie.map(|_| 0..0)),
+            ("cookie", self.cookie.as_ref().map(|v| v.span())),
+            ("max_age", self.max_age.as_ref().map(|v| v.span())),
+            ("http_only", self.http_only.as_ref().map(|v| v.span())),
+            ("secure", self.secure.as_ref().map(|v| v.span())),
+            ("same_site", self.same_site.as_ref().map(|v| v.span())),
+            ("domain", self.domain.as_ref().map(|v| v.span())),
+            ("path", self.path.as_ref().map(|v| v.span())),
+        ]
+        .into_iter()
+        .filter_map(|(name, span)| span.map(|span| (name, span)))
+    }
 }
 
 /// `[persistence]`: what every cookie-persistence virtual shares.
@@ -180,6 +260,10 @@ impl Checker<'_> {
         file: &RawConfig,
     ) -> Option<Persistence> {
         let persistence = raw.get_ref();
+        if persistence.source_address.is_some() {
+            // Read by `source_persistence`, for either mode.
+            return Some(Persistence::None);
+        }
         match (&persistence.url_param, &persistence.cookie) {
             (Some(_), Some(_)) | (None, None) => {
                 self.report(
@@ -268,6 +352,59 @@ impl Checker<'_> {
                 })
             }
         }
+    }
+
+    /// `persistence.source_address` of a virtual of either mode: `None`
+    /// when it is wrong, `Some(None)` when it is not set.
+    pub(super) fn source_persistence(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<RawPersistence>>,
+    ) -> Option<Option<SourcePersistence>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let Some(source) = &raw.get_ref().source_address else {
+            return Some(None);
+        };
+        let key = format!("{key}.persistence");
+        let mut valid = true;
+        for (field, span) in raw.get_ref().other_kinds() {
+            valid = false;
+            let span = if span.is_empty() { raw.span() } else { span };
+            self.report(
+                &format!("{key}.{field}"),
+                Some(span),
+                format!("{field} cannot be combined with source_address persistence"),
+                Some("a virtual persists one way: keep source_address, or remove it and use url_param or cookie".into()),
+            );
+        }
+        let given = source.get_ref();
+        let timeout = self.duration(
+            &format!("{key}.source_address.timeout"),
+            given.timeout.as_ref(),
+            DEFAULT_SOURCE_TIMEOUT,
+        );
+        let mut prefix = |name: &str, value: &Option<Spanned<i64>>, bits: i64| match value {
+            None => Some(bits as u8),
+            Some(value) => self
+                .integer_in(
+                    &format!("{key}.source_address.{name}"),
+                    value,
+                    0,
+                    bits,
+                    "a prefix length in bits",
+                )
+                .map(|n| n as u8),
+        };
+        let ipv4_prefix = prefix("mask", &given.mask, 32);
+        let ipv6_prefix = prefix("ipv6_mask", &given.ipv6_mask, 128);
+        let plan = SourcePersistence {
+            timeout,
+            ipv4_prefix: ipv4_prefix?,
+            ipv6_prefix: ipv6_prefix?,
+        };
+        valid.then_some(Some(plan))
     }
 
     /// `http_only`, `secure`, `same_site`, `domain` and `path` of an

@@ -34,6 +34,8 @@ pub const DEFAULT_KEEPALIVE_PROBES: u32 = 6;
 pub const MAX_KEEPALIVE_PROBES: i64 = 127;
 /// Default listen backlog: 4096 pending connections.
 pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default `settings.persistence_records`.
+pub const DEFAULT_PERSISTENCE_RECORDS: usize = 100_000;
 /// A whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -74,6 +76,11 @@ pub struct Settings {
     /// connections it still serves before it closes them and exits.
     /// Default 1 h.
     pub upgrade_drain_timeout: Duration,
+    /// Most source-address persistence records kept, for every virtual
+    /// together; the least recently used is dropped to make room. Read
+    /// when vipgate starts (a reload keeps the table as it is). Default
+    /// 100,000 (about 12 MB).
+    pub persistence_records: usize,
 }
 
 /// A pool: the members a virtual spreads connections over.
@@ -163,6 +170,10 @@ pub struct VirtualPlan {
     pub proxy_protocol: ProxyProtocol,
     pub tls: Tls,
     pub mode: Mode,
+    /// Send a client back to the member it used before (F5's
+    /// `source_addr` persistence). `None` (default): each connection is
+    /// balanced on its own.
+    pub source_persistence: Option<super::persistence::SourcePersistence>,
 }
 
 /// `mode = "tcp" | "http"`.

@@ -47,6 +47,7 @@ pub struct RawSettings {
     pub cpu_affinity: Option<Spanned<super::settings::RawCpuAffinity>>,
     pub state_file: Option<Spanned<String>>,
     pub upgrade_drain_timeout: Option<Spanned<RawDuration>>,
+    pub persistence_records: Option<Spanned<i64>>,
 }
 
 /// `[pools.NAME]`.

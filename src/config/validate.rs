@@ -15,7 +15,7 @@ use super::plan::{
     ConnectionLimit, Keepalive, MemberPlan, Plan, PoolPlan, RateLimit, Settings, VirtualPlan,
     DEFAULT_BACKLOG, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEPALIVE_IDLE, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_PROBES,
-    DEFAULT_UPGRADE_DRAIN_TIMEOUT, MAX_KEEPALIVE_PROBES,
+    DEFAULT_PERSISTENCE_RECORDS, DEFAULT_UPGRADE_DRAIN_TIMEOUT, MAX_KEEPALIVE_PROBES,
 };
 use super::raw::{
     RawConfig, RawDuration, RawKeepalive, RawMember, RawPool, RawSettings, RawVirtual,
@@ -137,7 +137,20 @@ impl Checker<'_> {
             raw.upgrade_drain_timeout.as_ref(),
             DEFAULT_UPGRADE_DRAIN_TIMEOUT,
         );
+        let persistence_records = match &raw.persistence_records {
+            None => DEFAULT_PERSISTENCE_RECORDS,
+            Some(value) => self
+                .integer_in(
+                    "settings.persistence_records",
+                    value,
+                    1,
+                    10_000_000,
+                    "a number of records",
+                )
+                .unwrap_or(DEFAULT_PERSISTENCE_RECORDS),
+        };
         Settings {
+            persistence_records,
             drain_timeout,
             worker_threads,
             cpu_affinity,
@@ -396,6 +409,7 @@ impl Checker<'_> {
                 .map(|n| n as u64),
         };
         let mode = self.mode(&key, raw_virtual, tls.as_mut(), raw);
+        let source_persistence = self.source_persistence(&key, virtual_server.persistence.as_ref());
         if matches!(mode, Some(super::Mode::Http(_))) {
             for (name, given) in [
                 (
@@ -433,6 +447,7 @@ impl Checker<'_> {
             proxy_protocol: virtual_server.proxy_protocol.unwrap_or_default(),
             tls: tls?,
             mode: mode?,
+            source_persistence: source_persistence?,
         })
     }
 

@@ -84,6 +84,9 @@ pub struct Opening {
     /// address and port, or vipgate's own).
     pub source: Option<SocketAddr>,
     pub tally: Tally,
+    /// Its hold on its client's source-address persistence record, when
+    /// the virtual persists by source address.
+    pub persistence: Option<crate::source_persistence::Ticket>,
 }
 
 /// Every open connection of one vipgate process.

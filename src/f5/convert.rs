@@ -14,7 +14,7 @@ use super::monitors::{Check, Converted};
 use super::names::Names;
 use super::profiles::{export_name, header_field, undefined_tls, Role, TlsSide};
 use super::syntax::Position;
-use super::words::{endpoint, ip, name, Host, Port, MAX_SECONDS};
+use super::words::{endpoint, excerpt, ip, name, Host, Port, MAX_SECONDS};
 
 /// A monitor rule as vipgate writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub(super) struct VirtualOut {
     pub certificates: Vec<Certificate>,
     /// Cookie persistence: `(cookie name, max age)`.
     pub cookie: Option<(String, Option<u64>)>,
+    /// Source-address persistence: `(timeout seconds, IPv4 prefix length)`.
+    pub source_address: Option<(u64, u8)>,
 }
 
 /// Everything to write.
@@ -73,6 +75,9 @@ pub(super) struct Output {
     pub pools: Vec<PoolOut>,
     pub virtuals: Vec<VirtualOut>,
 }
+
+/// An `indefinite` persistence timeout, written as a day (seconds).
+const INDEFINITE_PERSISTENCE: u64 = 86_400;
 
 /// The conversion in progress.
 pub(super) struct Converter<'a> {
@@ -210,6 +215,7 @@ impl<'a> Converter<'a> {
             request_headers: Vec::new(),
             certificates: Vec::new(),
             cookie: None,
+            source_address: None,
         };
         let owner = format!("virtual {}", self.virtual_names.label(path));
         for (at, group, why) in &source.unsupported {
@@ -582,7 +588,7 @@ impl<'a> Converter<'a> {
                         pool.tls = Some((ca, server_name));
                     }
                 }
-                Role::Cookie { .. } => {}
+                Role::Cookie { .. } | Role::SourceAddress { .. } => {}
                 Role::Other(kind) => {
                     let at = self.model.profile_at(profile).unwrap_or(*at);
                     self.model.detail(
@@ -675,6 +681,19 @@ impl<'a> Converter<'a> {
                     ));
                     self.model.detail(*at, format!("{owner}: cookie persistence is carried over; vipgate seals its own cookie, so sessions the BIG-IP's cookie pinned are balanced once after the switch"));
                 }
+                Role::SourceAddress {
+                    timeout,
+                    mask,
+                    across,
+                } if out.cookie.is_none() && out.source_address.is_none() => {
+                    let timeout = self.source_timeout(owner, timeout.as_deref(), *at);
+                    let prefix = self.source_mask(owner, mask.as_deref(), *at);
+                    out.source_address = Some((timeout, prefix));
+                    self.model.detail(*at, format!("{owner}: source-address persistence is carried over (timeout {timeout} s, /{prefix}); a client without a record goes to the member its address hashes to, the same on both nodes of a pair"));
+                    if !across.is_empty() {
+                        self.model.detail(*at, format!("{owner}: persistence {} sets {}: vipgate keeps records per virtual, so a client's connections to other virtuals are balanced on their own", name(persist), across.join(", ")));
+                    }
+                }
                 role => {
                     let kind = match role {
                         Role::Other(kind) => kind,
@@ -689,11 +708,44 @@ impl<'a> Converter<'a> {
             self.model.detail(
                 *at,
                 format!(
-                    "{owner}: fallback persistence {} is not carried over",
+                    "{owner}: fallback persistence {} is not carried over: a vipgate virtual persists one way, and a client the first way does not place is balanced",
                     name(fallback)
                 ),
             );
         }
+    }
+
+    /// A `source_addr` profile's `timeout` in seconds: F5's 180 when not
+    /// set, a day for `indefinite` (reported).
+    fn source_timeout(&mut self, owner: &str, timeout: Option<&str>, at: Position) -> u64 {
+        match timeout {
+            None => 180,
+            Some("indefinite") => {
+                self.model.detail(at, format!("{owner}: an indefinite persistence timeout is written as a day ({INDEFINITE_PERSISTENCE} s)"));
+                INDEFINITE_PERSISTENCE
+            }
+            Some(seconds) => match seconds.parse::<u64>() {
+                Ok(0) | Err(_) => {
+                    self.model.detail(at, format!("{owner}: persistence timeout `{}` is not a number of seconds; F5's default 180 s is written", excerpt(seconds)));
+                    180
+                }
+                Ok(seconds) => seconds.min(MAX_SECONDS),
+            },
+        }
+    }
+
+    /// A `source_addr` profile's `mask` as a prefix length: 32 when not
+    /// set or not a contiguous IPv4 mask (reported).
+    fn source_mask(&mut self, owner: &str, mask: Option<&str>, at: Position) -> u8 {
+        let Some(mask) = mask else { return 32 };
+        let prefix = mask.parse::<std::net::Ipv4Addr>().ok().and_then(|mask| {
+            let bits = u32::from(mask);
+            (bits.leading_ones() + bits.trailing_zeros() == 32).then(|| bits.leading_ones() as u8)
+        });
+        prefix.unwrap_or_else(|| {
+            self.model.detail(at, format!("{owner}: persistence mask `{}` is not a contiguous IPv4 mask; each client address is its own record (/32)", excerpt(mask)));
+            32
+        })
     }
 
     fn snat(&mut self, owner: &str, source: &Virtual, pool: usize) -> Option<String> {

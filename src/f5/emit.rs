@@ -291,6 +291,12 @@ fn virtual_table(out: &mut String, virtual_server: &VirtualOut) -> bool {
             put!(out, "request_headers = {{ {} }}", fields.join(", "));
         }
     }
+    if let Some((timeout, mask)) = virtual_server.source_address {
+        put!(
+            out,
+            "persistence = {{ source_address = {{ timeout = {timeout}, mask = {mask} }} }}"
+        );
+    }
     let Some((cookie, max_age)) = &virtual_server.cookie else {
         put!(out);
         return false;

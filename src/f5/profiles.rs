@@ -13,7 +13,13 @@ const F5_IDLE_TIMEOUT: u64 = 300;
 /// An indefinite idle timeout, carried over as a day.
 const INDEFINITE: u64 = 86_400;
 
-const KEYS: [(&str, Arity); 21] = [
+const KEYS: [(&str, Arity); 27] = [
+    ("timeout", Arity::One),
+    ("mask", Arity::One),
+    ("match-across-services", Arity::One),
+    ("match-across-virtuals", Arity::One),
+    ("match-across-pools", Arity::One),
+    ("hash-algorithm", Arity::One),
     ("passphrase", Arity::One),
     ("defaults-from", Arity::One),
     ("idle-timeout", Arity::One),
@@ -57,7 +63,15 @@ pub(super) enum Role {
         name: Option<String>,
         expiration: Option<u64>,
     },
-    /// Anything else: its kind (`udp`, `oneconnect`, `persist source_addr`).
+    /// Source-address persistence: the record timeout (seconds, `None`
+    /// for F5's 180), the mask as written, and the `match-across-*`
+    /// settings that are on.
+    SourceAddress {
+        timeout: Option<String>,
+        mask: Option<String>,
+        across: Vec<&'static str>,
+    },
+    /// Anything else: its kind (`udp`, `oneconnect`, `persist dest_addr`).
     Other(String),
     /// Neither defined in the file nor a BIG-IP built-in: what it does is
     /// in another file (`/Common`, another partition).
@@ -266,6 +280,18 @@ impl Model {
                         .and_then(|e| expiration(&e)),
                 }
             }
+            "persist-source-addr" => Role::SourceAddress {
+                timeout: get("timeout"),
+                mask: get("mask"),
+                across: [
+                    "match-across-services",
+                    "match-across-virtuals",
+                    "match-across-pools",
+                ]
+                .into_iter()
+                .filter(|key| get(key).as_deref() == Some("enabled"))
+                .collect(),
+            },
             "" => Role::Undefined,
             other => Role::Other(other.replace("persist-", "persistence ").replace('-', " ")),
         }

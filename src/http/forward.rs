@@ -27,7 +27,7 @@ use crate::clock::unix_seconds;
 use crate::config::{CookieLifetime, Persistence};
 use crate::dial::Attempts;
 use crate::logging::Address;
-use crate::pool::{Pool, Reservation, Tried};
+use crate::pool::{Choice, Pool, Reservation, Tried};
 use crate::stats::{HttpEvent, HttpStats, Rejection};
 
 /// What the request's persistence information names.
@@ -80,7 +80,10 @@ pub(super) async fn handle(
 
     let mut tried = Tried::default();
     let mut attempts = Attempts::default();
-    let mut persistent = claim.member;
+    let (mut persistent, choice) = match (&http.source_affinity, claim.member) {
+        (Some(affinity), _) => affinity.choice(pool, connection.peer.ip()),
+        (None, member) => (member, Choice::Algorithm),
+    };
     // As for TCP virtuals: a member held back by its connect rate is
     // waited for, up to the connect timeout (from the request's start: a
     // clock read fewer per request).
@@ -93,7 +96,7 @@ pub(super) async fn handle(
                 // request is balanced over the others.
                 None => continue,
             },
-            None => pool.reserve_paced(&mut tried, deadline).await,
+            None => pool.reserve_paced(&mut tried, deadline, choice).await,
         };
         let Some(reserved) = reserved else {
             return Ok(refuse(&connection, in_flight, attempts.exhausted()));
@@ -110,6 +113,9 @@ pub(super) async fn handle(
                 let duration = started.elapsed();
                 http.stats.record_request(duration);
                 count_persistence(http, stats, &claim, index);
+                if let Some(affinity) = &http.source_affinity {
+                    affinity.used(connection.peer.ip(), member.address());
+                }
                 let response = respond(&connection, in_flight, response, reserved, &claim, now);
                 log(
                     &connection,

@@ -74,6 +74,8 @@ pub struct HttpVirtual {
     /// `response_headers`, ready to insert.
     response_headers: Vec<(HeaderName, HeaderValue)>,
     members: MemberConnections,
+    /// Set for source-address persistence.
+    pub source_affinity: Option<crate::source_persistence::SourceAffinity>,
 }
 
 /// Why an HTTP virtual could not be set up.
@@ -94,6 +96,7 @@ impl HttpVirtual {
         dialer: Dialer,
         stats: Arc<VirtualStats>,
         workers: usize,
+        source_affinity: Option<crate::source_persistence::SourceAffinity>,
     ) -> Result<HttpVirtual, HttpError> {
         let seal = match &plan.persistence {
             Persistence::Cookie { secret_file, .. } => {
@@ -112,6 +115,7 @@ impl HttpVirtual {
             dialer,
             stats,
             seal,
+            source_affinity,
         })
     }
 }

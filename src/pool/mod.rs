@@ -28,7 +28,10 @@ pub use member::{ByteCounts, Drain, MemberCounts, MemberSlot, MemberState};
 pub use member_balance::{Departures, MemberBalance};
 pub use member_health::{ramp_fraction, Health, MemberHealth};
 pub(crate) use selection::unit_hash;
-pub use selection::{selector, LeastConnections, PoolView, Ratio, RoundRobin, Selection, Tried};
+pub use selection::{
+    address_hash, rendezvous, selector, LeastConnections, PoolView, Ratio, RoundRobin, Selection,
+    Tried,
+};
 
 use crate::config::{
     AdminState, ConnectionLimit, MemberPlan, PoolPlan, RateLimit, Rebalance, ServiceDownAction,
@@ -132,6 +135,9 @@ pub struct Member {
     pub health: Arc<MemberHealth>,
     /// This pool's rebalancing of it.
     pub balance: Arc<MemberBalance>,
+    /// A hash of its address, the same in every process: what
+    /// source-address persistence chooses by.
+    identity: u64,
 }
 
 impl Member {
@@ -187,6 +193,7 @@ impl Pool {
                 let health = registry.health_for(&plan.name, &state, monitored(member), previous);
                 let balance = registry.balance_for(&plan.name, member.address, previous);
                 Member {
+                    identity: selection::address_hash(member.address.ip(), member.address.port()),
                     balance,
                     connection_limit: member.connection_limit,
                     connect_rate_limit: member.connect_rate_limit,
@@ -277,6 +284,20 @@ impl Pool {
     /// [`reserve`](Self::reserve), also telling which member (its index in
     /// [`members`](Self::members)).
     pub fn reserve_indexed(&self, tried: &mut Tried) -> Option<Reservation> {
+        self.reserve_by(tried, Choice::Algorithm)
+    }
+
+    /// Reserves a slot for a client of a source-address persistence
+    /// virtual that has no live record: the member its address hashes to
+    /// (weighted rendezvous hashing over the members that may take it),
+    /// so that every node of a pair chooses alike without sharing
+    /// records. `client` is [`selection::address_hash`] of its masked
+    /// address.
+    pub fn reserve_for_client(&self, tried: &mut Tried, client: u64) -> Option<Reservation> {
+        self.reserve_by(tried, Choice::Hash(client))
+    }
+
+    fn reserve_by(&self, tried: &mut Tried, choice: Choice) -> Option<Reservation> {
         // A slot can be taken by another connection between the check and
         // the reservation; such a member counts as tried, so this loop ends
         // after at most one pass over the pool.
@@ -293,8 +314,12 @@ impl Pool {
             };
             // Members a rebalancing pool holds above their share are a last
             // resort, not a refusal.
-            let index = self.selection.select(&view).or_else(|| {
-                self.selection.select(&View {
+            let select = |view: &View| match choice {
+                Choice::Algorithm => self.selection.select(view),
+                Choice::Hash(client) => selection::rendezvous(view, client),
+            };
+            let index = select(&view).or_else(|| {
+                select(&View {
                     balancing: false,
                     ..view
                 })
@@ -319,9 +344,10 @@ impl Pool {
         &self,
         tried: &mut Tried,
         deadline: tokio::time::Instant,
+        choice: Choice,
     ) -> Option<Reservation> {
         loop {
-            if let Some(reserved) = self.reserve_indexed(tried) {
+            if let Some(reserved) = self.reserve_by(tried, choice) {
                 return Some(reserved);
             }
             let wait = self.rate_wait(tried)?;
@@ -412,7 +438,18 @@ impl Pool {
     }
 }
 
+/// How a member is chosen for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// By the pool's algorithm.
+    Algorithm,
+    /// By weighted rendezvous hashing of this client hash (source-address
+    /// persistence): see [`Pool::reserve_for_client`].
+    Hash(u64),
+}
+
 /// The pool as one selection sees it.
+#[derive(Clone, Copy)]
 struct View<'a> {
     pool: &'a Pool,
     tried: &'a Tried,
@@ -448,6 +485,10 @@ impl PoolView for View<'_> {
 
     fn ramp(&self, index: usize) -> f64 {
         self.pool.members[index].health.ramp(self.pool.slow_ramp)
+    }
+
+    fn identity(&self, index: usize) -> u64 {
+        self.pool.members[index].identity
     }
 }
 

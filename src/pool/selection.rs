@@ -32,6 +32,56 @@ pub trait PoolView {
     fn ratio(&self, index: usize) -> u32;
     /// How far member `index` is along its slow ramp: 0 just up, 1 full.
     fn ramp(&self, index: usize) -> f64;
+    /// What names member `index` the same way in every process: a hash of
+    /// its address (see [`address_hash`]). By default its index.
+    fn identity(&self, index: usize) -> u64 {
+        index as u64
+    }
+}
+
+/// The eligible member whose weighted score for `client` (a hash of the
+/// client's address) is highest: weighted rendezvous hashing. Every
+/// process that sees the same members chooses the same one, with no state
+/// shared; a member that leaves hands only its own clients to the others,
+/// each to the member that scored next for it; and each member gets a
+/// share of clients in proportion to its ratio (and slow ramp).
+pub fn rendezvous(view: &dyn PoolView, client: u64) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for index in 0..view.member_count() {
+        if !view.eligible(index) {
+            continue;
+        }
+        // -ln(u) is an exponential variable; dividing the weight by it
+        // makes the highest score land on each member with probability
+        // weight / total weight.
+        let unit = mix(client ^ view.identity(index).rotate_left(17));
+        let unit = (unit >> 11) as f64 / (1u64 << 53) as f64;
+        let weight = f64::from(view.ratio(index).max(1)) * view.ramp(index).max(1e-3);
+        let score = weight / -(unit.max(f64::MIN_POSITIVE)).ln();
+        if best.is_none_or(|(best_score, _)| score > best_score) {
+            best = Some((score, index));
+        }
+    }
+    best.map(|(_, index)| index)
+}
+
+/// A hash of an address that is the same in every process and on every
+/// machine (unlike the standard library's, which is seeded per process):
+/// what rendezvous hashing keys clients and members by.
+pub fn address_hash(address: std::net::IpAddr, port: u16) -> u64 {
+    let bits = match address {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => u128::from(v6) ^ (1 << 127),
+    };
+    mix(mix(bits as u64 ^ u64::from(port)) ^ (bits >> 64) as u64)
+}
+
+/// splitmix64's finaliser: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x ^= 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// One load-balancing algorithm.
@@ -85,10 +135,7 @@ fn first_admitted(view: &dyn PoolView, order: &[u32], turn: usize) -> Option<(us
 /// A number in [0, 1) that looks random but depends only on its inputs
 /// (splitmix64).
 pub(crate) fn unit_hash(turn: usize, index: usize) -> f64 {
-    let mut x = (turn as u64) ^ ((index as u64) << 40) ^ 0x9E37_79B9_7F4A_7C15;
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
+    let x = mix((turn as u64) ^ ((index as u64) << 40));
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::connections::Registry;
+use crate::source_persistence::{Records, SourceAffinity};
 use crate::stop_signal::StopTokens;
 use crate::virtual_server::hand_over::HandOver;
 
@@ -40,6 +41,15 @@ pub struct Snapshot {
     pub(super) hand_over: Arc<HandOver>,
     /// The TCP connections open now; the same across snapshots.
     pub(crate) connections: Arc<Registry>,
+    /// Source-address persistence records; the same across snapshots.
+    pub(crate) persistence_records: Arc<Records>,
+}
+
+/// What every snapshot of a process shares with the next.
+struct Lasting<'a> {
+    hand_over: &'a Arc<HandOver>,
+    connections: &'a Arc<Registry>,
+    persistence_records: &'a Arc<Records>,
 }
 
 impl Snapshot {
@@ -49,6 +59,15 @@ impl Snapshot {
         let closing = previous.map_or_else(StopTokens::root, |p| p.closing.clone());
         let hand_over = previous.map_or_else(Arc::default, |p| Arc::clone(&p.hand_over));
         let connections = previous.map_or_else(Arc::default, |p| Arc::clone(&p.connections));
+        let persistence_records = previous.map_or_else(
+            || Arc::new(Records::new(plan.settings.persistence_records)),
+            |p| Arc::clone(&p.persistence_records),
+        );
+        let lasting = Lasting {
+            hand_over: &hand_over,
+            connections: &connections,
+            persistence_records: &persistence_records,
+        };
         let (pools, members) = build_pools(&plan, previous, &closing)?;
         let health = HealthPlan::build(&plan, &members, previous.map(|p| &p.health))?;
         let snat_pools = build_snat_pools(&plan, previous);
@@ -56,15 +75,8 @@ impl Snapshot {
             .virtuals
             .iter()
             .map(|virtual_plan| {
-                let built = build_virtual(
-                    &plan,
-                    virtual_plan,
-                    &pools,
-                    &snat_pools,
-                    previous,
-                    &hand_over,
-                    &connections,
-                )?;
+                let built =
+                    build_virtual(&plan, virtual_plan, &pools, &snat_pools, previous, &lasting)?;
                 Ok((virtual_plan.name.clone(), Arc::new(built)))
             })
             .collect::<Result<_, StartError>>()?;
@@ -78,6 +90,7 @@ impl Snapshot {
             closing,
             hand_over,
             connections,
+            persistence_records,
         })
     }
 
@@ -227,10 +240,17 @@ fn build_virtual(
     pools: &BTreeMap<String, Arc<Pool>>,
     snat_pools: &BTreeMap<String, Arc<SnatPool>>,
     previous: Option<&Snapshot>,
-    hand_over: &Arc<HandOver>,
-    connections: &Arc<Registry>,
+    lasting: &Lasting,
 ) -> Result<VirtualServer, StartError> {
     let name = &virtual_plan.name;
+    let shared_name: Arc<str> = name.as_str().into();
+    let source_affinity = virtual_plan.source_persistence.map(|rule| {
+        SourceAffinity::new(
+            Arc::clone(&shared_name),
+            rule,
+            Arc::clone(lasting.persistence_records),
+        )
+    });
     let stats = previous.and_then(|p| p.virtuals.get(name)).map_or_else(
         || Arc::new(VirtualStats::new(name, plan.settings.worker_threads)),
         |v| Arc::clone(&v.stats),
@@ -276,6 +296,7 @@ fn build_virtual(
                 dialer.clone(),
                 Arc::clone(&stats),
                 plan.settings.worker_threads,
+                source_affinity.clone(),
             )
             .map_err(|error| StartError::Http {
                 virtual_name: name.clone(),
@@ -286,8 +307,9 @@ fn build_virtual(
         Mode::Tcp => None,
     };
     Ok(VirtualServer {
-        name: name.as_str().into(),
-        connections: Arc::clone(connections),
+        name: shared_name,
+        connections: Arc::clone(lasting.connections),
+        source_affinity,
         plan: virtual_plan.clone(),
         pool,
         sni_routes,
@@ -295,7 +317,7 @@ fn build_virtual(
         terminator,
         http,
         stats,
-        hand_over: Arc::clone(hand_over),
+        hand_over: Arc::clone(lasting.hand_over),
     })
 }
 

@@ -240,6 +240,11 @@ impl Ending {
         self.open.pool.members()[self.open.member]
             .balance
             .count(left);
+        // Moved for the pool's sake: its next connection must not be sent
+        // back by persistence.
+        if let Some(ticket) = &self.open.persistence {
+            ticket.forget();
+        }
     }
 
     /// Counts and logs how the connection ended.
@@ -321,6 +326,7 @@ async fn establish(admitted: Admitted, mut movable: MovableGuard) -> Option<Sess
         client: peer,
         source,
         tally: Tally::resumed(started.elapsed(), Duration::ZERO, 0, 0),
+        persistence: virtual_server.persistence_ticket(peer, slot.member().address()),
     });
     let stop = stops.for_connection(movable.counted());
     let idle = plan.idle_timeout;
@@ -469,6 +475,9 @@ pub(crate) fn adopt(
             standing.bytes_to_member,
             standing.bytes_to_client,
         ),
+        // The new process learns its records from the connections it
+        // takes over.
+        persistence: virtual_server.persistence_ticket(connection.client, connection.member),
     });
     let ending = Ending {
         slot: pool.members()[index].state.adopt(),
@@ -564,7 +573,7 @@ async fn member_side(
             return None;
         }
     };
-    let (dialed, reserved) = match connect(virtual_server, pool, preamble.as_deref()).await {
+    let (dialed, reserved) = match connect(virtual_server, pool, peer, preamble.as_deref()).await {
         Ok(connected) => connected,
         Err(refusal) => {
             virtual_server.stats.count_rejected(refusal);
@@ -689,6 +698,7 @@ async fn read_client_hello(
 async fn connect(
     virtual_server: &VirtualServer,
     pool: &Pool,
+    peer: SocketAddr,
     preamble: Option<&[u8]>,
 ) -> Result<(Dialed, Reservation), Rejection> {
     let plan = &virtual_server.plan;
@@ -697,7 +707,17 @@ async fn connect(
     // Members held back only by their connect rate are waited for, up to
     // the connect timeout: a reconnect storm is paced, not refused.
     let deadline = tokio::time::Instant::now() + plan.connect_timeout;
-    while let Some(reserved) = pool.reserve_paced(&mut tried, deadline).await {
+    let (mut persistent, choice) = virtual_server.persistence_choice(pool, peer.ip());
+    loop {
+        let reserved = match persistent.take() {
+            Some(index) => match pool.reserve_persistent(index, &mut tried) {
+                Some(slot) => Some(Reservation { index, slot }),
+                // Down, forced offline or full: it counts as tried.
+                None => continue,
+            },
+            None => pool.reserve_paced(&mut tried, deadline, choice).await,
+        };
+        let Some(reserved) = reserved else { break };
         let member = reserved.slot.member();
         match virtual_server.dialer.dial(pool, member, preamble).await {
             Ok(dialed) => return Ok((dialed, reserved)),

@@ -10,7 +10,7 @@ pub mod hand_over;
 pub(crate) use connection::{adopt, spawn, Admitted};
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use crate::config::{SniRoute, VirtualPlan};
 use crate::dial::Dialer;
 use crate::http::HttpVirtual;
-use crate::pool::Pool;
+use crate::pool::{Choice, Pool};
+use crate::source_persistence::{SourceAffinity, Ticket};
 use crate::stats::{ClientGuards, VirtualStats};
 use crate::tls::Terminator;
 
@@ -48,6 +49,8 @@ pub struct VirtualServer {
     /// The process's open connections; the same for every virtual and
     /// snapshot.
     pub connections: Arc<crate::connections::Registry>,
+    /// Set for source-address persistence.
+    pub source_affinity: Option<SourceAffinity>,
 }
 
 /// Why a listener could not be opened.
@@ -175,6 +178,22 @@ impl VirtualServer {
         std::iter::once(&self.pool)
             .chain(self.sni_routes.iter().map(|(_, pool)| pool))
             .find(|pool| pool.name() == name)
+    }
+
+    /// Where source-address persistence sends `client` in `pool`, if the
+    /// virtual persists by source address: see [`SourceAffinity::choice`].
+    pub fn persistence_choice(&self, pool: &Pool, client: IpAddr) -> (Option<usize>, Choice) {
+        match &self.source_affinity {
+            Some(affinity) => affinity.choice(pool, client),
+            None => (None, Choice::Algorithm),
+        }
+    }
+
+    /// A connection's hold on its client's persistence record, if the
+    /// virtual persists by source address.
+    pub fn persistence_ticket(&self, client: SocketAddr, member: SocketAddr) -> Option<Ticket> {
+        let affinity = self.source_affinity.as_ref()?;
+        Some(affinity.opened(client.ip(), member))
     }
 
     /// Whether its connections may move to a successor process: both

@@ -223,3 +223,61 @@ fn tried_set_small_and_large_indexes() {
     assert!(!tried.contains(6));
     assert!(!tried.contains(129));
 }
+
+fn client(n: u32) -> u64 {
+    address_hash(std::net::Ipv4Addr::from(0x0A00_0000 + n).into(), 0)
+}
+
+#[test]
+fn rendezvous_spreads_clients_by_ratio() {
+    let mut table = Table::even(3);
+    table.ratio = vec![1, 1, 2];
+    let picks: Vec<usize> = (0..40_000)
+        .map(|n| rendezvous(&table, client(n)).unwrap())
+        .collect();
+    let counts = shares(&picks, 3);
+    for (member, expected) in [(0, 10_000.0), (1, 10_000.0), (2, 20_000.0)] {
+        let off = (counts[member] as f64 - expected).abs() / expected;
+        assert!(off < 0.05, "member {member}: {counts:?}");
+    }
+}
+
+#[test]
+fn rendezvous_moves_only_the_clients_of_a_member_that_leaves() {
+    let mut table = Table::even(4);
+    let before: Vec<usize> = (0..10_000)
+        .map(|n| rendezvous(&table, client(n)).unwrap())
+        .collect();
+    table.eligible[2] = false;
+    let mut moved = 0;
+    for (n, &was) in before.iter().enumerate() {
+        let now = rendezvous(&table, client(n as u32)).unwrap();
+        if was == 2 {
+            moved += 1;
+            assert_ne!(now, 2);
+        } else {
+            assert_eq!(now, was, "client {n} moved though its member stayed");
+        }
+    }
+    assert!((2_000..3_000).contains(&moved), "{moved}");
+    // And it comes back to the same choice when the member returns.
+    table.eligible[2] = true;
+    for (n, &was) in before.iter().enumerate() {
+        assert_eq!(rendezvous(&table, client(n as u32)), Some(was));
+    }
+    table.eligible = vec![false; 4];
+    assert_eq!(rendezvous(&table, client(1)), None);
+}
+
+#[test]
+fn address_hashes_differ_by_port_and_family() {
+    let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    let v6: std::net::IpAddr = "::a00:1".parse().unwrap();
+    assert_ne!(address_hash(v4, 80), address_hash(v4, 81));
+    assert_ne!(address_hash(v4, 80), address_hash(v6, 80));
+    // The same in every process: a fixed value.
+    assert_eq!(
+        address_hash(v4, 80),
+        address_hash("10.0.0.1".parse().unwrap(), 80)
+    );
+}
