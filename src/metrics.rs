@@ -342,6 +342,13 @@ fn http(status: &Status, families: &mut Families) {
         &http,
         |c| c.cookies_set,
     );
+    families.counter_each(
+        "vipgate_http_redirects_total",
+        "Requests a redirect virtual answered with its redirect (to HTTPS, as F5's _sys_https_redirect).",
+        "virtual",
+        &http,
+        |c| c.redirects,
+    );
     families.counter_split(
         "vipgate_http_responses_generated_total",
         "Answers vipgate gave itself, by status: 400 (unparsable request, no Host, malformed body), 408 (slow request head), 431 (request head too large), 502 (member failed), 503 (no member), 504 (member too slow).",

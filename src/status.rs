@@ -77,7 +77,8 @@ pub struct ReloadTotals {
 pub struct VirtualStatus {
     pub name: String,
     pub listen: String,
-    pub pool: String,
+    /// `None` for a redirect virtual.
+    pub pool: Option<String>,
     /// `tcp` or `http`.
     pub mode: &'static str,
     /// `off`, `terminate`, `auto` or `passthrough`.

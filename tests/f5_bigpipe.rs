@@ -210,8 +210,8 @@ async fn bigpipe_v4_virtuals_named_by_their_address() {
     let plan = vipgate::config::parse(&imported.toml, "converted").unwrap();
     let vs = &plan.virtuals[0];
     assert_eq!(
-        (vs.listen.to_string(), vs.pool.as_str()),
-        ("127.0.0.100:9070".into(), "csp_v4")
+        (vs.listen.to_string(), vs.pool.as_deref()),
+        ("127.0.0.100:9070".into(), Some("csp_v4"))
     );
     let pool = &plan.pools["csp_v4"];
     assert_eq!(pool.min_active_members, 1);

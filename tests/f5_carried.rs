@@ -77,3 +77,95 @@ async fn source_addr_persistence_is_carried_with_its_timeout_and_mask() {
     }
     assert!(spread.len() >= 2, "12 clients over 3 members: {spread:?}");
 }
+
+const HTTPS_REDIRECT: &str = include_str!("data/f5/https-redirect.conf");
+
+#[tokio::test]
+async fn https_redirect_virtuals_are_carried_and_answer_over_http1_and_http2() {
+    let imported = import(HTTPS_REDIRECT, "https-redirect.conf");
+    let report = imported.report.to_string();
+    for said in [
+        "virtual vs_www_80: iRule _sys_https_redirect redirects every request to HTTPS; written as `redirect = { scheme = \"https\", status = 302 }`",
+        "virtual vs_app_80: its pool web_pool is not written: the iRule answers every request before a pool is chosen",
+        "virtual vs_shop_80: iRule to_https_301 redirects every request to HTTPS",
+        "virtual vs_paths_80: it has no pool; its iRules (by_path) decide where traffic goes; left out",
+        "ltm rule (1)",
+    ] {
+        assert!(report.contains(said), "{said} in\n{report}");
+    }
+    let toml = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        common::f5::runnable(&imported.toml, "https-redirect")
+    );
+    let plan = vipgate::config::parse(&toml, "converted").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(plan.virtuals.len(), 3, "{toml}");
+    assert!(plan.virtuals.iter().all(|v| v.pool.is_none()));
+    let vipgate = start(&toml).await;
+
+    // HTTP/1.1: the same host (without its port) and path, over HTTPS.
+    let reply = common::http_client::HttpClient::connect(vipgate.addr("vs_www_80"))
+        .await
+        .get("/agent/login?next=%2Fhome", &[])
+        .await;
+    assert_eq!(reply.status, 302);
+    assert_eq!(
+        reply.header("location"),
+        "https://gwe.example/agent/login?next=%2Fhome"
+    );
+    // HTTP/2 names the host in :authority.
+    let reply = common::http_client::Http2Client::connect(vipgate.addr("vs_shop_80"))
+        .await
+        .get("/cart", &[])
+        .await;
+    assert_eq!(reply.status, 301);
+    assert_eq!(reply.header("location"), "https://gwe.example/cart");
+
+    // Ready with no member anywhere: a redirect virtual needs none.
+    let ready = common::admin::admin(&vipgate, "GET", "/ready", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let metrics = common::admin::admin(&vipgate, "GET", "/metrics", None)
+        .await
+        .body;
+    assert!(
+        metrics.contains("vipgate_http_redirects_total{virtual=\"vs_www_80\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_redirect_virtual_is_checked_with_its_paths() {
+    let error = vipgate::config::parse(
+        "[pools.p]\nmembers = [ { address = \"127.0.0.11:1\" } ]\n\
+         [virtuals.web]\nlisten = \"127.0.0.100:80\"\nmode = \"http\"\npool = \"p\"\n\
+         redirect = { scheme = \"ftp\", status = 200, port = 0 }\n\
+         persistence = { url_param = \"jsessionid\" }\n\
+         [virtuals.tcp]\nlisten = \"127.0.0.100:81\"\nredirect = {}\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "virtuals.web.pool: a redirect virtual answers every request itself and uses no pool",
+        "virtuals.web.redirect.scheme",
+        "virtuals.web.redirect.status",
+        "virtuals.web.redirect.port",
+        "virtuals.web.persistence: a redirect virtual sends every request away",
+        "virtuals.tcp.redirect",
+    ] {
+        assert!(error.contains(expected), "{expected} in {error}");
+    }
+    let plan = vipgate::config::parse(
+        "[virtuals.web]\nlisten = \"127.0.0.100:80\"\nmode = \"http\"\nredirect = { port = 8443 }\n",
+        "t",
+    )
+    .unwrap();
+    let vipgate::config::Mode::Http(http) = &plan.virtuals[0].mode else {
+        panic!("{:?}", plan.virtuals[0].mode)
+    };
+    let redirect = http.redirect.unwrap();
+    assert_eq!((redirect.status, redirect.port), (301, Some(8443)));
+    assert_eq!(
+        redirect.location("h:80", "/x").as_deref(),
+        Some("https://h:8443/x")
+    );
+}

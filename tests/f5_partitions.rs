@@ -204,7 +204,7 @@ async fn a_v4_vip_with_a_snat_map_default_converts_and_serves() {
     assert_eq!(plan.virtuals.len(), 1, "{report}");
     let vip = &plan.virtuals[0];
     assert_eq!(vip.listen, "127.0.0.100:9070".parse().unwrap());
-    assert_eq!(plan.pools[&vip.pool].members.len(), 2);
+    assert_eq!(plan.pool_of(vip).map(|p| p.members.len()), Some(2));
     assert!(
         imported.toml.contains("snat = \"snat_map_default\""),
         "{}",

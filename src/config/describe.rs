@@ -32,7 +32,9 @@ impl fmt::Display for Plan {
         }
         for virtual_server in &self.virtuals {
             self.describe_virtual(f, virtual_server)?;
-            self.describe_pool(f, self.pool_of(virtual_server))?;
+            if let Some(pool) = self.pool_of(virtual_server) {
+                self.describe_pool(f, pool)?;
+            }
         }
         self.describe_services(f)
     }
@@ -80,7 +82,7 @@ impl Plan {
                 f,
                 ": {} addresses x {} members x {} ports = {capacity} connections",
                 snat.addresses.len(),
-                self.pool_of(virtual_server).members.len(),
+                self.pool_of(virtual_server).map_or(0, |p| p.members.len()),
                 snat.ports()
             )?;
         }

@@ -79,12 +79,18 @@ pub struct HttpPlan {
     /// Header fields set on every response to a client
     /// (`Strict-Transport-Security`, ...), vipgate's own answers included.
     pub response_headers: Vec<(String, String)>,
+    /// Answer every request with this redirect instead of forwarding it
+    /// (the virtual then has no pool).
+    pub redirect: Option<super::Redirect>,
 }
 
 impl std::fmt::Display for HttpPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let show = |d: Duration| humantime::format_duration(d).to_string();
-        write!(f, "{}", self.persistence)?;
+        match &self.redirect {
+            Some(redirect) => write!(f, "{redirect}")?,
+            None => write!(f, "{}", self.persistence)?,
+        }
         write!(
             f,
             "; header_timeout {}, keepalive_timeout {}, max_header_size {}, HTTP/2 streams {}",
@@ -150,7 +156,12 @@ impl Checker<'_> {
             None => Some(Persistence::None),
             Some(raw) => self.persistence(&format!("{key}.persistence"), raw, file),
         };
+        let redirect = match &virtual_server.redirect {
+            None => Some(None),
+            Some(raw) => self.redirect(&format!("{key}.redirect"), raw).map(Some),
+        };
         Some(Mode::Http(Box::new(HttpPlan {
+            redirect: redirect?,
             persistence: persistence?,
             header_timeout,
             keepalive_timeout,
@@ -199,6 +210,10 @@ impl Checker<'_> {
             (
                 "response_headers",
                 virtual_server.response_headers.as_ref().map(|p| p.span()),
+            ),
+            (
+                "redirect",
+                virtual_server.redirect.as_ref().map(|p| p.span()),
             ),
         ];
         for (field, span) in http_only {

@@ -24,6 +24,7 @@ mod paths;
 mod persistence;
 mod plan;
 mod raw;
+mod redirect;
 mod settings;
 mod snat;
 mod tls;
@@ -55,6 +56,7 @@ pub use plan::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PERSISTENCE_RECORDS, DEFAULT_UPGRADE_DRAIN_TIMEOUT,
 };
+pub use redirect::{Redirect, Scheme};
 pub use settings::{CpuAffinity, MAX_CPU};
 pub use snat::{ProxyProtocol, Snat, SnatPoolPlan, SnatShare};
 pub use tls::{

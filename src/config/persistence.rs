@@ -520,7 +520,9 @@ impl Checker<'_> {
             };
             match &http.persistence {
                 Persistence::UrlParam { name, .. } => {
-                    let pool = &pools[&virtual_server.pool];
+                    let Some(pool) = virtual_server.pool.as_ref().and_then(|p| pools.get(p)) else {
+                        continue;
+                    };
                     if pool.members.iter().all(|m| m.route.is_none()) {
                         self.warnings.push(format!(
                             "virtuals.{}.persistence: no member of pool {} has a `route`, so the {name} parameter never picks a member",

@@ -132,8 +132,9 @@ pub struct MemberPlan {
 pub struct VirtualPlan {
     pub name: String,
     pub listen: SocketAddr,
-    /// Name of a pool that exists in [`Plan::pools`].
-    pub pool: String,
+    /// Name of a pool that exists in [`Plan::pools`]; `None` only for an
+    /// HTTP virtual that answers every request with a redirect.
+    pub pool: Option<String>,
     /// A connection with no byte moving either way for this long is closed.
     /// Default 300 s.
     pub idle_timeout: Duration,
@@ -204,7 +205,7 @@ impl Plan {
             return None;
         };
         let snat = &self.snat_pools[name];
-        let members = self.pool_of(virtual_server).members.len() as u64;
+        let members = self.pool_of(virtual_server).map_or(0, |p| p.members.len()) as u64;
         Some(snat.addresses.len() as u64 * members * snat.ports())
     }
 }
@@ -352,13 +353,18 @@ impl Plan {
             Tls::Passthrough { sni_routes, .. } => sni_routes.as_slice(),
             Tls::Off | Tls::Terminate(_) => &[],
         };
-        std::iter::once(self.pool_of(virtual_server))
+        self.pool_of(virtual_server)
+            .into_iter()
             .chain(routed.iter().map(|r| &self.pools[&r.pool]))
     }
 
-    /// The pool a virtual points at. Validation guarantees it exists.
-    pub fn pool_of(&self, virtual_server: &VirtualPlan) -> &PoolPlan {
-        &self.pools[&virtual_server.pool]
+    /// The pool a virtual points at (validation guarantees it exists);
+    /// `None` for a redirect virtual.
+    pub fn pool_of(&self, virtual_server: &VirtualPlan) -> Option<&PoolPlan> {
+        virtual_server
+            .pool
+            .as_ref()
+            .and_then(|name| self.pools.get(name))
     }
 }
 

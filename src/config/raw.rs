@@ -106,6 +106,7 @@ pub struct RawVirtual {
     pub max_concurrent_streams: Option<Spanned<i64>>,
     pub request_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub response_headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub redirect: Option<Spanned<super::redirect::RawRedirect>>,
 }
 
 /// `tcp_keepalive = { idle = "60s", interval = "10s", probes = 6 }`.

@@ -225,9 +225,10 @@ impl Checker<'_> {
         snat_pools: &BTreeMap<String, SnatPoolPlan>,
     ) {
         for virtual_server in virtuals {
-            let (Snat::Pool(name), Some(pool)) =
-                (&virtual_server.snat, pools.get(&virtual_server.pool))
-            else {
+            let (Snat::Pool(name), Some(pool)) = (
+                &virtual_server.snat,
+                virtual_server.pool.as_ref().and_then(|p| pools.get(p)),
+            ) else {
                 continue;
             };
             // An empty pool is reported on its own.

@@ -37,7 +37,7 @@ fn valid_file_gets_documented_defaults() {
     assert!(vs.zero_copy);
     assert_eq!(vs.tcp_keepalive, Keepalive::Off);
     assert_eq!(plan.settings.drain_timeout, Duration::from_secs(30));
-    let pool = plan.pool_of(vs);
+    let pool = plan.pool_of(vs).expect("its pool");
     assert_eq!(pool.members[1].connection_limit, ConnectionLimit::At(5));
     assert!(plan.warnings.is_empty());
 }
@@ -631,7 +631,11 @@ fn tls_passthrough_with_sni_routes() {
     );
     let plan = parse(&text, "t").unwrap();
     let vs = &plan.virtuals[0];
-    assert_eq!(vs.pool, "poolCSP01", "the \"*\" route stands for `pool`");
+    assert_eq!(
+        vs.pool.as_deref(),
+        Some("poolCSP01"),
+        "the \"*\" route stands for `pool`"
+    );
     let Tls::Passthrough {
         sni_routes,
         handshake_timeout,

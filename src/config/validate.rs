@@ -59,7 +59,7 @@ pub(super) fn validate(raw: RawConfig, text: &str) -> Result<Plan, Vec<Problem>>
     check.persistence_fit(&virtuals, &pools, &raw);
     for name in raw.pools.keys() {
         if !virtuals.iter().any(|v| {
-            v.pool == *name
+            v.pool.as_ref() == Some(name)
                 || matches!(&v.tls, Tls::Passthrough { sni_routes, .. } if sni_routes.iter().any(|r| r.pool == *name))
         }) {
             check
@@ -335,8 +335,20 @@ impl Checker<'_> {
             _ => None,
         };
         let pool = match (&virtual_server.pool, catch_all) {
-            (Some(pool), _) => self.pool_reference(&format!("{key}.pool"), pool, raw),
-            (None, Some(pool)) => Some(pool),
+            (Some(pool), _) if virtual_server.redirect.is_some() => {
+                self.report(
+                    &format!("{key}.pool"),
+                    Some(pool.span()),
+                    "a redirect virtual answers every request itself and uses no pool".into(),
+                    Some("remove `pool`, or remove `redirect` to forward requests".into()),
+                );
+                None
+            }
+            (Some(pool), _) => self
+                .pool_reference(&format!("{key}.pool"), pool, raw)
+                .map(Some),
+            (None, Some(pool)) => Some(Some(pool)),
+            (None, None) if virtual_server.redirect.is_some() => Some(None),
             (None, None) => {
                 self.missing(&key, "pool", raw_virtual.span(), "pool = \"poolCSP01\"");
                 None
@@ -410,6 +422,20 @@ impl Checker<'_> {
         };
         let mode = self.mode(&key, raw_virtual, tls.as_mut(), raw);
         let source_persistence = self.source_persistence(&key, virtual_server.persistence.as_ref());
+        if let (Some(_), Some(persistence)) =
+            (&virtual_server.redirect, &virtual_server.persistence)
+        {
+            self.report(
+                &format!("{key}.persistence"),
+                Some(persistence.span()),
+                "a redirect virtual sends every request away; there is no member to persist to"
+                    .into(),
+                Some(
+                    "remove `persistence` (the HTTPS virtual the redirect leads to persists)"
+                        .into(),
+                ),
+            );
+        }
         if matches!(mode, Some(super::Mode::Http(_))) {
             for (name, given) in [
                 (

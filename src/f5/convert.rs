@@ -52,7 +52,10 @@ pub(super) struct PoolOut {
 pub(super) struct VirtualOut {
     pub name: String,
     pub listen: SocketAddr,
-    pub pool: String,
+    /// `None` for a redirect virtual.
+    pub pool: Option<String>,
+    /// A redirect virtual: the status it answers every request with.
+    pub redirect: Option<u16>,
     pub snat: Option<String>,
     pub connection_limit: Option<u64>,
     pub idle_timeout: Option<u64>,
@@ -174,7 +177,14 @@ impl<'a> Converter<'a> {
     fn virtual_server(&mut self, path: &str, source: &Virtual) -> Result<(), String> {
         source.balances_tcp()?;
         let listen = source.listen_address()?;
-        let pool_word = source.pool_word()?;
+        let redirect = self
+            .model
+            .redirect_of(source)
+            .map(|(status, rule)| (status, rule.to_string()));
+        let pool_word = match redirect {
+            Some(_) => None,
+            None => Some(source.pool_word()?),
+        };
         self.undefined_profiles_are_known(source)?;
         // As vipgate's own check: a wildcard address takes its port on
         // every address of its family.
@@ -202,12 +212,13 @@ impl<'a> Converter<'a> {
         if let Some(destination) = source.destination.as_ref().filter(|_| in_route_domain) {
             self.route_domain(destination.at);
         }
-        let pool = self.pool(&pool_word.text)?;
+        let pool = pool_word.map(|word| self.pool(&word.text)).transpose()?;
         let vip_name = self.virtual_names.of(path);
         let mut out = VirtualOut {
             name: vip_name.clone(),
             listen,
-            pool: self.output.pools[pool].name.clone(),
+            pool: pool.map(|pool| self.output.pools[pool].name.clone()),
+            redirect: redirect.as_ref().map(|(status, _)| *status),
             snat: None,
             connection_limit: source.connection_limit.filter(|l| *l != 0),
             idle_timeout: None,
@@ -221,10 +232,19 @@ impl<'a> Converter<'a> {
         for (at, group, why) in &source.unsupported {
             self.model.dropped(*at, group.clone(), why.clone());
         }
-        self.profiles(&owner, source, pool, &mut out);
-        self.persistence(&owner, source, &mut out);
-        self.not_carried_over(&owner, source);
-        out.snat = self.snat(&owner, source, pool);
+        match (pool, &redirect) {
+            (Some(pool), _) => {
+                self.profiles(&owner, source, pool, &mut out);
+                self.persistence(&owner, source, &mut out);
+                self.not_carried_over(&owner, source, None);
+                out.snat = self.snat(&owner, source, pool);
+            }
+            (None, Some((status, rule))) => {
+                self.redirecting(&owner, source, *status, rule)?;
+                out.http = true;
+            }
+            (None, None) => return Err("it has no pool".into()),
+        }
         self.listens.insert(listen, name(path).to_string());
         self.output.virtuals.push(out);
         Ok(())
@@ -232,8 +252,12 @@ impl<'a> Converter<'a> {
 
     /// Reports what of `source` decides traffic on the BIG-IP and has no
     /// place here: iRules, LTM policies, a source address range.
-    fn not_carried_over(&mut self, owner: &str, source: &Virtual) {
-        for (rule, at) in &source.rules {
+    fn not_carried_over(&mut self, owner: &str, source: &Virtual, carried: Option<&str>) {
+        for (rule, at) in source
+            .rules
+            .iter()
+            .filter(|(r, _)| Some(r.as_str()) != carried)
+        {
             self.model.detail(*at, format!("{owner}: iRule {} is not carried over; check what it does (it may choose pools, rewrite or redirect)", name(rule)));
         }
         for (policy, at) in &source.policies {
@@ -250,6 +274,45 @@ impl<'a> Converter<'a> {
                 self.model.detail(*at, format!("{owner}: it accepts clients from {source_range} only on the BIG-IP; vipgate accepts any (limit clients with the host's firewall)"));
             }
         }
+    }
+
+    /// A virtual whose iRule `rule` redirects every request to HTTPS:
+    /// what else it had is reported; one that ends TLS is left out (its
+    /// certificates would have nowhere to go).
+    fn redirecting(
+        &mut self,
+        owner: &str,
+        source: &Virtual,
+        status: u16,
+        rule: &str,
+    ) -> Result<(), String> {
+        let ends_tls = source
+            .profiles
+            .iter()
+            .any(|(profile, _, _)| matches!(self.model.role(profile), Role::ClientSsl(_)));
+        if ends_tls {
+            return Err(format!("its iRule {} redirects every request, over TLS it ends: convert the HTTPS virtual it leads to, and redirect from port 80", name(rule)));
+        }
+        let at = source
+            .rules
+            .iter()
+            .find(|(r, _)| r == rule)
+            .map_or(source.at, |(_, at)| *at);
+        self.model.detail(at, format!("{owner}: iRule {} redirects every request to HTTPS; written as `redirect = {{ scheme = \"https\", status = {status} }}`, the same host and path", name(rule)));
+        if let Some(pool) = &source.pool {
+            self.model.detail(pool.at, format!("{owner}: its pool {} is not written: the iRule answers every request before a pool is chosen", name(&pool.text)));
+        }
+        for (persist, at) in &source.persist {
+            self.model.detail(
+                *at,
+                format!(
+                    "{owner}: persistence {} is not carried over: a redirect has no member",
+                    name(persist)
+                ),
+            );
+        }
+        self.not_carried_over(owner, source, Some(rule));
+        Ok(())
     }
 
     /// Converts the pool `reference` (once) and returns its index.
@@ -664,7 +727,9 @@ impl<'a> Converter<'a> {
                     expiration,
                 } if out.cookie.is_none() => {
                     out.http = true;
-                    let cookie = cookie.unwrap_or_else(|| format!("BIGipServer{}", out.pool));
+                    let cookie = cookie.unwrap_or_else(|| {
+                        format!("BIGipServer{}", out.pool.as_deref().unwrap_or_default())
+                    });
                     let cookie: String = cookie
                         .chars()
                         .map(|c| {

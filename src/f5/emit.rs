@@ -246,11 +246,13 @@ fn member_fields(member: &MemberOut) -> Vec<String> {
 fn virtual_table(out: &mut String, virtual_server: &VirtualOut) -> bool {
     put!(
         out,
-        "[virtuals.{}]\nlisten = {}\npool = {}",
+        "[virtuals.{}]\nlisten = {}",
         table_key(&virtual_server.name),
         quote(&virtual_server.listen.to_string()),
-        quote(&virtual_server.pool)
     );
+    if let Some(pool) = &virtual_server.pool {
+        put!(out, "pool = {}", quote(pool));
+    }
     if let Some(snat) = &virtual_server.snat {
         put!(out, "snat = {}", quote(snat));
     }
@@ -282,6 +284,12 @@ fn virtual_table(out: &mut String, virtual_server: &VirtualOut) -> bool {
     }
     if virtual_server.http {
         put!(out, "mode = \"http\"");
+        if let Some(status) = virtual_server.redirect {
+            put!(
+                out,
+                "redirect = {{ scheme = \"https\", status = {status} }}"
+            );
+        }
         if !virtual_server.request_headers.is_empty() {
             let fields: Vec<String> = virtual_server
                 .request_headers

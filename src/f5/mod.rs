@@ -23,6 +23,7 @@ mod monitors;
 mod names;
 mod pools;
 mod profiles;
+mod redirects;
 mod report;
 mod syntax;
 mod virtuals;

@@ -157,6 +157,8 @@ pub(super) struct Model {
     pub snat_pools: BTreeMap<String, (Position, Vec<Word>)>,
     pub snat_translations: BTreeMap<String, String>,
     pub profiles: BTreeMap<String, Profile>,
+    /// iRules that only redirect to HTTPS, with the status they answer.
+    pub redirect_rules: BTreeMap<String, u16>,
     pub notes: Vec<Note>,
     /// Template placeholders where vipgate needs a value.
     pub templates: Vec<Note>,
@@ -318,7 +320,7 @@ impl Model {
             "snatpool" => self.snat_pool(statement.word(2), statement),
             "snat-translation" => self.snat_translation(statement.word(2), statement),
             "default-node-monitor" => self.default_node_monitor(statement),
-            "rule" => self.dropped(statement.at, "ltm rule", "iRules: vipgate has no scripting; express their routing with pools, SNI routes or persistence"),
+            "rule" => self.irule(statement.word(2), statement, "ltm rule"),
             "policy" => self.dropped(statement.at, "ltm policy", "LTM policies: vipgate routes by pool, SNI and persistence only"),
             "virtual-address" => self.dropped(statement.at, "ltm virtual-address", "the VIP's address is the host's (or keepalived's); vipgate binds it even before it arrives"),
             other => self.dropped(statement.at, format!("ltm {other}"), "not something vipgate carries over"),
@@ -336,8 +338,12 @@ impl Model {
             "virtual" | "vip" => self.virtual_server(statement.word(1), statement),
             "snatpool" | "snat-pool" => self.snat_pool(statement.word(1), statement),
             "snat" if statement.word(1) == "map" => self.snat_map(statement),
-            "rule" => self.dropped(statement.at, "rule", "iRules: vipgate has no scripting; express their routing with pools, SNI routes or persistence"),
-            other => self.dropped(statement.at, words::excerpt(other), "not something vipgate carries over"),
+            "rule" => self.irule(statement.word(1), statement, "rule"),
+            other => self.dropped(
+                statement.at,
+                words::excerpt(other),
+                "not something vipgate carries over",
+            ),
         }
     }
 

@@ -24,7 +24,7 @@ use super::request_body::{ClientBodyError, RequestBody};
 use super::response_body::{AnswerBody, ResponseBody};
 use super::{tunnel, Connection, HttpVirtual};
 use crate::clock::unix_seconds;
-use crate::config::{CookieLifetime, Persistence};
+use crate::config::{CookieLifetime, Persistence, Redirect};
 use crate::dial::Attempts;
 use crate::logging::Address;
 use crate::pool::{Choice, Pool, Reservation, Tried};
@@ -58,6 +58,9 @@ pub(super) async fn handle(
     }
     if let Err(problem) = check_host(&request) {
         return Ok(bad_request(&connection, in_flight, problem));
+    }
+    if let Some(redirect) = &http.plan.redirect {
+        return Ok(redirected(&connection, in_flight, redirect, &request));
     }
     let pool = &http.pool;
     let now = unix_seconds();
@@ -319,6 +322,43 @@ fn bad_request(
         StatusCode::BAD_REQUEST,
         "the request is malformed\n",
     )
+}
+
+/// A redirect virtual's answer: the same host and path over the
+/// redirect's scheme (and port).
+fn redirected(
+    connection: &Connection,
+    in_flight: InFlight,
+    redirect: &Redirect,
+    request: &Request<Incoming>,
+) -> Response<ResponseBody> {
+    let http = &connection.http;
+    // HTTP/2 names the host in :authority, HTTP/1.1 in Host.
+    let host = request
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str())
+        .or_else(|| request.headers().get(header::HOST)?.to_str().ok());
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let location = host
+        .and_then(|host| redirect.location(host, path))
+        .and_then(|location| HeaderValue::try_from(location).ok());
+    let Some(location) = location else {
+        return bad_request(
+            connection,
+            in_flight,
+            "a redirect needs the request's host, and it has none usable".into(),
+        );
+    };
+    http.stats.http.count(HttpEvent::Redirected);
+    let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    tracing::info!(target: "vipgate::request", virtual_server = %http.name, client = %Address(connection.peer), status = status.as_u16(), location = ?location, "request redirected");
+    let mut response = local(connection, in_flight, status, "moved\n");
+    response.headers_mut().insert(header::LOCATION, location);
+    response
 }
 
 /// The member's response on its way to the client: hop-by-hop fields

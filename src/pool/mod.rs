@@ -223,6 +223,23 @@ impl Pool {
         }
     }
 
+    /// A pool with no member, for a virtual that sends nothing to members
+    /// (a redirect virtual): every choice finds none.
+    pub fn without_members(name: &str) -> Pool {
+        Pool {
+            name: name.to_string(),
+            members: Vec::new(),
+            selection: selector(crate::config::Algorithm::RoundRobin, &[]),
+            action_on_service_down: ServiceDownAction::None,
+            slow_ramp: Duration::ZERO,
+            min_active_members: 0,
+            priorities: Vec::new(),
+            member_tls: None,
+            rebalance: None,
+            rebalancing: AtomicBool::new(false),
+        }
+    }
+
     /// The pool's `rebalance`, if set.
     pub fn rebalance(&self) -> Option<Rebalance> {
         self.rebalance

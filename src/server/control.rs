@@ -269,7 +269,8 @@ impl Control {
 
     /// Whether vipgate can serve: every virtual of the running
     /// configuration is listening and has a usable member (up and enabled)
-    /// in its pool, or in one of its SNI routes' pools. `Err` lists what is
+    /// in its pool, or in one of its SNI routes' pools (a redirect virtual
+    /// only needs to listen). `Err` lists what is
     /// missing, one line per virtual.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
         let snapshot = self.live.load_full();
@@ -284,6 +285,10 @@ impl Control {
             let Some(live) = snapshot.virtual_server(name) else {
                 continue;
             };
+            if virtual_plan.pool.is_none() {
+                // A redirect virtual needs no member.
+                continue;
+            }
             let pools = std::iter::once(&live.pool).chain(live.sni_routes.iter().map(|(_, p)| p));
             let mut usable = false;
             let mut names: Vec<&str> = Vec::new();

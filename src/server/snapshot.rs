@@ -255,7 +255,11 @@ fn build_virtual(
         || Arc::new(VirtualStats::new(name, plan.settings.worker_threads)),
         |v| Arc::clone(&v.stats),
     );
-    let pool = Arc::clone(&pools[&virtual_plan.pool]);
+    let pool = match &virtual_plan.pool {
+        Some(pool) => Arc::clone(&pools[pool]),
+        // A redirect virtual answers every request itself.
+        None => Arc::new(Pool::without_members(name)),
+    };
     let sni_routes = match &virtual_plan.tls {
         Tls::Passthrough { sni_routes, .. } => sni_routes
             .iter()

@@ -451,6 +451,8 @@ pub enum HttpEvent {
     MemberAnswered3xx,
     MemberAnswered4xx,
     MemberAnswered5xx,
+    /// A redirect a `redirect` virtual answered with.
+    Redirected,
 }
 
 impl HttpEvent {
@@ -470,7 +472,7 @@ impl HttpEvent {
 /// request, so kept per worker.
 #[derive(Debug)]
 pub struct HttpStats {
-    events: WorkerCounters<18>,
+    events: WorkerCounters<19>,
 }
 
 impl HttpStats {
@@ -501,6 +503,7 @@ impl HttpStats {
             answered_400: read(HttpEvent::BadRequest),
             answered_431: read(HttpEvent::HeaderTooLarge),
             http2_requests: read(HttpEvent::Http2Request),
+            redirects: read(HttpEvent::Redirected),
             member_answers: MemberAnswers {
                 informational: read(HttpEvent::MemberAnswered1xx),
                 success: read(HttpEvent::MemberAnswered2xx),
@@ -528,6 +531,8 @@ pub struct HttpCounts {
     pub cookies_set: u64,
     /// 503 answers: no member could take the request.
     pub answered_503: u64,
+    /// Redirects a `redirect` virtual answered with.
+    pub redirects: u64,
     /// 502 answers: the member failed while answering.
     pub answered_502: u64,
     /// 504 answers: the member did not answer within idle_timeout.
