@@ -105,9 +105,11 @@ fn a_tmsh_export_converts_what_matters_and_reports_the_rest() {
         }
     );
 
-    // Virtuals: only the two that load-balance TCP over a usable pool.
+    // Virtuals: the two that load-balance TCP over a usable pool, and the
+    // port-80 one that sends browsers to HTTPS.
     let names: Vec<&str> = plan.virtuals.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["vs_csp", "vs_gwe"]);
+    assert_eq!(names, ["vs_csp", "vs_gwe", "vs_redirect"]);
+    assert_eq!(plan.virtuals[2].pool, None);
     let vs_csp = &plan.virtuals[0];
     assert_eq!(vs_csp.snat, Snat::Pool("csp_snat".into()));
     assert_eq!(vs_csp.idle_timeout.as_secs(), 600);
@@ -140,7 +142,7 @@ fn a_tmsh_export_converts_what_matters_and_reports_the_rest() {
         "228:1: virtual vs_reports: its pool reports_pool has no members; left out",
         "233:1: virtual vs_api: its pool api_pool has no member vipgate can connect to",
         "238:1: virtual vs_dns: its protocol is udp and vipgate is TCP only; left out",
-        "246:1: virtual vs_redirect: it has no pool; its iRules (_sys_https_redirect)",
+        "254:9: virtual vs_redirect: iRule _sys_https_redirect redirects every request to HTTPS",
         "257:1: virtual forward_any: it is an `ip-forward` virtual",
         "222:9: virtual vs_gwe: iRule size-check is not carried over",
     ] {
@@ -171,7 +173,7 @@ fn a_tmsh_export_converts_what_matters_and_reports_the_rest() {
             "{expected:?} not in {dropped:?}"
         );
     }
-    assert_eq!(report.summary.virtuals, 2);
+    assert_eq!(report.summary.virtuals, 3);
     assert_eq!(report.summary.members, 6);
 }
 
@@ -337,7 +339,7 @@ fn the_command_exits_0_with_a_configuration_and_1_when_nothing_is_usable() {
     vipgate::config::parse(&stdout, "stdout").unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        stderr.starts_with("tmsh-v15.conf: converted 2 virtuals, 2 pools with 6 members"),
+        stderr.starts_with("tmsh-v15.conf: converted 3 virtuals, 2 pools with 6 members"),
         "{stderr}"
     );
     assert!(

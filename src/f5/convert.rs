@@ -177,9 +177,16 @@ impl<'a> Converter<'a> {
     fn virtual_server(&mut self, path: &str, source: &Virtual) -> Result<(), String> {
         source.balances_tcp()?;
         let listen = source.listen_address()?;
+        // HTTP_REQUEST fires only on a virtual with an http profile;
+        // without one the BIG-IP sends every connection to the pool.
+        let speaks_http = source
+            .profiles
+            .iter()
+            .any(|(profile, _, _)| matches!(self.model.role(profile), Role::Http { .. }));
         let redirect = self
             .model
             .redirect_of(source)
+            .filter(|_| speaks_http)
             .map(|(status, rule)| (status, rule.to_string()));
         let pool_word = match redirect {
             Some(_) => None,
