@@ -81,6 +81,16 @@ pub struct Settings {
     /// when vipgate starts (a reload keeps the table as it is). Default
     /// 100,000 (about 12 MB).
     pub persistence_records: usize,
+    /// On SIGTERM, how long vipgate goes on accepting while `/ready` says
+    /// it is leaving, so that a router (BGP) or a load balancer in front
+    /// sends new clients elsewhere before this node refuses them. Default
+    /// none.
+    pub withdraw_delay: Option<Duration>,
+    /// During a shutdown's drain, close the open TCP connections at an
+    /// even pace over 80% of `drain_timeout`, idle ones first, each with a
+    /// FIN while nothing is in flight, instead of waiting for them and
+    /// closing the rest at once. Default false.
+    pub paced_drain: bool,
 }
 
 /// A pool: the members a virtual spreads connections over.

@@ -48,6 +48,8 @@ pub struct RawSettings {
     pub state_file: Option<Spanned<String>>,
     pub upgrade_drain_timeout: Option<Spanned<RawDuration>>,
     pub persistence_records: Option<Spanned<i64>>,
+    pub withdraw_delay: Option<Spanned<RawDuration>>,
+    pub paced_drain: Option<bool>,
 }
 
 /// `[pools.NAME]`.

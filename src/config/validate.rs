@@ -149,7 +149,13 @@ impl Checker<'_> {
                 )
                 .unwrap_or(DEFAULT_PERSISTENCE_RECORDS),
         };
+        let withdraw_delay = raw
+            .withdraw_delay
+            .as_ref()
+            .map(|value| self.duration("settings.withdraw_delay", Some(value), Duration::ZERO));
         Settings {
+            withdraw_delay,
+            paced_drain: raw.paced_drain.unwrap_or(false),
             persistence_records,
             drain_timeout,
             worker_threads,

@@ -114,6 +114,11 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// Connections registered now.
+    pub fn count(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).count).sum()
+    }
+
     /// Registers a connection; it stays listed until the returned guard
     /// is dropped.
     pub fn register(self: &Arc<Self>, opening: Opening) -> Registered {

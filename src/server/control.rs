@@ -75,6 +75,8 @@ pub struct Control {
     /// Cancelled once a successor has this process's movable connections
     /// (or the attempt is over): the drain waits for it.
     pub(super) moved: CancellationToken,
+    /// Set when a shutdown begins: `/ready` then says this node is leaving.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -120,7 +122,17 @@ impl Control {
             decision_changes: tokio::sync::watch::Sender::new(0),
             replaced: CancellationToken::new(),
             moved: CancellationToken::new(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks this node as leaving (a shutdown began): [`readiness`]
+    /// fails from now on, whatever the members.
+    ///
+    /// [`readiness`]: Self::readiness
+    pub fn set_leaving(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks this process as replaced by a successor (binary upgrade):
@@ -273,6 +285,11 @@ impl Control {
     /// only needs to listen). `Err` lists what is
     /// missing, one line per virtual.
     pub async fn readiness(&self) -> Result<(), Vec<String>> {
+        if self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(vec![
+                "vipgate is shutting down: new clients should go to another node".into(),
+            ]);
+        }
         let snapshot = self.live.load_full();
         let running = self.running.lock().await;
         let mut missing = Vec::new();

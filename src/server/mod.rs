@@ -238,6 +238,7 @@ impl Server {
         ));
 
         shutdown.await;
+        leave(&live, &control, &service).await;
         lifecycle.shutdown.draining.cancel();
         control.accept_loops_stopped().await;
         // The copies kept for an upgrade would keep the sockets listening
@@ -271,6 +272,52 @@ fn reload_on_hangup(control: &Arc<Control>, background: &mut JoinSet<()>) {
         }
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP; send POST /reload to the admin endpoint instead")
+        }
+    }
+}
+
+/// What a node of an active/active group does before it stops accepting
+/// (nothing without `paced_drain` and `withdraw_delay`, and nothing after
+/// a binary upgrade, whose successor goes on serving the same address).
+///
+/// With `paced_drain`, still announced and accepting, it first closes its
+/// TCP connections at an even pace over 80% of `drain_timeout` (and any
+/// that arrive meanwhile, at the same pace), each with a FIN: a router's
+/// ECMP hash sends an established flow to another node once this node's
+/// route is withdrawn, which would reset it, so the clients must have left
+/// before. Then `/ready` says it is leaving, so the announcement is
+/// withdrawn, and for `withdraw_delay` it goes on accepting (and closing
+/// at once) what the router still sends.
+async fn leave(live: &Live, control: &Control, service: &ServiceManager) {
+    if control.replaced() {
+        control.set_leaving();
+        return;
+    }
+    let settings = live.load().plan().settings.clone();
+    let shed = settings.paced_drain.then(|| {
+        mover::ShutdownDrain::new(
+            &live.load().connections,
+            settings.drain_timeout.mul_f64(0.8),
+        )
+    });
+    if let Some(shed) = &shed {
+        service.stopping("closing connections at a pace before leaving");
+        while !shed.done(tokio::time::Instant::now()) && live.load().connections.count() > 0 {
+            tokio::time::sleep(mover::TICK).await;
+            shed.tick(&live.load().connections, tokio::time::Instant::now());
+        }
+    }
+    control.set_leaving();
+    let Some(delay) = settings.withdraw_delay else {
+        return;
+    };
+    tracing::info!(?delay, "leaving: /ready answers 503 while vipgate still accepts, so that new clients move to other nodes");
+    service.status("leaving: waiting for new clients to go elsewhere");
+    let until = tokio::time::Instant::now() + delay;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(mover::TICK).await;
+        if let Some(shed) = &shed {
+            shed.tick(&live.load().connections, tokio::time::Instant::now());
         }
     }
 }

@@ -28,15 +28,15 @@ use tokio_util::sync::CancellationToken;
 use super::snapshot::Snapshot;
 use super::Live;
 use crate::config::{ConnectionLimit, DEFAULT_LIFETIME_RATE};
-use crate::connections::Open;
+use crate::connections::{Open, Registry};
 use crate::logging::Address;
 use crate::pool::balance::{judge, Judgement, Load};
-use crate::pool::{Health, Pool};
+use crate::pool::{Drain, Health, Pool};
 use crate::proxy::{Leave, LeaveReason, QUIET};
 
 /// How often the mover looks: fine enough that a rate of 20 a second is
 /// one connection a tick.
-const TICK: Duration = Duration::from_millis(50);
+pub(super) const TICK: Duration = Duration::from_millis(50);
 /// How often the mover looks while it has nothing to move: a rebalance
 /// or a drain starts within a second.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -442,9 +442,63 @@ fn drain_member(
     // Idle ones first, most idle first.
     findings
         .waiting
-        .sort_by_key(|open| std::cmp::Reverse(open.tally.idle()));
+        // Each idle time read once: it changes while the sort runs, and a
+        // sort whose keys move under it may panic.
+        .sort_by_cached_key(|open| std::cmp::Reverse(open.tally.idle()));
     for open in findings.waiting.iter().take(excess) {
         ask(open, LeaveReason::Drain, true);
+    }
+}
+
+/// A shutdown's paced drain (`settings.paced_drain`): the process's open
+/// TCP connections, and those that arrive meanwhile, are asked to leave at
+/// an even pace, most idle first, so that the last is asked by the end of
+/// `within` and the clients reconnect to other nodes a few at a time.
+pub(super) struct ShutdownDrain {
+    drain: Drain,
+}
+
+impl ShutdownDrain {
+    pub(super) fn new(connections: &Registry, within: Duration) -> ShutdownDrain {
+        let initial = connections.count();
+        let started = Instant::now();
+        tracing::info!(
+            open = initial,
+            ?within,
+            "closing the open connections at an even pace before leaving"
+        );
+        ShutdownDrain {
+            drain: Drain {
+                started,
+                deadline: started + within,
+                initial,
+                finished: None,
+            },
+        }
+    }
+
+    /// Whether the pace is over: every connection is asked at once now.
+    pub(super) fn done(&self, now: Instant) -> bool {
+        now >= self.drain.deadline
+    }
+
+    /// Asks as many connections to leave as the pace wants by `now`.
+    pub(super) fn tick(&self, connections: &Registry, now: Instant) {
+        let mut waiting: Vec<Arc<Open>> = Vec::new();
+        connections.for_each(|open| {
+            if open.tally.leave().is_none() {
+                waiting.push(Arc::clone(open));
+            }
+        });
+        let excess = waiting.len().saturating_sub(self.drain.allowed_at(now));
+        if excess == 0 {
+            return;
+        }
+        // Keys read once (see `drain_member`).
+        waiting.sort_by_cached_key(|open| std::cmp::Reverse(open.tally.idle()));
+        for open in waiting.iter().take(excess) {
+            ask(open, LeaveReason::Drain, true);
+        }
     }
 }
 

@@ -55,6 +55,15 @@ impl Running {
         None
     }
 
+    /// The log lines not read yet (waiting up to 1 s for the last ones).
+    pub fn rest_of_log(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(1)) {
+            lines.push(line);
+        }
+        lines
+    }
+
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: plain kill(2) on our own child.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
