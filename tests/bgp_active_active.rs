@@ -37,6 +37,19 @@ const NODES: [&str; 3] = ["node1", "node2", "node3"];
 const ADMIN_TOKEN: &str = "the admin token of the group, 0123456789";
 const LAB_PATIENCE: Duration = Duration::from_secs(40);
 
+/// How the router spreads flows over the nodes' routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Router {
+    /// The multipath route BIRD installs: hash ranges, which move when a
+    /// next hop comes or goes.
+    Ecmp,
+    /// The same routes mirrored into a resilient next-hop group
+    /// (`examples/bgp/resilient-ecmp`): only the buckets of a next hop that
+    /// leaves move; a returning one takes buckets after they were idle 2 s,
+    /// or after 6 s whatever (the test's timers).
+    Resilient,
+}
+
 struct Lab {
     router: Namespace,
     nodes: Vec<Namespace>,
@@ -77,7 +90,7 @@ fn sysctl(namespace: &Namespace, setting: &str) {
 }
 
 impl Lab {
-    fn build() -> Lab {
+    fn build(router_kind: Router) -> Lab {
         let switch = Namespace::create("bsw");
         switch.ip(&["link", "add", "name", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
@@ -130,15 +143,15 @@ impl Lab {
             client,
             _members: members,
             _switch: switch,
-            dir: temp_dir("bgp"),
+            dir: temp_dir(&format!("bgp-{router_kind:?}")),
             ca: common::tls_ca::TestCa::new(),
         };
-        lab.write_recipe();
+        lab.write_recipe(router_kind);
         lab
     }
 
     /// The recipe's files with the lab's addresses.
-    fn write_recipe(&self) {
+    fn write_recipe(&self, router_kind: Router) {
         let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bgp");
         let read = |name: &str| {
             std::fs::read_to_string(recipe.join(name))
@@ -169,7 +182,16 @@ impl Lab {
                 );
             std::fs::write(self.dir.join(format!("bird-{node}.conf")), bird).unwrap();
         }
-        std::fs::write(self.dir.join("bird-router.conf"), read("bird-router.conf")).unwrap();
+        let mut router = read("bird-router.conf");
+        if router_kind == Router::Resilient {
+            // Into table 100, which resilient-ecmp mirrors.
+            router = router.replace(
+                "protocol kernel {",
+                "protocol kernel {\n    kernel table 100;",
+            );
+            assert!(router.contains("kernel table 100;"));
+        }
+        std::fs::write(self.dir.join("bird-router.conf"), router).unwrap();
         std::fs::write(self.dir.join("admin-token"), ADMIN_TOKEN).unwrap();
         std::fs::write(
             self.dir.join("shared-secret"),
@@ -214,6 +236,24 @@ impl Lab {
             "vipgate on {node} started"
         );
         running
+    }
+
+    /// The recipe's `resilient-ecmp` loop on the router.
+    fn resilient_ecmp(&self) -> Daemon {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bgp/resilient-ecmp");
+        let log = std::fs::File::create(self.dir.join("resilient-ecmp.log")).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.router.name, "sh"])
+            .arg(script)
+            .env("VIP", VIP)
+            .env("IDLE_TIMER", "2")
+            .env("UNBALANCED_TIMER", "6")
+            .env("INTERVAL", "0.1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map(Daemon)
+            .expect("resilient-ecmp starts")
     }
 
     /// The recipe's `vipgate-announce` loop for `node`.
@@ -450,7 +490,14 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
         Command::new("bird").arg("--version").output().is_ok(),
         "this test needs BIRD 2: apt-get install bird2"
     );
-    let lab = Lab::build();
+    scenario(Router::Ecmp);
+    scenario(Router::Resilient);
+}
+
+/// The whole story on one kind of router; prints its figures.
+fn scenario(router_kind: Router) {
+    println!("== router: {router_kind:?}");
+    let lab = Lab::build(router_kind);
     for (index, member) in lab._members.iter().enumerate() {
         let ip = format!("{LAB}.3{}", index + 1);
         let tag = format!("m{}", index + 1);
@@ -474,6 +521,7 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
         });
     }
     let _router_bird = lab.bird(&lab.router, "router");
+    let _mirror = (router_kind == Router::Resilient).then(|| lab.resilient_ecmp());
     let mut birds = Vec::new();
     let mut vipgates = Vec::new();
     let mut announcers = Vec::new();
@@ -574,6 +622,12 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
         killed.elapsed().as_millis()
     );
     assert!(withdrawn < Duration::from_secs(3), "{withdrawn:?}");
+    if router_kind == Router::Resilient {
+        assert_eq!(
+            others_broken, 0,
+            "resilient hashing keeps the other nodes' flows"
+        );
+    }
     let after_kill = split(&lab);
     assert_eq!(
         after_kill[0] + after_kill[2],
@@ -585,6 +639,11 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
     let ended_before = fleet.ended();
     vipgates[1] = lab.vipgate("node2");
     wait("node 2 is announced again", || lab.next_hops() == all_nodes);
+    let announced = Instant::now();
+    wait("node 2 gets agents again", || {
+        lab.agents_on("node2").unwrap_or(0) > 0
+    });
+    let first_agent = announced.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     wait("every agent is served", || {
         fleet.up.load(Ordering::Relaxed) == AGENTS as u64
@@ -592,7 +651,8 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
     let rejoined_broken = fleet.ended() - ended_before;
     let after_return = split(&lab);
     println!(
-        "node 2 back: {rejoined_broken} connections on nodes 1 and 3 broken by the router's rehash, now {after_return:?}"
+        "node 2 back: its first agent {} ms after its route, {rejoined_broken} connections on nodes 1 and 3 broken by the router's rehash, now {after_return:?}",
+        first_agent.as_millis()
     );
     assert!(
         after_return[1] > 0,
@@ -628,6 +688,12 @@ fn three_vipgates_behind_ecmp_share_the_agents_and_leave_without_resets() {
         stopping.elapsed().as_millis()
     );
     assert!(moved >= on_node3, "{moved} moved of {on_node3}");
+    if router_kind == Router::Resilient {
+        assert!(
+            graceful_broken <= AGENTS as u64 / 100,
+            "{graceful_broken} broken by a graceful leave"
+        );
+    }
 
     fleet.stop.store(true, Ordering::Relaxed);
     let _ = client.join();
