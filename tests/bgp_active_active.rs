@@ -386,6 +386,33 @@ async fn sessions_across_nodes(connector: tokio_rustls::TlsConnector) -> String 
     format!("a cookie kept its member {member} from {SOURCES} addresses; {resumed} of {} TLS sessions after the first resumed", SOURCES - 1)
 }
 
+/// Connections a second that 100 clients, each connecting, asking once and
+/// closing in a loop, complete over `span`.
+async fn new_connection_rate(span: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + span;
+    let clients: Vec<_> = (0..100)
+        .map(|n| {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let source = format!("{CLIENTS}.{}", 10 + n % SOURCES);
+                while Instant::now() < until {
+                    let mut stream = BufReader::new(connect_from(&source, 9070).await);
+                    stream.get_mut().write_all(b"once\n").await.unwrap();
+                    let mut answer = String::new();
+                    if stream.read_line(&mut answer).await.unwrap_or(0) > 0 {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        let _ = client.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / span.as_secs_f64()
+}
+
 /// A daemon (BIRD, the announce loop), stopped when dropped.
 struct Daemon(Child);
 
@@ -694,6 +721,25 @@ fn scenario(router_kind: Router) {
             "{graceful_broken} broken by a graceful leave"
         );
     }
+
+    // New connections: 100 clients that connect, ask once and close, for
+    // 2 s, over the two nodes left (the agents go on meanwhile).
+    let rate = lab
+        .client
+        .spawn_in(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(new_connection_rate(Duration::from_secs(2)))
+        })
+        .join()
+        .unwrap();
+    println!(
+        "new connections: {rate:.0}/s over two nodes ({:.0}/s per node, client, members and nodes sharing 2 cores)",
+        rate / 2.0
+    );
+    assert!(rate > 0.0);
 
     fleet.stop.store(true, Ordering::Relaxed);
     let _ = client.join();

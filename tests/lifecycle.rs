@@ -68,3 +68,85 @@ async fn shutdown_finishes_as_soon_as_the_last_connection_ends() {
         .expect("vipgate stopped")
         .unwrap();
 }
+
+/// `paced_drain` and `withdraw_delay` (a node of an active/active group):
+/// on SIGTERM the node still says it is ready and accepts while it closes
+/// its connections with a FIN at an even pace; then `/ready` says it is
+/// leaving while it still accepts; then it stops.
+#[tokio::test]
+async fn a_leaving_node_sheds_its_connections_at_a_pace_then_withdraws() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let member = tagged_member("127.0.0.11", "m11").await;
+    let mut vipgate = start(&format!(
+        "[settings]\ndrain_timeout = \"2s\"\npaced_drain = true\nwithdraw_delay = \"1s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n{}",
+        config(&[member], "")
+    ))
+    .await;
+    let addr = vipgate.addr("vs");
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"hello\n").await.unwrap();
+        let mut answer = [0u8; 64];
+        assert!(stream.read(&mut answer).await.unwrap() > 0);
+        clients.push(stream);
+    }
+    let started = tokio::time::Instant::now();
+    let _stopped = vipgate.begin_shutdown();
+    // Each client learns how its connection ended, and when.
+    let endings: Vec<_> = clients
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                let mut rest = [0u8; 64];
+                let ended = stream.read(&mut rest).await;
+                (started.elapsed(), matches!(ended, Ok(0)))
+            })
+        })
+        .collect();
+    // Still ready and accepting while it sheds.
+    assert_eq!(
+        common::admin::admin(&vipgate, "GET", "/ready", None)
+            .await
+            .status,
+        200
+    );
+    assert!(LineClient::connect(addr)
+        .await
+        .ask("during")
+        .await
+        .is_some());
+    let mut ends = Vec::new();
+    for ending in endings {
+        ends.push(ending.await.unwrap());
+    }
+    assert!(
+        ends.iter().all(|(_, fin)| *fin),
+        "every client got a FIN: {ends:?}"
+    );
+    let first = ends.iter().map(|(at, _)| *at).min().unwrap();
+    let last = ends.iter().map(|(at, _)| *at).max().unwrap();
+    println!("20 connections closed between {first:?} and {last:?}");
+    assert!(
+        first < Duration::from_millis(800) && last >= Duration::from_millis(1000),
+        "spread over the 1.6 s pace: {first:?} to {last:?}"
+    );
+    // Then: not ready, still accepting, for the withdraw delay.
+    let leaving = async {
+        while common::admin::admin(&vipgate, "GET", "/ready", None)
+            .await
+            .status
+            != 503
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, leaving)
+        .await
+        .expect("/ready says leaving");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_ok(),
+        "still accepting"
+    );
+}
