@@ -9,6 +9,7 @@
 #
 #   bash benches/compare.sh            # about 13 minutes on 2 cores
 #   ROUNDS=1 SECONDS_PER_TEST=3 bash benches/compare.sh    # quick look
+#   QUICK=1 bash benches/compare.sh    # quicker: also 2,000 agents, not 8,000
 #   BEFORE=/tmp/vipgate-old bash benches/compare.sh       # and an older build
 #   LOGS=off bash benches/compare.sh   # neither proxy logs connections
 #   PIN=1 bash benches/compare.sh      # both pin one thread per core
@@ -50,6 +51,16 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_TEST=${SECONDS_PER_TEST:-5}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-8000}
+# The worst minute: agents in the reconnect storm and held (8,000: with two
+# descriptors per proxied connection, the most HAProxy's maxconn allows
+# under this machine's 20,000 open files); QUICK=1 runs 2,000.
+STORM_AGENTS=${STORM_AGENTS:-8000}
+HELD_AGENTS=${HELD_AGENTS:-8000}
+HELD_IDLE_SECONDS=${HELD_IDLE_SECONDS:-6}
+HELD_TALK_SECONDS=${HELD_TALK_SECONDS:-5}
+if [ "${QUICK:-0}" = 1 ]; then
+  STORM_AGENTS=2000 HELD_AGENTS=2000 ROUNDS=1 SECONDS_PER_TEST=3
+fi
 THREADS=${THREADS:-2}
 LOGS=${LOGS:-on}
 BEFORE=${BEFORE:-}
@@ -75,7 +86,7 @@ need() {
 need
 ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --quiet --bin vipgate --example idle_connections
+cargo build --release --quiet --bin vipgate --example idle_connections --example agents
 VIPGATE=target/release/vipgate
 IDLE_TOOL=target/release/examples/idle_connections
 
@@ -461,6 +472,76 @@ for target in "${targets[@]}"; do
   results[$target,tls_idle]="$(idle_cost "${!pid_var}" 5 "$work/tls.pem") "
 done
 
+# A contact center's worst minute: fresh proxies; a reconnect storm of
+# STORM_AGENTS agents (plain, TLS resuming their sessions, TLS in full),
+# then HELD_AGENTS agents held with 50 of them talking.
+stop_proxies
+start_proxies
+AGENTS_TOOL=target/release/examples/agents
+# Waits until FILE has a line starting with WORD (the tool at PID must
+# live meanwhile).
+wait_line() { # file word pid
+  until grep -q "^$2" "$1" 2>/dev/null; do
+    kill -0 "$3" 2>/dev/null || { echo "the agents tool failed:" >&2; cat "$1" >&2; exit 1; }
+    sleep 0.02
+  done
+}
+field() { tr ' ' '\n' <"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+storm() { # target service key [CA.pem mode]
+  local host port tool ticks0 ticks1 pid_var=${1}_pid
+  read -r host port <<<"$(endpoint "$1" "$2")"
+  "$AGENTS_TOOL" storm "$host:$port" "$STORM_AGENTS" ${4:-} ${5:-} >"$work/storm" & tool=$!
+  wait_line "$work/storm" closing "$tool"
+  [ "$1" != direct ] && ticks0=$(cpu_ticks "${!pid_var}")
+  wait "$tool" || { echo "the storm through $1 failed" >&2; exit 1; }
+  results[$1,${3}_back]="$(field "$work/storm" back_ms) "
+  results[$1,${3}_fail]="$(field "$work/storm" failures) "
+  results[$1,${3}_p99]="$(field "$work/storm" p99_ms) "
+  if [ "$1" != direct ]; then
+    ticks1=$(cpu_ticks "${!pid_var}")
+    results[$1,${3}_cpu]="$(awk -v t="$(getconf CLK_TCK)" -v n="$STORM_AGENTS" -v a="$ticks0" -v b="$ticks1" 'BEGIN { print (b - a) / t * 1e6 / n }') "
+  fi
+  sleep 2
+}
+kernel_kib() { # socket memory (TCP pages) and slab, KiB
+  echo $(( $(awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat) * 4 + $(awk '/^Slab:/ { print $2 }' /proc/meminfo) ))
+}
+held() { # target
+  local host port tool rss0 rss1 kernel0 kernel1 ticks0 ticks1 pid_var=${1}_pid
+  read -r host port <<<"$(endpoint "$1" 3)"
+  kernel0=$(kernel_kib)
+  [ "$1" != direct ] && rss0=$(rss_kib "${!pid_var}")
+  "$AGENTS_TOOL" held "$host:$port" "$HELD_AGENTS" 50 "$HELD_IDLE_SECONDS" "$HELD_TALK_SECONDS" >"$work/held" & tool=$!
+  wait_line "$work/held" ready "$tool"
+  sleep 1
+  kernel1=$(kernel_kib)
+  results[$1,held_kernel]="$(( (kernel1 - kernel0) * 1024 / HELD_AGENTS )) "
+  if [ "$1" != direct ]; then
+    rss1=$(rss_kib "${!pid_var}")
+    results[$1,held_rss]="$(( (rss1 - rss0) * 1024 / HELD_AGENTS )) "
+    ticks0=$(cpu_ticks "${!pid_var}")
+    sleep $((HELD_IDLE_SECONDS - 2))
+    ticks1=$(cpu_ticks "${!pid_var}")
+    results[$1,held_idle_cpu]="$(awk -v t="$(getconf CLK_TCK)" -v s=$((HELD_IDLE_SECONDS - 2)) -v a="$ticks0" -v b="$ticks1" 'BEGIN { print (b - a) / t * 1000 / s }') "
+  fi
+  wait_line "$work/held" "held " "$tool"
+  results[$1,held_p50]="$(field "$work/held" p50_us) "
+  results[$1,held_p99]="$(field "$work/held" p99_us) "
+  kill "$tool"; wait "$tool" 2>/dev/null || true
+  sleep 2
+}
+for target in "${targets[@]}"; do
+  echo "worst minute: $target" >&2
+  # Held first, while the proxy is fresh: its memory growth is then the
+  # agents', not the storm's freed memory used again.
+  held "$target"
+  storm "$target" 3 storm
+  if [ "$target" != direct ]; then
+    storm "$target" 5 tls_storm "$work/tls.pem" resume
+    storm "$target" 5 tls_full "$work/tls.pem" full
+  fi
+done
+
 m() { echo "${results[$1,$2]:-}" | tr ' ' '\n' | { grep -v '^$' || true; } | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && a != "-" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 number() { # value decimals
@@ -512,6 +593,21 @@ row "HTTP/2 cookie-sticky requests/s" h2_rps 0 -
 row "HTTP/2 cookie-sticky mean lat. (us)" h2_mean 0 -
 row "memory per idle connection (bytes)" idle 0 -
 row "memory per idle TLS connection (B)" tls_idle 0 -
+row "storm: all agents back (ms)" storm_back 0
+row "storm: failed attempts" storm_fail 0
+row "storm: proxy CPU per reconnect (us)" storm_cpu 1 -
+row "storm: p99 reconnect latency (ms)" storm_p99 2
+row "TLS storm, resumed: back (ms)" tls_storm_back 0 -
+row "TLS storm, resumed: failed" tls_storm_fail 0 -
+row "TLS storm, resumed: CPU each (us)" tls_storm_cpu 1 -
+row "TLS storm, resumed: p99 (ms)" tls_storm_p99 2 -
+row "TLS storm, full: back (ms)" tls_full_back 0 -
+row "TLS storm, full: CPU each (us)" tls_full_cpu 1 -
+row "held: proxy memory per agent (B)" held_rss 0 -
+row "held: kernel memory per agent (B)" held_kernel 0
+row "held: proxy CPU while idle (ms/s)" held_idle_cpu 2 -
+row "held: 50 talking, p50 (us)" held_p50 0
+row "held: 50 talking, p99 (us)" held_p99 0
 echo
 echo "(idle memory: resident set growth with $IDLE_CONNECTIONS connections held open, divided by $IDLE_CONNECTIONS;"
 echo " TLS handshake CPU: user + system time over the run, divided by the handshakes; wrk is one thread,"

@@ -3,9 +3,10 @@
 //!
 //! A worker thread does not hand over each line (a futex wake-up per
 //! connection, and per request on HTTP virtuals): it gathers its lines in
-//! a buffer of its own and hands the batch over every 100 ms
-//! (`workers::LOG_FLUSH_INTERVAL`) or when the batch passes
-//! [`BATCH_BYTES`]. Other
+//! a buffer of its own and hands the batch over 100 ms after its first
+//! line (`workers::LOG_FLUSH_INTERVAL`; the worker is told of that first
+//! line, so an idle worker is never woken to flush nothing) or when the
+//! batch passes [`BATCH_BYTES`]. Other
 //! threads hand over each line at once. Both are bounded: when
 //! [`QUEUED_BATCHES`] wait for the writer, further ones are dropped and
 //! counted, and the writer says how many lines were lost.
@@ -151,7 +152,9 @@ static SINK: OnceLock<SyncSender<Message>> = OnceLock::new();
 static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { buffered: false, bytes: Vec::new() }) };
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { buffered: false, bytes: Vec::new(), first_line: None })
+    };
 }
 
 /// This thread's lines not yet handed to the writer.
@@ -160,6 +163,8 @@ struct Batch {
     /// handing each over at once.
     buffered: bool,
     bytes: Vec<u8>,
+    /// Told when a line lands in an empty batch (gathering threads).
+    first_line: Option<std::rc::Rc<tokio::sync::Notify>>,
 }
 
 impl Batch {
@@ -212,9 +217,14 @@ impl Drop for Batch {
 }
 
 /// Makes the calling thread gather its log lines until [`flush_thread`];
-/// for worker threads, which call it every 100 ms.
-pub fn buffer_this_thread() {
-    BATCH.with(|batch| batch.borrow_mut().buffered = true);
+/// `first_line` is told whenever a line lands in an empty batch (a worker
+/// then flushes 100 ms later).
+pub fn buffer_this_thread(first_line: std::rc::Rc<tokio::sync::Notify>) {
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        batch.buffered = true;
+        batch.first_line = Some(first_line);
+    });
 }
 
 /// Hands the calling thread's gathered lines to the writer thread.
@@ -233,9 +243,14 @@ impl Write for BatchWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let _ = BATCH.try_with(|batch| {
             if let Ok(mut batch) = batch.try_borrow_mut() {
+                let first = batch.bytes.is_empty();
                 batch.bytes.extend_from_slice(line);
                 if !batch.buffered || batch.bytes.len() >= BATCH_BYTES {
                     batch.hand_over();
+                } else if first {
+                    if let Some(first_line) = &batch.first_line {
+                        first_line.notify_one();
+                    }
                 }
             }
         });
@@ -343,7 +358,8 @@ mod tests {
     #[test]
     fn a_worker_hands_its_lines_over_once_they_pass_the_batch_size() {
         std::thread::spawn(|| {
-            buffer_this_thread();
+            let first_line = std::rc::Rc::new(tokio::sync::Notify::new());
+            buffer_this_thread(std::rc::Rc::clone(&first_line));
             let line = [b'x'; 199];
             let mut written = 0;
             while written + line.len() < BATCH_BYTES {

@@ -317,7 +317,9 @@ async fn leave(live: &Live, control: &Control, service: &ServiceManager) {
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(mover::TICK).await;
         if let Some(shed) = &shed {
-            shed.tick(&live.load().connections, tokio::time::Instant::now());
+            // The pace is over (or nothing was left to pace): whatever
+            // still arrives is asked to leave at once.
+            shed.tick(&live.load().connections, shed.deadline());
         }
     }
 }

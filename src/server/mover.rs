@@ -482,6 +482,11 @@ impl ShutdownDrain {
         now >= self.drain.deadline
     }
 
+    /// When the pace ends.
+    pub(super) fn deadline(&self) -> Instant {
+        self.drain.deadline
+    }
+
     /// Asks as many connections to leave as the pace wants by `now`.
     pub(super) fn tick(&self, connections: &Registry, now: Instant) {
         let mut waiting: Vec<Arc<Open>> = Vec::new();
