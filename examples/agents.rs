@@ -45,7 +45,7 @@ async fn main() {
         Some("storm") if (4..=6).contains(&args.len()) => {
             let target = parse(&args[2]);
             let tls = args.get(4).map(|ca| {
-                let resume = args.get(5).map_or(true, |mode| mode == "resume");
+                let resume = args.get(5).is_none_or(|mode| mode == "resume");
                 (base_config(ca), resume)
             });
             storm(target, number(3) as usize, tls).await
