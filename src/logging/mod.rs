@@ -355,6 +355,40 @@ mod tests {
         })
     }
 
+    /// A worker is told of a batch's first line only, so that it sleeps
+    /// while nothing is logged and flushes once per batch.
+    #[test]
+    fn the_first_line_of_a_batch_tells_the_worker_and_no_other_does() {
+        std::thread::spawn(|| {
+            let first_line = std::rc::Rc::new(tokio::sync::Notify::new());
+            buffer_this_thread(std::rc::Rc::clone(&first_line));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let told = || {
+                runtime.block_on(async {
+                    tokio::time::timeout(
+                        std::time::Duration::from_millis(20),
+                        first_line.notified(),
+                    )
+                    .await
+                    .is_ok()
+                })
+            };
+            assert!(!told(), "nothing logged, nothing told");
+            BatchWriter.write_all(b"one\n").unwrap();
+            assert!(told(), "the first line tells");
+            BatchWriter.write_all(b"two\n").unwrap();
+            assert!(!told(), "a second line of the same batch does not");
+            flush_thread();
+            BatchWriter.write_all(b"three\n").unwrap();
+            assert!(told(), "the next batch's first line tells again");
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn a_worker_hands_its_lines_over_once_they_pass_the_batch_size() {
         std::thread::spawn(|| {
