@@ -291,6 +291,12 @@ impl Tried {
         }
     }
 
+    /// Forgets every member of `others`: they may be tried again.
+    pub fn forget(&mut self, others: &Tried) {
+        self.first &= !others.first;
+        self.rest.retain(|index| !others.rest.contains(index));
+    }
+
     pub fn contains(&self, index: usize) -> bool {
         if index < 128 {
             self.first & (1 << index) != 0

@@ -201,3 +201,52 @@ fn a_priority_group_that_failed_this_connection_hands_over_to_the_next() {
         0
     );
 }
+
+/// Clients on several threads waiting for the same rate-limited member:
+/// one that loses a token to another at the moment it was due waits for
+/// the next one; none is refused before its deadline.
+#[test]
+fn paced_clients_on_many_threads_all_get_a_slot_before_their_deadline() {
+    let mut limited = member(0);
+    limited.connect_rate_limit = RateLimit::PerSecond(200);
+    let mut registry = MemberRegistry::default();
+    let pool = std::sync::Arc::new(build(&plan(vec![limited]), &mut registry));
+    // 8 threads x 40 clients: 200 at once (the burst), 120 more over 0.6 s.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = std::sync::Arc::clone(&pool);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                    let clients: Vec<_> = (0..40)
+                        .map(|_| {
+                            let pool = std::sync::Arc::clone(&pool);
+                            tokio::spawn(async move {
+                                pool.reserve_paced(
+                                    &mut Tried::default(),
+                                    deadline,
+                                    Choice::Algorithm,
+                                )
+                                .await
+                                .is_some()
+                            })
+                        })
+                        .collect();
+                    let mut refused = 0;
+                    for client in clients {
+                        if !client.await.unwrap() {
+                            refused += 1;
+                        }
+                    }
+                    refused
+                })
+            })
+        })
+        .collect();
+    let refused: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(refused, 0, "paced clients refused before their deadline");
+}
