@@ -85,8 +85,9 @@ pub struct Opening {
     pub source: Option<SocketAddr>,
     pub tally: Tally,
     /// Its hold on its client's source-address persistence record, when
-    /// the virtual persists by source address.
-    pub persistence: Option<crate::source_persistence::Ticket>,
+    /// the virtual persists by source address (boxed: 8 bytes in every
+    /// record instead of 56, for the few virtuals that persist).
+    pub persistence: Option<Box<crate::source_persistence::Ticket>>,
 }
 
 /// Every open connection of one vipgate process.

@@ -191,9 +191,13 @@ impl VirtualServer {
 
     /// A connection's hold on its client's persistence record, if the
     /// virtual persists by source address.
-    pub fn persistence_ticket(&self, client: SocketAddr, member: SocketAddr) -> Option<Ticket> {
+    pub fn persistence_ticket(
+        &self,
+        client: SocketAddr,
+        member: SocketAddr,
+    ) -> Option<Box<Ticket>> {
         let affinity = self.source_affinity.as_ref()?;
-        Some(affinity.opened(client.ip(), member))
+        Some(Box::new(affinity.opened(client.ip(), member)))
     }
 
     /// Whether its connections may move to a successor process: both
