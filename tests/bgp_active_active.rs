@@ -60,30 +60,6 @@ struct Lab {
     ca: common::tls_ca::TestCa,
 }
 
-/// `ip -n NS` commands for one host.
-fn host(switch: &Namespace, tag: &str, address: &str) -> Namespace {
-    let namespace = Namespace::create(tag);
-    let port = format!("p-{tag}");
-    switch.ip(&[
-        "link",
-        "add",
-        "name",
-        &port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &namespace.name,
-    ]);
-    switch.ip(&["link", "set", &port, "master", "br0"]);
-    switch.ip(&["link", "set", &port, "up"]);
-    namespace.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-    namespace.ip(&["link", "set", "eth0", "up"]);
-    namespace
-}
-
 fn sysctl(namespace: &Namespace, setting: &str) {
     let output = namespace.exec("sysctl", &["-w", setting]);
     assert!(output.status.success(), "sysctl {setting}: {output:?}");
@@ -91,16 +67,14 @@ fn sysctl(namespace: &Namespace, setting: &str) {
 
 impl Lab {
     fn build(router_kind: Router) -> Lab {
-        let switch = Namespace::create("bsw");
-        switch.ip(&["link", "add", "name", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
-        let router = host(&switch, "brt", &format!("{LAB}.1"));
+        let switch = Namespace::switch("bsw");
+        let router = switch.host("brt", &format!("{LAB}.1"));
         let nodes: Vec<Namespace> = (1..=3)
-            .map(|n| host(&switch, &format!("bn{n}"), &format!("{LAB}.1{n}")))
+            .map(|n| switch.host(&format!("bn{n}"), &format!("{LAB}.1{n}")))
             .collect();
         let members = vec![
-            host(&switch, "bm1", &format!("{LAB}.31")),
-            host(&switch, "bm2", &format!("{LAB}.32")),
+            switch.host("bm1", &format!("{LAB}.31")),
+            switch.host("bm2", &format!("{LAB}.32")),
         ];
         for node in &nodes {
             node.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
@@ -152,9 +126,8 @@ impl Lab {
 
     /// The recipe's files with the lab's addresses.
     fn write_recipe(&self, router_kind: Router) {
-        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bgp");
         let read = |name: &str| {
-            std::fs::read_to_string(recipe.join(name))
+            std::fs::read_to_string(recipe(name))
                 .unwrap()
                 .replace("192.0.2.", &format!("{LAB}."))
                 .replace("203.0.113.100", VIP)
@@ -208,21 +181,42 @@ impl Lab {
         &self.nodes[NODES.iter().position(|n| *n == node).unwrap()]
     }
 
-    fn bird(&self, namespace: &Namespace, name: &str) -> Daemon {
-        let file = |suffix: &str| self.dir.join(format!("bird-{name}{suffix}"));
-        let log = std::fs::File::create(file(".log")).unwrap();
-        Command::new("ip")
-            .args(["netns", "exec", &namespace.name, "bird", "-f", "-c"])
-            .arg(file(".conf"))
-            .arg("-s")
-            .arg(file(".ctl"))
-            .arg("-P")
-            .arg(file(".pid"))
+    /// Runs `command` (its arguments and environment set) inside
+    /// `namespace`, its output in the lab's file `log`.
+    fn daemon(&self, namespace: &Namespace, log: &str, command: &mut Command) -> Daemon {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        let program = command.get_program().to_owned();
+        let mut inside = Command::new("ip");
+        inside
+            .args(["netns", "exec", &namespace.name])
+            .arg(&program)
+            .args(command.get_args())
+            .envs(
+                command
+                    .get_envs()
+                    .filter_map(|(key, value)| Some((key, value?))),
+            )
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stderr(log);
+        inside
             .spawn()
             .map(Daemon)
-            .expect("bird starts")
+            .unwrap_or_else(|e| panic!("{program:?} starts: {e}"))
+    }
+
+    fn bird(&self, namespace: &Namespace, name: &str) -> Daemon {
+        let file = |suffix: &str| self.dir.join(format!("bird-{name}{suffix}"));
+        self.daemon(
+            namespace,
+            &format!("bird-{name}.log"),
+            Command::new("bird")
+                .args(["-f", "-c"])
+                .arg(file(".conf"))
+                .arg("-s")
+                .arg(file(".ctl"))
+                .arg("-P")
+                .arg(file(".pid")),
+        )
     }
 
     fn vipgate(&self, node: &str) -> Running {
@@ -240,47 +234,34 @@ impl Lab {
 
     /// The recipe's `resilient-ecmp` loop on the router.
     fn resilient_ecmp(&self) -> Daemon {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bgp/resilient-ecmp");
-        let log = std::fs::File::create(self.dir.join("resilient-ecmp.log")).unwrap();
-        Command::new("ip")
-            .args(["netns", "exec", &self.router.name, "sh"])
-            .arg(script)
-            .env("VIP", VIP)
-            .env("IDLE_TIMER", "2")
-            .env("UNBALANCED_TIMER", "6")
-            .env("INTERVAL", "0.1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .map(Daemon)
-            .expect("resilient-ecmp starts")
+        self.daemon(
+            &self.router,
+            "resilient-ecmp.log",
+            Command::new("sh")
+                .arg(recipe("resilient-ecmp"))
+                .env("VIP", VIP)
+                .env("IDLE_TIMER", "2")
+                .env("UNBALANCED_TIMER", "6")
+                .env("INTERVAL", "0.1"),
+        )
     }
 
     /// The recipe's `vipgate-announce` loop for `node`.
     fn announce(&self, node: &str) -> Daemon {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bgp/vipgate-announce");
-        let log = std::fs::File::create(self.dir.join(format!("announce-{node}.log"))).unwrap();
-        Command::new("ip")
-            .args(["netns", "exec", &self.node(node).name, "sh"])
-            .arg(script)
-            .env("VIPGATE", BINARY)
-            .env(
-                "VIPGATE_CONFIG",
-                self.dir.join(format!("vipgate-{node}.toml")),
-            )
-            .env(
-                "BIRDC",
-                format!(
-                    "birdc -s {}",
-                    self.dir.join(format!("bird-{node}.ctl")).display()
-                ),
-            )
-            .env("INTERVAL", "0.2")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .map(Daemon)
-            .expect("the announce loop starts")
+        let control = self.dir.join(format!("bird-{node}.ctl"));
+        self.daemon(
+            self.node(node),
+            &format!("announce-{node}.log"),
+            Command::new("sh")
+                .arg(recipe("vipgate-announce"))
+                .env("VIPGATE", BINARY)
+                .env(
+                    "VIPGATE_CONFIG",
+                    self.dir.join(format!("vipgate-{node}.toml")),
+                )
+                .env("BIRDC", format!("birdc -s {}", control.display()))
+                .env("INTERVAL", "0.2"),
+        )
     }
 
     /// The router's next hops for the VIP.
@@ -411,6 +392,13 @@ async fn new_connection_rate(span: Duration) -> f64 {
         let _ = client.await;
     }
     done.load(Ordering::Relaxed) as f64 / span.as_secs_f64()
+}
+
+/// A file of the recipe in `examples/bgp/`.
+fn recipe(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/bgp")
+        .join(name)
 }
 
 /// A daemon (BIRD, the announce loop), stopped when dropped.

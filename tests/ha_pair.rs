@@ -64,37 +64,8 @@ struct Lab {
 
 impl Lab {
     fn build() -> Lab {
-        let switch = Namespace::create("sw");
-        switch.ip(&["link", "add", "name", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
-        let host = |tag: &str, last: u8| {
-            let namespace = Namespace::create(tag);
-            let port = format!("p-{tag}");
-            switch.ip(&[
-                "link",
-                "add",
-                "name",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &namespace.name,
-            ]);
-            switch.ip(&["link", "set", &port, "master", "br0"]);
-            switch.ip(&["link", "set", &port, "up"]);
-            namespace.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", address(last)),
-                "dev",
-                "eth0",
-            ]);
-            namespace.ip(&["link", "set", "eth0", "up"]);
-            namespace
-        };
+        let switch = Namespace::switch("sw");
+        let host = |tag: &str, last: u8| switch.host(tag, &address(last));
         let client = host("client", 20);
         // More client addresses, for source-address persistence.
         for last in STICKY_CLIENTS {

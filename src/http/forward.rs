@@ -92,15 +92,9 @@ pub(super) async fn handle(
     // clock read fewer per request).
     let deadline = started + http.dialer.connect_timeout;
     loop {
-        let reserved = match persistent.take() {
-            Some(index) => match pool.reserve_persistent(index, &mut tried) {
-                Some(slot) => Some(Reservation { index, slot }),
-                // Down, forced offline or full: it counts as tried, and the
-                // request is balanced over the others.
-                None => continue,
-            },
-            None => pool.reserve_paced(&mut tried, deadline, choice).await,
-        };
+        let reserved = pool
+            .reserve_next(&mut persistent, &mut tried, deadline, choice)
+            .await;
         let Some(reserved) = reserved else {
             return Ok(refuse(&connection, in_flight, attempts.exhausted()));
         };

@@ -392,6 +392,26 @@ impl Pool {
         }
     }
 
+    /// The next member for a connection: the one its persistence names
+    /// (`preferred`, taken, so it is tried once) if it can take it, else
+    /// as [`reserve_paced`](Self::reserve_paced) chooses. A preferred
+    /// member that is down, forced offline or full counts as tried, and
+    /// the connection is balanced over the others.
+    pub async fn reserve_next(
+        &self,
+        preferred: &mut Option<usize>,
+        tried: &mut Tried,
+        deadline: tokio::time::Instant,
+        choice: Choice,
+    ) -> Option<Reservation> {
+        if let Some(index) = preferred.take() {
+            if let Some(slot) = self.reserve_persistent(index, tried) {
+                return Some(Reservation { index, slot });
+            }
+        }
+        self.reserve_paced(tried, deadline, choice).await
+    }
+
     /// How long until a member that could take a connection (usable, not
     /// tried, under its connection limit, in the active priority group)
     /// has room in its connect rate; `None` when no such member is only

@@ -708,16 +708,10 @@ async fn connect(
     // the connect timeout: a reconnect storm is paced, not refused.
     let deadline = tokio::time::Instant::now() + plan.connect_timeout;
     let (mut persistent, choice) = virtual_server.persistence_choice(pool, peer.ip());
-    loop {
-        let reserved = match persistent.take() {
-            Some(index) => match pool.reserve_persistent(index, &mut tried) {
-                Some(slot) => Some(Reservation { index, slot }),
-                // Down, forced offline or full: it counts as tried.
-                None => continue,
-            },
-            None => pool.reserve_paced(&mut tried, deadline, choice).await,
-        };
-        let Some(reserved) = reserved else { break };
+    while let Some(reserved) = pool
+        .reserve_next(&mut persistent, &mut tried, deadline, choice)
+        .await
+    {
         let member = reserved.slot.member();
         match virtual_server.dialer.dial(pool, member, preamble).await {
             Ok(dialed) => return Ok((dialed, reserved)),

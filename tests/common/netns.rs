@@ -40,6 +40,40 @@ impl Namespace {
         namespace
     }
 
+    /// A switch: a namespace holding one bridge, `br0`, that hosts plug
+    /// into with [`Namespace::host`].
+    pub fn switch(tag: &str) -> Namespace {
+        let switch = Namespace::create(tag);
+        switch.ip(&["link", "add", "name", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        switch
+    }
+
+    /// A host plugged into this switch: a new namespace whose `eth0` (a
+    /// veth whose other end is on the switch's bridge) has `address`/24.
+    pub fn host(&self, tag: &str, address: &str) -> Namespace {
+        let namespace = Namespace::create(tag);
+        let port = format!("p-{tag}");
+        self.ip(&[
+            "link",
+            "add",
+            "name",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &namespace.name,
+        ]);
+        self.ip(&["link", "set", &port, "master", "br0"]);
+        self.ip(&["link", "set", &port, "up"]);
+        namespace.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        namespace.ip(&["link", "set", "eth0", "up"]);
+        namespace
+    }
+
     /// `ip -n NS ARGS...`; panics with ip's message if it fails.
     pub fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];
