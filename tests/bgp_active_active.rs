@@ -15,13 +15,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::netns::{self, Namespace};
-use common::process::{Running, BINARY};
+use common::process::{Daemon, Running, BINARY};
 use common::tls_ca::temp_dir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -82,19 +82,7 @@ impl Lab {
         }
         // The client hangs off the router's second port.
         let client = Namespace::create("bcl");
-        router.ip(&[
-            "link",
-            "add",
-            "name",
-            "eth1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &client.name,
-        ]);
+        router.veth("eth1", &client, "eth0");
         router.ip(&["addr", "add", &format!("{CLIENTS}.1/24"), "dev", "eth1"]);
         router.ip(&["link", "set", "eth1", "up"]);
         client.ip(&["addr", "add", &format!("{CLIENTS}.2/24"), "dev", "eth0"]);
@@ -401,21 +389,9 @@ fn recipe(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A daemon (BIRD, the announce loop), stopped when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn wait(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    common::eventually_blocking(what, LAB_PATIENCE, || condition().then_some(()));
-    started.elapsed()
+/// Waits for `condition`, up to [`LAB_PATIENCE`]; how long it took.
+fn wait(what: &str, condition: impl FnMut() -> bool) -> Duration {
+    common::waited(what, LAB_PATIENCE, condition)
 }
 
 /// What the agents saw: a connection reset or failed is `broken`; one

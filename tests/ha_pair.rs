@@ -24,14 +24,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::http_client::HttpClient;
 use common::netns::{self, Namespace};
-use common::process::{Running, BINARY};
+use common::process::{Daemon, Running, BINARY};
 use common::tls_ca::{temp_dir, TestCa};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -146,7 +146,7 @@ impl Lab {
         running
     }
 
-    fn keepalived(&self, node: &str) -> Keepalived {
+    fn keepalived(&self, node: &str) -> Daemon {
         // Each instance in its own pid files: namespaces share /run, and a
         // second keepalived finding the first one's files exits silently.
         let file = |suffix: &str| self.dir.join(format!("keepalived-{node}{suffix}"));
@@ -173,7 +173,7 @@ impl Lab {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .map(Keepalived)
+            .map(Daemon)
             .expect("keepalived starts")
     }
 
@@ -243,22 +243,9 @@ impl Lab {
     }
 }
 
-/// A keepalived process, stopped when dropped (also when the test fails).
-struct Keepalived(Child);
-
-impl Drop for Keepalived {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits for `condition`, up to [`LAB_PATIENCE`]; how long it took.
-fn wait(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    common::eventually_blocking(what, LAB_PATIENCE, || condition().then_some(()));
-    started.elapsed()
+fn wait(what: &str, condition: impl FnMut() -> bool) -> Duration {
+    common::waited(what, LAB_PATIENCE, condition)
 }
 
 /// Whether the host in namespace `name` holds the VIP now.

@@ -286,6 +286,14 @@ pub async fn tag_of_answer(addr: SocketAddr) -> Option<String> {
     Some(answer.split(' ').next().unwrap_or_default().to_string())
 }
 
+/// Waits for `condition` (blocking, from a plain thread), up to
+/// `patience`; how long it took.
+pub fn waited(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    eventually_blocking(what, patience, || condition().then_some(()));
+    started.elapsed()
+}
+
 /// Polls `condition` every 10 ms until it holds; panics after
 /// [`PATIENCE`].
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

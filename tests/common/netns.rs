@@ -54,24 +54,20 @@ impl Namespace {
     pub fn host(&self, tag: &str, address: &str) -> Namespace {
         let namespace = Namespace::create(tag);
         let port = format!("p-{tag}");
-        self.ip(&[
-            "link",
-            "add",
-            "name",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &namespace.name,
-        ]);
+        self.veth(&port, &namespace, "eth0");
         self.ip(&["link", "set", &port, "master", "br0"]);
         self.ip(&["link", "set", &port, "up"]);
         namespace.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
         namespace.ip(&["link", "set", "eth0", "up"]);
         namespace
+    }
+
+    /// A veth pair: `name` here, `peer_name` in `peer`.
+    pub fn veth(&self, name: &str, peer: &Namespace, peer_name: &str) {
+        self.ip(&[
+            "link", "add", "name", name, "type", "veth", "peer", "name", peer_name, "netns",
+            &peer.name,
+        ]);
     }
 
     /// `ip -n NS ARGS...`; panics with ip's message if it fails.

@@ -83,6 +83,18 @@ impl Drop for Running {
     }
 }
 
+/// A helper a test started (keepalived, BIRD, a script): asked to stop
+/// (SIGTERM) and waited for when dropped, also when the test fails.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 /// A process a test started indirectly (a binary upgrade's successor):
 /// killed when dropped, so a test that fails leaves none behind.
 pub struct KillOnDrop(pub u32);
