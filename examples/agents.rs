@@ -283,7 +283,14 @@ async fn held(target: SocketAddr, count: usize, active: usize, idle: Duration, t
         lines.push(line);
     }
     round_trips.sort_unstable();
-    let percentile = |p: f64| round_trips[((round_trips.len() - 1) as f64 * p) as usize];
+    // With no active agent there is no round trip to report: zeros.
+    let percentile = |p: f64| {
+        let last = round_trips.len().saturating_sub(1);
+        round_trips
+            .get((last as f64 * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "held p50_us={} p99_us={}",
         percentile(0.5).as_micros(),

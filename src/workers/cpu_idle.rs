@@ -2,7 +2,9 @@
 //! cpuidle counters (microseconds) where a cpuidle driver runs, else
 //! `/proc/stat` (clock ticks, usually 10 ms).
 
-use std::fs;
+use std::cell::RefCell;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 
 /// Where idle time is read from; chosen once.
 #[derive(Debug)]
@@ -36,26 +38,26 @@ impl IdleClock {
     }
 
     /// Microseconds `cpu` has been idle since boot; `None` if it cannot be
-    /// read.
+    /// read. Reads through files this thread keeps open (see
+    /// [`OpenCounters`]).
     pub(super) fn idle_micros(&self, cpu: usize) -> Option<u64> {
-        match self {
+        OPEN_COUNTERS.with_borrow_mut(|open| match self {
             IdleClock::CpuIdle => {
+                let files = open.cpu_idle(cpu);
                 let mut total = 0u64;
-                for state in 0.. {
-                    let path =
-                        format!("/sys/devices/system/cpu/cpu{cpu}/cpuidle/state{state}/time");
-                    let Ok(text) = fs::read_to_string(path) else {
-                        break;
-                    };
+                for file in files.iter() {
+                    let mut buffer = [0u8; 32];
+                    let length = file.read_at(&mut buffer, 0).ok()?;
+                    let text = std::str::from_utf8(buffer.get(..length)?).ok()?;
                     total = total.saturating_add(text.trim().parse().ok()?);
                 }
-                Some(total)
+                (!files.is_empty()).then_some(total)
             }
             IdleClock::ProcStat { tick_micros } => {
-                let text = fs::read_to_string("/proc/stat").ok()?;
-                idle_ticks(&text, cpu).map(|ticks| ticks.saturating_mul(*tick_micros))
+                let text = open.proc_stat()?;
+                idle_ticks(text, cpu).map(|ticks| ticks.saturating_mul(*tick_micros))
             }
-        }
+        })
     }
 
     /// The shortest time over which two readings tell a CPU's idle share
@@ -66,6 +68,66 @@ impl IdleClock {
             IdleClock::CpuIdle => 10_000,
             IdleClock::ProcStat { tick_micros } => 20 * tick_micros,
         }
+    }
+}
+
+thread_local! {
+    static OPEN_COUNTERS: RefCell<OpenCounters> = RefCell::default();
+}
+
+/// The idle counters one worker thread reads, opened once. A busy worker
+/// reads its CPU's every 10 ms; opening each file every time cost an
+/// `openat`, a `statx` and a `close` per file, about 1% of the CPU of a
+/// reconnect storm. Reading a sysfs or proc file again from offset 0
+/// makes the kernel write it afresh, so an open file stays current.
+#[derive(Debug, Default)]
+struct OpenCounters {
+    /// By CPU number: that CPU's `cpuidle/stateK/time` files, in order.
+    cpu_idle: Vec<Option<Vec<File>>>,
+    /// `/proc/stat` and the buffer its text is read into (a few KB, kept).
+    proc_stat: Option<(File, Vec<u8>)>,
+}
+
+impl OpenCounters {
+    /// The idle-state files of `cpu`, opened on first use (empty if it has
+    /// none).
+    fn cpu_idle(&mut self, cpu: usize) -> &[File] {
+        if self.cpu_idle.len() <= cpu {
+            self.cpu_idle.resize_with(cpu + 1, || None);
+        }
+        self.cpu_idle[cpu].get_or_insert_with(|| {
+            (0..)
+                .map_while(|state| {
+                    File::open(format!(
+                        "/sys/devices/system/cpu/cpu{cpu}/cpuidle/state{state}/time"
+                    ))
+                    .ok()
+                })
+                .collect()
+        })
+    }
+
+    /// The current text of `/proc/stat`.
+    fn proc_stat(&mut self) -> Option<&str> {
+        if self.proc_stat.is_none() {
+            self.proc_stat = Some((File::open("/proc/stat").ok()?, Vec::new()));
+        }
+        let (file, buffer) = self.proc_stat.as_mut()?;
+        // The kernel writes the whole file afresh from offset 0; read it to
+        // the end in as many calls as it takes. The buffer grows to the
+        // file's size once and is kept.
+        let mut length = 0;
+        loop {
+            if length == buffer.len() {
+                buffer.resize(buffer.len() + 4096, 0);
+            }
+            let read = file.read_at(&mut buffer[length..], length as u64).ok()?;
+            if read == 0 {
+                break;
+            }
+            length += read;
+        }
+        std::str::from_utf8(&buffer[..length]).ok()
     }
 }
 
@@ -117,5 +179,34 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(30));
         assert!(clock.idle_micros(cpu).unwrap() >= first);
         assert!(clock.min_window_micros() >= 10_000);
+    }
+
+    #[test]
+    fn proc_stat_read_through_its_kept_file_stays_current() {
+        let clock = IdleClock::ProcStat {
+            tick_micros: 10_000,
+        };
+        let cpu = crate::workers::allowed_cpus().unwrap()[0];
+        let kept = clock.idle_micros(cpu).expect("/proc/stat readable");
+        // Wait until a fresh reading shows the CPU idled since (a loaded
+        // machine may take a while), then the kept file must show it too.
+        let fresh = || {
+            let text = fs::read_to_string("/proc/stat").unwrap();
+            idle_ticks(&text, cpu).unwrap() * 10_000
+        };
+        let mut newer = fresh();
+        for _ in 0..100 {
+            if newer > kept {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            newer = fresh();
+        }
+        assert!(newer > kept, "CPU {cpu} never idled in 5 s");
+        assert!(clock.idle_micros(cpu).unwrap() >= newer);
+        // The whole file was read, not a first slice of it: the last CPU's
+        // line is found too.
+        let last = *crate::workers::allowed_cpus().unwrap().last().unwrap();
+        assert!(clock.idle_micros(last).is_some());
     }
 }
