@@ -424,6 +424,16 @@ fn member_health(status: &Status, families: &mut Families) {
             }
         },
     );
+    families.counter(
+        "vipgate_member_down_total",
+        "Times the member went from up to down in this pool: a member that flaps counts up here.",
+        &["pool", "member"],
+        |vec| {
+            for (pool, member) in in_pools() {
+                add(vec, &[pool, &member.address], member.times_down);
+            }
+        },
+    );
     families.gauge(
         "vipgate_pool_member",
         "1 for each member of each pool.",

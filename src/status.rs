@@ -164,6 +164,9 @@ pub struct MemberStatus {
     pub health: &'static str,
     #[serde(skip)]
     pub up: bool,
+    /// Times it went from up to down in this pool: a member that flaps
+    /// counts up.
+    pub times_down: u64,
     /// `enabled`, `disabled` or `forced-offline`.
     pub state: String,
     /// Its priority group in this pool.
@@ -320,6 +323,7 @@ fn pools(snapshot: &Snapshot) -> Vec<PoolStatus> {
                         route: member.route.clone(),
                         health: health.as_str(),
                         up: health == Health::Up,
+                        times_down: member.health.times_down(),
                         state: member.state.admin_state().to_string(),
                         priority: member.priority,
                         // Rounded: the page shows a percentage.

@@ -108,9 +108,14 @@ async fn in_namespace() {
             .find(|(key, _)| key.target.ip().to_string() == SILENT)
             .unwrap();
         assert_eq!(silent_probe.0.target.port(), 0, "ICMP knows no port");
-        assert_eq!(
-            silent_probe.1.verdict(),
-            (Health::Down, "no answer within 100ms".to_string())
+        // Down after the interval (100 ms) with no echo; each attempt
+        // itself waits up to the timeout (400 ms) and may have said so by
+        // now.
+        let (health, detail) = silent_probe.1.verdict();
+        assert_eq!(health, Health::Down);
+        assert!(
+            ["no answer within 100ms", "no answer within 400ms"].contains(&detail.as_str()),
+            "{detail}"
         );
         assert!(tag_of_answer(vipgate.addr("vs")).await.is_some());
 

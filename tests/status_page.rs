@@ -187,6 +187,19 @@ async fn the_page_shows_a_member_going_down_and_disables_one_with_the_token() {
         .eval("document.querySelector('details.pool summary').textContent")
         .await;
     assert!(summary.as_str().unwrap().contains("1 down"), "{summary}");
+    // How often it went down is counted and shown.
+    let went_down = browser
+        .eval(&format!(
+            "{}.textContent.includes('went down 1 time')",
+            row(first.addr)
+        ))
+        .await;
+    assert_eq!(went_down, true, "the count of times down is shown");
+    assert_eq!(
+        vipgate.status().pools[0].members[0].times_down,
+        1,
+        "counted in /status"
+    );
 
     // A wrong token: vipgate refuses (401) and the page says so.
     let disable_third = format!(

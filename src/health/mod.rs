@@ -8,13 +8,22 @@
 //! depend on the same two probes, and a second pool using those monitors
 //! adds no probe. Each pool member's rule is judged on its own, as on F5:
 //! the same address can be up in one pool and down in another whose rule
-//! differs. Each probe runs at once on
+//! differs. Each probe starts an attempt at once on
 //! start, then every `interval` (with a fixed per-probe offset of up to a
-//! tenth of the interval, so a large pool does not probe in lockstep), and
-//! each attempt is bounded by the interval, so a blackholed port delays
-//! nothing but itself. A probe that has been up turns down only when no
-//! attempt has succeeded for `timeout` (F5's semantics); a probe's first
-//! verdict is immediate.
+//! tenth of the interval, so a large pool does not probe in lockstep).
+//!
+//! An attempt is judged against the monitor's `timeout`, as on F5, not cut
+//! off at the next interval: it runs until it answers, fails, or `timeout`
+//! has passed, so a lost SYN or SYN-ACK, which Linux sends again only
+//! after a second, costs that attempt a second rather than the attempt
+//! itself. An attempt with no answer after half an interval opens a
+//! second connection beside the first, and attempts started every
+//! interval overlap while earlier ones wait (at most
+//! [`MAX_ATTEMPTS_IN_FLIGHT`] per probe), so one lost packet delays one
+//! connection while others get through. A probe that has been up turns
+//! down the moment no attempt has succeeded for `timeout`, whatever is
+//! still in flight; a probe's first verdict is immediate: the first
+//! attempt's failure, or no answer within the interval.
 //!
 //! The evaluator owns the pool member health atomics the data path reads,
 //! logs each change once with its reason, and closes a member's connections
@@ -28,10 +37,11 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::{
     MemberPlan, MonitorPlan, MonitorRule, Plan, Probe, ProbePort, ServiceDownAction,
@@ -114,6 +124,37 @@ impl ProbeStatus {
     /// that the probes ran (rather than sleeping and hoping they did).
     pub fn attempts(&self) -> u64 {
         self.record().attempts
+    }
+
+    /// When the probe turns down unless an attempt succeeds first: `timeout`
+    /// after its last success, while it is up.
+    fn expires_at(&self, timeout: Duration) -> Option<Instant> {
+        let record = lock(&self.record);
+        match (record.health, record.last_success) {
+            (Health::Up, Some(at)) => Some(at + timeout),
+            _ => None,
+        }
+    }
+
+    /// Turns the probe down if it is up and nothing succeeded for
+    /// `timeout`, or if it has no verdict yet (`first`: its first attempt
+    /// went unanswered for an interval); `waited` says how long, for the
+    /// detail. True if its health changed.
+    fn expire(&self, timeout: Duration, waited: Duration) -> bool {
+        let mut record = lock(&self.record);
+        let stale = record.last_success.is_none_or(|at| at.elapsed() >= timeout);
+        let turns = match record.health {
+            Health::Up => stale,
+            Health::Unchecked => true,
+            _ => false,
+        };
+        if turns {
+            record.health = Health::Down;
+            if record.detail == "ok" || record.detail == "not probed yet" {
+                record.detail = format!("no answer within {}", humantime::format_duration(waited));
+            }
+        }
+        turns
     }
 
     /// Folds one attempt in; true if the probe's health changed.
@@ -330,6 +371,14 @@ impl HealthPlan {
     }
 }
 
+/// Attempts of one probe that may be in flight at once: 4. Each lives up
+/// to the monitor's `timeout` (with at most two connections), so F5's
+/// usual `timeout` of three intervals and a second keeps about four going
+/// against a target that does not answer; a slot that finds four still
+/// waiting is skipped (their retransmissions are already on the way)
+/// rather than piling sockets up.
+pub const MAX_ATTEMPTS_IN_FLIGHT: usize = 4;
+
 async fn probe_loop(
     key: ProbeKey,
     prober: Arc<Prober>,
@@ -337,30 +386,81 @@ async fn probe_loop(
     changed: Arc<Notify>,
 ) {
     let monitor = &prober.monitor;
-    let attempt_limit = monitor.interval.min(monitor.timeout);
     let period = monitor.interval + offset(&key, monitor.interval);
-    let mut next = tokio::time::Instant::now();
+    let mut next = Instant::now();
+    // The first verdict is due an interval after the first attempt began.
+    let mut first_due = Some(next + monitor.interval);
+    let mut attempts = JoinSet::new();
     loop {
-        let result = tokio::time::timeout(attempt_limit, prober.run(key.target))
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(attempt_limit)
-                ))
-            });
-        if let Err(detail) = &result {
-            tracing::debug!(monitor = %key.monitor, target = %key.target_text(), %detail, "probe failed");
+        let expiry = first_due.or_else(|| status.expires_at(monitor.timeout));
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                if attempts.len() < MAX_ATTEMPTS_IN_FLIGHT {
+                    attempts.spawn(attempt(Arc::clone(&prober), key.target));
+                } else {
+                    tracing::debug!(monitor = %key.monitor, target = %key.target_text(), "probe attempts still waiting: none started this interval");
+                }
+                next += period;
+                next = next.max(Instant::now());
+            }
+            Some(joined) = attempts.join_next() => {
+                let result = joined.unwrap_or_else(|error| Err(format!("probe failed: {error}")));
+                if let Err(detail) = &result {
+                    tracing::debug!(monitor = %key.monitor, target = %key.target_text(), %detail, "probe failed");
+                }
+                first_due = None;
+                if status.update(result, monitor.timeout) {
+                    changed.notify_one();
+                }
+            }
+            () = sleep_until_some(expiry) => {
+                let waited = if first_due.take().is_some() { monitor.interval } else { monitor.timeout };
+                if status.expire(monitor.timeout, waited) {
+                    changed.notify_one();
+                }
+            }
         }
-        if status.update(result, monitor.timeout) {
-            changed.notify_one();
+    }
+}
+
+/// One attempt, given up after the monitor's `timeout`. If the target has
+/// not answered within half an interval, a second connection joins the
+/// first and the first answer of either counts: one lost packet then
+/// costs half an interval rather than the second Linux waits to send it
+/// again, which matters when the interval is shorter than that second.
+/// A definite answer (refused, reset, the wrong reply) ends the attempt
+/// at once; only silence brings the second connection.
+async fn attempt(prober: Arc<Prober>, target: SocketAddr) -> Result<(), String> {
+    let limit = prober.monitor.timeout;
+    let first_and_second = async {
+        let first = prober.run(target);
+        tokio::pin!(first);
+        tokio::select! {
+            result = &mut first => return result,
+            () = tokio::time::sleep(prober.monitor.interval / 2) => {}
         }
-        next += period;
-        let now = tokio::time::Instant::now();
-        if next < now {
-            next = now;
+        let second = prober.run(target);
+        tokio::pin!(second);
+        tokio::select! {
+            result = first => result,
+            result = second => result,
         }
-        tokio::time::sleep_until(next).await;
+    };
+    tokio::time::timeout(limit, first_and_second)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            ))
+        })
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -498,6 +598,49 @@ mod tests {
         assert_eq!(status.verdict().0, Down);
         assert!(status.update(Ok(()), timeout), "one success brings it back");
         assert_eq!(status.attempts(), 4, "every attempt is counted");
+    }
+
+    #[test]
+    fn an_up_probe_expires_timeout_after_its_last_success_whatever_is_in_flight() {
+        let status = ProbeStatus::new();
+        let timeout = Duration::from_millis(200);
+        assert_eq!(status.expires_at(timeout), None, "no verdict yet");
+        assert!(status.update(Ok(()), timeout));
+        let expiry = status.expires_at(timeout).unwrap();
+        let left = expiry - Instant::now();
+        assert!(left <= timeout && left > timeout / 2, "{left:?}");
+        assert!(!status.expire(timeout, timeout), "not yet stale");
+        std::thread::sleep(timeout);
+        assert!(status.expire(timeout, timeout));
+        assert_eq!(
+            status.verdict(),
+            (Down, "no answer within 200ms".to_string()),
+            "nothing failed: the silence is the reason"
+        );
+        assert_eq!(
+            status.expires_at(timeout),
+            None,
+            "down: nothing left to expire"
+        );
+        assert!(!status.expire(timeout, timeout));
+    }
+
+    #[test]
+    fn an_expiring_probe_keeps_the_failure_it_saw() {
+        let status = ProbeStatus::new();
+        let timeout = Duration::from_millis(50);
+        assert!(status.update(Ok(()), timeout));
+        assert!(!status.update(Err("connection refused".into()), timeout));
+        std::thread::sleep(timeout);
+        assert!(status.expire(timeout, timeout));
+        assert_eq!(status.verdict(), (Down, "connection refused".to_string()));
+    }
+
+    #[test]
+    fn an_unanswered_first_attempt_is_down_after_the_interval() {
+        let status = ProbeStatus::new();
+        assert!(status.expire(Duration::from_secs(16), Duration::from_secs(5)));
+        assert_eq!(status.verdict(), (Down, "no answer within 5s".to_string()));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct MemberHealth {
     /// server's close signal), parent of every `reset` token: a removed
     /// member or a shutdown closes these connections too.
     retired: StopTokens,
+    /// Times it went down after being up: what shows a member that flaps.
+    times_down: AtomicU64,
 }
 
 impl MemberHealth {
@@ -86,6 +88,7 @@ impl MemberHealth {
             up_since: AtomicU64::new(NOT_RAMPING),
             reset: ArcSwap::from_pointee(retired.child()),
             retired: retired.clone(),
+            times_down: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +104,15 @@ impl MemberHealth {
             self.up_since
                 .store(crate::clock::millis(), Ordering::Relaxed);
         }
+        if before == Health::Up && health == Health::Down {
+            self.times_down.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Times the member went from up to down in this pool since it was
+    /// added (HAProxy's `chkdown`): a member that flaps counts up.
+    pub fn times_down(&self) -> u64 {
+        self.times_down.load(Ordering::Relaxed)
     }
 
     /// How far along its slow ramp the member is, from 0 (just came up) to

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod browser;
 pub mod f5;
 pub mod http_client;
+pub mod lossy_link;
 pub mod netns;
 pub mod process;
 pub mod tls_ca;
