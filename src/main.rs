@@ -104,15 +104,6 @@ enum Command {
     Man,
 }
 
-// mimalloc rather than glibc's malloc: an idle connection is a handful of
-// small allocations (its task, its record, the handshake's leftovers), and
-// glibc's 16-byte headers and per-size rounding cost about 320 bytes of
-// each 1,890 a held agent costs (1,560 with mimalloc, in
-// `benches/compare.sh`'s held-agents row); a storm of reconnects spends
-// about 10% less CPU in allocation. It builds with the C compiler alone.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
