@@ -654,7 +654,13 @@ fn scenario(router_kind: Router) {
     // with a FIN at a pace; none sees a reset from node 3.
     let broken_before = fleet.broken.load(Ordering::Relaxed);
     let moved_before = fleet.moved.load(Ordering::Relaxed);
-    let on_node3 = lab.agents_on("node3").unwrap_or(0);
+    let held = split(&lab);
+    let on_node3 = held[2];
+    // A connection the router's rehash broke (its agent got a reset from
+    // the node the flow moved to) lives on at its first node until that
+    // node closes it: it has no agent to see a FIN. The nodes hold this
+    // many more connections than there are agents.
+    let orphans = held.iter().sum::<u64>().saturating_sub(AGENTS as u64);
     let stopping = Instant::now();
     vipgates[2].signal(libc::SIGTERM);
     let first_two = vec![all_nodes[0].clone(), all_nodes[1].clone()];
@@ -674,11 +680,14 @@ fn scenario(router_kind: Router) {
     let moved = fleet.moved.load(Ordering::Relaxed) - moved_before;
     let graceful_broken = fleet.broken.load(Ordering::Relaxed) - broken_before;
     println!(
-        "node 3 stopped (SIGTERM): route withdrawn in {} ms, {moved} of its {on_node3} agents moved with a FIN in {} ms; {graceful_broken} connections broken (on the other nodes, by the router's rehash)",
+        "node 3 stopped (SIGTERM): route withdrawn in {} ms, {moved} of its {on_node3} agents moved with a FIN in {} ms ({orphans} connections over all nodes had no agent left); {graceful_broken} connections broken (on the other nodes, by the router's rehash)",
         withdrawn.as_millis(),
         stopping.elapsed().as_millis()
     );
-    assert!(moved >= on_node3, "{moved} moved of {on_node3}");
+    assert!(
+        moved + orphans >= on_node3,
+        "{moved} moved of {on_node3} ({orphans} connections without an agent)"
+    );
     if router_kind == Router::Resilient {
         assert!(
             graceful_broken <= AGENTS as u64 / 100,

@@ -137,9 +137,9 @@ impl ProbeStatus {
     }
 
     /// Turns the probe down if it is up and nothing succeeded for
-    /// `timeout`, or if it has no verdict yet (`first`: its first attempt
-    /// went unanswered for an interval); `waited` says how long, for the
-    /// detail. True if its health changed.
+    /// `timeout`, or if it has no verdict yet (called when its first
+    /// attempt went unanswered for an interval); `waited` says how long,
+    /// for the detail. True if its health changed.
     fn expire(&self, timeout: Duration, waited: Duration) -> bool {
         let mut record = lock(&self.record);
         let stale = record.last_success.is_none_or(|at| at.elapsed() >= timeout);
