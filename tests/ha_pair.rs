@@ -134,16 +134,10 @@ impl Lab {
     }
 
     fn vipgate(&self, node: &str) -> Running {
-        let running = Running::spawn(
-            Command::new("ip")
-                .args(["netns", "exec", &self.node(node).name, BINARY, "run", "-c"])
-                .arg(self.dir.join(format!("vipgate-{node}.toml"))),
-        );
-        assert!(
-            running.wait_for("admin endpoint listening").is_some(),
-            "vipgate on {node} started"
-        );
-        running
+        Running::in_namespace(
+            &self.node(node).name,
+            &self.dir.join(format!("vipgate-{node}.toml")),
+        )
     }
 
     fn keepalived(&self, node: &str) -> Daemon {

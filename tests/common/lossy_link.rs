@@ -294,25 +294,24 @@ fn complete_tcp_checksum(frame: &mut [u8]) {
     let Some(segment) = tcp(ip) else {
         return;
     };
-    let header = usize::from(ip[0] & 0x0f) * 4;
-    let length = segment.len();
+    let start = 14 + usize::from(ip[0] & 0x0f) * 4;
+    let end = start + segment.len();
+    let addresses: [u8; 8] = ip[12..20].try_into().unwrap();
+    frame[start + 16..start + 18].fill(0);
+    // The one's-complement sum of the pseudo-header and the segment.
     let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
+    for bytes in [
+        &addresses[..],
+        &[0, 6],
+        &((end - start) as u16).to_be_bytes(),
+        &frame[start..end],
+    ] {
         for pair in bytes.chunks(2) {
             sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
         }
-    };
-    add(&ip[12..20]);
-    add(&[0, 6]);
-    add(&(length as u16).to_be_bytes());
-    let start = 14 + header;
-    let mut segment = frame[start..start + length].to_vec();
-    segment[16] = 0;
-    segment[17] = 0;
-    add(&segment);
+    }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    let checksum = !(sum as u16);
-    frame[start + 16..start + 18].copy_from_slice(&checksum.to_be_bytes());
+    frame[start + 16..start + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }

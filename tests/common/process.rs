@@ -25,6 +25,21 @@ impl Running {
         running
     }
 
+    /// Runs `vipgate run -c CONFIG` inside the network namespace
+    /// `namespace` and waits for its admin endpoint.
+    pub fn in_namespace(namespace: &str, config: &Path) -> Running {
+        let running = Running::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", namespace, BINARY, "run", "-c"])
+                .arg(config),
+        );
+        assert!(
+            running.wait_for("admin endpoint listening").is_some(),
+            "vipgate in {namespace} started"
+        );
+        running
+    }
+
     /// Spawns `command` (a `vipgate` command line) with stderr captured.
     pub fn spawn(command: &mut Command) -> Running {
         let mut child = command
