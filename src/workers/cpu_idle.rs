@@ -113,21 +113,21 @@ impl OpenCounters {
             self.proc_stat = Some((File::open("/proc/stat").ok()?, Vec::new()));
         }
         let (file, buffer) = self.proc_stat.as_mut()?;
-        // The kernel writes the whole file afresh from offset 0; read it to
-        // the end in as many calls as it takes. The buffer grows to the
-        // file's size once and is kept.
-        let mut length = 0;
+        // Read whole in one call from offset 0: the kernel writes the file
+        // afresh for every read, so pieces read in two calls could come
+        // from two different moments. A buffer the text fills is doubled
+        // and the read made again; it keeps the size that fits.
         loop {
-            if length == buffer.len() {
-                buffer.resize(buffer.len() + 4096, 0);
+            if buffer.is_empty() {
+                buffer.resize(16 * 1024, 0);
             }
-            let read = file.read_at(&mut buffer[length..], length as u64).ok()?;
-            if read == 0 {
-                break;
+            let length = file.read_at(buffer, 0).ok()?;
+            if length < buffer.len() {
+                return std::str::from_utf8(&buffer[..length]).ok();
             }
-            length += read;
+            let doubled = buffer.len() * 2;
+            buffer.resize(doubled, 0);
         }
-        std::str::from_utf8(&buffer[..length]).ok()
     }
 }
 
@@ -186,27 +186,42 @@ mod tests {
         let clock = IdleClock::ProcStat {
             tick_micros: 10_000,
         };
-        let cpu = crate::workers::allowed_cpus().unwrap()[0];
-        let kept = clock.idle_micros(cpu).expect("/proc/stat readable");
-        // Wait until a fresh reading shows the CPU idled since (a loaded
-        // machine may take a while), then the kept file must show it too.
-        let fresh = || {
+        let cpus = crate::workers::allowed_cpus().unwrap();
+        let kept: Vec<u64> = cpus
+            .iter()
+            .map(|&cpu| clock.idle_micros(cpu).expect("/proc/stat readable"))
+            .collect();
+        // Wait until a fresh reading shows one of the CPUs idled since (a
+        // loaded machine may take a while), then the kept file must show
+        // it too.
+        let fresh = |cpu: usize| {
             let text = fs::read_to_string("/proc/stat").unwrap();
             idle_ticks(&text, cpu).unwrap() * 10_000
         };
-        let mut newer = fresh();
-        for _ in 0..100 {
-            if newer > kept {
-                break;
+        let idled = (0..200).find_map(|_| {
+            let found = cpus.iter().zip(&kept).find_map(|(&cpu, &kept)| {
+                let newer = fresh(cpu);
+                (newer > kept).then_some((cpu, newer))
+            });
+            if found.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            newer = fresh();
-        }
-        assert!(newer > kept, "CPU {cpu} never idled in 5 s");
+            found
+        });
+        let (cpu, newer) = idled.expect("no CPU of this process idled in 10 s");
         assert!(clock.idle_micros(cpu).unwrap() >= newer);
-        // The whole file was read, not a first slice of it: the last CPU's
-        // line is found too.
+    }
+
+    #[test]
+    fn proc_stat_is_read_whole_however_small_the_buffer_starts() {
+        let mut open = OpenCounters {
+            proc_stat: Some((File::open("/proc/stat").unwrap(), vec![0; 8])),
+            ..OpenCounters::default()
+        };
+        let text = open.proc_stat().unwrap().to_string();
+        assert!(text.starts_with("cpu "), "{text}");
+        assert!(text.contains("\nctxt ") && text.ends_with('\n'), "{text}");
         let last = *crate::workers::allowed_cpus().unwrap().last().unwrap();
-        assert!(clock.idle_micros(last).is_some());
+        assert!(idle_ticks(&text, last).is_some());
     }
 }
